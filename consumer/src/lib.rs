@@ -1,0 +1,1 @@
+//! The consumer library (placeholder while the workspace is laid out).

@@ -1,0 +1,1 @@
+//! The producer library (placeholder while the workspace is laid out).
