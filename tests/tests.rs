@@ -1,1 +1,6 @@
+//! The one integration-test binary: every module below is a group of tests; `util` holds the shared helpers.
 
+mod util;
+
+mod proto_format;
+mod proto_interop;

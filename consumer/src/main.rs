@@ -1,1 +1,5 @@
-fn main() {}
+//! `consumer`: a thin binary over the `consumer` library.
+
+fn main() {
+    std::process::exit(consumer::cli::main());
+}

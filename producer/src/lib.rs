@@ -1,1 +1,28 @@
-//! The producer library (placeholder while the workspace is laid out).
+/*!
+The producer: backs up a directory tree as xbstream, the way `xtrabackup --stream` does, but with MySQL Enterprise
+Backup's *horizontal* parallelism — every file is cut into chunks and the chunk, not the file, is the unit of work,
+so one huge file keeps every read thread busy.
+
+```text
+scan ─► chunk jobs ─► read threads ─► process threads ─► per-file sequencer ─► stream writers ─► STDOUT | N pipes | dir
+        (file, off,    (pread into a    (CRC-32, later      (releases chunk k+1     (one per stream,
+         len)           pool buffer)     compression)        after k; SHA-1, E)      whole chunks only)
+```
+
+Memory is a fixed [`proto::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
+buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
+
+Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
+[`scan`] (the source walk), [`file`] (per-file state and the in-order sequencer), [`sink`] (stream and directory
+writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments).
+*/
+
+pub mod cli;
+pub mod config;
+pub mod file;
+pub mod pipeline;
+pub mod progress;
+pub mod scan;
+pub mod sink;
+pub mod size;
+pub mod stats;

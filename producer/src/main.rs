@@ -1,1 +1,5 @@
-fn main() {}
+//! `producer`: a thin binary over the `producer` library.
+
+fn main() {
+    std::process::exit(producer::cli::main());
+}

@@ -14,13 +14,16 @@ Modules, one concept each:
 - [`manifest`]: the JSON document the producer writes last, which lets a consumer prove completeness.
 - [`checksum`]: CRC-32 pieces that combine into a whole-file CRC without a second pass.
 - [`fifo`]: the named-pipe transport (`<dir>/thread_<i>`), with open deadlines on both sides.
+- [`pool`] and [`cancel`]: the memory budget and the stop signal that both sides' pipelines are built on.
 */
 
+pub mod cancel;
 pub mod checksum;
 pub mod chunk;
 pub mod fifo;
 pub mod manifest;
 pub mod path;
+pub mod pool;
 pub mod reader;
 pub mod writer;
 

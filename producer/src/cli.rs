@@ -1,0 +1,158 @@
+//! Raw command-line arguments (clap derive) and the binary's entry point. Arguments are validated into a
+//! [`crate::config::Config`] before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Back up a directory tree as xbstream: to STDOUT, to N named pipes, or as a plain copy.
+///
+/// Every file is split into chunks that parallel read threads take from one queue, so one huge file uses every
+/// thread. Memory is a fixed pool of chunk buffers (--memory-limit). A manifest listing every file, its size and
+/// checksum is written last, so the consumer can prove the backup complete.
+#[derive(Debug, Parser)]
+#[command(name = "producer", version, about, long_about, max_term_width = 110)]
+pub struct Args {
+    /// Directory to back up (a stopped or snapshotted datadir, or any tree).
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+
+    /// Without --stream: copy the tree into DIR (which must be empty or absent). With --stream and --fifo-streams:
+    /// the default --fifo-dir.
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
+
+    /// Write an xbstream: to STDOUT, or to the pipes in --fifo-dir.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub stream: Option<StreamFormat>,
+
+    /// Number of named pipes (thread_0 … thread_{N-1}) to write in parallel. 1 means STDOUT unless --fifo-dir is
+    /// given.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub fifo_streams: usize,
+
+    /// Directory of the named pipes (created, mode 0700). Defaults to --target-dir.
+    #[arg(long, value_name = "DIR")]
+    pub fifo_dir: Option<PathBuf>,
+
+    /// Seconds to wait for the consumer to open each pipe.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub fifo_timeout: u64,
+
+    /// How chunks are spread over pipes: `chunk` sends each chunk to the next pipe (a file may span pipes; our
+    /// consumer reassembles it); `file` keeps each file whole and in order on one pipe, so every pipe alone is a
+    /// valid xbstream for `mbstream -x` (what xtrabackup does).
+    #[arg(long, value_enum, default_value_t = Binding::Chunk)]
+    pub fifo_binding: Binding,
+
+    /// Chunk size: files are read and streamed in pieces of this size (suffixes K, M, G).
+    #[arg(long, default_value = "1M", value_name = "SIZE")]
+    pub read_buffer_size: String,
+
+    /// Read threads.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parallel: usize,
+
+    /// Process threads (checksums; compression when it lands).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub compress_threads: usize,
+
+    /// Hard cap on chunk buffers in memory (suffixes K, M, G).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory_limit: String,
+
+    /// Content checksum recorded per file: `crc32` (free: combined from chunk CRCs) or `sha1` (also written as
+    /// backup-manifest.sha1 for `sha1sum -c`, and hashes every stream's bytes for --stats-json).
+    #[arg(long, value_enum, default_value_t = DigestArg::Crc32)]
+    pub digest: DigestArg,
+
+    /// Do not call posix_fadvise (by default: SEQUENTIAL on open, DONTNEED after each chunk, so the backup does not
+    /// evict the database's cache).
+    #[arg(long)]
+    pub no_fadvise: bool,
+
+    /// Limit reads to N chunks per second (xtrabackup's unit: with 1 MiB chunks, N MiB/s).
+    #[arg(long, value_name = "N")]
+    pub throttle: Option<u32>,
+
+    /// Fail when a file changes size or vanishes while it is copied (default: warn and record what was copied).
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Write run statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+
+    /// Log progress as plain periodic lines (also when stderr is not a terminal), and more detail.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// No progress bar and no periodic lines; warnings and errors only.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// Stream formats (only xbstream; the flag exists so the command line reads like xtrabackup's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StreamFormat {
+    /// XBSTCK01 chunks, as xbstream / mbstream read them.
+    Xbstream,
+}
+
+/// `--fifo-binding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Binding {
+    /// Each chunk goes to the next pipe.
+    Chunk,
+    /// Each file goes whole to one pipe.
+    File,
+}
+
+/// `--digest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DigestArg {
+    /// CRC-32 per file.
+    Crc32,
+    /// CRC-32 and SHA-1 per file.
+    Sha1,
+}
+
+/// Parses the process arguments, runs the backup and returns the exit code: 0 when every byte was delivered and
+/// the manifest written, 1 on any failure (printed to stderr), 2 for bad arguments.
+pub fn main() -> i32 {
+    let args = Args::parse();
+    init_logging(args.verbose, args.quiet);
+    let config = match crate::config::Config::from_args(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("producer: error: {e:#}");
+            return 2;
+        }
+    };
+    match crate::pipeline::run(&config) {
+        Ok(summary) => {
+            if !args.quiet {
+                eprintln!("producer: {summary}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("producer: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: bool, quiet: bool) {
+    let level = if verbose {
+        "info"
+    } else if quiet {
+        "warn"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .format_timestamp_secs()
+        .init();
+}

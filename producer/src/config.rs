@@ -1,0 +1,186 @@
+//! Validated settings: everything [`crate::pipeline::run`] needs, derived once from the raw [`crate::cli::Args`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use proto::manifest::Digest;
+
+use crate::cli::{Args, Binding, DigestArg};
+use crate::size::{human, parse_size};
+
+/// Where the backup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A plain copy of the tree (no stream), plus the manifest.
+    Directory(PathBuf),
+    /// One xbstream on STDOUT.
+    Stdout,
+    /// N xbstreams on named pipes `dir/thread_<i>`.
+    Fifos {
+        /// The pipes' directory.
+        dir: PathBuf,
+        /// How many pipes.
+        count: usize,
+        /// How long to wait for the consumer to open each pipe.
+        timeout: Duration,
+        /// How chunks are spread over the pipes.
+        binding: Binding,
+    },
+}
+
+impl Output {
+    /// Number of output streams (1 for a directory or STDOUT).
+    pub fn stream_count(&self) -> usize {
+        match self {
+            Output::Fifos { count, .. } => *count,
+            _ => 1,
+        }
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// An indicatif bar on stderr (stderr is a terminal).
+    Bar,
+    /// Plain log lines every few seconds (`--verbose`).
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+/// Validated producer settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The tree to back up.
+    pub source: PathBuf,
+    /// Where it goes.
+    pub output: Output,
+    /// Chunk size in bytes.
+    pub chunk_size: usize,
+    /// Read threads.
+    pub read_threads: usize,
+    /// Process threads.
+    pub process_threads: usize,
+    /// Buffers in the pool (memory limit / chunk size).
+    pub buffers: usize,
+    /// Per-file checksums.
+    pub digest: Digest,
+    /// Whether to call posix_fadvise.
+    pub fadvise: bool,
+    /// Chunk reads per second, if limited.
+    pub throttle: Option<u32>,
+    /// Fail on files that change while copied.
+    pub strict: bool,
+    /// Where to write statistics.
+    pub stats_json: Option<PathBuf>,
+    /// Progress display.
+    pub progress: ProgressMode,
+}
+
+impl Config {
+    /// Validates raw arguments.
+    pub fn from_args(args: &Args) -> Result<Config> {
+        let meta = std::fs::metadata(&args.source)
+            .with_context(|| format!("cannot read --source {}", args.source.display()))?;
+        if !meta.is_dir() {
+            bail!("--source {} is not a directory", args.source.display());
+        }
+        let output = match (&args.stream, &args.target_dir) {
+            (None, None) => bail!("say where the backup goes: --stream=xbstream (STDOUT or pipes) or --target-dir DIR"),
+            (None, Some(dir)) => {
+                if args.fifo_dir.is_some() || args.fifo_streams != 1 {
+                    bail!("--fifo-dir and --fifo-streams need --stream=xbstream");
+                }
+                Output::Directory(dir.clone())
+            }
+            (Some(_), target_dir) => {
+                if args.fifo_streams == 0 {
+                    bail!("--fifo-streams must be at least 1");
+                }
+                let fifo_dir = args.fifo_dir.clone().or_else(|| {
+                    if args.fifo_streams > 1 {
+                        target_dir.clone()
+                    } else {
+                        None
+                    }
+                });
+                match fifo_dir {
+                    Some(dir) => Output::Fifos {
+                        dir,
+                        count: args.fifo_streams,
+                        timeout: Duration::from_secs(args.fifo_timeout),
+                        binding: args.fifo_binding,
+                    },
+                    None if args.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", args.fifo_streams),
+                    None => {
+                        if std::io::stdout().is_terminal() {
+                            bail!("refusing to write a binary stream to a terminal: redirect STDOUT or use --fifo-dir");
+                        }
+                        Output::Stdout
+                    }
+                }
+            }
+        };
+
+        let chunk_size = parse_size(&args.read_buffer_size).map_err(anyhow::Error::msg).context("--read-buffer-size")?;
+        if !(4096..=proto::DEFAULT_MAX_PAYLOAD).contains(&chunk_size) {
+            bail!(
+                "--read-buffer-size must be between 4K and {} (readers reject larger chunks)",
+                human(proto::DEFAULT_MAX_PAYLOAD)
+            );
+        }
+        let memory_limit = parse_size(&args.memory_limit).map_err(anyhow::Error::msg).context("--memory-limit")?;
+        if args.parallel == 0 || args.compress_threads == 0 {
+            bail!("--parallel and --compress-threads must be at least 1");
+        }
+        let buffers = (memory_limit / chunk_size) as usize;
+        if buffers < 2 {
+            bail!(
+                "--memory-limit {} holds fewer than 2 buffers of --read-buffer-size {}",
+                human(memory_limit),
+                human(chunk_size)
+            );
+        }
+        let (rt, pt, wt) = (args.parallel, args.compress_threads, output.stream_count());
+        let wanted = rt + pt + wt + rt.max(pt).max(wt);
+        if buffers < wanted {
+            log::warn!(
+                "--memory-limit {} holds {buffers} buffers of {}; {wanted} would keep all {rt} read, {pt} process and {wt} \
+                 write threads busy (MEB's rule), so the pipeline will run less parallel",
+                human(memory_limit),
+                human(chunk_size)
+            );
+        }
+
+        let progress = if args.quiet {
+            ProgressMode::Quiet
+        } else if args.verbose {
+            ProgressMode::Lines
+        } else if std::io::stderr().is_terminal() {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Quiet
+        };
+
+        Ok(Config {
+            source: args.source.clone(),
+            output,
+            chunk_size: chunk_size as usize,
+            read_threads: rt,
+            process_threads: pt,
+            buffers,
+            digest: match args.digest {
+                DigestArg::Crc32 => Digest::Crc32,
+                DigestArg::Sha1 => Digest::Sha1,
+            },
+            fadvise: !args.no_fadvise,
+            throttle: args.throttle.filter(|&n| n > 0),
+            strict: args.strict,
+            stats_json: args.stats_json.clone(),
+            progress,
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! One file in flight: its scanned facts, the shared source handle its readers use, and the sequencer that
+//! releases its chunks strictly in offset order.
+//!
+//! Chunks of one file are read by any thread and finish in any order. [`FileState::arrive`] parks a chunk until
+//! every chunk before it has been released, then releases it: it folds the chunk's CRC into the file's CRC, feeds
+//! the SHA-1 (`--digest sha1`), and hands the chunk to the [`Outlet`]. After the last chunk the file's `E` chunk
+//! follows and its manifest record is returned. Deadlock-free because readers take a buffer *before* taking a job:
+//! the lowest unreleased chunk always already holds its buffer.
+//!
+//! A file that shrinks while it is copied yields short reads: everything from the first short read on is dropped,
+//! so what is streamed is always a contiguous prefix, and the record says exactly what was copied. A file that grows
+//! is copied up to its scanned size. Both are warnings, or errors with `--strict`. A file that vanishes before it is
+//! first opened is left out of the backup with a warning.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{bail, Result};
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+use proto::manifest::{FileRecord, WirePath};
+use proto::pool::PooledBuffer;
+use proto::CrcPiece;
+use sha1::{Digest as _, Sha1};
+
+use crate::scan::ScannedFile;
+
+/// Where released chunks go: the pipeline's router to the stream writers.
+pub trait Outlet {
+    /// A payload chunk, released in order.
+    fn payload(&self, file: &Arc<FileState>, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
+    /// The file's end, after its last payload.
+    fn eof(&self, file: &Arc<FileState>) -> Result<()>;
+}
+
+/// A file being backed up.
+#[derive(Debug)]
+pub struct FileState {
+    /// The scanned facts.
+    pub scanned: ScannedFile,
+    /// Number of chunk jobs (at least 1: an empty file has one empty job, so its `E` is emitted in order).
+    pub jobs: u64,
+    /// The stream this file is bound to (`--fifo-binding=file`, or a single stream).
+    pub stream: Option<usize>,
+    handle: Mutex<Handle>,
+    sequence: Mutex<Sequence>,
+    strict: bool,
+    sha1: bool,
+}
+
+#[derive(Debug)]
+enum Handle {
+    NotOpened,
+    Open { file: Arc<File>, reads_left: u64 },
+    Vanished,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Sequence {
+    next: u64,
+    parked: BTreeMap<u64, ReadChunk>,
+    copied: u64,
+    chunks: u64,
+    crc: CrcPiece,
+    sha1: Option<Sha1>,
+    vanished: bool,
+    shrank: bool,
+}
+
+/// A chunk as read: its buffer holds exactly the bytes read (fewer than planned if the file shrank).
+#[derive(Debug)]
+pub struct ReadChunk {
+    /// The file.
+    pub file: Arc<FileState>,
+    /// Chunk number within the file.
+    pub index: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Bytes planned (from the scanned size).
+    pub planned: u64,
+    /// The bytes read.
+    pub data: PooledBuffer,
+    /// CRC-32 of `data`, filled in by a process thread.
+    pub crc: u32,
+    /// The file was gone when first opened.
+    pub vanished: bool,
+}
+
+/// One chunk of work for a read thread.
+#[derive(Debug, Clone)]
+pub struct ChunkJob {
+    /// The file.
+    pub file: Arc<FileState>,
+    /// Chunk number.
+    pub index: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Bytes to read.
+    pub len: u64,
+}
+
+impl FileState {
+    /// State for a scanned file cut into `chunk_size` pieces.
+    pub fn new(
+        scanned: ScannedFile,
+        chunk_size: u64,
+        stream: Option<usize>,
+        strict: bool,
+        sha1: bool,
+    ) -> Arc<FileState> {
+        let jobs = scanned.size.div_ceil(chunk_size).max(1);
+        Arc::new(FileState {
+            scanned,
+            jobs,
+            stream,
+            handle: Mutex::new(Handle::NotOpened),
+            sequence: Mutex::new(Sequence {
+                next: 0,
+                parked: BTreeMap::new(),
+                copied: 0,
+                chunks: 0,
+                crc: CrcPiece::default(),
+                sha1: sha1.then(Sha1::new),
+                vanished: false,
+                shrank: false,
+            }),
+            strict,
+            sha1,
+        })
+    }
+
+    /// The chunk jobs of this file, in order.
+    pub fn chunk_jobs(self: &Arc<Self>, chunk_size: u64) -> impl Iterator<Item = ChunkJob> + '_ {
+        (0..self.jobs).map(move |index| {
+            let offset = index * chunk_size;
+            ChunkJob { file: Arc::clone(self), index, offset, len: chunk_size.min(self.scanned.size - offset) }
+        })
+    }
+
+    /// The wire path.
+    pub fn wire(&self) -> &[u8] {
+        &self.scanned.wire
+    }
+
+    /// Reads one chunk into `data` (a pool buffer). Opens the file on first use (never following a symlink that
+    /// replaced it) and closes it after its last chunk is read.
+    pub fn read(self: &Arc<Self>, job: &ChunkJob, mut data: PooledBuffer, fadvise: bool) -> Result<ReadChunk> {
+        let handle = self.open(fadvise)?;
+        let mut vanished = true;
+        let len = job.len as usize;
+        if data.len() < len {
+            data.resize(len, 0);
+        } else {
+            data.truncate(len);
+        }
+        if let Some(file) = &handle {
+            vanished = false;
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut data[filled..], job.offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        bail!("cannot read {} at offset {}: {e}", self.scanned.source.display(), job.offset + filled as u64)
+                    }
+                }
+            }
+            data.truncate(filled);
+            if fadvise && filled > 0 {
+                let _ = posix_fadvise(file, job.offset as i64, filled as i64, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            }
+        } else {
+            data.clear();
+        }
+        self.chunk_read_done();
+        Ok(ReadChunk { file: Arc::clone(self), index: job.index, offset: job.offset, planned: job.len, data, crc: 0, vanished })
+    }
+
+    fn open(&self, fadvise: bool) -> Result<Option<Arc<File>>> {
+        let mut handle = lock(&self.handle);
+        match &*handle {
+            Handle::Open { file, .. } => return Ok(Some(Arc::clone(file))),
+            Handle::Vanished | Handle::Closed => return Ok(None),
+            Handle::NotOpened => {}
+        }
+        let opened =
+            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&self.scanned.source);
+        match opened {
+            Ok(file) => {
+                if fadvise {
+                    let _ = posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+                }
+                let file = Arc::new(file);
+                *handle = Handle::Open { file: Arc::clone(&file), reads_left: self.jobs };
+                Ok(Some(file))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *handle = Handle::Vanished;
+                Ok(None)
+            }
+            Err(e) => bail!("cannot open {}: {e}", self.scanned.source.display()),
+        }
+    }
+
+    fn chunk_read_done(&self) {
+        let mut handle = lock(&self.handle);
+        if let Handle::Open { reads_left, .. } = &mut *handle {
+            *reads_left -= 1;
+            if *reads_left == 0 {
+                *handle = Handle::Closed;
+            }
+        }
+    }
+
+    /// Takes a processed chunk; releases it and any parked successors in order. Returns the file's manifest record
+    /// once its last chunk and `E` have been released (`None` until then, and for a file that vanished).
+    pub fn arrive(self: &Arc<Self>, chunk: ReadChunk, outlet: &dyn Outlet) -> Result<Option<FileRecord>> {
+        let mut sequence = lock(&self.sequence);
+        sequence.parked.insert(chunk.index, chunk);
+        loop {
+            let next = sequence.next;
+            let Some(chunk) = sequence.parked.remove(&next) else { break };
+            sequence.next += 1;
+            self.release(&mut sequence, chunk, outlet)?;
+        }
+        if sequence.next < self.jobs {
+            return Ok(None);
+        }
+        self.finish(&mut sequence, outlet)
+    }
+
+    fn release(self: &Arc<Self>, sequence: &mut Sequence, chunk: ReadChunk, outlet: &dyn Outlet) -> Result<()> {
+        if chunk.vanished {
+            sequence.vanished = true;
+            return Ok(());
+        }
+        let got = chunk.data.len() as u64;
+        if chunk.offset != sequence.copied {
+            // An earlier chunk came back short: the file shrank. Keep the streamed data a contiguous prefix.
+            sequence.shrank = true;
+            return Ok(());
+        }
+        if got < chunk.planned {
+            sequence.shrank = true;
+        }
+        if got == 0 {
+            return Ok(());
+        }
+        sequence.crc = sequence.crc.append(CrcPiece { crc: chunk.crc, len: got });
+        if let Some(sha1) = &mut sequence.sha1 {
+            sha1.update(&chunk.data[..]);
+        }
+        sequence.copied += got;
+        sequence.chunks += 1;
+        outlet.payload(self, chunk.offset, chunk.data, chunk.crc)
+    }
+
+    fn finish(self: &Arc<Self>, sequence: &mut Sequence, outlet: &dyn Outlet) -> Result<Option<FileRecord>> {
+        let path = self.scanned.source.display();
+        if sequence.vanished {
+            if self.strict {
+                bail!("{path} vanished before it could be read (--strict)");
+            }
+            log::warn!("{path} vanished before it could be read; it is not in the backup");
+            return Ok(None);
+        }
+        let now = std::fs::symlink_metadata(&self.scanned.source).map(|m| m.len()).ok();
+        let changed = if sequence.shrank {
+            Some(format!("shrank while being copied; {} bytes copied of {} scanned", sequence.copied, self.scanned.size))
+        } else if now.is_some_and(|n| n > self.scanned.size) {
+            Some(format!("grew while being copied; the first {} bytes were copied", self.scanned.size))
+        } else {
+            None
+        };
+        if let Some(change) = changed {
+            if self.strict {
+                bail!("{path} {change} (--strict)");
+            }
+            log::warn!("{path} {change}");
+        }
+        outlet.eof(self)?;
+        let sha1 = sequence.sha1.take().map(|h| hex::encode(h.finalize()));
+        debug_assert_eq!(sha1.is_some(), self.sha1);
+        Ok(Some(FileRecord {
+            path: WirePath(self.scanned.wire.clone()),
+            size: sequence.copied,
+            mode: self.scanned.mode,
+            mtime: self.scanned.mtime,
+            chunks: sequence.chunks,
+            crc32: sequence.crc.crc,
+            sha1,
+            stored: None,
+        }))
+    }
+
+    /// The path the file came from, for messages.
+    pub fn source(&self) -> &PathBuf {
+        &self.scanned.source
+    }
+}
+
+/// Locks a mutex; a poisoned one (a thread panicked) is still usable for our plain-data state.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,249 @@
+//! Output streams: each has one writer thread that owns a [`Sink`] and writes whole chunks to it.
+//!
+//! [`StreamSink`] writes xbstream chunks to STDOUT or a pipe (optionally hashing every byte it writes, for the
+//! `--stats-json` check). [`DirectorySink`] writes the files themselves into a target directory, for a local copy.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use proto::pool::PooledBuffer;
+use proto::ChunkWriter;
+use sha1::{Digest as _, Sha1};
+
+use crate::file::FileState;
+
+/// What a writer thread is handed.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A payload chunk of a file.
+    Payload {
+        /// The file.
+        file: Arc<FileState>,
+        /// Offset in the file.
+        offset: u64,
+        /// The bytes (their length is the payload length).
+        data: PooledBuffer,
+        /// CRC-32 of the bytes.
+        crc: u32,
+    },
+    /// The end of a file.
+    Eof {
+        /// The file.
+        file: Arc<FileState>,
+    },
+    /// A whole small file the producer made itself (the manifest, the SHA-1 list), written as payload chunks of at
+    /// most `chunk_size` and an `E`.
+    Document {
+        /// Wire path.
+        path: Vec<u8>,
+        /// Contents.
+        bytes: Arc<Vec<u8>>,
+        /// Largest payload per chunk.
+        chunk_size: usize,
+    },
+}
+
+/// What a finished sink reports.
+#[derive(Debug, Clone, Default)]
+pub struct SinkReport {
+    /// Bytes written (encoded stream bytes, or file bytes for a directory).
+    pub bytes: u64,
+    /// Chunks written.
+    pub chunks: u64,
+    /// SHA-1 of every byte written, when hashing was on.
+    pub sha1: Option<String>,
+}
+
+/// An output stream.
+pub trait Sink: Send {
+    /// A name for messages: `STDOUT`, the pipe's path, the directory.
+    fn name(&self) -> String;
+    /// Writes one item whole.
+    fn write(&mut self, item: StreamItem) -> Result<()>;
+    /// Flushes and closes; reports what was written.
+    fn finish(self: Box<Self>) -> Result<SinkReport>;
+}
+
+/// xbstream chunks to a file descriptor (STDOUT or a pipe).
+pub struct StreamSink {
+    name: String,
+    writer: ChunkWriter<HashingWriter<File>>,
+    chunks: u64,
+}
+
+impl StreamSink {
+    /// A sink over `file`, hashing what it writes when `hash` is set.
+    pub fn new(name: String, file: File, hash: bool) -> StreamSink {
+        StreamSink { name, writer: ChunkWriter::new(HashingWriter { inner: file, sha1: hash.then(Sha1::new) }), chunks: 0 }
+    }
+}
+
+impl Sink for StreamSink {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn write(&mut self, item: StreamItem) -> Result<()> {
+        match item {
+            StreamItem::Payload { file, offset, data, crc } => {
+                self.writer.write_payload_with_checksum(file.wire(), offset, &data, crc)?;
+                self.chunks += 1;
+            }
+            StreamItem::Eof { file } => {
+                self.writer.write_eof(file.wire())?;
+                self.chunks += 1;
+            }
+            StreamItem::Document { path, bytes, chunk_size } => {
+                for (i, piece) in bytes.chunks(chunk_size.max(1)).enumerate() {
+                    self.writer.write_payload(&path, (i * chunk_size) as u64, piece)?;
+                    self.chunks += 1;
+                }
+                self.writer.write_eof(&path)?;
+                self.chunks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        self.writer.flush().with_context(|| format!("cannot flush {}", self.name))?;
+        let bytes = self.writer.position();
+        let hashing = self.writer.into_inner();
+        Ok(SinkReport { bytes, chunks: self.chunks, sha1: hashing.sha1.map(|h| hex::encode(h.finalize())) })
+    }
+}
+
+/// A `Write` that feeds every byte it has written into a SHA-1.
+pub struct HashingWriter<W> {
+    inner: W,
+    sha1: Option<Sha1>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(sha1) = &mut self.sha1 {
+            sha1.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.inner.write_vectored(bufs)?;
+        if let Some(sha1) = &mut self.sha1 {
+            let mut left = n;
+            for buf in bufs {
+                let take = left.min(buf.len());
+                sha1.update(&buf[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Files written into a directory at their offsets: a local copy with no stream. Files are created with
+/// `O_EXCL` (never overwriting), get their source mode at `E`, and are closed there.
+pub struct DirectorySink {
+    root: PathBuf,
+    open: HashMap<Vec<u8>, File>,
+    bytes: u64,
+    chunks: u64,
+    fadvise: bool,
+}
+
+impl DirectorySink {
+    /// A sink into `root`, which must be absent or empty.
+    pub fn create(root: &Path, fadvise: bool) -> Result<DirectorySink> {
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create --target-dir {}", root.display()))?;
+        let mut entries = std::fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))?;
+        if entries.next().is_some() {
+            anyhow::bail!("--target-dir {} is not empty", root.display());
+        }
+        Ok(DirectorySink { root: root.to_path_buf(), open: HashMap::new(), bytes: 0, chunks: 0, fadvise })
+    }
+
+    fn file(&mut self, wire: &[u8]) -> Result<&File> {
+        if !self.open.contains_key(wire) {
+            let relative = proto::safe_relative_path(wire)?;
+            let path = self.root.join(relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            self.open.insert(wire.to_vec(), file);
+        }
+        Ok(&self.open[wire])
+    }
+
+    fn close(&mut self, wire: &[u8], mode: Option<u32>) -> Result<()> {
+        self.file(wire)?;
+        let file = self.open.remove(wire).expect("just opened");
+        if let Some(mode) = mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {}", String::from_utf8_lossy(wire)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for DirectorySink {
+    fn name(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn write(&mut self, item: StreamItem) -> Result<()> {
+        match item {
+            StreamItem::Payload { file, offset, data, .. } => {
+                let fadvise = self.fadvise;
+                let target = self.file(file.wire())?;
+                target.write_all_at(&data, offset).with_context(|| {
+                    format!("cannot write {} at offset {offset}", String::from_utf8_lossy(file.wire()))
+                })?;
+                if fadvise {
+                    let _ = nix::fcntl::posix_fadvise(
+                        target,
+                        offset as i64,
+                        data.len() as i64,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
+                }
+                self.bytes += data.len() as u64;
+                self.chunks += 1;
+            }
+            StreamItem::Eof { file } => {
+                self.close(file.wire(), Some(file.scanned.mode))?;
+                self.chunks += 1;
+            }
+            StreamItem::Document { path, bytes, .. } => {
+                self.file(&path)?.write_all_at(&bytes, 0)?;
+                self.close(&path, Some(0o644))?;
+                self.bytes += bytes.len() as u64;
+                self.chunks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<SinkReport> {
+        Ok(SinkReport { bytes: self.bytes, chunks: self.chunks, sha1: None })
+    }
+}

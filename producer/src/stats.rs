@@ -1,0 +1,69 @@
+//! Run statistics (`--stats-json`) and the one-line summary.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// Everything `--stats-json` writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Files backed up (the manifest and SHA-1 list not counted).
+    pub files: u64,
+    /// Bytes of file content backed up.
+    pub bytes: u64,
+    /// Payload chunks read.
+    pub chunks: u64,
+    /// Entries skipped by the scan (symlinks, special files, a stale manifest).
+    pub skipped: u64,
+    /// Chunks read by each read thread, in thread order.
+    pub chunks_read_per_thread: Vec<u64>,
+    /// Per output stream: what it carried, manifest included.
+    pub streams: Vec<StreamStats>,
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+    /// File bytes per second, in MB/s (10^6).
+    pub mb_per_second: f64,
+    /// Chunk size.
+    pub chunk_size: usize,
+    /// Buffers in the pool.
+    pub buffers: usize,
+    /// Most buffers in use at once.
+    pub peak_buffers_in_use: usize,
+    /// Peak resident memory of the process (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// One stream's totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStats {
+    /// Stream number.
+    pub index: usize,
+    /// `STDOUT`, a pipe path or the target directory.
+    pub name: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Chunks written.
+    pub chunks: u64,
+    /// SHA-1 of every byte written (`--digest sha1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+}
+
+impl Stats {
+    /// Writes the JSON to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("stats always serialise");
+        std::fs::write(path, json).with_context(|| format!("cannot write --stats-json {}", path.display()))
+    }
+}
+
+/// Peak resident set size of this process, from `/proc/self/status` (0 where unavailable).
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
