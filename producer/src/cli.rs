@@ -45,8 +45,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Binding::Chunk)]
     pub fifo_binding: Binding,
 
-    /// Chunk size: files are read and streamed in pieces of this size (suffixes K, M, G).
-    #[arg(long, default_value = "1M", value_name = "SIZE")]
+    /// Chunk size: files are read and streamed in pieces of this size (suffixes K, M, G). 2M measured fastest
+    /// here; xtrabackup uses 10M.
+    #[arg(long, default_value = "2M", value_name = "SIZE")]
     pub read_buffer_size: String,
 
     /// Read threads.
@@ -57,7 +58,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub compress_threads: usize,
 
-    /// Hard cap on chunk buffers in memory (suffixes K, M, G).
+    /// Hard cap on chunk buffers in memory (suffixes K, M, G). The pool uses at most twice MEB's rule of
+    /// read + process + write + max(read, process, write) buffers, and never more than this.
     #[arg(long, default_value = "256M", value_name = "SIZE")]
     pub memory_limit: String,
 

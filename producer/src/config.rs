@@ -136,8 +136,8 @@ impl Config {
         if args.parallel == 0 || args.compress_threads == 0 {
             bail!("--parallel and --compress-threads must be at least 1");
         }
-        let buffers = (memory_limit / chunk_size) as usize;
-        if buffers < 2 {
+        let allowed = (memory_limit / chunk_size) as usize;
+        if allowed < 2 {
             bail!(
                 "--memory-limit {} holds fewer than 2 buffers of --read-buffer-size {}",
                 human(memory_limit),
@@ -146,6 +146,9 @@ impl Config {
         }
         let (rt, pt, wt) = (args.parallel, args.compress_threads, output.stream_count());
         let wanted = rt + pt + wt + rt.max(pt).max(wt);
+        // The limit is a cap, not a target: twice MEB's rule keeps every thread busy with room to reorder, and
+        // more buffers only cost page faults and cache misses (measured: 256 × 1 MiB ran ~25% slower than 22 × 2 MiB).
+        let buffers = allowed.min(2 * wanted);
         if buffers < wanted {
             log::warn!(
                 "--memory-limit {} holds {buffers} buffers of {}; {wanted} would keep all {rt} read, {pt} process and {wt} \

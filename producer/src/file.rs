@@ -151,11 +151,7 @@ impl FileState {
         let handle = self.open(fadvise)?;
         let mut vanished = true;
         let len = job.len as usize;
-        if data.len() < len {
-            data.resize(len, 0);
-        } else {
-            data.truncate(len);
-        }
+        data.set_len(len);
         if let Some(file) = &handle {
             vanished = false;
             let mut filled = 0;
@@ -169,12 +165,12 @@ impl FileState {
                     }
                 }
             }
-            data.truncate(filled);
+            data.set_len(filled);
             if fadvise && filled > 0 {
                 let _ = posix_fadvise(file, job.offset as i64, filled as i64, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
             }
         } else {
-            data.clear();
+            data.set_len(0);
         }
         self.chunk_read_done();
         Ok(ReadChunk { file: Arc::clone(self), index: job.index, offset: job.offset, planned: job.len, data, crc: 0, vanished })

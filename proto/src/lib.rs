@@ -31,5 +31,5 @@ pub use checksum::CrcPiece;
 pub use chunk::{ChunkHeader, ChunkKind, MAGIC, MAX_PATH_LEN};
 pub use manifest::{Manifest, MANIFEST_NAME};
 pub use path::{safe_relative_path, PathError};
-pub use reader::{ChunkReader, ReadError, DEFAULT_MAX_PAYLOAD};
+pub use reader::{ChunkReader, PayloadBuffer, ReadError, DEFAULT_MAX_PAYLOAD};
 pub use writer::{ChunkWriter, WriteError};

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read};
 
+use crate::pool::PooledBuffer;
 use crate::chunk::{ChunkHeader, ChunkKind, FLAG_IGNORABLE, MAGIC, MAX_PATH_LEN, PAYLOAD_FIELDS_LEN, PREFIX_LEN};
 
 /// Default ceiling on a declared payload length: 64 MiB, six times the real tools' 10 MiB chunks.
@@ -175,7 +176,7 @@ impl<R: Read> ChunkReader<R> {
 
     /// Reads the next chunk. Its payload replaces the contents of `payload` (whose capacity is reused). Returns
     /// `Ok(None)` at a clean end of stream: end of input exactly at a chunk boundary.
-    pub fn read_chunk(&mut self, payload: &mut Vec<u8>) -> Result<Option<ChunkHeader>, ReadError> {
+    pub fn read_chunk(&mut self, payload: &mut impl PayloadBuffer) -> Result<Option<ChunkHeader>, ReadError> {
         payload.clear();
         let stream_offset = self.position;
 
@@ -224,24 +225,14 @@ impl<R: Read> ChunkReader<R> {
         header.payload_len = u64::from_le_bytes(fields[0..8].try_into().expect("8 bytes"));
         header.file_offset = u64::from_le_bytes(fields[8..16].try_into().expect("8 bytes"));
         header.checksum = u32::from_le_bytes(fields[16..20].try_into().expect("4 bytes"));
-        if header.payload_len > self.max_payload {
-            return Err(ReadError::PayloadTooLarge {
-                path: header.display_path(),
-                stream_offset,
-                len: header.payload_len,
-                max: self.max_payload,
-            });
+        let max = payload.max_len().map_or(self.max_payload, |m| self.max_payload.min(m as u64));
+        if header.payload_len > max {
+            return Err(ReadError::PayloadTooLarge { path: header.display_path(), stream_offset, len: header.payload_len, max });
         }
 
-        // The length is bounded by max_payload, so reserving it is safe.
-        payload.reserve_exact(header.payload_len as usize);
-        let got = match (&mut self.inner).take(header.payload_len).read_to_end(payload) {
-            Ok(n) => n as u64,
-            Err(source) => {
-                return Err(ReadError::Io { stream_offset: self.position + payload.len() as u64, source })
-            }
-        };
-        self.position += got;
+        // The length is bounded by max_payload (and the buffer's own capacity), so preparing it is safe.
+        let slot = payload.slot(header.payload_len as usize);
+        let got = read_full(&mut self.inner, slot, &mut self.position)? as u64;
         if got < header.payload_len {
             return Err(ReadError::TruncatedPayload {
                 path: header.display_path(),
@@ -251,26 +242,66 @@ impl<R: Read> ChunkReader<R> {
             });
         }
         if self.verify_checksums {
-            header.verify_checksum(payload)?;
+            header.verify_checksum(slot)?;
         }
         Ok(Some(header))
     }
 
-    /// Fills `buf` unless the input ends first; returns how many bytes were read.
     fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.inner.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    filled += n;
-                    self.position += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(ReadError::Io { stream_offset: self.position, source }),
+        read_full(&mut self.inner, buf, &mut self.position)
+    }
+}
+
+/// Fills `buf` unless the input ends first; returns how many bytes were read and advances `position` by them.
+fn read_full(reader: &mut impl Read, buf: &mut [u8], position: &mut u64) -> Result<usize, ReadError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                *position += n as u64;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(ReadError::Io { stream_offset: *position, source }),
         }
-        Ok(filled)
+    }
+    Ok(filled)
+}
+
+/// Where a chunk's payload is read to: a plain `Vec<u8>`, or a [`PooledBuffer`] from the memory budget.
+pub trait PayloadBuffer {
+    /// Empties the buffer.
+    fn clear(&mut self);
+    /// Makes the buffer exactly `len` bytes long and returns them for filling (their old contents are stale).
+    fn slot(&mut self, len: usize) -> &mut [u8];
+    /// The largest payload this buffer can take, if it is bounded.
+    fn max_len(&self) -> Option<usize>;
+}
+
+impl PayloadBuffer for Vec<u8> {
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+    fn slot(&mut self, len: usize) -> &mut [u8] {
+        self.resize(len, 0);
+        &mut self[..]
+    }
+    fn max_len(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl PayloadBuffer for PooledBuffer {
+    fn clear(&mut self) {
+        self.set_len(0);
+    }
+    fn slot(&mut self, len: usize) -> &mut [u8] {
+        self.set_len(len);
+        &mut self[..]
+    }
+    fn max_len(&self) -> Option<usize> {
+        Some(self.capacity())
     }
 }
 
