@@ -11,8 +11,14 @@ use proto::{ChunkKind, ChunkReader, ChunkWriter, ReadError, WriteError, MAX_PATH
 
 use crate::util::ShortReader;
 
+/// Per path: the reassembled contents and whether its `E` chunk was seen.
+type Reassembled = BTreeMap<Vec<u8>, (Vec<u8>, bool)>;
+
+/// Per file: its path, its remaining (offset, bytes) chunks, and whether its `E` was written.
+type Queue = (Vec<u8>, Vec<(u64, Vec<u8>)>, bool);
+
 /// Reads a whole stream back into per-path contents, asserting offsets are contiguous per path.
-fn reassemble(reader: impl Read) -> Result<BTreeMap<Vec<u8>, (Vec<u8>, bool)>, ReadError> {
+fn reassemble(reader: impl Read) -> Result<Reassembled, ReadError> {
     let mut files: BTreeMap<Vec<u8>, (Vec<u8>, bool)> = BTreeMap::new();
     for chunk in ChunkReader::new(reader) {
         let (header, payload) = chunk?;
@@ -66,7 +72,7 @@ proptest! {
         read_max in 1usize..64,
     ) {
         // Per-file queues of chunks, then a seeded interleaving.
-        let mut queues: Vec<(Vec<u8>, Vec<(u64, Vec<u8>)>, bool)> = files
+        let mut queues: Vec<Queue> = files
             .iter()
             .map(|(path, data)| {
                 let chunks = data.chunks(cut).enumerate().map(|(i, c)| ((i * cut) as u64, c.to_vec())).collect();
@@ -114,10 +120,8 @@ proptest! {
         let mut flipped = stream.clone();
         let i = flip_at.index(flipped.len());
         flipped[i] ^= 0x40;
-        for chunk in ChunkReader::new(&flipped[..]) {
-            if let Ok((header, payload)) = chunk {
-                prop_assert_eq!(header.verify_checksum(&payload).is_ok(), true);
-            }
+        for (header, payload) in ChunkReader::new(&flipped[..]).map_while(Result::ok) {
+            prop_assert!(header.verify_checksum(&payload).is_ok());
         }
         let cut = &stream[..1 + cut_at.index(first_len - 1)];
         let results: Vec<_> = ChunkReader::new(cut).collect();
@@ -176,13 +180,12 @@ fn every_read_error_is_produced_and_named() {
     let mut bytes = b"XBSTCK01\0P".to_vec();
     bytes.extend_from_slice(&512u32.to_le_bytes());
     bytes.extend_from_slice(&[b'a'; 512]);
-    assert_eq!(
-        read_error(&bytes).to_string(),
-        "path length 512 is too large at stream offset 0x0 (at most 511 bytes)"
-    );
+    assert_eq!(read_error(&bytes).to_string(), "path length 512 is too large at stream offset 0x0 (at most 511 bytes)");
 
     // Unknown types: Percona sparse / MariaDB seek 'S', rename 'R', delete 'D', NUL.
-    for (type_byte, shown) in [(b'S', "0x53 ('S')"), (b'R', "0x52 ('R')"), (b'D', "0x44 ('D')"), (0, "0x00 (non-printable)")] {
+    for (type_byte, shown) in
+        [(b'S', "0x53 ('S')"), (b'R', "0x52 ('R')"), (b'D', "0x44 ('D')"), (0, "0x00 (non-printable)")]
+    {
         let mut bytes = b"XBSTCK01\0".to_vec();
         bytes.push(type_byte);
         bytes.extend_from_slice(&1u32.to_le_bytes());

@@ -2,5 +2,6 @@
 
 mod util;
 
+mod producer;
 mod proto_format;
 mod proto_interop;

@@ -92,3 +92,81 @@ pub fn read_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// A `producer` command (the binary built with these tests).
+pub fn producer() -> assert_cmd::Command {
+    let mut command = assert_cmd::Command::new(env!("CARGO_BIN_EXE_producer"));
+    command.timeout(std::time::Duration::from_secs(120));
+    command
+}
+
+/// A `consumer` command (the binary built with these tests).
+pub fn consumer() -> assert_cmd::Command {
+    let mut command = assert_cmd::Command::new(env!("CARGO_BIN_EXE_consumer"));
+    command.timeout(std::time::Duration::from_secs(120));
+    command
+}
+
+/// Writes `files` (relative path, contents) under `root`, creating directories.
+pub fn write_tree(root: &Path, files: &[(&str, Vec<u8>)]) {
+    for (path, data) in files {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, data).unwrap();
+    }
+}
+
+/// A small mixed tree: an empty file, a 1-byte file, files around the chunk size, a nested directory.
+pub fn sample_files(chunk: usize) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("empty", Vec::new()),
+        ("one", vec![42]),
+        ("ibdata1", pseudo_random_bytes(3 * chunk + 17, 1)),
+        ("exact", pseudo_random_bytes(chunk, 2)),
+        ("less", pseudo_random_bytes(chunk - 1, 3)),
+        ("more", pseudo_random_bytes(chunk + 1, 4)),
+        ("db/t1.ibd", pseudo_random_bytes(2 * chunk, 5)),
+        ("db/t1.frm", b"frm".to_vec()),
+    ]
+}
+
+/// Extracts an xbstream with the real `mbstream -x` into `out`, asserting it succeeds with nothing on stderr.
+pub fn mbstream_extract(stream: &[u8], out: &Path) {
+    use std::io::Write;
+    std::fs::create_dir_all(out).unwrap();
+    let mut child = Command::new(tool("mbstream"))
+        .args(["-x", "-C"])
+        .arg(out)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stream).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.trim().is_empty(), "mbstream -x: {}\n{stderr}", output.status);
+}
+
+/// The manifest in an extracted or copied tree.
+pub fn read_manifest(dir: &Path) -> proto::Manifest {
+    let bytes = std::fs::read(dir.join(proto::MANIFEST_NAME)).expect("the manifest is present");
+    proto::Manifest::from_json(&bytes).unwrap()
+}
+
+/// Asserts that `out` holds exactly the files of `src` plus the producer's own manifest files, byte for byte.
+pub fn assert_same_tree(src: &Path, out: &Path) {
+    let meta = [proto::MANIFEST_NAME, proto::manifest::SHA1SUMS_NAME];
+    let restored: Vec<_> =
+        read_tree(out).into_iter().filter(|(p, _)| !meta.iter().any(|m| p.as_os_str() == *m)).collect();
+    let original = read_tree(src);
+    assert_eq!(restored.len(), original.len(), "file count");
+    for ((a, da), (b, db)) in original.iter().zip(&restored) {
+        assert_eq!(a, b);
+        assert!(da == db, "{} differs", a.display());
+    }
+}
+
+/// Parses a `--stats-json` file.
+pub fn read_stats(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}

@@ -146,13 +146,9 @@ pub fn main() -> i32 {
 }
 
 fn init_logging(verbose: bool, quiet: bool) {
-    let level = if verbose {
-        "info"
-    } else if quiet {
-        "warn"
-    } else {
-        "warn"
-    };
+    // Warnings always show (--quiet hides only progress); --verbose adds the periodic lines and detail.
+    let _ = quiet;
+    let level = if verbose { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
         .format_timestamp_secs()

@@ -100,13 +100,8 @@ impl Config {
                 if args.fifo_streams == 0 {
                     bail!("--fifo-streams must be at least 1");
                 }
-                let fifo_dir = args.fifo_dir.clone().or_else(|| {
-                    if args.fifo_streams > 1 {
-                        target_dir.clone()
-                    } else {
-                        None
-                    }
-                });
+                let fifo_dir =
+                    args.fifo_dir.clone().or_else(|| if args.fifo_streams > 1 { target_dir.clone() } else { None });
                 match fifo_dir {
                     Some(dir) => Output::Fifos {
                         dir,
@@ -125,7 +120,8 @@ impl Config {
             }
         };
 
-        let chunk_size = parse_size(&args.read_buffer_size).map_err(anyhow::Error::msg).context("--read-buffer-size")?;
+        let chunk_size =
+            parse_size(&args.read_buffer_size).map_err(anyhow::Error::msg).context("--read-buffer-size")?;
         if !(4096..=proto::DEFAULT_MAX_PAYLOAD).contains(&chunk_size) {
             bail!(
                 "--read-buffer-size must be between 4K and {} (readers reject larger chunks)",

@@ -161,7 +161,11 @@ impl FileState {
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        bail!("cannot read {} at offset {}: {e}", self.scanned.source.display(), job.offset + filled as u64)
+                        bail!(
+                            "cannot read {} at offset {}: {e}",
+                            self.scanned.source.display(),
+                            job.offset + filled as u64
+                        )
                     }
                 }
             }
@@ -173,7 +177,15 @@ impl FileState {
             data.set_len(0);
         }
         self.chunk_read_done();
-        Ok(ReadChunk { file: Arc::clone(self), index: job.index, offset: job.offset, planned: job.len, data, crc: 0, vanished })
+        Ok(ReadChunk {
+            file: Arc::clone(self),
+            index: job.index,
+            offset: job.offset,
+            planned: job.len,
+            data,
+            crc: 0,
+            vanished,
+        })
     }
 
     fn open(&self, fadvise: bool) -> Result<Option<Arc<File>>> {
@@ -266,7 +278,10 @@ impl FileState {
         }
         let now = std::fs::symlink_metadata(&self.scanned.source).map(|m| m.len()).ok();
         let changed = if sequence.shrank {
-            Some(format!("shrank while being copied; {} bytes copied of {} scanned", sequence.copied, self.scanned.size))
+            Some(format!(
+                "shrank while being copied; {} bytes copied of {} scanned",
+                sequence.copied, self.scanned.size
+            ))
         } else if now.is_some_and(|n| n > self.scanned.size) {
             Some(format!("grew while being copied; the first {} bytes were copied", self.scanned.size))
         } else {

@@ -13,7 +13,7 @@ Memory is a fixed [`proto::pool::BufferPool`] sized by `--memory-limit`; every c
 buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
-[`scan`] (the source walk), [`file`] (per-file state and the in-order sequencer), [`sink`] (stream and directory
+[`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`sink`] (stream and directory
 writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments).
 */
 

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Every channel is bounded by the pool size and carries handles; chunk bytes live only in pool buffers. Any
-//! thread's error is recorded in [`Failure`] and fires the shared [`Cancel`], which wakes every blocked wait, so the
+//! thread's error is recorded in `Failure` and fires the shared [`Cancel`], which wakes every blocked wait, so the
 //! run stops promptly and reports the first real error. On success the manifest goes last: streams 1..N are closed
 //! and their writers joined first, then the manifest is written to stream 0.
 
@@ -119,10 +119,9 @@ pub fn run(config: &Config) -> Result<String> {
         };
 
         let mut workers = Vec::new();
-        for thread_index in 0..config.read_threads {
+        for (thread_index, reads) in reads_per_thread.iter().enumerate() {
             let (jobs, read, pool) = (job_receiver.clone(), read_sender.clone(), &pool);
-            let (cancel, failure, counters, reads, throttle) =
-                (&cancel, &failure, &counters, &reads_per_thread[thread_index], &throttle);
+            let (cancel, failure, counters, throttle) = (&cancel, &failure, &counters, &throttle);
             let handle = thread::Builder::new().name(format!("reader-{thread_index}")).spawn_scoped(scope, move || {
                 let result = (|| -> Result<()> {
                     loop {
@@ -150,21 +149,22 @@ pub fn run(config: &Config) -> Result<String> {
         for thread_index in 0..config.process_threads {
             let read = read_receiver.clone();
             let (cancel, failure, router, records) = (&cancel, &failure, &router, &records);
-            let handle = thread::Builder::new().name(format!("process-{thread_index}")).spawn_scoped(scope, move || {
-                let result = (|| -> Result<()> {
-                    while let Some(mut chunk) = recv(&read, cancel)? {
-                        chunk.crc = proto::CrcPiece::of(&chunk.data).crc;
-                        let file = Arc::clone(&chunk.file);
-                        if let Some(record) = file.arrive(chunk, router)? {
-                            records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+            let handle =
+                thread::Builder::new().name(format!("process-{thread_index}")).spawn_scoped(scope, move || {
+                    let result = (|| -> Result<()> {
+                        while let Some(mut chunk) = recv(&read, cancel)? {
+                            chunk.crc = proto::CrcPiece::of(&chunk.data).crc;
+                            let file = Arc::clone(&chunk.file);
+                            if let Some(record) = file.arrive(chunk, router)? {
+                                records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+                            }
                         }
+                        Ok(())
+                    })();
+                    if let Err(e) = result {
+                        failure.record(e);
                     }
-                    Ok(())
-                })();
-                if let Err(e) = result {
-                    failure.record(e);
-                }
-            });
+                });
             workers.push(handle.expect("spawn process thread"));
         }
         drop(read_receiver);
@@ -219,7 +219,13 @@ pub fn run(config: &Config) -> Result<String> {
             .enumerate()
             .map(|(index, report)| {
                 let report = report.clone().unwrap_or_default();
-                StreamStats { index, name: stream_name(config, index), bytes: report.bytes, chunks: report.chunks, sha1: report.sha1 }
+                StreamStats {
+                    index,
+                    name: stream_name(config, index),
+                    bytes: report.bytes,
+                    chunks: report.chunks,
+                    sha1: report.sha1,
+                }
             })
             .collect(),
         wall_seconds: elapsed,
@@ -310,8 +316,11 @@ fn stream_name(config: &Config, index: usize) -> String {
     }
 }
 
+/// The opened sinks, and the pipes (removed when dropped) if there are any.
+type Outputs = (Vec<Box<dyn Sink>>, Option<FifoSet>);
+
 /// Opens every output; for pipes, waits (in parallel, each up to --fifo-timeout) for the consumer to open them.
-fn open_outputs(config: &Config) -> Result<(Vec<Box<dyn Sink>>, Option<FifoSet>)> {
+fn open_outputs(config: &Config) -> Result<Outputs> {
     let hash = config.digest == Digest::Sha1;
     match &config.output {
         Output::Directory(dir) => Ok((vec![Box::new(DirectorySink::create(dir, config.fadvise)?)], None)),
@@ -325,7 +334,11 @@ fn open_outputs(config: &Config) -> Result<(Vec<Box<dyn Sink>>, Option<FifoSet>)
         }
         Output::Fifos { dir, count, timeout, .. } => {
             let set = FifoSet::create(dir, *count)?;
-            log::info!("waiting up to {} s for the consumer to open {count} pipes in {}", timeout.as_secs(), dir.display());
+            log::info!(
+                "waiting up to {} s for the consumer to open {count} pipes in {}",
+                timeout.as_secs(),
+                dir.display()
+            );
             let opened: Vec<_> = thread::scope(|scope| {
                 let handles: Vec<_> = set
                     .paths()
@@ -425,7 +438,9 @@ impl Outlet for Router {
     fn eof(&self, file: &Arc<FileState>) -> Result<()> {
         let stream = self.pick(file);
         self.counts[stream].chunks.fetch_add(1, Ordering::Relaxed);
-        self.counts[stream].bytes.fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
+        self.counts[stream]
+            .bytes
+            .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
         self.send(stream, StreamItem::Eof { file: Arc::clone(file) })
     }
 }

@@ -43,9 +43,10 @@ pub struct ScanTotals {
 /// (over 511 bytes) or a directory that cannot be read is an error naming it.
 pub fn walk(root: &Path, warn: bool, mut visit: impl FnMut(ScannedFile) -> Result<()>) -> Result<ScanTotals> {
     let mut totals = ScanTotals::default();
-    let walker = walkdir::WalkDir::new(root).follow_links(false).min_depth(1).sort_by(|a, b| {
-        (a.file_type().is_dir(), a.file_name()).cmp(&(b.file_type().is_dir(), b.file_name()))
-    });
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by(|a, b| (a.file_type().is_dir(), a.file_name()).cmp(&(b.file_type().is_dir(), b.file_name())));
     for entry in walker {
         let entry = entry.map_err(|e| {
             let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
@@ -81,8 +82,8 @@ pub fn walk(root: &Path, warn: bool, mut visit: impl FnMut(ScannedFile) -> Resul
             }
             continue;
         }
-        let wire = proto::path::wire_path(relative)
-            .with_context(|| format!("cannot back up {}", entry.path().display()))?;
+        let wire =
+            proto::path::wire_path(relative).with_context(|| format!("cannot back up {}", entry.path().display()))?;
         let meta = entry.metadata().map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", entry.path().display()))?;
         totals.files += 1;
         totals.bytes += meta.len();

@@ -79,7 +79,11 @@ pub struct StreamSink {
 impl StreamSink {
     /// A sink over `file`, hashing what it writes when `hash` is set.
     pub fn new(name: String, file: File, hash: bool) -> StreamSink {
-        StreamSink { name, writer: ChunkWriter::new(HashingWriter { inner: file, sha1: hash.then(Sha1::new) }), chunks: 0 }
+        StreamSink {
+            name,
+            writer: ChunkWriter::new(HashingWriter { inner: file, sha1: hash.then(Sha1::new) }),
+            chunks: 0,
+        }
     }
 }
 

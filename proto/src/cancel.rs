@@ -38,7 +38,9 @@ impl Cancel {
     /// A signal that has not fired.
     pub fn new() -> Cancel {
         let (sender, receiver) = crossbeam_channel::bounded(0);
-        Cancel { inner: Arc::new(CancelInner { flag: AtomicBool::new(false), sender: Mutex::new(Some(sender)), receiver }) }
+        Cancel {
+            inner: Arc::new(CancelInner { flag: AtomicBool::new(false), sender: Mutex::new(Some(sender)), receiver }),
+        }
     }
 
     /// Fires the signal (idempotent).

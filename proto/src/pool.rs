@@ -160,11 +160,13 @@ mod tests {
         let waiter = {
             let pool = pool.clone();
             let cancel = cancel.clone();
-            std::thread::spawn(move || pool.take(&cancel).map(|mut buf| {
-                let len = buf.len();
-                buf.set_len(4);
-                (len, buf.capacity(), buf.to_vec())
-            }))
+            std::thread::spawn(move || {
+                pool.take(&cancel).map(|mut buf| {
+                    let len = buf.len();
+                    buf.set_len(4);
+                    (len, buf.capacity(), buf.to_vec())
+                })
+            })
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "a third take must wait");

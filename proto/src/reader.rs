@@ -7,8 +7,8 @@
 
 use std::io::{self, Read};
 
-use crate::pool::PooledBuffer;
 use crate::chunk::{ChunkHeader, ChunkKind, FLAG_IGNORABLE, MAGIC, MAX_PATH_LEN, PAYLOAD_FIELDS_LEN, PREFIX_LEN};
+use crate::pool::PooledBuffer;
 
 /// Default ceiling on a declared payload length: 64 MiB, six times the real tools' 10 MiB chunks.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 64 << 20;
@@ -211,8 +211,7 @@ impl<R: Read> ChunkReader<R> {
             return Err(ReadError::TruncatedHeader { stream_offset, needed: path.len(), got });
         }
 
-        let mut header =
-            ChunkHeader { kind, path, payload_len: 0, file_offset: 0, checksum: 0, stream_offset };
+        let mut header = ChunkHeader { kind, path, payload_len: 0, file_offset: 0, checksum: 0, stream_offset };
         if kind == ChunkKind::Eof {
             return Ok(Some(header));
         }
@@ -227,7 +226,12 @@ impl<R: Read> ChunkReader<R> {
         header.checksum = u32::from_le_bytes(fields[16..20].try_into().expect("4 bytes"));
         let max = payload.max_len().map_or(self.max_payload, |m| self.max_payload.min(m as u64));
         if header.payload_len > max {
-            return Err(ReadError::PayloadTooLarge { path: header.display_path(), stream_offset, len: header.payload_len, max });
+            return Err(ReadError::PayloadTooLarge {
+                path: header.display_path(),
+                stream_offset,
+                len: header.payload_len,
+                max,
+            });
         }
 
         // The length is bounded by max_payload (and the buffer's own capacity), so preparing it is safe.

@@ -1,0 +1,370 @@
+//! The producer end to end: every sink, horizontal reads, the memory cap, FIFO deadlines, a consumer that dies,
+//! and the edges users hit.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::manifest::{Digest, SHA1SUMS_NAME};
+
+use crate::util::*;
+
+const CHUNK: usize = 64 * 1024;
+
+fn sample_source() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &sample_files(CHUNK));
+    src
+}
+
+#[test]
+fn stdout_stream_extracts_with_mbstream_and_the_manifest_proves_it() {
+    let src = sample_source();
+    let out = tempfile::tempdir().unwrap();
+    let stream = producer()
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--parallel", "3"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    mbstream_extract(&stream, out.path());
+    assert_same_tree(src.path(), out.path());
+
+    let manifest = read_manifest(out.path());
+    assert_eq!(manifest.chunk_size, CHUNK as u64);
+    assert_eq!(manifest.digest, Digest::Crc32);
+    let files = sample_files(CHUNK);
+    assert_eq!(manifest.files.len(), files.len());
+    for (path, data) in &files {
+        let record = manifest.files.iter().find(|r| r.path.0 == path.as_bytes()).expect("listed");
+        assert_eq!(record.size, data.len() as u64, "{path}");
+        assert_eq!(record.crc32, crc32fast::hash(data), "{path}");
+        assert_eq!(record.chunks, data.len().div_ceil(CHUNK) as u64, "{path}");
+        assert_eq!(record.sha1, None);
+    }
+    // The stream totals count every chunk but the manifest's own.
+    let manifest_len = fs::metadata(out.path().join(proto::MANIFEST_NAME)).unwrap().len();
+    let manifest_chunk_bytes = manifest_len + 34 + 20 + 14 + 20;
+    assert_eq!(manifest.streams.len(), 1);
+    assert_eq!(manifest.streams[0].bytes + manifest_chunk_bytes, stream.len() as u64);
+}
+
+#[test]
+fn directory_copy_round_trips_with_modes() {
+    let src = sample_source();
+    fs::set_permissions(src.path().join("one"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("copy");
+    producer().arg("--source").arg(src.path()).arg("--target-dir").arg(&target).assert().success();
+    assert_same_tree(src.path(), &target);
+    assert_eq!(fs::metadata(target.join("one")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(read_manifest(&target).files.len(), sample_files(CHUNK).len());
+    // A second run into the same, now non-empty, directory is refused.
+    producer()
+        .arg("--source")
+        .arg(src.path())
+        .arg("--target-dir")
+        .arg(&target)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("is not empty"));
+}
+
+/// N pipes with --fifo-binding=file: every pipe alone is a valid xbstream for `mbstream -x`; the union is the tree,
+/// the manifest and the SHA-1 list travel last on pipe 0, `sha1sum -c` passes, and the pipes are removed.
+#[test]
+fn fifo_streams_with_file_binding_each_extract_with_mbstream() {
+    let src = sample_source();
+    let work = tempfile::tempdir().unwrap();
+    let fifo_dir = work.path().join("fifos");
+    let stats = work.path().join("stats.json");
+    let streams = 3;
+    let child = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--fifo-streams", "3", "--fifo-binding", "file", "--digest", "sha1"])
+        .args(["--read-buffer-size", "64K", "--fifo-timeout", "20"])
+        .arg("--fifo-dir")
+        .arg(&fifo_dir)
+        .arg("--stats-json")
+        .arg(&stats)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readers: Vec<_> = (0..streams)
+        .map(|i| {
+            let path = fifo_dir.join(format!("thread_{i}"));
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !path.exists() {
+                    assert!(Instant::now() < deadline, "producer never made {}", path.display());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let mut bytes = Vec::new();
+                fs::File::open(&path).unwrap().read_to_end(&mut bytes).unwrap();
+                bytes
+            })
+        })
+        .collect();
+    let pipes: Vec<Vec<u8>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let all = work.path().join("all");
+    for (i, bytes) in pipes.iter().enumerate() {
+        let out = work.path().join(format!("pipe{i}"));
+        mbstream_extract(bytes, &out);
+        for (path, data) in read_tree(&out) {
+            write_tree(&all, &[(path.to_str().unwrap(), data)]);
+        }
+    }
+    assert_same_tree(src.path(), &all);
+    assert!(work.path().join("pipe0").join(proto::MANIFEST_NAME).exists(), "the manifest travels on pipe 0");
+    run_ok(Command::new("sha1sum").args(["-c", "--quiet", SHA1SUMS_NAME]).current_dir(&all));
+    assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed");
+
+    // The stats' per-stream SHA-1 is the SHA-1 of what each pipe carried.
+    let stats = read_stats(&stats);
+    for (i, bytes) in pipes.iter().enumerate() {
+        let expected = {
+            use sha1::Digest as _;
+            hex_lower(&sha1::Sha1::digest(bytes))
+        };
+        assert_eq!(stats["streams"][i]["sha1"], expected.as_str(), "stream {i}");
+        assert_eq!(stats["streams"][i]["bytes"], bytes.len() as u64, "stream {i}");
+    }
+    let manifest = read_manifest(&all);
+    assert!(manifest.files.iter().all(|f| f.sha1.is_some()));
+    assert_eq!(manifest.streams.len(), 3);
+}
+
+/// Runs a producer whose stream goes to /dev/null (through a pipe, as a consumer would read it).
+fn run_to_null(command: &mut Command) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One 200 MB file, --parallel 4: the stats show all four read threads took chunks of it.
+#[test]
+fn one_big_file_is_read_by_every_thread() {
+    let src = tempfile::tempdir().unwrap();
+    let file = fs::File::create(src.path().join("huge.ibd")).unwrap();
+    file.set_len(200_000_000).unwrap();
+    let stats = src.path().join("../stats-big.json");
+    run_to_null(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--parallel", "4", "--read-buffer-size", "1M"])
+            .arg("--stats-json")
+            .arg(&stats),
+    );
+    let stats = read_stats(&stats);
+    let per_thread: Vec<u64> =
+        stats["chunks_read_per_thread"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(per_thread.len(), 4);
+    assert_eq!(per_thread.iter().sum::<u64>(), 191, "200,000,000 bytes in 1 MiB chunks");
+    assert!(per_thread.iter().all(|&n| n > 0), "every thread read part of the one file: {per_thread:?}");
+}
+
+/// 512 MiB through a 32 MiB budget: peak RSS stays under the budget plus a 24 MiB margin (binary, libraries,
+/// thread stacks, allocator).
+#[test]
+fn memory_limit_bounds_peak_rss() {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        fs::File::create(src.path().join(format!("f{i}"))).unwrap().set_len(128 << 20).unwrap();
+    }
+    let stats_path = src.path().join("../stats-mem.json");
+    run_to_null(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--memory-limit", "32M", "--parallel", "4"])
+            .arg("--stats-json")
+            .arg(&stats_path),
+    );
+    let stats = read_stats(&stats_path);
+    let rss = stats["peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 0 && rss < (32 + 24) << 20, "peak RSS {rss}");
+    assert!(stats["buffers"].as_u64().unwrap() * stats["chunk_size"].as_u64().unwrap() <= 32 << 20);
+    assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20);
+}
+
+#[test]
+fn fifo_nobody_opens_fails_in_time_naming_the_pipe_and_removes_pipes() {
+    let src = sample_source();
+    let work = tempfile::tempdir().unwrap();
+    let fifo_dir = work.path().join("fifos");
+    let started = Instant::now();
+    producer()
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--fifo-streams", "2", "--fifo-timeout", "1"])
+        .arg("--fifo-dir")
+        .arg(&fifo_dir)
+        .timeout(Duration::from_secs(10))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("thread_0 within 1 s (--fifo-timeout)"));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed on failure");
+}
+
+/// The consumer reads a little and dies: the producer exits non-zero within a second, naming the stream and how far
+/// it got.
+#[test]
+fn consumer_that_dies_is_a_broken_pipe_error_not_a_hang() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("data"), pseudo_random_bytes(64 << 20, 9)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .arg("--stream=xbstream")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 100_000];
+    stdout.read_exact(&mut first).unwrap();
+    let died = Instant::now();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    assert!(died.elapsed() < Duration::from_secs(1), "{:?}", died.elapsed());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stream 0 (STDOUT)") && stderr.contains("failed at stream offset"), "{stderr}");
+    assert!(stderr.contains("Broken pipe"), "{stderr}");
+}
+
+#[test]
+fn path_over_511_bytes_fails_before_anything_is_written() {
+    let src = sample_source();
+    let deep = src.path().join("d".repeat(250)).join("e".repeat(250)).join("f".repeat(20));
+    fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    fs::write(&deep, b"x").unwrap();
+    let output = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert().code(1);
+    let output = output.get_output();
+    assert!(output.stdout.is_empty(), "nothing was written");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot back up") && stderr.contains("is 522 bytes long (at most 511)"), "{stderr}");
+}
+
+#[test]
+fn symlinks_special_files_and_a_stale_manifest_are_skipped_with_warnings() {
+    let src = sample_source();
+    std::os::unix::fs::symlink("/etc", src.path().join("escape")).unwrap();
+    nix::unistd::mkfifo(&src.path().join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fs::write(src.path().join(proto::MANIFEST_NAME), b"{\"old\": true}").unwrap();
+    let assert = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert().success();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("skipping escape (symlink -> /etc)"), "{stderr}");
+    assert!(stderr.contains("skipping pipe (special file)"), "{stderr}");
+    assert!(stderr.contains("skipping backup-manifest.json: taken for an earlier backup's manifest"), "{stderr}");
+    let out = tempfile::tempdir().unwrap();
+    mbstream_extract(&assert.get_output().stdout, out.path());
+    assert!(!out.path().join("escape").exists() && !out.path().join("pipe").exists());
+    assert_eq!(read_manifest(out.path()).files.len(), sample_files(CHUNK).len());
+}
+
+/// A file that shrinks while it is read: a warning, and the manifest records exactly what was streamed; with
+/// --strict the run fails.
+#[test]
+fn file_that_shrinks_during_the_copy_is_recorded_or_fails_with_strict() {
+    for strict in [false, true] {
+        let src = tempfile::tempdir().unwrap();
+        let victim = src.path().join("shrinking");
+        fs::write(&victim, pseudo_random_bytes(40 * 4096, 3)).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        command
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "4K", "--throttle", "40", "--parallel", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if strict {
+            command.arg("--strict");
+        }
+        let child = command.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(5 * 4096 + 100).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("shrank while being copied"), "{stderr}");
+        if strict {
+            assert_eq!(output.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("(--strict)"), "{stderr}");
+            continue;
+        }
+        assert!(output.status.success(), "{stderr}");
+        let out = tempfile::tempdir().unwrap();
+        mbstream_extract(&output.stdout, out.path());
+        let copied = fs::read(out.path().join("shrinking")).unwrap();
+        let record = read_manifest(out.path()).files.into_iter().find(|f| f.path.0 == b"shrinking").unwrap();
+        assert_eq!(record.size, copied.len() as u64);
+        assert_eq!(record.crc32, crc32fast::hash(&copied));
+        assert!(copied.len() >= 5 * 4096 && copied.len() < 40 * 4096, "{}", copied.len());
+        assert_eq!(&copied[..], &pseudo_random_bytes(40 * 4096, 3)[..copied.len()]);
+    }
+}
+
+/// An unreadable file is an error naming it (run as an unprivileged user, since root reads anything).
+#[test]
+fn unreadable_file_is_an_error_naming_it() {
+    let src = sample_source();
+    fs::set_permissions(src.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.path().join("db"), fs::Permissions::from_mode(0o755)).unwrap();
+    for (path, _) in sample_files(CHUNK) {
+        fs::set_permissions(src.path().join(path), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    fs::set_permissions(src.path().join("db/t1.ibd"), fs::Permissions::from_mode(0o000)).unwrap();
+    let mut command = if nix::unistd::geteuid().is_root() {
+        let mut c = assert_cmd::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_producer")]);
+        c
+    } else {
+        producer()
+    };
+    let output = command.arg("--source").arg(src.path()).arg("--stream=xbstream").assert().code(1);
+    let stderr = String::from_utf8_lossy(&output.get_output().stderr).into_owned();
+    assert!(stderr.contains("cannot open") && stderr.contains("db/t1.ibd: Permission denied"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_reason() {
+    let src = sample_source();
+    for (args, reason) in [
+        (vec!["--stream=xbstream", "--fifo-streams", "4"], "--fifo-streams 4 needs --fifo-dir"),
+        (vec!["--stream=xbstream", "--read-buffer-size", "1K"], "--read-buffer-size must be between 4K"),
+        (vec!["--stream=xbstream", "--memory-limit", "1M"], "holds fewer than 2 buffers"),
+        (vec![], "say where the backup goes"),
+    ] {
+        producer()
+            .arg("--source")
+            .arg(src.path())
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(reason));
+    }
+    producer()
+        .args(["--source", "/nonexistent"])
+        .arg("--stream=xbstream")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("cannot read --source /nonexistent"));
+    producer().arg("--version").assert().success().stdout(predicates::str::starts_with("producer 0.1.0"));
+}
