@@ -1,15 +1,149 @@
-//! Raw command-line arguments (clap derive) and the binary's entry point.
+//! Raw command-line arguments (clap derive) and the binary's entry point. Arguments are validated into a config
+//! before anything runs.
 
-use clap::Parser;
+use std::path::PathBuf;
 
-/// Restore xbstream backups: extract one stream from STDIN or N from named pipes, with proof of completeness.
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+/// Restore xbstream backups: one stream from STDIN or N from named pipes back into files, proven complete against
+/// the producer's manifest.
 #[derive(Debug, Parser)]
 #[command(name = "consumer", version, about, max_term_width = 110)]
-pub struct Args {}
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
 
-/// Parses the process arguments and runs the command; returns the exit code.
+    /// Log progress as plain periodic lines, and more detail.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    /// No progress bar and no summary line; warnings and errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Extract one stream (STDIN) or N pipes into a directory, like `xbstream -x`, and prove it complete.
+    Extract(ExtractArgs),
+    /// Re-read an extracted tree and check every file against its manifest.
+    Verify(VerifyArgs),
+}
+
+/// `consumer extract`.
+#[derive(Debug, ClapArgs)]
+pub struct ExtractArgs {
+    /// Directory to extract into (created if missing).
+    #[arg(short = 'C', long = "directory", value_name = "OUT", required_unless_present = "list")]
+    pub directory: Option<PathBuf>,
+
+    /// List the files in the stream (path, size, chunks) instead of extracting; writes nothing.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Number of named pipes to read (thread_0 … thread_{N-1} in --fifo-dir). Must match the producer's.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub fifo_streams: usize,
+
+    /// Directory of the named pipes. Without it, the stream is read from STDIN.
+    #[arg(long, value_name = "DIR")]
+    pub fifo_dir: Option<PathBuf>,
+
+    /// Seconds to wait for the producer to open each pipe.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub fifo_timeout: u64,
+
+    /// Writer threads (files are spread over them by path).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub parallel: usize,
+
+    /// Hard cap on chunk buffers in memory (suffixes K, M, G).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory_limit: String,
+
+    /// Largest chunk payload accepted; one buffer's size (our producer sends 2M, mbstream 10M).
+    #[arg(long, default_value = "16M", value_name = "SIZE")]
+    pub max_chunk_size: String,
+
+    /// Replace files that already exist in the target directory.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Skip the final sync of the extracted files and directories.
+    #[arg(long)]
+    pub no_fsync: bool,
+
+    /// Do not call posix_fadvise(DONTNEED) after writing.
+    #[arg(long)]
+    pub no_fadvise: bool,
+
+    /// Fail unless the stream carries a manifest (streams from mbstream -c or mariadb-backup do not).
+    #[arg(long)]
+    pub require_manifest: bool,
+
+    /// `sha1`: also hash every byte read on each stream (reported by --stats-json, to compare with the producer's).
+    /// Files are checked against the manifest's SHA-1s whenever it carries them.
+    #[arg(long, value_enum, default_value_t = StreamDigest::None)]
+    pub digest: StreamDigest,
+
+    /// Write run statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+}
+
+/// `--digest` for the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StreamDigest {
+    /// No stream hashing.
+    None,
+    /// SHA-1 of each stream's bytes.
+    Sha1,
+}
+
+/// `consumer verify`.
+#[derive(Debug, ClapArgs)]
+pub struct VerifyArgs {
+    /// The extracted tree (holding backup-manifest.json).
+    #[arg(value_name = "OUT")]
+    pub directory: PathBuf,
+
+    /// Reader threads.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub parallel: usize,
+}
+
+/// Parses the process arguments, runs the command and returns the exit code: 0 only when everything was delivered
+/// and proven, 1 on any failure (printed to stderr), 2 for bad arguments.
 pub fn main() -> i32 {
-    let _args = Args::parse();
-    eprintln!("consumer: no command yet (extract lands with issue 4)");
-    2
+    let args = Args::parse();
+    let level = if args.verbose { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .format_timestamp_secs()
+        .init();
+    let result = match &args.command {
+        Command::Extract(extract) => match crate::config::ExtractConfig::from_args(extract, args.verbose, args.quiet) {
+            Err(e) => {
+                eprintln!("consumer: error: {e:#}");
+                return 2;
+            }
+            Ok(config) if extract.list => crate::list::run(&config),
+            Ok(config) => crate::extract::run(&config),
+        },
+        Command::Verify(verify) => crate::verify::run(&verify.directory, verify.parallel.max(1)),
+    };
+    match result {
+        Ok(summary) => {
+            if !args.quiet && !summary.is_empty() {
+                eprintln!("consumer: {summary}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("consumer: error: {e:#}");
+            1
+        }
+    }
 }

@@ -14,11 +14,13 @@ buffer handles. The manifest is written last (on stream 0, after every other str
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
 [`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`sink`] (stream and directory
-writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments).
+writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments), [`failure`] (the first error
+of a run). `stats`, `progress`, `size` and `failure` serve the consumer too.
 */
 
 pub mod cli;
 pub mod config;
+pub mod failure;
 pub mod file;
 pub mod pipeline;
 pub mod progress;

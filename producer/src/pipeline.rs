@@ -28,6 +28,7 @@ use sha1::{Digest as _, Sha1};
 
 use crate::cli::Binding;
 use crate::config::{Config, Output};
+use crate::failure::Failure;
 use crate::file::{ChunkJob, FileState, Outlet, ReadChunk};
 use crate::progress::{Counters, Progress};
 use crate::scan;
@@ -49,7 +50,7 @@ pub fn run(config: &Config) -> Result<String> {
     let stream_count = sinks.len();
     let pool = BufferPool::new(config.buffers, config.chunk_size);
     let cancel = Cancel::new();
-    let failure = Failure { first: Mutex::new(None), cancel: cancel.clone() };
+    let failure = Failure::new(cancel.clone());
     let counters = Arc::new(Counters::default());
     counters.bytes_total.store(pre.bytes, Ordering::Relaxed);
     let progress = Progress::start(config.progress, Arc::clone(&counters), "backup");
@@ -442,36 +443,6 @@ impl Outlet for Router {
             .bytes
             .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
         self.send(stream, StreamItem::Eof { file: Arc::clone(file) })
-    }
-}
-
-/// The first real error of a run (a [`Cancelled`] only if nothing else failed); recording fires the cancel.
-struct Failure {
-    first: Mutex<Option<anyhow::Error>>,
-    cancel: Cancel,
-}
-
-impl Failure {
-    fn record(&self, error: anyhow::Error) {
-        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        let replace = match &*first {
-            None => true,
-            Some(previous) => {
-                previous.downcast_ref::<Cancelled>().is_some() && error.downcast_ref::<Cancelled>().is_none()
-            }
-        };
-        if replace {
-            *first = Some(error);
-        }
-        self.cancel.cancel();
-    }
-
-    fn failed(&self) -> bool {
-        self.first.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    fn take(&self) -> Option<anyhow::Error> {
-        self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

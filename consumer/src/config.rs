@@ -1,0 +1,109 @@
+//! Validated extraction settings, derived once from the raw [`crate::cli::ExtractArgs`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use producer::config::ProgressMode;
+use producer::size::{human, parse_size};
+
+use crate::cli::{ExtractArgs, StreamDigest};
+use crate::input::Input;
+
+/// Validated `extract` settings.
+#[derive(Debug, Clone)]
+pub struct ExtractConfig {
+    /// Where the streams come from.
+    pub input: Input,
+    /// Where files go (empty for `--list`).
+    pub target: PathBuf,
+    /// Writer threads.
+    pub writers: usize,
+    /// Buffers in the pool.
+    pub buffers: usize,
+    /// Size of each buffer = the largest payload accepted.
+    pub buffer_size: usize,
+    /// Replace existing files.
+    pub overwrite: bool,
+    /// Sync before reporting success.
+    pub fsync: bool,
+    /// DONTNEED after writing.
+    pub fadvise: bool,
+    /// Fail without a manifest.
+    pub require_manifest: bool,
+    /// Hash each stream's bytes.
+    pub stream_sha1: bool,
+    /// Where to write statistics.
+    pub stats_json: Option<PathBuf>,
+    /// Progress display.
+    pub progress: ProgressMode,
+}
+
+impl ExtractConfig {
+    /// Validates raw arguments.
+    pub fn from_args(args: &ExtractArgs, verbose: bool, quiet: bool) -> Result<ExtractConfig> {
+        let input = match &args.fifo_dir {
+            Some(dir) => {
+                if args.fifo_streams == 0 {
+                    bail!("--fifo-streams must be at least 1");
+                }
+                Input::Fifos {
+                    dir: dir.clone(),
+                    count: args.fifo_streams,
+                    timeout: Duration::from_secs(args.fifo_timeout),
+                }
+            }
+            None if args.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", args.fifo_streams),
+            None => {
+                if std::io::stdin().is_terminal() {
+                    bail!("STDIN is a terminal: pipe a stream in, or use --fifo-dir");
+                }
+                Input::Stdin
+            }
+        };
+        let buffer_size = parse_size(&args.max_chunk_size).map_err(anyhow::Error::msg).context("--max-chunk-size")?;
+        if !(4096..=1 << 30).contains(&buffer_size) {
+            bail!("--max-chunk-size must be between 4K and 1G");
+        }
+        let memory_limit = parse_size(&args.memory_limit).map_err(anyhow::Error::msg).context("--memory-limit")?;
+        if args.parallel == 0 {
+            bail!("--parallel must be at least 1");
+        }
+        let streams = input.stream_count();
+        let allowed = (memory_limit / buffer_size) as usize;
+        let needed = streams + 1;
+        if allowed < needed {
+            bail!(
+                "--memory-limit {} holds {allowed} buffers of --max-chunk-size {}; {streams} stream(s) need at least {needed}",
+                human(memory_limit),
+                human(buffer_size)
+            );
+        }
+        // As in the producer, the limit is a cap: a few buffers per thread keep everything busy.
+        let buffers = allowed.min(2 * (2 * streams + args.parallel));
+        let progress = if quiet {
+            ProgressMode::Quiet
+        } else if verbose {
+            ProgressMode::Lines
+        } else if std::io::stderr().is_terminal() && !args.list {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Quiet
+        };
+        Ok(ExtractConfig {
+            input,
+            target: args.directory.clone().unwrap_or_default(),
+            writers: args.parallel,
+            buffers,
+            buffer_size: buffer_size as usize,
+            overwrite: args.overwrite,
+            fsync: !args.no_fsync,
+            fadvise: !args.no_fadvise,
+            require_manifest: args.require_manifest,
+            stream_sha1: args.digest == StreamDigest::Sha1,
+            stats_json: args.stats_json.clone(),
+            progress,
+        })
+    }
+}

@@ -1,0 +1,591 @@
+//! `consumer extract`: N streams back into files, in parallel, with proof.
+//!
+//! ```text
+//! stream 0 ─► reader 0 ─┐                    ┌─► writer 0 ─► pwrite at offset into OUT/<path>.xbpartial
+//! stream 1 ─► reader 1 ─┼─ by path (hash) ──►┼─► writer 1
+//!    …                  │                    └─► …
+//! ```
+//!
+//! One reader thread per stream parses chunks into pool buffers (CRC checked) and validates each path; chunks are
+//! dispatched to a writer chosen by a hash of the path, so one writer owns each file's state and no locks are
+//! needed, while chunks of one file may come from any stream in any order. When every stream has ended cleanly the
+//! run proves the result in phases, so that nothing unproven ever looks complete:
+//!
+//! 1. *end of streams*: the writer that holds the manifest hands it over;
+//! 2. *verify*: each writer checks its files (ended, contiguous, size, CRC-32, SHA-1) against the manifest, and the
+//!    run checks that no manifest file is missing and every stream carried what the manifest says;
+//! 3. *commit*: partial files are renamed into place, the filesystem is synced, and the manifest is renamed last.
+//!
+//! Any failure removes every partial file; the manifest never appears in an unproven tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use producer::failure::Failure;
+use producer::progress::{Counters, Progress};
+use producer::size::human;
+use producer::stats::{peak_rss_bytes, StreamStats};
+use proto::cancel::{recv, send, Cancel};
+use proto::manifest::{FileRecord, Manifest, MANIFEST_NAME};
+use proto::pool::{BufferPool, PooledBuffer};
+use proto::{ChunkHeader, ChunkKind, ChunkReader, CrcPiece};
+use serde::Serialize;
+use sha1::{Digest as _, Sha1};
+
+use crate::config::ExtractConfig;
+use crate::coverage::Coverage;
+use crate::input::{open_inputs, HashingReader};
+use crate::target::{PartialFile, Target};
+
+/// Largest manifest accepted (it is held in memory to be parsed).
+const MAX_MANIFEST: u64 = 1 << 30;
+
+/// Runs an extraction; returns the one-line summary.
+pub fn run(config: &ExtractConfig) -> Result<String> {
+    let started = Instant::now();
+    let target = Target::open(&config.target, config.overwrite)?;
+    let (inputs, _fifos) = open_inputs(&config.input)?;
+    let stream_count = inputs.len();
+    let pool = BufferPool::new(config.buffers, config.buffer_size);
+    let cancel = Cancel::new();
+    let failure = Failure::new(cancel.clone());
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(config.progress, Arc::clone(&counters), "extract");
+
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..config.writers).map(|_| crossbeam_channel::bounded::<WriterMessage>(config.buffers)).unzip();
+
+    let outcome = thread::scope(|scope| -> Result<Outcome> {
+        let writers: Vec<_> = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(index, receiver)| {
+                let (target, cancel, failure) = (&target, &cancel, &failure);
+                let single_stream = stream_count == 1;
+                thread::Builder::new()
+                    .name(format!("writer-{index}"))
+                    .spawn_scoped(scope, move || {
+                        let mut writer = Writer::new(target, single_stream, config.fadvise, config.overwrite);
+                        if let Err(e) = writer.serve(&receiver, cancel) {
+                            failure.record(e);
+                        }
+                        // Whatever was not committed is unproven: remove it.
+                        writer.discard_uncommitted();
+                    })
+                    .expect("spawn writer")
+            })
+            .collect();
+
+        let readers: Vec<_> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, input)| {
+                let senders = senders.clone();
+                let (pool, cancel, failure, counters) = (&pool, &cancel, &failure, &counters);
+                thread::Builder::new()
+                    .name(format!("reader-{index}"))
+                    .spawn_scoped(scope, move || {
+                        let name = input.name.clone();
+                        match read_stream(index, input.file, config, &senders, pool, cancel, counters) {
+                            Ok(report) => Some(StreamStats {
+                                index,
+                                name,
+                                bytes: report.bytes,
+                                chunks: report.chunks,
+                                sha1: report.sha1,
+                            })
+                            .map(|stats| (stats, report.counted)),
+                            Err(e) => {
+                                failure.record(e.context(format!("stream {index} ({name})")));
+                                None
+                            }
+                        }
+                    })
+                    .expect("spawn reader")
+            })
+            .collect();
+        let streams: Vec<_> = readers.into_iter().map(|r| r.join().unwrap_or(None)).collect();
+
+        let result = (|| -> Result<Outcome> {
+            if let Some(error) = failure.take() {
+                return Err(error);
+            }
+            let streams: Vec<(StreamStats, Counted)> = streams.into_iter().map(|s| s.expect("no failure")).collect();
+            prove_and_commit(config, &target, &senders, &streams, &cancel)
+        })();
+        if result.is_err() {
+            cancel.cancel();
+        }
+        drop(senders);
+        for writer in writers {
+            let _ = writer.join();
+        }
+        // A writer may have failed after the result was decided (it cannot, once committed, but be strict).
+        match (result, failure.take()) {
+            (Ok(outcome), None) => Ok(outcome),
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(e)) => Err(e),
+        }
+    });
+    progress.stop();
+    let outcome = outcome?;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = ExtractStats {
+        files: outcome.files,
+        bytes: outcome.bytes,
+        proven_by_manifest: outcome.proven,
+        streams: outcome.streams,
+        wall_seconds: elapsed,
+        mb_per_second: outcome.bytes as f64 / elapsed.max(1e-9) / 1e6,
+        buffer_size: pool.buffer_size(),
+        buffers: pool.count(),
+        peak_buffers_in_use: pool.peak_in_use(),
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    if let Some(path) = &config.stats_json {
+        let json = serde_json::to_vec_pretty(&stats).expect("stats serialise");
+        std::fs::write(path, json).with_context(|| format!("cannot write --stats-json {}", path.display()))?;
+    }
+    let proof = if outcome.proven {
+        format!("all verified against {MANIFEST_NAME}")
+    } else {
+        "completeness unproven (no manifest)".to_string()
+    };
+    Ok(format!(
+        "extracted {} files, {} in {elapsed:.2} s ({:.0} MB/s) from {stream_count} stream{} into {}; {proof}",
+        outcome.files,
+        human(outcome.bytes),
+        stats.mb_per_second,
+        if stream_count == 1 { "" } else { "s" },
+        config.target.display()
+    ))
+}
+
+/// What `--stats-json` writes for an extraction.
+#[derive(Debug, Serialize)]
+struct ExtractStats {
+    files: u64,
+    bytes: u64,
+    proven_by_manifest: bool,
+    streams: Vec<StreamStats>,
+    wall_seconds: f64,
+    mb_per_second: f64,
+    buffer_size: usize,
+    buffers: usize,
+    peak_buffers_in_use: usize,
+    peak_rss_bytes: u64,
+}
+
+struct Outcome {
+    files: u64,
+    bytes: u64,
+    proven: bool,
+    streams: Vec<StreamStats>,
+}
+
+/// Chunks and bytes of one stream, the manifest's own chunks excluded (the manifest's counting convention).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    chunks: u64,
+    bytes: u64,
+}
+
+struct StreamReport {
+    chunks: u64,
+    bytes: u64,
+    counted: Counted,
+    sha1: Option<String>,
+}
+
+/// A chunk on its way to the writer that owns its file.
+struct ChunkMessage {
+    stream: usize,
+    header: ChunkHeader,
+    relative: PathBuf,
+    data: PooledBuffer,
+}
+
+/// The manifest's records by path (`None`: the stream had no manifest).
+type Records = Arc<Option<HashMap<Vec<u8>, FileRecord>>>;
+
+/// Path and size of each file a writer verified.
+type Verified = Vec<(Vec<u8>, u64)>;
+
+/// What a writer thread is asked to do: write a chunk, or take part in one of the closing phases.
+enum WriterMessage {
+    Chunk(ChunkMessage),
+    EndOfStreams(Sender<Option<(Vec<u8>, PartialFile)>>),
+    Verify(Records, Sender<Result<Verified>>),
+    Commit(Sender<Result<()>>),
+}
+
+fn read_stream(
+    index: usize,
+    file: File,
+    config: &ExtractConfig,
+    writers: &[Sender<WriterMessage>],
+    pool: &BufferPool,
+    cancel: &Cancel,
+    counters: &Counters,
+) -> Result<StreamReport> {
+    let mut reader =
+        ChunkReader::new(HashingReader::new(file, config.stream_sha1)).with_max_payload(pool.buffer_size() as u64);
+    let mut report = StreamReport { chunks: 0, bytes: 0, counted: Counted::default(), sha1: None };
+    loop {
+        let mut data = pool.take(cancel)?;
+        let Some(header) = reader.read_chunk(&mut data)? else { break };
+        let relative = proto::safe_relative_path(&header.path).with_context(|| {
+            format!(
+                "unsafe path in the chunk at stream offset {:#x}; nothing is written outside -C",
+                header.stream_offset
+            )
+        })?;
+        let encoded = header.encoded_len();
+        report.chunks += 1;
+        report.bytes += encoded;
+        if header.path != MANIFEST_NAME.as_bytes() {
+            report.counted.chunks += 1;
+            report.counted.bytes += encoded;
+        }
+        counters.bytes_done.fetch_add(header.payload_len, Ordering::Relaxed);
+        let writer = CrcPiece::of(&header.path).crc as usize % writers.len();
+        send(&writers[writer], WriterMessage::Chunk(ChunkMessage { stream: index, header, relative, data }), cancel)?;
+    }
+    report.sha1 = reader.into_inner().finish();
+    Ok(report)
+}
+
+/// Phases 1–3 (see the module doc), run once every stream has ended cleanly.
+fn prove_and_commit(
+    config: &ExtractConfig,
+    target: &Target,
+    writers: &[Sender<WriterMessage>],
+    streams: &[(StreamStats, Counted)],
+    cancel: &Cancel,
+) -> Result<Outcome> {
+    // 1. End of streams: collect the manifest.
+    let mut manifest_file = None;
+    for writer in writers {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        send(writer, WriterMessage::EndOfStreams(reply), cancel)?;
+        if let Some(found) = recv(&answer, cancel)?.flatten() {
+            manifest_file = Some(found);
+        }
+    }
+    let result = (|| -> Result<Outcome> {
+        let manifest = match &manifest_file {
+            Some((bytes, _)) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
+            None if config.require_manifest => {
+                bail!("the stream carries no {MANIFEST_NAME} (--require-manifest): completeness cannot be proven")
+            }
+            None => {
+                log::warn!(
+                    "the stream carries no {MANIFEST_NAME} (not made by our producer?): extracted as mbstream -x would, \
+                     but completeness is unproven (chunk CRCs, offsets and end-of-file chunks were checked)"
+                );
+                None
+            }
+        };
+        if let Some(manifest) = &manifest {
+            check_streams(manifest, streams)?;
+        }
+
+        // 2. Verify every file, then check none is missing.
+        let records = manifest
+            .as_ref()
+            .map(|m| m.files.iter().map(|record| (record.path.0.clone(), record.clone())).collect::<HashMap<_, _>>());
+        let records = Arc::new(records);
+        let mut found: Vec<(Vec<u8>, u64)> = Vec::new();
+        for writer in writers {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            send(writer, WriterMessage::Verify(Arc::clone(&records), reply), cancel)?;
+            found.extend(recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??);
+        }
+        if let Some(manifest) = &manifest {
+            let seen: HashSet<&[u8]> = found.iter().map(|(path, _)| path.as_slice()).collect();
+            let missing: Vec<String> = manifest
+                .files
+                .iter()
+                .filter(|r| !seen.contains(r.path.0.as_slice()))
+                .map(|r| r.path.display())
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "{} file(s) listed in the manifest never arrived: {}{}",
+                    missing.len(),
+                    missing.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                    if missing.len() > 10 { ", …" } else { "" }
+                );
+            }
+        }
+
+        // 3. Commit: rename into place, sync, manifest last.
+        for writer in writers {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            send(writer, WriterMessage::Commit(reply), cancel)?;
+            recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??;
+        }
+        if config.fsync {
+            nix::unistd::syncfs(target.root_fd())
+                .with_context(|| format!("cannot sync {}", target.path().display()))?;
+        }
+        if let Some((bytes, partial)) = &manifest_file {
+            let file = partial.reopen_for_write()?;
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            if config.fsync {
+                file.sync_all().context("cannot sync the manifest")?;
+            }
+            partial.commit(config.overwrite)?;
+            if config.fsync {
+                nix::unistd::fsync(target.root_fd()).context("cannot sync the target directory")?;
+            }
+            let _ = bytes;
+        }
+        Ok(Outcome {
+            files: found.len() as u64,
+            bytes: found.iter().map(|(_, size)| size).sum(),
+            proven: manifest.is_some(),
+            streams: streams.iter().map(|(s, _)| s.clone()).collect(),
+        })
+    })();
+    if result.is_err() {
+        if let Some((_, partial)) = &manifest_file {
+            partial.discard();
+        }
+    }
+    result
+}
+
+/// Every stream carried exactly what the manifest says it was sent.
+fn check_streams(manifest: &Manifest, streams: &[(StreamStats, Counted)]) -> Result<()> {
+    if manifest.streams.len() != streams.len() {
+        bail!(
+            "the manifest says the backup was written to {} stream(s), but {} were read: use --fifo-streams {}",
+            manifest.streams.len(),
+            streams.len(),
+            manifest.streams.len()
+        );
+    }
+    for (record, (stats, counted)) in manifest.streams.iter().zip(streams) {
+        if record.chunks != counted.chunks || record.bytes != counted.bytes {
+            bail!(
+                "stream {} ({}) carried {} chunks, {} bytes; the manifest says {} chunks, {} bytes",
+                stats.index,
+                stats.name,
+                counted.chunks,
+                counted.bytes,
+                record.chunks,
+                record.bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One writer's files.
+struct Writer<'a> {
+    target: &'a Target,
+    files: HashMap<Vec<u8>, Slot>,
+    single_stream: bool,
+    fadvise: bool,
+    overwrite: bool,
+    committed: bool,
+}
+
+/// A file being extracted.
+struct Slot {
+    partial: PartialFile,
+    file: Option<File>,
+    coverage: Coverage,
+    ended: bool,
+    /// The manifest's bytes, kept in memory as well (only for the manifest file).
+    capture: Option<Vec<u8>>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(target: &'a Target, single_stream: bool, fadvise: bool, overwrite: bool) -> Writer<'a> {
+        Writer { target, files: HashMap::new(), single_stream, fadvise, overwrite, committed: false }
+    }
+
+    fn serve(&mut self, receiver: &Receiver<WriterMessage>, cancel: &Cancel) -> Result<()> {
+        while let Some(message) = recv(receiver, cancel)? {
+            match message {
+                WriterMessage::Chunk(chunk) => {
+                    let (stream, offset, path) =
+                        (chunk.stream, chunk.header.stream_offset, chunk.header.display_path());
+                    self.write(chunk)
+                        .with_context(|| format!("{path} (chunk at stream {stream}, offset {offset:#x})"))?;
+                }
+                WriterMessage::EndOfStreams(reply) => {
+                    let manifest = match self.files.remove(MANIFEST_NAME.as_bytes()) {
+                        Some(slot) => Some(Self::take_manifest(slot)?),
+                        None => None,
+                    };
+                    let _ = reply.send(manifest);
+                }
+                WriterMessage::Verify(records, reply) => {
+                    let _ = reply.send(self.verify(records.as_ref().as_ref()));
+                }
+                WriterMessage::Commit(reply) => {
+                    let result = self.commit();
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    if failed {
+                        bail!("commit failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: ChunkMessage) -> Result<()> {
+        let ChunkMessage { header, relative, data, .. } = chunk;
+        if !self.files.contains_key(&header.path) {
+            let (partial, file) = self.target.create(&relative)?;
+            let capture = (header.path == MANIFEST_NAME.as_bytes()).then(Vec::new);
+            self.files.insert(
+                header.path.clone(),
+                Slot { partial, file: Some(file), coverage: Coverage::default(), ended: false, capture },
+            );
+        }
+        let slot = self.files.get_mut(&header.path).expect("inserted above");
+        match header.kind {
+            ChunkKind::Eof => {
+                if slot.ended {
+                    bail!("a second end-of-file chunk");
+                }
+                slot.ended = true;
+                slot.file = None;
+            }
+            ChunkKind::Payload => {
+                if slot.ended && self.single_stream {
+                    bail!("a payload chunk after the file's end-of-file chunk");
+                }
+                slot.coverage
+                    .insert(header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len })
+                    .map_err(|overlap| anyhow!("{overlap}"))?;
+                if let Some(capture) = &mut slot.capture {
+                    if header.file_offset != capture.len() as u64
+                        || header.file_offset + header.payload_len > MAX_MANIFEST
+                    {
+                        bail!("manifest chunks out of order or larger than {}", human(MAX_MANIFEST));
+                    }
+                    capture.extend_from_slice(&data);
+                }
+                if slot.file.is_none() {
+                    slot.file = Some(slot.partial.reopen_for_write()?);
+                }
+                let file = slot.file.as_ref().expect("opened above");
+                file.write_all_at(&data, header.file_offset)
+                    .with_context(|| format!("cannot write {}", slot.partial.display().display()))?;
+                if self.fadvise {
+                    let _ = nix::fcntl::posix_fadvise(
+                        file,
+                        header.file_offset as i64,
+                        header.payload_len as i64,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_manifest(slot: Slot) -> Result<(Vec<u8>, PartialFile)> {
+        if !slot.ended || !slot.coverage.is_contiguous() {
+            slot.partial.discard();
+            bail!("{MANIFEST_NAME} is incomplete: the stream was cut short");
+        }
+        Ok((slot.capture.unwrap_or_default(), slot.partial))
+    }
+
+    /// Checks every file this writer holds; returns (path, size) of each.
+    fn verify(&mut self, records: Option<&HashMap<Vec<u8>, FileRecord>>) -> Result<Verified> {
+        let mut found = Vec::with_capacity(self.files.len());
+        for (path, slot) in &mut self.files {
+            slot.file = None;
+            let display = slot.partial.display().display().to_string();
+            if !slot.ended {
+                bail!("{display}: the stream ended without its end-of-file chunk (cut short?)");
+            }
+            if let Some((start, end)) = slot.coverage.first_gap() {
+                bail!("{display}: bytes {start}..{end} never arrived");
+            }
+            let got = slot.coverage.prefix();
+            let mode = match records {
+                None => 0o640,
+                Some(records) => {
+                    let record = records
+                        .get(path)
+                        .ok_or_else(|| anyhow!("{display} is in the stream but not in the manifest"))?;
+                    if record.size != got.len {
+                        bail!("{display}: {} bytes arrived; the manifest says {}", got.len, record.size);
+                    }
+                    if record.crc32 != got.crc {
+                        bail!("{display}: CRC-32 {:08x} does not match the manifest's {:08x}", got.crc, record.crc32);
+                    }
+                    let file = slot.partial.reopen_for_read()?;
+                    if let Some(expected) = &record.sha1 {
+                        let actual = sha1_of(&file).with_context(|| format!("cannot read back {display}"))?;
+                        if &actual != expected {
+                            bail!("{display}: SHA-1 {actual} does not match the manifest's {expected}");
+                        }
+                    }
+                    let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64);
+                    file.set_modified(mtime).with_context(|| format!("cannot set the mtime of {display}"))?;
+                    record.mode
+                }
+            };
+            use std::os::unix::fs::PermissionsExt;
+            slot.partial
+                .reopen_for_read()?
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {display}"))?;
+            found.push((path.clone(), got.len));
+        }
+        Ok(found)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        for slot in self.files.values() {
+            slot.partial.commit(self.overwrite)?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+
+    fn discard_uncommitted(&mut self) {
+        if !self.committed {
+            for slot in self.files.values() {
+                slot.partial.discard();
+            }
+        }
+    }
+}
+
+/// SHA-1 of a whole file, read in 1 MiB pieces.
+pub fn sha1_of(file: &File) -> std::io::Result<String> {
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buffer, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        offset += n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
