@@ -2,6 +2,7 @@
 
 mod util;
 
+mod consumer;
 mod producer;
 mod proto_format;
 mod proto_interop;

@@ -12,8 +12,8 @@
 //! run proves the result in phases, so that nothing unproven ever looks complete:
 //!
 //! 1. *end of streams*: the writer that holds the manifest hands it over;
-//! 2. *verify*: each writer checks its files (ended, contiguous, size, CRC-32, SHA-1) against the manifest, and the
-//!    run checks that no manifest file is missing and every stream carried what the manifest says;
+//! 2. *verify*: each writer checks its files (ended, contiguous, size, CRC-32, SHA-1) against the manifest; then the
+//!    run checks that no manifest file is missing and that every stream carried what the manifest says;
 //! 3. *commit*: partial files are renamed into place, the filesystem is synced, and the manifest is renamed last.
 //!
 //! Any failure removes every partial file; the manifest never appears in an unproven tree.
@@ -128,11 +128,14 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
         for writer in writers {
             let _ = writer.join();
         }
-        // A writer may have failed after the result was decided (it cannot, once committed, but be strict).
-        match (result, failure.take()) {
-            (Ok(outcome), None) => Ok(outcome),
-            (Err(e), _) => Err(e),
-            (Ok(_), Some(e)) => Err(e),
+        // The first real error wins: a phase that failed only because a writer had already failed reports
+        // `Cancelled`, and the writer's own error says why.
+        match result {
+            Ok(outcome) => failure.take().map_or(Ok(outcome), Err),
+            Err(e) => {
+                failure.record(e);
+                Err(failure.take().expect("just recorded"))
+            }
         }
     });
     progress.stop();
@@ -295,10 +298,6 @@ fn prove_and_commit(
                 None
             }
         };
-        if let Some(manifest) = &manifest {
-            check_streams(manifest, streams)?;
-        }
-
         // 2. Verify every file, then check none is missing.
         let records = manifest
             .as_ref()
@@ -326,6 +325,7 @@ fn prove_and_commit(
                     if missing.len() > 10 { ", …" } else { "" }
                 );
             }
+            check_streams(manifest, streams)?;
         }
 
         // 3. Commit: rename into place, sync, manifest last.

@@ -1,0 +1,415 @@
+//! The consumer end to end: byte-exact round trips through STDOUT and 1–8 pipes, real mbstream streams, hostile
+//! streams (each failing, writing nothing outside OUT and leaving nothing that looks complete), and verify.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use proto::chunk::encode_payload_header;
+use proto::{ChunkHeader, ChunkKind, ChunkReader, ChunkWriter};
+
+use crate::util::*;
+
+const CHUNK: usize = 64 * 1024;
+
+/// A source tree shared by the round-trip tests: the sample files (0 B, 1 B, chunk ± 1, …) plus a 300 MB file
+/// (mostly holes, with pseudo-random 1 MiB blocks scattered through it, so it is cheap to make but not uniform).
+fn big_source() -> &'static Path {
+    static SOURCE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    SOURCE
+        .get_or_init(|| {
+            let src = tempfile::tempdir().unwrap();
+            write_tree(src.path(), &sample_files(CHUNK));
+            let big = fs::File::create(src.path().join("db/huge.ibd")).unwrap();
+            big.set_len(300_000_000).unwrap();
+            for (i, offset) in [0u64, 7_340_033, 150_000_000, 298_951_424].into_iter().enumerate() {
+                std::os::unix::fs::FileExt::write_all_at(&big, &pseudo_random_bytes(1 << 20, 100 + i as u64), offset)
+                    .unwrap();
+            }
+            src
+        })
+        .path()
+}
+
+/// Runs producer → consumer through `pipes` named pipes (0: STDOUT → STDIN) and returns the consumer's stderr.
+fn round_trip(src: &Path, out: &Path, pipes: usize, producer_args: &[&str], consumer_args: &[&str]) -> String {
+    let mut producer_command = Command::new(env!("CARGO_BIN_EXE_producer"));
+    producer_command.arg("--source").arg(src).arg("--stream=xbstream").args(producer_args).stderr(Stdio::piped());
+    let mut consumer_command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    consumer_command.arg("extract").arg("-C").arg(out).args(consumer_args).stderr(Stdio::piped());
+    let (producer_output, consumer_output) = if pipes == 0 {
+        let mut producer = producer_command.stdout(Stdio::piped()).spawn().unwrap();
+        let consumer = consumer_command.stdin(producer.stdout.take().unwrap()).spawn().unwrap();
+        (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap())
+    } else {
+        let fifo_dir = out.with_extension("fifos");
+        let count = pipes.to_string();
+        let fifo_args = ["--fifo-streams", &count, "--fifo-timeout", "30"];
+        let consumer = consumer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir).spawn().unwrap();
+        let producer = producer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir).spawn().unwrap();
+        let outputs = (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap());
+        assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed");
+        outputs
+    };
+    let consumer_stderr = String::from_utf8_lossy(&consumer_output.stderr).into_owned();
+    assert!(producer_output.status.success(), "producer: {}", String::from_utf8_lossy(&producer_output.stderr));
+    assert!(consumer_output.status.success(), "consumer: {consumer_stderr}");
+    consumer_stderr
+}
+
+#[test]
+fn round_trips_are_byte_exact_through_stdout_and_1_2_4_8_pipes() {
+    let src = big_source();
+    for pipes in [0, 1, 2, 4, 8] {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        let stderr =
+            round_trip(src, &out, pipes, &["--read-buffer-size", "64K", "--parallel", "3"], &["--parallel", "3"]);
+        assert!(stderr.contains("all verified against backup-manifest.json"), "{stderr}");
+        assert_same_tree(src, &out);
+        consumer().arg("verify").arg(&out).assert().success();
+        // Nothing partial is left behind.
+        assert!(read_tree(&out).iter().all(|(p, _)| !p.to_string_lossy().ends_with(".xbpartial")));
+    }
+}
+
+#[test]
+fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &sample_files(CHUNK));
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(src.path().join("one"), fs::Permissions::from_mode(0o604)).unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options().write(true).open(src.path().join("one")).unwrap().set_modified(when).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    round_trip(src.path(), &out, 2, &["--digest", "sha1"], &[]);
+    let meta = fs::metadata(out.join("one")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o604);
+    assert_eq!(meta.modified().unwrap(), when);
+    run_ok(Command::new("sha1sum").args(["-c", "--quiet", proto::manifest::SHA1SUMS_NAME]).current_dir(&out));
+}
+
+/// The same stream hashed on both sides: the producer's and consumer's per-stream SHA-1s agree.
+#[test]
+fn stream_sha1s_match_between_producer_and_consumer() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &sample_files(CHUNK));
+    let work = tempfile::tempdir().unwrap();
+    let (p_stats, c_stats) = (work.path().join("p.json"), work.path().join("c.json"));
+    let p = p_stats.to_str().unwrap();
+    let c = c_stats.to_str().unwrap();
+    round_trip(
+        src.path(),
+        &work.path().join("out"),
+        3,
+        &["--digest", "sha1", "--stats-json", p],
+        &["--digest", "sha1", "--stats-json", c],
+    );
+    let (p, c) = (read_stats(&p_stats), read_stats(&c_stats));
+    for i in 0..3 {
+        assert_eq!(p["streams"][i]["sha1"], c["streams"][i]["sha1"], "stream {i}");
+        assert!(p["streams"][i]["sha1"].is_string());
+    }
+}
+
+/// A real `mbstream -c` stream (no manifest) extracts exactly as `mbstream -x` extracts it, with a warning; with
+/// --require-manifest it is refused.
+#[test]
+fn mbstream_stream_extracts_like_mbstream_with_an_unproven_warning() {
+    let src = tempfile::tempdir().unwrap();
+    let files =
+        [("ibdata1", pseudo_random_bytes(25 << 20, 1)), ("backup-my.cnf", b"[mysqld]\n".to_vec()), ("empty", vec![])];
+    for (name, data) in &files {
+        fs::write(src.path().join(name), data).unwrap();
+    }
+    fs::create_dir(src.path().join("db")).unwrap();
+    fs::write(src.path().join("db/t.ibd"), pseudo_random_bytes(100_000, 2)).unwrap();
+    let stream = run_ok(
+        Command::new(tool("mbstream"))
+            .args(["-c", "ibdata1", "backup-my.cnf", "empty", "db/t.ibd"])
+            .current_dir(src.path()),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (work.path().join("ours"), work.path().join("theirs"));
+    mbstream_extract(&stream, &theirs);
+    let assert = consumer().arg("extract").arg("-C").arg(&ours).write_stdin(stream.clone()).assert().success();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("completeness is unproven"), "{stderr}");
+    assert_eq!(read_tree(&ours), read_tree(&theirs));
+    consumer()
+        .args(["extract", "--require-manifest", "-C"])
+        .arg(work.path().join("strict"))
+        .write_stdin(stream)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("carries no backup-manifest.json (--require-manifest)"));
+    assert!(read_tree(&work.path().join("strict")).is_empty(), "nothing is left looking complete");
+}
+
+/// A real `mariadb-backup --backup --stream=xbstream` of a running MariaDB extracts identically with the consumer
+/// and with `mbstream -x`.
+#[test]
+fn mariadb_backup_stream_extracts_like_mbstream() {
+    let work = tempfile::tempdir().unwrap();
+    let stream_path = work.path().join("mariadb.xbstream");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/mariadb-backup-stream.sh");
+    run_ok(Command::new("bash").arg(&script).arg(work.path().join("server")).arg(&stream_path));
+    let stream = fs::read(&stream_path).unwrap();
+    assert!(stream.len() > 1 << 20, "a real backup is several MB");
+    let (ours, theirs) = (work.path().join("ours"), work.path().join("theirs"));
+    mbstream_extract(&stream, &theirs);
+    consumer().args(["extract", "--parallel", "3", "-C"]).arg(&ours).write_stdin(stream).assert().success();
+    let (a, b) = (read_tree(&ours), read_tree(&theirs));
+    assert!(a.iter().any(|(p, _)| p.ends_with("xtrabackup_checkpoints")), "a real backup");
+    // The InnoDB table travels as vec/t1.ibd (or vec/t1.new when its creation is this recent).
+    assert!(a.iter().any(|(p, d)| p.to_string_lossy().starts_with("vec/t1.") && d.len() >= 65536), "the test table");
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "every file identical to mbstream -x");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hostile streams.
+
+type Chunks = Vec<(ChunkHeader, Vec<u8>)>;
+
+fn parse(stream: &[u8]) -> Chunks {
+    ChunkReader::new(stream).collect::<Result<_, _>>().unwrap()
+}
+
+fn encode(chunks: &Chunks) -> Vec<u8> {
+    let mut writer = ChunkWriter::new(Vec::new());
+    for (header, payload) in chunks {
+        match header.kind {
+            ChunkKind::Payload => writer.write_payload(&header.path, header.file_offset, payload).unwrap(),
+            ChunkKind::Eof => writer.write_eof(&header.path).unwrap(),
+        }
+    }
+    writer.into_inner()
+}
+
+/// A real producer stream of the sample tree, 64 KiB chunks.
+fn producer_stream() -> Vec<u8> {
+    static STREAM: OnceLock<Vec<u8>> = OnceLock::new();
+    STREAM
+        .get_or_init(|| {
+            let src = tempfile::tempdir().unwrap();
+            write_tree(src.path(), &sample_files(CHUNK));
+            producer()
+                .arg("--source")
+                .arg(src.path())
+                .args(["--stream=xbstream", "--read-buffer-size", "64K"])
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone()
+        })
+        .clone()
+}
+
+fn raw_chunk(path: &[u8], offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_payload_header(&mut out, path, offset, payload.len() as u64, crc32fast::hash(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Extracts `stream` into `sandbox/out` and asserts: exit 1, the message, nothing outside `out`, and no file in
+/// `out` that was not there before (no partial files either).
+fn assert_hostile(stream: Vec<u8>, message: &str, prepare: impl FnOnce(&Path)) {
+    let sandbox = tempfile::tempdir().unwrap();
+    let out = sandbox.path().join("out");
+    fs::create_dir(&out).unwrap();
+    prepare(&out);
+    let before = read_tree(sandbox.path());
+    let assert = consumer().arg("extract").arg("-C").arg(&out).write_stdin(stream).assert().code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains(message), "expected {message:?} in:\n{stderr}");
+    assert_eq!(read_tree(sandbox.path()), before, "{message}: the sandbox changed");
+    let entries: Vec<PathBuf> = fs::read_dir(sandbox.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries, vec![out], "nothing was created beside OUT");
+}
+
+#[test]
+fn hostile_paths_are_refused_and_nothing_lands_outside() {
+    for (path, message) in [
+        (&b"../x"[..], "unsafe path in the chunk at stream offset 0x28"),
+        (b"/etc/xbkit-hostile", "absolute path \"/etc/xbkit-hostile\" not allowed"),
+        (b"a/../../x", "has a \"..\" component"),
+    ] {
+        let mut stream = raw_chunk(b"fine", 0, b"ok");
+        stream.extend(raw_chunk(path, 0, b"evil"));
+        assert_hostile(stream, message, |_| {});
+    }
+    assert!(!Path::new("/etc/xbkit-hostile").exists());
+
+    // A symlink already inside OUT is never followed.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_path_buf();
+    let stream = raw_chunk(b"link/x", 0, b"evil");
+    assert_hostile(stream, "link is a symlink or not a directory", |out| {
+        std::os::unix::fs::symlink(&target, out.join("link")).unwrap();
+    });
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn hostile_headers_fail_without_allocating_or_writing() {
+    // A 512-byte path.
+    let mut stream = b"XBSTCK01\0P".to_vec();
+    stream.extend_from_slice(&512u32.to_le_bytes());
+    stream.extend_from_slice(&[b'a'; 512]);
+    assert_hostile(stream, "path length 512 is too large at stream offset 0x0", |_| {});
+    // A declared length of 2^40.
+    let mut stream = Vec::new();
+    encode_payload_header(&mut stream, b"big", 0, 1 << 40, 0);
+    assert_hostile(stream, "payload of 1099511627776 bytes declared for \"big\"", |_| {});
+}
+
+#[test]
+fn damaged_streams_fail_naming_file_stream_and_offset() {
+    let good = producer_stream();
+    let chunks = parse(&good);
+
+    // A flipped payload byte: CRC mismatch.
+    let mut flipped = good.clone();
+    let (first, _) = chunks.iter().find(|(h, _)| h.kind == ChunkKind::Payload).unwrap();
+    let payload_at =
+        first.stream_offset as usize + proto::chunk::encoded_header_len(ChunkKind::Payload, first.path.len());
+    flipped[payload_at] ^= 0x20;
+    assert_hostile(flipped, "stream 0 (STDIN): checksum mismatch in", |_| {});
+
+    // Cut mid-chunk.
+    let cut = good[..good.len() / 2].to_vec();
+    assert_hostile(cut, "stream 0 (STDIN): stream truncated inside", |_| {});
+
+    // A file whose E chunk is missing.
+    let mut no_eof = chunks.clone();
+    no_eof.retain(|(h, _)| !(h.kind == ChunkKind::Eof && h.path == b"ibdata1"));
+    assert_hostile(encode(&no_eof), "ibdata1: the stream ended without its end-of-file chunk", |_| {});
+
+    // A duplicated chunk.
+    let mut duplicated = chunks.clone();
+    let index = duplicated.iter().position(|(h, _)| h.path == b"ibdata1" && h.kind == ChunkKind::Payload).unwrap();
+    duplicated.insert(index + 1, duplicated[index].clone());
+    assert_hostile(encode(&duplicated), "bytes 0..65536 overlap bytes already received", |_| {});
+
+    // A manifest that lists a file the stream lacks.
+    let mut missing = chunks.clone();
+    missing.retain(|(h, _)| h.path != b"db/t1.frm");
+    assert_hostile(encode(&missing), "1 file(s) listed in the manifest never arrived: db/t1.frm", |_| {});
+
+    // A file the manifest does not list.
+    let mut extra = chunks.clone();
+    let position = extra.iter().position(|(h, _)| h.path == proto::MANIFEST_NAME.as_bytes()).unwrap();
+    let header = |kind| ChunkHeader {
+        kind,
+        path: b"intruder".to_vec(),
+        payload_len: 3,
+        file_offset: 0,
+        checksum: 0,
+        stream_offset: 0,
+    };
+    extra.insert(position, (header(ChunkKind::Payload), b"abc".to_vec()));
+    extra.insert(position + 1, (header(ChunkKind::Eof), Vec::new()));
+    assert_hostile(encode(&extra), "intruder is in the stream but not in the manifest", |_| {});
+
+    // A manifest cut short (its E missing): unproven, refused.
+    let mut cut_manifest = chunks;
+    cut_manifest.pop();
+    assert_hostile(encode(&cut_manifest), "backup-manifest.json is incomplete", |_| {});
+}
+
+#[test]
+fn existing_files_are_not_overwritten_without_overwrite() {
+    let stream = producer_stream();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("one"), b"precious").unwrap();
+    consumer()
+        .arg("extract")
+        .arg("-C")
+        .arg(&out)
+        .write_stdin(stream.clone())
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("one already exists (use --overwrite to replace it)"));
+    assert_eq!(fs::read(out.join("one")).unwrap(), b"precious");
+    assert_eq!(read_tree(&out).len(), 1, "nothing else was left");
+    consumer().args(["extract", "--overwrite", "-C"]).arg(&out).write_stdin(stream).assert().success();
+    assert_eq!(fs::read(out.join("one")).unwrap(), vec![42]);
+}
+
+#[test]
+fn fifo_consumer_times_out_when_no_producer_comes() {
+    let work = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    consumer()
+        .args(["extract", "--fifo-streams", "2", "--fifo-timeout", "1", "-C"])
+        .arg(work.path().join("out"))
+        .arg("--fifo-dir")
+        .arg(work.path().join("fifos"))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("within 1 s (--fifo-timeout); is the producer running"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(fs::read_dir(work.path().join("fifos")).unwrap().count(), 0, "pipes are removed");
+}
+
+/// A writer that dies mid-chunk: a truncation error naming the pipe.
+#[test]
+fn writer_dying_mid_chunk_is_a_truncation_error_naming_the_pipe() {
+    let work = tempfile::tempdir().unwrap();
+    let fifo_dir = work.path().join("fifos");
+    let out = work.path().join("out");
+    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .args(["extract", "--fifo-timeout", "20", "-C"])
+        .arg(&out)
+        .arg("--fifo-dir")
+        .arg(&fifo_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = fifo_dir.join("thread_0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pipe.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut writer = fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+    let chunk = raw_chunk(b"file", 0, &[7u8; 1000]);
+    writer.write_all(&chunk[..500]).unwrap();
+    drop(writer);
+    let output = consumer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("thread_0): stream truncated inside the payload of \"file\""), "{stderr}");
+    assert!(read_tree(&out).is_empty(), "the partial file is removed");
+}
+
+#[test]
+fn verify_finds_a_damaged_file_and_list_shows_the_stream() {
+    let stream = producer_stream();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    consumer().arg("extract").arg("-C").arg(&out).write_stdin(stream.clone()).assert().success();
+    consumer().arg("verify").arg(&out).assert().success().stderr(predicates::str::contains("verified 8 files"));
+    let mut data = fs::read(out.join("db/t1.ibd")).unwrap();
+    data[1000] ^= 1;
+    fs::write(out.join("db/t1.ibd"), data).unwrap();
+    consumer().arg("verify").arg(&out).assert().code(1).stderr(predicates::str::contains("db/t1.ibd: CRC-32"));
+
+    let listing =
+        consumer().args(["extract", "--list"]).write_stdin(stream).assert().success().get_output().stdout.clone();
+    let listing = String::from_utf8(listing).unwrap();
+    assert!(
+        listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["196625", "4", "ibdata1"]),
+        "{listing}"
+    );
+    assert!(listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "0", "empty"]), "{listing}");
+}
