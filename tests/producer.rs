@@ -2,7 +2,7 @@
 //! and the edges users hit.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -367,4 +367,33 @@ fn bad_arguments_exit_2_with_a_reason() {
         .code(2)
         .stderr(predicates::str::contains("cannot read --source /nonexistent"));
     producer().arg("--version").assert().success().stdout(predicates::str::starts_with("producer 0.1.0"));
+}
+
+/// A file that grows while it is read: a warning, the scanned size is copied; both when the last chunk can probe
+/// for the extra byte and when it fills its buffer (then the file is stat'ed).
+#[test]
+fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
+    for size in [40 * 4096 - 100, 40 * 4096] {
+        let src = tempfile::tempdir().unwrap();
+        let victim = src.path().join("growing");
+        let original = pseudo_random_bytes(size, 4);
+        fs::write(&victim, &original).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "4K", "--throttle", "40", "--parallel", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        fs::OpenOptions::new().append(true).open(&victim).unwrap().write_all(&[1u8; 5000]).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("grew while being copied; the first {size} bytes were copied")), "{stderr}");
+        let out = tempfile::tempdir().unwrap();
+        mbstream_extract(&output.stdout, out.path());
+        assert_eq!(fs::read(out.path().join("growing")).unwrap(), original);
+    }
 }

@@ -31,6 +31,9 @@ pub struct Target {
     root: Arc<OwnedFd>,
     root_path: PathBuf,
     overwrite: bool,
+    /// OUT was empty when the run began: no file can pre-exist, so the per-file existence check is skipped (the
+    /// final rename refuses to replace anything all the same).
+    started_empty: bool,
     dirs: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
 }
 
@@ -49,7 +52,15 @@ impl Target {
         std::fs::create_dir_all(root).with_context(|| format!("cannot create -C {}", root.display()))?;
         let fd = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .with_context(|| format!("cannot open -C {}", root.display()))?;
-        Ok(Target { root: Arc::new(fd), root_path: root.to_path_buf(), overwrite, dirs: Mutex::new(HashMap::new()) })
+        let started_empty =
+            std::fs::read_dir(root).with_context(|| format!("cannot read -C {}", root.display()))?.next().is_none();
+        Ok(Target {
+            root: Arc::new(fd),
+            root_path: root.to_path_buf(),
+            overwrite,
+            started_empty,
+            dirs: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The target directory's path.
@@ -68,12 +79,14 @@ impl Target {
         let name = relative.file_name().context("a checked path has a file name")?.to_os_string();
         let dir = self.directory(relative.parent().unwrap_or(Path::new("")), relative)?;
         let display = self.root_path.join(relative);
-        match fstatat(&*dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(_) if !self.overwrite => {
-                bail!("{} already exists (use --overwrite to replace it)", display.display())
+        if !self.started_empty {
+            match fstatat(&*dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(_) if !self.overwrite => {
+                    bail!("{} already exists (use --overwrite to replace it)", display.display())
+                }
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => bail!("cannot check {}: {e}", display.display()),
             }
-            Ok(_) | Err(Errno::ENOENT) => {}
-            Err(e) => bail!("cannot check {}: {e}", display.display()),
         }
         let mut partial_name = name.clone();
         partial_name.push(PARTIAL_SUFFIX);
@@ -209,6 +222,8 @@ mod tests {
         assert!(!dir.path().join("a/b/c/file").exists());
         partial.commit(false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/b/c/file")).unwrap(), b"data");
+        // Into a non-empty target, an existing name is refused up front.
+        let target = Target::open(dir.path(), false).unwrap();
         let err = target.create(Path::new("a/b/c/file")).unwrap_err();
         assert!(err.to_string().ends_with("a/b/c/file already exists (use --overwrite to replace it)"), "{err}");
     }

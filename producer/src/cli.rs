@@ -50,6 +50,11 @@ pub struct Args {
     #[arg(long, default_value = "2M", value_name = "SIZE")]
     pub read_buffer_size: String,
 
+    /// Pipe buffer to ask for (F_SETPIPE_SZ) on every output pipe, STDOUT included; 0 keeps the kernel's default
+    /// (64K). Above /proc/sys/fs/pipe-max-size it needs privilege.
+    #[arg(long, default_value = "1M", value_name = "SIZE")]
+    pub pipe_buffer_size: String,
+
     /// Read threads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,

@@ -60,6 +60,8 @@ pub struct Config {
     pub output: Output,
     /// Chunk size in bytes.
     pub chunk_size: usize,
+    /// F_SETPIPE_SZ for output pipes (0: leave the default).
+    pub pipe_buffer_size: usize,
     /// Read threads.
     pub read_threads: usize,
     /// Process threads.
@@ -128,6 +130,8 @@ impl Config {
                 human(proto::DEFAULT_MAX_PAYLOAD)
             );
         }
+        let pipe_buffer_size =
+            parse_size(&args.pipe_buffer_size).map_err(anyhow::Error::msg).context("--pipe-buffer-size")?;
         let memory_limit = parse_size(&args.memory_limit).map_err(anyhow::Error::msg).context("--memory-limit")?;
         if args.parallel == 0 || args.compress_threads == 0 {
             bail!("--parallel and --compress-threads must be at least 1");
@@ -168,6 +172,7 @@ impl Config {
             source: args.source.clone(),
             output,
             chunk_size: chunk_size as usize,
+            pipe_buffer_size: pipe_buffer_size as usize,
             read_threads: rt,
             process_threads: pt,
             buffers,

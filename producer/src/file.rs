@@ -68,6 +68,8 @@ struct Sequence {
     sha1: Option<Sha1>,
     vanished: bool,
     shrank: bool,
+    /// From the last chunk's probe: `Some(true)` grew, `Some(false)` did not, `None` not probed.
+    grew: Option<bool>,
 }
 
 /// A chunk as read: its buffer holds exactly the bytes read (fewer than planned if the file shrank).
@@ -87,6 +89,8 @@ pub struct ReadChunk {
     pub crc: u32,
     /// The file was gone when first opened.
     pub vanished: bool,
+    /// For the last chunk, when it could be probed: whether the file had more bytes than scanned.
+    pub grew: Option<bool>,
 }
 
 /// One chunk of work for a read thread.
@@ -126,6 +130,7 @@ impl FileState {
                 sha1: sha1.then(Sha1::new),
                 vanished: false,
                 shrank: false,
+                grew: None,
             }),
             strict,
             sha1,
@@ -150,12 +155,17 @@ impl FileState {
     pub fn read(self: &Arc<Self>, job: &ChunkJob, mut data: PooledBuffer, fadvise: bool) -> Result<ReadChunk> {
         let handle = self.open(fadvise)?;
         let mut vanished = true;
+        let mut grew = false;
         let len = job.len as usize;
-        data.set_len(len);
+        // The last chunk asks for one byte more than planned, when the buffer has room: getting it means the
+        // file grew, with no extra system call.
+        let last = job.index + 1 == self.jobs;
+        let probe = usize::from(last && len < data.capacity());
+        data.set_len(len + probe);
         if let Some(file) = &handle {
             vanished = false;
             let mut filled = 0;
-            while filled < len {
+            while filled < len + probe {
                 match file.read_at(&mut data[filled..], job.offset + filled as u64) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
@@ -168,6 +178,10 @@ impl FileState {
                         )
                     }
                 }
+            }
+            if filled > len {
+                grew = true;
+                filled = len;
             }
             data.set_len(filled);
             if fadvise && filled > 0 {
@@ -185,6 +199,7 @@ impl FileState {
             data,
             crc: 0,
             vanished,
+            grew: (last && probe == 1).then_some(grew),
         })
     }
 
@@ -199,7 +214,7 @@ impl FileState {
             std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&self.scanned.source);
         match opened {
             Ok(file) => {
-                if fadvise {
+                if fadvise && self.jobs > 1 {
                     let _ = posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
                 }
                 let file = Arc::new(file);
@@ -246,6 +261,9 @@ impl FileState {
             sequence.vanished = true;
             return Ok(());
         }
+        if chunk.grew.is_some() {
+            sequence.grew = chunk.grew;
+        }
         let got = chunk.data.len() as u64;
         if chunk.offset != sequence.copied {
             // An earlier chunk came back short: the file shrank. Keep the streamed data a contiguous prefix.
@@ -276,13 +294,17 @@ impl FileState {
             log::warn!("{path} vanished before it could be read; it is not in the backup");
             return Ok(None);
         }
-        let now = std::fs::symlink_metadata(&self.scanned.source).map(|m| m.len()).ok();
+        let grew = match sequence.grew {
+            Some(grew) => grew,
+            // Not probed (the last chunk filled its buffer): ask the file system.
+            None => std::fs::symlink_metadata(&self.scanned.source).is_ok_and(|m| m.len() > self.scanned.size),
+        };
         let changed = if sequence.shrank {
             Some(format!(
                 "shrank while being copied; {} bytes copied of {} scanned",
                 sequence.copied, self.scanned.size
             ))
-        } else if now.is_some_and(|n| n > self.scanned.size) {
+        } else if grew {
             Some(format!("grew while being copied; the first {} bytes were copied", self.scanned.size))
         } else {
             None

@@ -43,8 +43,11 @@ pub fn run(config: &Config) -> Result<String> {
     let created_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
-    let pre = scan::walk(&config.source, true, |_| Ok(()))?;
-    log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
+    let want_total = config.progress != crate::config::ProgressMode::Quiet;
+    let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, |_| Ok(()))?;
+    if want_total {
+        log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
+    }
 
     let (sinks, _fifos) = open_outputs(config)?;
     let stream_count = sinks.len();
@@ -93,7 +96,7 @@ pub fn run(config: &Config) -> Result<String> {
                 .name("scanner".into())
                 .spawn_scoped(scope, move || {
                     let mut file_number = 0usize;
-                    let result = scan::walk(&config.source, false, |scanned| {
+                    let result = scan::walk(&config.source, scan::Pass::Stream, |scanned| {
                         let stream = match binding {
                             Binding::File => Some(file_number % stream_count),
                             Binding::Chunk => None,
@@ -329,8 +332,8 @@ fn open_outputs(config: &Config) -> Result<Outputs> {
             let stdout = std::io::stdout();
             let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned().context("cannot use STDOUT")?;
             let file = std::fs::File::from(fd);
-            // Larger pipe buffer when STDOUT is a pipe; harmless failure otherwise.
-            let _ = fifo::set_pipe_size(&file, fifo::PIPE_SIZE);
+            // Larger pipe buffer when STDOUT is a pipe; failing (not a pipe) is harmless.
+            raise_pipe_buffer(config, &file, "STDOUT");
             Ok((vec![Box::new(StreamSink::new("STDOUT".into(), file, hash))], None))
         }
         Output::Fifos { dir, count, timeout, .. } => {
@@ -350,9 +353,20 @@ fn open_outputs(config: &Config) -> Result<Outputs> {
             });
             let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(*count);
             for (path, file) in set.paths().iter().zip(opened) {
-                sinks.push(Box::new(StreamSink::new(path.display().to_string(), file?, hash)));
+                let file = file?;
+                raise_pipe_buffer(config, &file, &path.display().to_string());
+                sinks.push(Box::new(StreamSink::new(path.display().to_string(), file, hash)));
             }
             Ok((sinks, Some(set)))
+        }
+    }
+}
+
+fn raise_pipe_buffer(config: &Config, file: &std::fs::File, name: &str) {
+    if config.pipe_buffer_size > 0 {
+        match fifo::set_pipe_size(file, config.pipe_buffer_size) {
+            Ok(granted) => log::debug!("{name}: pipe buffer {granted} bytes"),
+            Err(e) => log::debug!("{name}: pipe buffer left as it is ({e})"),
         }
     }
 }
@@ -367,10 +381,20 @@ fn write_stream(
 ) -> Option<SinkReport> {
     let name = sink.name();
     let mut drain = || -> Result<()> {
-        while let Some(item) = recv(&receiver, cancel)? {
+        loop {
+            let item = match receiver.try_recv() {
+                Ok(item) => item,
+                Err(_) => {
+                    // Nothing queued: push out what is buffered before waiting.
+                    sink.flush()?;
+                    match recv(&receiver, cancel)? {
+                        Some(item) => item,
+                        None => return Ok(()),
+                    }
+                }
+            };
             sink.write(item)?;
         }
-        Ok(())
     };
     let result = drain().and_then(|()| sink.finish());
     match result {

@@ -38,10 +38,25 @@ pub struct ScanTotals {
     pub skipped: u64,
 }
 
-/// Walks `root`, calling `visit` for each regular file. With `warn`, each skipped entry is logged (the producer
-/// walks twice — a checking pre-scan and the streaming scan — and warns once). A path that cannot go on the wire
+/// How a walk is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The checking pre-scan: warns about skipped entries; `stat` says whether sizes are wanted (for a progress
+    /// total) — without it, `size`, `mode` and `mtime` are 0 and no `stat` call is made.
+    Check {
+        /// Whether to stat each file.
+        stat: bool,
+    },
+    /// The streaming scan: every field filled, no warnings (the pre-scan gave them).
+    Stream,
+}
+
+/// Walks `root`, calling `visit` for each regular file. The producer walks twice — a checking pre-scan, so that
+/// every path is validated before a byte is written, and the streaming scan. A path that cannot go on the wire
 /// (over 511 bytes) or a directory that cannot be read is an error naming it.
-pub fn walk(root: &Path, warn: bool, mut visit: impl FnMut(ScannedFile) -> Result<()>) -> Result<ScanTotals> {
+pub fn walk(root: &Path, pass: Pass, mut visit: impl FnMut(ScannedFile) -> Result<()>) -> Result<ScanTotals> {
+    let warn = matches!(pass, Pass::Check { .. });
+    let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream);
     let mut totals = ScanTotals::default();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
@@ -84,16 +99,15 @@ pub fn walk(root: &Path, warn: bool, mut visit: impl FnMut(ScannedFile) -> Resul
         }
         let wire =
             proto::path::wire_path(relative).with_context(|| format!("cannot back up {}", entry.path().display()))?;
-        let meta = entry.metadata().map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", entry.path().display()))?;
+        let (size, mode, mtime) = if stat {
+            let meta = entry.metadata().map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", entry.path().display()))?;
+            (meta.len(), meta.mode() & 0o7777, meta.mtime())
+        } else {
+            (0, 0, 0)
+        };
         totals.files += 1;
-        totals.bytes += meta.len();
-        visit(ScannedFile {
-            source: entry.path().to_path_buf(),
-            wire,
-            size: meta.len(),
-            mode: meta.mode() & 0o7777,
-            mtime: meta.mtime(),
-        })?;
+        totals.bytes += size;
+        visit(ScannedFile { source: entry.path().to_path_buf(), wire, size, mode, mtime })?;
     }
     Ok(totals)
 }
@@ -116,7 +130,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut seen = Vec::new();
-        let totals = walk(root, false, |f| {
+        let totals = walk(root, Pass::Stream, |f| {
             seen.push((String::from_utf8(f.wire).unwrap(), f.size));
             Ok(())
         })
@@ -135,7 +149,7 @@ mod tests {
         }
         fs::create_dir_all(&deep).unwrap();
         fs::write(deep.join("f"), b"x").unwrap();
-        let err = walk(dir.path(), false, |_| Ok(())).unwrap_err();
+        let err = walk(dir.path(), Pass::Check { stat: false }, |_| Ok(())).unwrap_err();
         let message = format!("{err:#}");
         assert!(message.starts_with("cannot back up "), "{message}");
         assert!(message.contains("is 604 bytes long (at most 511)"), "{message}");

@@ -71,8 +71,8 @@ pub enum End {
     Read,
 }
 
-/// The pipe size we ask for: 1 MiB, the default `/proc/sys/fs/pipe-max-size`. One pipe moved ~2.8 GB/s with the
-/// 64 KiB default and ~3.8 GB/s with 1 MiB on this kind of machine (`shared/DESIGN.md`).
+/// The pipe buffer the producer asks for by default: 1 MiB, the default `/proc/sys/fs/pipe-max-size` (so no
+/// privilege is needed). Measured in `docs/benchmarks.md`.
 pub const PIPE_SIZE: usize = 1 << 20;
 
 /// Path of pipe `index` in `dir`: `dir/thread_<index>`.
@@ -132,7 +132,7 @@ impl Drop for FifoSet {
 }
 
 /// Opens one end of the pipe at `path`, waiting at most `timeout` for a peer to open the other end. The returned
-/// file is in blocking mode; for the write end its pipe buffer is raised to [`PIPE_SIZE`] where the system allows.
+/// file is in blocking mode. The writer usually raises the pipe buffer next ([`set_pipe_size`]).
 pub fn open_fifo(path: &Path, end: End, timeout: Duration) -> Result<File, FifoError> {
     let (sender, receiver) = mpsc::sync_channel(1);
     let helper_path = path.to_path_buf();
@@ -156,13 +156,7 @@ pub fn open_fifo(path: &Path, end: End, timeout: Duration) -> Result<File, FifoE
         }
     };
     let _ = helper.join();
-    let file = result?;
-    if end == End::Write {
-        if let Err(e) = set_pipe_size(&file, PIPE_SIZE) {
-            log::debug!("could not raise the pipe size of {}: {e}", path.display());
-        }
-    }
-    Ok(file)
+    result
 }
 
 /// Unblocks a helper thread stuck in `open(2)` by briefly opening the other end without blocking. A non-blocking
@@ -268,12 +262,15 @@ mod tests {
     }
 
     #[test]
-    fn write_end_gets_a_larger_pipe_buffer() {
+    fn the_pipe_buffer_can_be_raised() {
         let dir = tempfile::tempdir().unwrap();
         let set = FifoSet::create(dir.path(), 1).unwrap();
         let path = set.paths()[0].clone();
         let reader = thread::spawn(move || open_fifo(&path, End::Read, Duration::from_secs(5)).unwrap());
         let writer = open_fifo(&set.paths()[0], End::Write, Duration::from_secs(5)).unwrap();
+        let before = fcntl(writer.as_fd_ref(), FcntlArg::F_GETPIPE_SZ).unwrap();
+        assert_eq!(before, 65536, "the kernel default");
+        assert_eq!(set_pipe_size(&writer, PIPE_SIZE).unwrap(), PIPE_SIZE);
         let granted = fcntl(writer.as_fd_ref(), FcntlArg::F_GETPIPE_SZ).unwrap();
         assert_eq!(granted as usize, PIPE_SIZE);
         drop(reader.join().unwrap());

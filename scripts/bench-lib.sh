@@ -1,0 +1,53 @@
+# Shared by the benchmark scripts: dataset, tools, a hyperfine wrapper and the table printer. Source it.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin="$root/target/release"
+shared="$root/../shared/peers"
+
+need() { for t in "$@"; do command -v "$t" >/dev/null || { echo "missing $t (apt-get install hyperfine mariadb-backup zstd)" >&2; exit 1; }; done; }
+
+# dataset DIR SIZE_MB: the shared peers' generator when present (the figures in shared/ were measured on it),
+# otherwise scripts/make-sample.sh.
+dataset() {
+  local dir=$1 size=$2
+  if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ]; then return; fi
+  if [ -x "$shared/make-dataset.sh" ] || [ -f "$shared/make-dataset.sh" ]; then
+    bash "$shared/make-dataset.sh" "$dir" "$size"
+  else
+    bash "$root/scripts/make-sample.sh" "$dir" "$size"
+  fi
+}
+
+# The dataset's files breadth-first (shallow files first): `mbstream -x` creates only a file's immediate parent
+# directory, so deeper files must come after a file of their parent (and it still exits 0 when it fails).
+mbstream_files() { echo "find . -type f -printf '%d %P\\n' | sort -n -s | cut -d' ' -f2-"; }
+
+warm_cmd() { echo "find '$1' -type f -print0 | xargs -0 cat > /dev/null"; }
+
+# bench RESULTS_JSON RUNS PREPARE NAME CMD [NAME CMD ...]: hyperfine, one JSON for all cases.
+bench() {
+  local json=$1 runs=$2 prepare=$3; shift 3
+  local args=()
+  while [ $# -gt 0 ]; do args+=(-n "$1" "$2"); shift 2; done
+  hyperfine --style basic --runs "$runs" --warmup 1 --prepare "$prepare" --export-json "$json" "${args[@]}" >&2
+}
+
+# table RESULTS_JSON BYTES BASELINE_NAME...: markdown rows: case, median s, MB/s, ratio to each baseline.
+table() {
+  python3 - "$@" <<'PY'
+import json, sys
+path, size, bases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+results = json.load(open(path))["results"]
+median = {r["command"]: r["median"] for r in results}
+esc = lambda text: text.replace("|", "\\|")
+head = "| case | median s | MB/s | " + " | ".join(f"x {esc(b)}" for b in bases) + " |"
+print(head)
+print("|" + "---|" * (3 + len(bases)))
+for r in results:
+    m = r["median"]
+    ratios = " | ".join(f"{median[b] / m:.2f}" for b in bases)
+    print(f"| {esc(r['command'])} | {m:.3f} | {size / m / 1e6:,.0f} | {ratios} |")
+PY
+}
+
+machine() { echo "$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"; }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# bench-smallfiles.sh [DIR] [FILES] [RUNS]
+#
+# Per-file overhead: FILES (default 100,000) small files of 1..8 KiB in 1,000 directories, streamed into a pipe
+# drained by cat, against tar -c | cat and mbstream -c | cat; and the round trip producer | consumer extract against
+# tar | tar into tmpfs. Medians of RUNS (default 3).
+source "$(dirname "$0")/bench-lib.sh"
+dir=${1:-/tmp/xbkit-bench/small100k}
+files=${2:-100000}
+runs=${3:-3}
+need hyperfine mbstream python3
+(cd "$root" && cargo build --release --quiet)
+if [ ! -d "$dir" ]; then
+  python3 - "$dir" "$files" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+for i in range(n):
+    d = os.path.join(root, "db%03d" % (i % 1000))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "t%06d.frm" % i), "wb") as f:
+        f.write(rng.randbytes(rng.randint(1, 8) * 1024))
+PY
+fi
+bytes=$(find "$dir" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+out=/dev/shm/xbkit-small-out
+json=/tmp/xbkit-bench/smallfiles.json
+bench "$json" "$runs" "rm -rf $out; mkdir -p $out; $(warm_cmd "$dir")" \
+  "tar -c | cat" "tar -C $dir -cf - . | cat > /dev/null" \
+  "mbstream -c | cat" "cd $dir && $(mbstream_files) | xargs -d '\\n' mbstream -c | cat > /dev/null" \
+  "producer | cat" "$bin/producer -q --source $dir --stream=xbstream | cat > /dev/null" \
+  "tar -c | tar -x (tmpfs)" "tar -C $dir -cf - . | tar -C $out -xf -" \
+  "producer | consumer (tmpfs)" "$bin/producer -q --source $dir --stream=xbstream | $bin/consumer -q extract --no-fsync -C $out"
+rm -rf "$out"
+echo
+echo "$(find "$dir" -type f | wc -l) small files, $((bytes / 1000000)) MB ($dir), medians of $runs runs; $(machine); $(date -u +%F)"
+echo
+table "$json" "$bytes" "tar -c | cat" "mbstream -c | cat"
