@@ -2,6 +2,7 @@
 
 mod util;
 
+mod compression;
 mod consumer;
 mod producer;
 mod proto_format;

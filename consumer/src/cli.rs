@@ -30,6 +30,29 @@ pub enum Command {
     Extract(ExtractArgs),
     /// Re-read an extracted tree and check every file against its manifest.
     Verify(VerifyArgs),
+    /// Decompress every `<path>.zst` of an extracted tree into `<path>` (like xtrabackup --decompress), checked
+    /// against the manifest.
+    Decompress(DecompressArgs),
+}
+
+/// `consumer decompress`.
+#[derive(Debug, ClapArgs)]
+pub struct DecompressArgs {
+    /// The extracted tree.
+    #[arg(value_name = "OUT")]
+    pub directory: PathBuf,
+
+    /// Delete each `.zst` once its decompressed file is in place.
+    #[arg(long)]
+    pub remove_original: bool,
+
+    /// Replace decompressed files that already exist.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Decompress threads (files are spread over them).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub parallel: usize,
 }
 
 /// `consumer extract`.
@@ -66,6 +89,15 @@ pub struct ExtractArgs {
     /// Largest chunk payload accepted; one buffer's size (our producer sends 2M, mbstream 10M).
     #[arg(long, default_value = "16M", value_name = "SIZE")]
     pub max_chunk_size: String,
+
+    /// Decompress `<path>.zst` files written by `producer --compress` on the fly (in parallel, chunks in any order),
+    /// writing `<path>` and checking the original content against the manifest; no `.zst` is written.
+    #[arg(long)]
+    pub decompress: bool,
+
+    /// Decompress threads for --decompress.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub decompress_threads: usize,
 
     /// Replace files that already exist in the target directory.
     #[arg(long)]
@@ -133,6 +165,9 @@ pub fn main() -> i32 {
             Ok(config) => crate::extract::run(&config),
         },
         Command::Verify(verify) => crate::verify::run(&verify.directory, verify.parallel.max(1)),
+        Command::Decompress(args) => {
+            crate::decompress::run(&args.directory, args.remove_original, args.overwrite, args.parallel)
+        }
     };
     match result {
         Ok(summary) => {

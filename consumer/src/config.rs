@@ -34,6 +34,10 @@ pub struct ExtractConfig {
     pub require_manifest: bool,
     /// Hash each stream's bytes.
     pub stream_sha1: bool,
+    /// Decompress `.zst` files on the fly.
+    pub decompress: bool,
+    /// Decompress threads.
+    pub decompress_threads: usize,
     /// Where to write statistics.
     pub stats_json: Option<PathBuf>,
     /// Progress display.
@@ -72,7 +76,9 @@ impl ExtractConfig {
         }
         let streams = input.stream_count();
         let allowed = (memory_limit / buffer_size) as usize;
-        let needed = streams + 1;
+        let decompress_threads = if args.decompress { args.decompress_threads.max(1) } else { 0 };
+        // One buffer per reader in flight, one to move, and one scratch buffer per decompress thread.
+        let needed = streams + 1 + decompress_threads;
         if allowed < needed {
             bail!(
                 "--memory-limit {} holds {allowed} buffers of --max-chunk-size {}; {streams} stream(s) need at least {needed}",
@@ -81,7 +87,7 @@ impl ExtractConfig {
             );
         }
         // As in the producer, the limit is a cap: a few buffers per thread keep everything busy.
-        let buffers = allowed.min(2 * (2 * streams + args.parallel));
+        let buffers = allowed.min(2 * (2 * streams + args.parallel) + decompress_threads);
         let progress = if quiet {
             ProgressMode::Quiet
         } else if verbose {
@@ -102,6 +108,8 @@ impl ExtractConfig {
             fadvise: !args.no_fadvise,
             require_manifest: args.require_manifest,
             stream_sha1: args.digest == StreamDigest::Sha1,
+            decompress: args.decompress,
+            decompress_threads,
             stats_json: args.stats_json.clone(),
             progress,
         })

@@ -37,7 +37,7 @@ use producer::stats::{peak_rss_bytes, StreamStats};
 use proto::cancel::{recv, send, Cancel};
 use proto::manifest::{FileRecord, Manifest, MANIFEST_NAME};
 use proto::pool::{BufferPool, PooledBuffer};
-use proto::{ChunkHeader, ChunkKind, ChunkReader, CrcPiece};
+use proto::{compressed, ChunkHeader, ChunkKind, ChunkReader, CrcPiece};
 use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 
@@ -88,17 +88,43 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             })
             .collect();
 
+        let (decompress_sender, decompress_receiver) = crossbeam_channel::bounded::<ChunkMessage>(config.buffers);
+        let decompressors: Vec<_> = (0..if config.decompress { config.decompress_threads } else { 0 })
+            .map(|index| {
+                let (jobs, senders) = (decompress_receiver.clone(), senders.clone());
+                let (pool, cancel, failure) = (&pool, &cancel, &failure);
+                thread::Builder::new()
+                    .name(format!("decompress-{index}"))
+                    .spawn_scoped(scope, move || {
+                        if let Err(e) = decompress_stream(&jobs, &senders, pool, cancel) {
+                            failure.record(e);
+                        }
+                    })
+                    .expect("spawn decompress thread")
+            })
+            .collect();
+        drop(decompress_receiver);
+
         let readers: Vec<_> = inputs
             .into_iter()
             .enumerate()
             .map(|(index, input)| {
-                let senders = senders.clone();
+                let (senders, decompress_sender) = (senders.clone(), decompress_sender.clone());
                 let (pool, cancel, failure, counters) = (&pool, &cancel, &failure, &counters);
                 thread::Builder::new()
                     .name(format!("reader-{index}"))
                     .spawn_scoped(scope, move || {
                         let name = input.name.clone();
-                        match read_stream(index, input.file, config, &senders, pool, cancel, counters) {
+                        match read_stream(
+                            index,
+                            input.file,
+                            config,
+                            &senders,
+                            &decompress_sender,
+                            pool,
+                            cancel,
+                            counters,
+                        ) {
                             Ok(report) => Some(StreamStats {
                                 index,
                                 name,
@@ -117,6 +143,10 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             })
             .collect();
         let streams: Vec<_> = readers.into_iter().map(|r| r.join().unwrap_or(None)).collect();
+        drop(decompress_sender);
+        for decompressor in decompressors {
+            let _ = decompressor.join();
+        }
 
         let result = (|| -> Result<Outcome> {
             if let Some(error) = failure.take() {
@@ -218,12 +248,51 @@ struct StreamReport {
 struct ChunkMessage {
     stream: usize,
     header: ChunkHeader,
+    /// The file it belongs to on disk: the wire path, or with --decompress the path without `.zst`.
+    key: Vec<u8>,
     relative: PathBuf,
     data: PooledBuffer,
+    /// Set once a decompress thread has turned the payload back into original bytes.
+    decoded: Option<Decoded>,
 }
 
-/// The manifest's records by path (`None`: the stream had no manifest).
-type Records = Arc<Option<HashMap<Vec<u8>, FileRecord>>>;
+/// Where a decompressed chunk came from and where it goes.
+#[derive(Debug, Clone, Copy)]
+struct Decoded {
+    /// Offset of the original bytes (now in `data`).
+    offset: u64,
+    /// CRC-32 of the original bytes.
+    crc: u32,
+    /// The compressed payload's place in `<path>.zst`, length and CRC-32 (checked against the manifest's stored form).
+    stored: (u64, CrcPiece),
+}
+
+impl ChunkMessage {
+    fn writer(&self, writers: usize) -> usize {
+        CrcPiece::of(&self.key).crc as usize % writers
+    }
+}
+
+/// The manifest's records by path, and compressed files' paths by their stored (`.zst`) path.
+struct Lookup {
+    by_path: HashMap<Vec<u8>, FileRecord>,
+    by_stored: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Lookup {
+    fn new(manifest: &Manifest) -> Lookup {
+        let by_stored = manifest
+            .files
+            .iter()
+            .filter_map(|record| record.stored.as_ref().map(|stored| (stored.path.0.clone(), record.path.0.clone())))
+            .collect();
+        let by_path = manifest.files.iter().map(|record| (record.path.0.clone(), record.clone())).collect();
+        Lookup { by_path, by_stored }
+    }
+}
+
+/// The manifest, looked up (`None`: the stream had no manifest).
+type Records = Arc<Option<Lookup>>;
 
 /// Path and size of each file a writer verified.
 type Verified = Vec<(Vec<u8>, u64)>;
@@ -236,11 +305,13 @@ enum WriterMessage {
     Commit(Sender<Result<()>>),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_stream(
     index: usize,
     file: File,
     config: &ExtractConfig,
     writers: &[Sender<WriterMessage>],
+    decompressors: &Sender<ChunkMessage>,
     pool: &BufferPool,
     cancel: &Cancel,
     counters: &Counters,
@@ -267,11 +338,71 @@ fn read_stream(
             report.counted.bytes += encoded;
         }
         counters.bytes_done.fetch_add(header.payload_len, Ordering::Relaxed);
-        let writer = CrcPiece::of(&header.path).crc as usize % writers.len();
-        send(&writers[writer], WriterMessage::Chunk(ChunkMessage { stream: index, header, relative, data }), cancel)?;
+        let original = if config.decompress { compressed::strip_zstd_suffix(&header.path) } else { None };
+        let Some(original) = original.map(<[u8]>::to_vec) else {
+            let key = header.path.clone();
+            let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None };
+            send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+            continue;
+        };
+        let relative = proto::safe_relative_path(&original)?;
+        let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None };
+        if chunk.header.kind == ChunkKind::Eof {
+            send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+        } else if compressed::parse_offset_frame(&chunk.data).is_none() {
+            bail!(
+                "{} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
+                 without --decompress, then run `consumer decompress`",
+                chunk.header.display_path(),
+                chunk.header.stream_offset
+            );
+        } else {
+            send(decompressors, chunk, cancel)?;
+        }
     }
     report.sha1 = reader.into_inner().into_inner().finish();
     Ok(report)
+}
+
+/// One decompress thread (`--decompress`): a reused zstd context and one pool buffer as scratch, swapped with each
+/// chunk's buffer, so it never waits on the pool. Decompressed chunks go to the writer that owns their file.
+fn decompress_stream(
+    jobs: &Receiver<ChunkMessage>,
+    writers: &[Sender<WriterMessage>],
+    pool: &BufferPool,
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut decompressor = zstd::bulk::Decompressor::new().context("cannot create a zstd context")?;
+    let mut scratch = pool.take(cancel)?;
+    while let Some(mut chunk) = recv(jobs, cancel)? {
+        let header = &chunk.header;
+        let context = || {
+            format!(
+                "{} at offset {} (chunk at stream {}, offset {:#x})",
+                header.display_path(),
+                header.file_offset,
+                chunk.stream,
+                header.stream_offset
+            )
+        };
+        let (range, frame) = compressed::parse_offset_frame(&chunk.data).expect("checked by the reader");
+        if range.len as usize > scratch.capacity() {
+            bail!("{}: decompresses to {} bytes, more than --max-chunk-size", context(), range.len);
+        }
+        scratch.set_len(scratch.capacity());
+        let written = decompressor
+            .decompress_to_buffer(frame, &mut scratch[..])
+            .map_err(|e| anyhow!("{}: damaged zstd frame: {e}", context()))?;
+        if written != range.len as usize {
+            bail!("{}: the frame decompressed to {written} bytes, its header says {}", context(), range.len);
+        }
+        scratch.set_len(written);
+        let stored = (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len });
+        std::mem::swap(&mut chunk.data, &mut scratch);
+        chunk.decoded = Some(Decoded { offset: range.offset, crc: CrcPiece::of(&chunk.data).crc, stored });
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+    }
+    Ok(())
 }
 
 /// Phases 1–3 (see the module doc), run once every stream has ended cleanly.
@@ -307,10 +438,7 @@ fn prove_and_commit(
             }
         };
         // 2. Verify every file, then check none is missing.
-        let records = manifest
-            .as_ref()
-            .map(|m| m.files.iter().map(|record| (record.path.0.clone(), record.clone())).collect::<HashMap<_, _>>());
-        let records = Arc::new(records);
+        let records = Arc::new(manifest.as_ref().map(Lookup::new));
         let mut found: Vec<(Vec<u8>, u64)> = Vec::new();
         for writer in writers {
             let (reply, answer) = crossbeam_channel::bounded(1);
@@ -417,7 +545,10 @@ struct Writer<'a> {
 struct Slot {
     partial: PartialFile,
     file: Option<File>,
+    /// The file's bytes as written (original bytes when decompressed).
     coverage: Coverage,
+    /// For a decompressed file, its compressed bytes as they travelled (checked against the manifest's stored form).
+    stored: Option<Coverage>,
     ended: bool,
     /// The manifest's bytes, kept in memory as well (only for the manifest file).
     capture: Option<Vec<u8>>,
@@ -461,16 +592,15 @@ impl<'a> Writer<'a> {
     }
 
     fn write(&mut self, chunk: ChunkMessage) -> Result<()> {
-        let ChunkMessage { header, relative, data, .. } = chunk;
-        if !self.files.contains_key(&header.path) {
+        let ChunkMessage { header, key, relative, data, decoded, .. } = chunk;
+        if !self.files.contains_key(&key) {
             let (partial, file) = self.target.create(&relative)?;
-            let capture = (header.path == MANIFEST_NAME.as_bytes()).then(Vec::new);
-            self.files.insert(
-                header.path.clone(),
-                Slot { partial, file: Some(file), coverage: Coverage::default(), ended: false, capture },
-            );
+            let capture = (key == MANIFEST_NAME.as_bytes()).then(Vec::new);
+            let slot =
+                Slot { partial, file: Some(file), coverage: Coverage::default(), stored: None, ended: false, capture };
+            self.files.insert(key.clone(), slot);
         }
-        let slot = self.files.get_mut(&header.path).expect("inserted above");
+        let slot = self.files.get_mut(&key).expect("inserted above");
         match header.kind {
             ChunkKind::Eof => {
                 if slot.ended {
@@ -480,16 +610,24 @@ impl<'a> Writer<'a> {
                 slot.file = None;
             }
             ChunkKind::Payload => {
-                if slot.ended && self.single_stream {
+                // Decompressed chunks pass through a parallel stage, so their `E` may overtake them.
+                if slot.ended && self.single_stream && decoded.is_none() {
                     bail!("a payload chunk after the file's end-of-file chunk");
                 }
-                slot.coverage
-                    .insert(header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len })
-                    .map_err(|overlap| anyhow!("{overlap}"))?;
+                let (offset, piece) = match decoded {
+                    None => (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len }),
+                    Some(decoded) => {
+                        let (stored_offset, stored_piece) = decoded.stored;
+                        slot.stored
+                            .get_or_insert_with(Coverage::default)
+                            .insert(stored_offset, stored_piece)
+                            .map_err(|overlap| anyhow!("{overlap}"))?;
+                        (decoded.offset, CrcPiece { crc: decoded.crc, len: data.len() as u64 })
+                    }
+                };
+                slot.coverage.insert(offset, piece).map_err(|overlap| anyhow!("{overlap}"))?;
                 if let Some(capture) = &mut slot.capture {
-                    if header.file_offset != capture.len() as u64
-                        || header.file_offset + header.payload_len > MAX_MANIFEST
-                    {
+                    if offset != capture.len() as u64 || offset + piece.len > MAX_MANIFEST {
                         bail!("manifest chunks out of order or larger than {}", human(MAX_MANIFEST));
                     }
                     capture.extend_from_slice(&data);
@@ -498,13 +636,13 @@ impl<'a> Writer<'a> {
                     slot.file = Some(slot.partial.reopen_for_write()?);
                 }
                 let file = slot.file.as_ref().expect("opened above");
-                file.write_all_at(&data, header.file_offset)
+                file.write_all_at(&data, offset)
                     .with_context(|| format!("cannot write {}", slot.partial.display().display()))?;
                 if self.fadvise {
                     let _ = nix::fcntl::posix_fadvise(
                         file,
-                        header.file_offset as i64,
-                        header.payload_len as i64,
+                        offset as i64,
+                        piece.len as i64,
                         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
                     );
                 }
@@ -522,9 +660,9 @@ impl<'a> Writer<'a> {
     }
 
     /// Checks every file this writer holds; returns (path, size) of each.
-    fn verify(&mut self, records: Option<&HashMap<Vec<u8>, FileRecord>>) -> Result<Verified> {
+    fn verify(&mut self, lookup: Option<&Lookup>) -> Result<Verified> {
         let mut found = Vec::with_capacity(self.files.len());
-        for (path, slot) in &mut self.files {
+        for (key, slot) in &mut self.files {
             slot.file = None;
             let display = slot.partial.display().display().to_string();
             if !slot.ended {
@@ -534,34 +672,43 @@ impl<'a> Writer<'a> {
                 bail!("{display}: bytes {start}..{end} never arrived");
             }
             let got = slot.coverage.prefix();
-            let mode = match records {
-                None => 0o640,
-                Some(records) => {
-                    let record = records
-                        .get(path)
-                        .ok_or_else(|| anyhow!("{display} is in the stream but not in the manifest"))?;
-                    if record.size != got.len {
-                        bail!("{display}: {} bytes arrived; the manifest says {}", got.len, record.size);
-                    }
-                    if record.crc32 != got.crc {
-                        bail!("{display}: CRC-32 {:08x} does not match the manifest's {:08x}", got.crc, record.crc32);
-                    }
-                    let file = slot.partial.reopen_for_read()?;
-                    if let Some(expected) = &record.sha1 {
-                        let actual = sha1_of(&file).with_context(|| format!("cannot read back {display}"))?;
-                        if &actual != expected {
-                            bail!("{display}: SHA-1 {actual} does not match the manifest's {expected}");
-                        }
-                    }
-                    let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64);
-                    file.set_modified(mtime).with_context(|| format!("cannot set the mtime of {display}"))?;
-                    set_mode(&file, record.mode, &display)?;
-                    continue_found(&mut found, path, got.len);
-                    continue;
-                }
+            let Some(lookup) = lookup else {
+                set_mode(&slot.partial.reopen_for_read()?, 0o640, &display)?;
+                found.push((key.clone(), got.len));
+                continue;
             };
-            set_mode(&slot.partial.reopen_for_read()?, mode, &display)?;
-            found.push((path.clone(), got.len));
+            let (record, expected, is_original) = if let Some(record) = lookup.by_path.get(key) {
+                (record, CrcPiece { crc: record.crc32, len: record.size }, true)
+            } else if let Some(record) = lookup.by_stored.get(key).and_then(|path| lookup.by_path.get(path)) {
+                let stored = record.stored.as_ref().expect("indexed by its stored form");
+                (record, CrcPiece { crc: stored.crc32, len: stored.size }, false)
+            } else {
+                bail!("{display} is in the stream but not in the manifest");
+            };
+            check_piece(&display, got, expected)?;
+            if let Some(stored_coverage) = &slot.stored {
+                // Decompressed: the compressed bytes that travelled must match the manifest's stored form too.
+                let stored = record
+                    .stored
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("{display}: decompressed, but the manifest says it was not compressed"))?;
+                if let Some((start, end)) = stored_coverage.first_gap() {
+                    bail!("{display}: compressed bytes {start}..{end} never arrived");
+                }
+                let expected = CrcPiece { crc: stored.crc32, len: stored.size };
+                check_piece(&format!("{display} (compressed)"), stored_coverage.prefix(), expected)?;
+            }
+            let file = slot.partial.reopen_for_read()?;
+            if let (true, Some(expected)) = (is_original, &record.sha1) {
+                let actual = sha1_of(&file).with_context(|| format!("cannot read back {display}"))?;
+                if &actual != expected {
+                    bail!("{display}: SHA-1 {actual} does not match the manifest's {expected}");
+                }
+            }
+            let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64);
+            file.set_modified(mtime).with_context(|| format!("cannot set the mtime of {display}"))?;
+            set_mode(&file, record.mode, &display)?;
+            found.push((record.path.0.clone(), got.len));
         }
         Ok(found)
     }
@@ -583,14 +730,21 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Size and CRC-32 of what arrived against what the manifest says.
+fn check_piece(display: &str, got: CrcPiece, expected: CrcPiece) -> Result<()> {
+    if got.len != expected.len {
+        bail!("{display}: {} bytes arrived; the manifest says {}", got.len, expected.len);
+    }
+    if got.crc != expected.crc {
+        bail!("{display}: CRC-32 {:08x} does not match the manifest's {:08x}", got.crc, expected.crc);
+    }
+    Ok(())
+}
+
 fn set_mode(file: &File, mode: u32, display: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {display}"))
-}
-
-fn continue_found(found: &mut Verified, path: &[u8], size: u64) {
-    found.push((path.to_vec(), size));
 }
 
 /// SHA-1 of a whole file, read in 1 MiB pieces.

@@ -5,12 +5,14 @@ manifest proves every file present and intact.
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`extract`] (threads, channels and the
 proof), with [`input`] (STDIN or pipes), [`target`] (safe file creation under partial names), [`coverage`] (which
-bytes of a file arrived), [`list`] (`--list`) and [`verify`] (re-checking an extracted tree).
+bytes of a file arrived), [`list`] (`--list`), [`verify`] (re-checking an extracted tree) and [`decompress`] (`.zst` files of an extracted
+tree back into originals).
 */
 
 pub mod cli;
 pub mod config;
 pub mod coverage;
+pub mod decompress;
 pub mod extract;
 pub mod input;
 pub mod list;

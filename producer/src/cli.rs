@@ -59,9 +59,18 @@ pub struct Args {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,
 
-    /// Process threads (checksums; compression when it lands).
+    /// Process threads (checksums), and with --compress as many compress threads.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub compress_threads: usize,
+
+    /// Compress every file (but empty ones and the manifest): each chunk becomes one zstd frame and the file
+    /// travels as <path>.zst, which `zstd -d` restores; `consumer extract --decompress` restores on the fly.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "zstd", value_name = "METHOD")]
+    pub compress: Option<CompressArg>,
+
+    /// zstd level for --compress (1 = fastest, 19 = smallest).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compress_level: i32,
 
     /// Hard cap on chunk buffers in memory (suffixes K, M, G). The pool uses at most twice MEB's rule of
     /// read + process + write + max(read, process, write) buffers, and never more than this.
@@ -113,6 +122,13 @@ pub enum Binding {
     Chunk,
     /// Each file goes whole to one pipe.
     File,
+}
+
+/// `--compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressArg {
+    /// zstd frames (xtrabackup 8.0's default method).
+    Zstd,
 }
 
 /// `--digest`.

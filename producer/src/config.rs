@@ -64,8 +64,10 @@ pub struct Config {
     pub pipe_buffer_size: usize,
     /// Read threads.
     pub read_threads: usize,
-    /// Process threads.
+    /// Process threads (and, when compressing, as many compress threads).
     pub process_threads: usize,
+    /// zstd level when compressing.
+    pub compress_level: Option<i32>,
     /// Buffers in the pool (memory limit / chunk size).
     pub buffers: usize,
     /// Per-file checksums.
@@ -145,10 +147,15 @@ impl Config {
             );
         }
         let (rt, pt, wt) = (args.parallel, args.compress_threads, output.stream_count());
-        let wanted = rt + pt + wt + rt.max(pt).max(wt);
+        // Each compress thread keeps one buffer as scratch, on top of MEB's rule.
+        let ct = if args.compress.is_some() { pt } else { 0 };
+        let wanted = rt + pt + wt + rt.max(pt).max(wt) + ct;
         // The limit is a cap, not a target: twice MEB's rule keeps every thread busy with room to reorder, and
         // more buffers only cost page faults and cache misses (measured: 256 × 1 MiB ran ~25% slower than 22 × 2 MiB).
         let buffers = allowed.min(2 * wanted);
+        if buffers < ct + 2 {
+            bail!("--memory-limit {} is too small for {ct} compress threads", human(memory_limit));
+        }
         if buffers < wanted {
             log::warn!(
                 "--memory-limit {} holds {buffers} buffers of {}; {wanted} would keep all {rt} read, {pt} process and {wt} \
@@ -175,6 +182,7 @@ impl Config {
             pipe_buffer_size: pipe_buffer_size as usize,
             read_threads: rt,
             process_threads: pt,
+            compress_level: args.compress.map(|_| args.compress_level),
             buffers,
             digest: match args.digest {
                 DigestArg::Crc32 => Digest::Crc32,

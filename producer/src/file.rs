@@ -27,12 +27,13 @@ use sha1::{Digest as _, Sha1};
 
 use crate::scan::ScannedFile;
 
-/// Where released chunks go: the pipeline's router to the stream writers.
-pub trait Outlet {
-    /// A payload chunk, released in order.
-    fn payload(&self, file: &Arc<FileState>, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
-    /// The file's end, after its last payload.
-    fn eof(&self, file: &Arc<FileState>) -> Result<()>;
+/// Where released chunks go: straight to the stream writers, or first through the compression stage.
+pub trait Outlet: Sync {
+    /// A payload chunk, released in order: `index` counts this file's released chunks from 0, `offset` is its
+    /// place in the original file, `crc` the CRC-32 of `data`.
+    fn payload(&self, file: &Arc<FileState>, index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
+    /// The file is complete after `chunks` payload chunks; `record` describes its original content.
+    fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
 }
 
 /// A file being backed up.
@@ -44,6 +45,12 @@ pub struct FileState {
     pub jobs: u64,
     /// The stream this file is bound to (`--fifo-binding=file`, or a single stream).
     pub stream: Option<usize>,
+    /// The path on the wire: the relative path, plus `.zst` when the file is compressed.
+    pub wire: Vec<u8>,
+    /// Whether the file's chunks are compressed.
+    pub compressed: bool,
+    /// The compression stage's in-order state (unused without compression).
+    pub(crate) stored: Mutex<crate::compress::StoredSequence>,
     handle: Mutex<Handle>,
     sequence: Mutex<Sequence>,
     strict: bool,
@@ -114,12 +121,22 @@ impl FileState {
         stream: Option<usize>,
         strict: bool,
         sha1: bool,
+        compress: bool,
     ) -> Arc<FileState> {
         let jobs = scanned.size.div_ceil(chunk_size).max(1);
+        // Empty files stay uncompressed: there is nothing to compress, and an empty `.zst` is not a zstd file.
+        let compressed = compress && scanned.size > 0;
+        let mut wire = scanned.wire.clone();
+        if compressed {
+            wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
+        }
         Arc::new(FileState {
             scanned,
             jobs,
             stream,
+            wire,
+            compressed,
+            stored: Mutex::default(),
             handle: Mutex::new(Handle::NotOpened),
             sequence: Mutex::new(Sequence {
                 next: 0,
@@ -147,7 +164,7 @@ impl FileState {
 
     /// The wire path.
     pub fn wire(&self) -> &[u8] {
-        &self.scanned.wire
+        &self.wire
     }
 
     /// Reads one chunk into `data` (a pool buffer). Opens the file on first use (never following a symlink that
@@ -239,9 +256,9 @@ impl FileState {
         }
     }
 
-    /// Takes a processed chunk; releases it and any parked successors in order. Returns the file's manifest record
-    /// once its last chunk and `E` have been released (`None` until then, and for a file that vanished).
-    pub fn arrive(self: &Arc<Self>, chunk: ReadChunk, outlet: &dyn Outlet) -> Result<Option<FileRecord>> {
+    /// Takes a processed chunk; releases it and any parked successors in order; after the last one, hands the
+    /// file's record to the outlet (not for a file that vanished).
+    pub fn arrive(self: &Arc<Self>, chunk: ReadChunk, outlet: &dyn Outlet) -> Result<()> {
         let mut sequence = lock(&self.sequence);
         sequence.parked.insert(chunk.index, chunk);
         loop {
@@ -251,7 +268,7 @@ impl FileState {
             self.release(&mut sequence, chunk, outlet)?;
         }
         if sequence.next < self.jobs {
-            return Ok(None);
+            return Ok(());
         }
         self.finish(&mut sequence, outlet)
     }
@@ -282,17 +299,17 @@ impl FileState {
         }
         sequence.copied += got;
         sequence.chunks += 1;
-        outlet.payload(self, chunk.offset, chunk.data, chunk.crc)
+        outlet.payload(self, sequence.chunks - 1, chunk.offset, chunk.data, chunk.crc)
     }
 
-    fn finish(self: &Arc<Self>, sequence: &mut Sequence, outlet: &dyn Outlet) -> Result<Option<FileRecord>> {
+    fn finish(self: &Arc<Self>, sequence: &mut Sequence, outlet: &dyn Outlet) -> Result<()> {
         let path = self.scanned.source.display();
         if sequence.vanished {
             if self.strict {
                 bail!("{path} vanished before it could be read (--strict)");
             }
             log::warn!("{path} vanished before it could be read; it is not in the backup");
-            return Ok(None);
+            return Ok(());
         }
         let grew = match sequence.grew {
             Some(grew) => grew,
@@ -315,10 +332,9 @@ impl FileState {
             }
             log::warn!("{path} {change}");
         }
-        outlet.eof(self)?;
         let sha1 = sequence.sha1.take().map(|h| hex::encode(h.finalize()));
         debug_assert_eq!(sha1.is_some(), self.sha1);
-        Ok(Some(FileRecord {
+        let record = FileRecord {
             path: WirePath(self.scanned.wire.clone()),
             size: sequence.copied,
             mode: self.scanned.mode,
@@ -327,7 +343,8 @@ impl FileState {
             crc32: sequence.crc.crc,
             sha1,
             stored: None,
-        }))
+        };
+        outlet.end(self, sequence.chunks, record)
     }
 
     /// The path the file came from, for messages.

@@ -13,12 +13,14 @@ Memory is a fixed [`proto::pool::BufferPool`] sized by `--memory-limit`; every c
 buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
-[`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`sink`] (stream and directory
+[`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`]
+(`--compress`: parallel zstd and the second in-order step), [`sink`] (stream and directory
 writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments), [`failure`] (the first error
 of a run). `stats`, `progress`, `size` and `failure` serve the consumer too.
 */
 
 pub mod cli;
+pub mod compress;
 pub mod config;
 pub mod failure;
 pub mod file;

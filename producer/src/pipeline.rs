@@ -27,6 +27,7 @@ use proto::pool::{BufferPool, PooledBuffer};
 use sha1::{Digest as _, Sha1};
 
 use crate::cli::Binding;
+use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
 use crate::failure::Failure;
 use crate::file::{ChunkJob, FileState, Outlet, ReadChunk};
@@ -44,14 +45,20 @@ pub fn run(config: &Config) -> Result<String> {
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
     let want_total = config.progress != crate::config::ProgressMode::Quiet;
-    let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, |_| Ok(()))?;
+    let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
+    let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(()))?;
     if want_total {
         log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
     }
 
     let (sinks, _fifos) = open_outputs(config)?;
     let stream_count = sinks.len();
-    let pool = BufferPool::new(config.buffers, config.chunk_size);
+    // Compressed output shares the budget: buffers are sized for the worst-case frame.
+    let buffer_size = match config.compress_level {
+        Some(_) => crate::compress::buffer_size(config.chunk_size),
+        None => config.chunk_size,
+    };
+    let pool = BufferPool::new(config.buffers, buffer_size);
     let cancel = Cancel::new();
     let failure = Failure::new(cancel.clone());
     let counters = Arc::new(Counters::default());
@@ -66,9 +73,12 @@ pub fn run(config: &Config) -> Result<String> {
         senders: RwLock::new(stream_senders.into_iter().map(Some).collect()),
         next: AtomicUsize::new(0),
         counts: (0..stream_count).map(|_| StreamCount::default()).collect(),
+        records: Mutex::new(Vec::new()),
         cancel: cancel.clone(),
     };
-    let records = Mutex::new(Vec::<FileRecord>::new());
+    let (compress_sender, compress_receiver) = crossbeam_channel::bounded::<CompressJob>(config.buffers);
+    let compress_stage = CompressStage::new(compress_sender, &router, cancel.clone());
+    let outlet: &dyn Outlet = if config.compress_level.is_some() { &compress_stage } else { &router };
     let reads_per_thread: Vec<AtomicU64> = (0..config.read_threads).map(|_| AtomicU64::new(0)).collect();
     let throttle = config.throttle.map(Throttle::new);
     let binding = match &config.output {
@@ -96,7 +106,7 @@ pub fn run(config: &Config) -> Result<String> {
                 .name("scanner".into())
                 .spawn_scoped(scope, move || {
                     let mut file_number = 0usize;
-                    let result = scan::walk(&config.source, scan::Pass::Stream, |scanned| {
+                    let result = scan::walk(&config.source, scan::Pass::Stream, suffix, |scanned| {
                         let stream = match binding {
                             Binding::File => Some(file_number % stream_count),
                             Binding::Chunk => None,
@@ -108,6 +118,7 @@ pub fn run(config: &Config) -> Result<String> {
                             stream,
                             config.strict,
                             config.digest == Digest::Sha1,
+                            config.compress_level.is_some(),
                         );
                         for job in state.chunk_jobs(config.chunk_size as u64) {
                             send(&job_sender, job, cancel)?;
@@ -152,16 +163,14 @@ pub fn run(config: &Config) -> Result<String> {
 
         for thread_index in 0..config.process_threads {
             let read = read_receiver.clone();
-            let (cancel, failure, router, records) = (&cancel, &failure, &router, &records);
+            let (cancel, failure) = (&cancel, &failure);
             let handle =
                 thread::Builder::new().name(format!("process-{thread_index}")).spawn_scoped(scope, move || {
                     let result = (|| -> Result<()> {
                         while let Some(mut chunk) = recv(&read, cancel)? {
                             chunk.crc = proto::CrcPiece::of(&chunk.data).crc;
                             let file = Arc::clone(&chunk.file);
-                            if let Some(record) = file.arrive(chunk, router)? {
-                                records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
-                            }
+                            file.arrive(chunk, outlet)?;
                         }
                         Ok(())
                     })();
@@ -173,9 +182,29 @@ pub fn run(config: &Config) -> Result<String> {
         }
         drop(read_receiver);
 
+        let mut compressors = Vec::new();
+        if let Some(level) = config.compress_level {
+            for thread_index in 0..config.process_threads {
+                let jobs = compress_receiver.clone();
+                let (cancel, failure, pool, router) = (&cancel, &failure, &pool, &router);
+                let handle =
+                    thread::Builder::new().name(format!("compress-{thread_index}")).spawn_scoped(scope, move || {
+                        if let Err(e) = compress_worker(&jobs, pool, level, router, cancel) {
+                            failure.record(e);
+                        }
+                    });
+                compressors.push(handle.expect("spawn compress thread"));
+            }
+        }
+        drop(compress_receiver);
+
         let _ = scanner.join();
         for worker in workers {
             let _ = worker.join();
+        }
+        compress_stage.close();
+        for compressor in compressors {
+            let _ = compressor.join();
         }
 
         // Every file is released. Close streams 1..N and wait for their writers, then write the manifest last on
@@ -188,7 +217,7 @@ pub fn run(config: &Config) -> Result<String> {
         let mut reports = vec![None];
         reports.extend(writers.map(|w| w.join().unwrap_or(None)));
         if !failure.failed() {
-            let mut files = std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut files = std::mem::take(&mut *router.records.lock().unwrap_or_else(|e| e.into_inner()));
             let documents = build_documents(config, &router, &mut files, created_unix);
             for (path, bytes, counted) in documents {
                 let item = StreamItem::Document { path, bytes: Arc::new(bytes), chunk_size: config.chunk_size };
@@ -197,7 +226,7 @@ pub fn run(config: &Config) -> Result<String> {
                     break;
                 }
             }
-            *records.lock().unwrap_or_else(|e| e.into_inner()) = files;
+            *router.records.lock().unwrap_or_else(|e| e.into_inner()) = files;
         }
         router.close(0);
         reports[0] = first.join().unwrap_or(None);
@@ -208,7 +237,7 @@ pub fn run(config: &Config) -> Result<String> {
     if let Some(error) = failure.take() {
         return Err(error);
     }
-    let records = records.into_inner().unwrap_or_else(|e| e.into_inner());
+    let records = router.records.into_inner().unwrap_or_else(|e| e.into_inner());
     let elapsed = started.elapsed().as_secs_f64();
     let bytes: u64 = records.iter().filter(|r| !is_meta(r)).map(|r| r.size).sum();
     let files = records.iter().filter(|r| !is_meta(r)).count() as u64;
@@ -274,7 +303,10 @@ fn build_documents(
         tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
         created_unix,
         chunk_size: config.chunk_size as u64,
-        compression: Compression::None,
+        compression: match config.compress_level {
+            Some(level) => Compression::Zstd { level },
+            None => Compression::None,
+        },
         digest: config.digest,
         streams: Vec::new(),
         files: std::mem::take(files),
@@ -411,6 +443,8 @@ struct Router {
     senders: RwLock<Vec<Option<Sender<StreamItem>>>>,
     next: AtomicUsize,
     counts: Vec<StreamCount>,
+    /// Every completed file's record, for the manifest.
+    records: Mutex<Vec<FileRecord>>,
     cancel: Cancel,
 }
 
@@ -450,7 +484,8 @@ impl Router {
 }
 
 impl Outlet for Router {
-    fn payload(&self, file: &Arc<FileState>, offset: u64, data: PooledBuffer, crc: u32) -> Result<()> {
+    /// `offset` is where the payload goes in the file on the wire (for a compressed file, in its `.zst`).
+    fn payload(&self, file: &Arc<FileState>, _index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()> {
         let stream = self.pick(file);
         let path_len = file.wire().len();
         self.counts[stream].chunks.fetch_add(1, Ordering::Relaxed);
@@ -460,13 +495,15 @@ impl Outlet for Router {
         self.send(stream, StreamItem::Payload { file: Arc::clone(file), offset, data, crc })
     }
 
-    fn eof(&self, file: &Arc<FileState>) -> Result<()> {
+    fn end(&self, file: &Arc<FileState>, _chunks: u64, record: FileRecord) -> Result<()> {
         let stream = self.pick(file);
         self.counts[stream].chunks.fetch_add(1, Ordering::Relaxed);
         self.counts[stream]
             .bytes
             .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
-        self.send(stream, StreamItem::Eof { file: Arc::clone(file) })
+        self.send(stream, StreamItem::Eof { file: Arc::clone(file) })?;
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+        Ok(())
     }
 }
 

@@ -53,8 +53,14 @@ pub enum Pass {
 
 /// Walks `root`, calling `visit` for each regular file. The producer walks twice — a checking pre-scan, so that
 /// every path is validated before a byte is written, and the streaming scan. A path that cannot go on the wire
-/// (over 511 bytes) or a directory that cannot be read is an error naming it.
-pub fn walk(root: &Path, pass: Pass, mut visit: impl FnMut(ScannedFile) -> Result<()>) -> Result<ScanTotals> {
+/// with `suffix` appended (`.zst` when compressing; over 511 bytes) or a directory that cannot be read is an error
+/// naming it.
+pub fn walk(
+    root: &Path,
+    pass: Pass,
+    suffix: &str,
+    mut visit: impl FnMut(ScannedFile) -> Result<()>,
+) -> Result<ScanTotals> {
     let warn = matches!(pass, Pass::Check { .. });
     let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream);
     let mut totals = ScanTotals::default();
@@ -97,8 +103,13 @@ pub fn walk(root: &Path, pass: Pass, mut visit: impl FnMut(ScannedFile) -> Resul
             }
             continue;
         }
-        let wire =
-            proto::path::wire_path(relative).with_context(|| format!("cannot back up {}", entry.path().display()))?;
+        let wire = proto::path::wire_path(relative)
+            .and_then(|wire| {
+                let mut stored = wire.clone();
+                stored.extend_from_slice(suffix.as_bytes());
+                proto::safe_relative_path(&stored).map(|_| wire)
+            })
+            .with_context(|| format!("cannot back up {}", entry.path().display()))?;
         let (size, mode, mtime) = if stat {
             let meta = entry.metadata().map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", entry.path().display()))?;
             (meta.len(), meta.mode() & 0o7777, meta.mtime())
@@ -130,7 +141,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut seen = Vec::new();
-        let totals = walk(root, Pass::Stream, |f| {
+        let totals = walk(root, Pass::Stream, "", |f| {
             seen.push((String::from_utf8(f.wire).unwrap(), f.size));
             Ok(())
         })
@@ -149,7 +160,7 @@ mod tests {
         }
         fs::create_dir_all(&deep).unwrap();
         fs::write(deep.join("f"), b"x").unwrap();
-        let err = walk(dir.path(), Pass::Check { stat: false }, |_| Ok(())).unwrap_err();
+        let err = walk(dir.path(), Pass::Check { stat: false }, "", |_| Ok(())).unwrap_err();
         let message = format!("{err:#}");
         assert!(message.starts_with("cannot back up "), "{message}");
         assert!(message.contains("is 604 bytes long (at most 511)"), "{message}");

@@ -12,6 +12,7 @@ Modules, one concept each:
 - [`writer`]: a chunk writer over any `Write` that emits each chunk as one contiguous write.
 - [`path`]: the one path check every extracted name goes through.
 - [`manifest`]: the JSON document the producer writes last, which lets a consumer prove completeness.
+- [`compressed`]: the layout of a compressed chunk (a skippable frame with its original offset, then a zstd frame).
 - [`checksum`]: CRC-32 pieces that combine into a whole-file CRC without a second pass.
 - [`fifo`]: the named-pipe transport (`<dir>/thread_<i>`), with open deadlines on both sides.
 - [`pool`] and [`cancel`]: the memory budget and the stop signal that both sides' pipelines are built on.
@@ -20,6 +21,7 @@ Modules, one concept each:
 pub mod cancel;
 pub mod checksum;
 pub mod chunk;
+pub mod compressed;
 pub mod fifo;
 pub mod manifest;
 pub mod path;

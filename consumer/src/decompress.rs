@@ -1,0 +1,181 @@
+//! `consumer decompress OUT`: turns every `<path>.zst` of an extracted tree back into `<path>`, like
+//! `xtrabackup --decompress`, checking the result against the manifest when the tree has one.
+//!
+//! Any zstd file decodes (skippable frames included), so this also serves `.zst` files that were not written by our
+//! producer. Output goes through the same partial-name-then-rename path as `extract`, so a failure never leaves a
+//! file that looks complete; `--remove-original` deletes each `.zst` only after its output is committed.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+use proto::compressed::strip_zstd_suffix;
+use proto::manifest::{FileRecord, Manifest, MANIFEST_NAME};
+use proto::CrcPiece;
+use sha1::{Digest as _, Sha1};
+
+use crate::target::Target;
+
+/// Decompresses every `.zst` under `root` with `threads` threads; returns a summary.
+pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) -> Result<String> {
+    let manifest = match std::fs::read(root.join(MANIFEST_NAME)) {
+        Ok(bytes) => Some(Manifest::from_json(&bytes).context("cannot read the tree's manifest")?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            log::warn!("{} has no {MANIFEST_NAME}: decompressed files cannot be checked", root.display());
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.join(MANIFEST_NAME).display())),
+    };
+    let records: std::collections::HashMap<Vec<u8>, &FileRecord> = manifest
+        .iter()
+        .flat_map(|m| m.files.iter())
+        .filter_map(|record| record.stored.as_ref().map(|stored| (stored.path.0.clone(), record)))
+        .collect();
+    let target = Target::open(root, overwrite)?;
+
+    let mut work: Vec<PathBuf> = Vec::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+        let entry = entry.with_context(|| format!("cannot walk {}", root.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(root).expect("under the root").to_path_buf();
+        use std::os::unix::ffi::OsStrExt;
+        if strip_zstd_suffix(relative.as_os_str().as_bytes()).is_some() {
+            work.push(relative);
+        }
+    }
+    work.sort();
+
+    let next = Mutex::new(work.iter());
+    let problems = Mutex::new(Vec::<String>::new());
+    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let Some(relative) = next.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
+                match decompress_one(root, relative, &target, &records, remove_original, overwrite) {
+                    Ok((compressed, original, checked)) => {
+                        let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                        *t = (t.0 + 1, t.1 + compressed, t.2 + original, t.3 + u64::from(checked));
+                    }
+                    Err(e) => problems.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}")),
+                }
+            });
+        }
+    });
+    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !problems.is_empty() {
+        for problem in &problems {
+            log::error!("{problem}");
+        }
+        bail!("{} of {} files could not be decompressed; first: {}", problems.len(), work.len(), problems[0]);
+    }
+    let (files, compressed, original, checked) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(format!(
+        "decompressed {files} files ({compressed} -> {original} bytes); {checked} checked against {MANIFEST_NAME}"
+    ))
+}
+
+/// Returns (compressed bytes, original bytes, whether the manifest checked it).
+fn decompress_one(
+    root: &Path,
+    relative: &Path,
+    target: &Target,
+    records: &std::collections::HashMap<Vec<u8>, &FileRecord>,
+    remove_original: bool,
+    overwrite: bool,
+) -> Result<(u64, u64, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let wire = relative.as_os_str().as_bytes();
+    let output = PathBuf::from(std::ffi::OsStr::from_bytes(strip_zstd_suffix(wire).expect("filtered")));
+    let source_path = root.join(relative);
+    let source = open_nofollow(&source_path)?;
+    let compressed = source.metadata()?.len();
+    let (partial, file) = target.create(&output)?;
+    let record = records.get(wire).copied();
+    let mut sink = CheckingWriter {
+        inner: file,
+        crc: CrcPiece::default(),
+        sha1: record.and_then(|r| r.sha1.as_ref()).map(|_| Sha1::new()),
+    };
+    let result = zstd::stream::copy_decode(&source, &mut sink)
+        .map_err(|e| anyhow!("{}: damaged zstd data: {e}", source_path.display()))
+        .and_then(|()| check(&source_path, &sink, record))
+        .and_then(|()| {
+            let file = &sink.inner;
+            let (mode, mtime) = match record {
+                Some(record) => {
+                    (record.mode, std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64))
+                }
+                None => {
+                    let meta = source.metadata()?;
+                    (std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777, meta.modified()?)
+                }
+            };
+            file.set_modified(mtime)?;
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            file.sync_all()?;
+            Ok(())
+        })
+        .and_then(|()| partial.commit(overwrite));
+    if let Err(e) = result {
+        partial.discard();
+        return Err(e);
+    }
+    if remove_original {
+        std::fs::remove_file(&source_path).with_context(|| format!("cannot remove {}", source_path.display()))?;
+    }
+    Ok((compressed, sink.crc.len, record.is_some()))
+}
+
+fn open_nofollow(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+fn check(path: &Path, sink: &CheckingWriter, record: Option<&FileRecord>) -> Result<()> {
+    let Some(record) = record else { return Ok(()) };
+    let display = path.display();
+    if sink.crc.len != record.size {
+        bail!("{display}: decompressed to {} bytes; the manifest says {}", sink.crc.len, record.size);
+    }
+    if sink.crc.crc != record.crc32 {
+        bail!("{display}: decompressed CRC-32 {:08x} does not match the manifest's {:08x}", sink.crc.crc, record.crc32);
+    }
+    if let (Some(expected), Some(sha1)) = (&record.sha1, &sink.sha1) {
+        let actual = hex::encode(sha1.clone().finalize());
+        if &actual != expected {
+            bail!("{display}: decompressed SHA-1 {actual} does not match the manifest's {expected}");
+        }
+    }
+    Ok(())
+}
+
+/// A file writer that keeps the CRC-32 (and optionally SHA-1) of what it wrote.
+struct CheckingWriter {
+    inner: File,
+    crc: CrcPiece,
+    sha1: Option<Sha1>,
+}
+
+impl Write for CheckingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = self.crc.append(CrcPiece::of(&buf[..n]));
+        if let Some(sha1) = &mut self.sha1 {
+            sha1.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,174 @@
+//! The compression stage (`--compress`): every chunk becomes one zstd frame, compressed in parallel, and a second
+//! in-order step gives each frame its place in `<path>.zst`.
+//!
+//! ```text
+//! FileState::arrive (in order: CRC, SHA-1 of the original) ─► CompressStage ─► compress threads ─► arrive_stored
+//!                                                               (bounded)      (any order)          (in order: .zst
+//!                                                                                                    offsets) ─► Router
+//! ```
+//!
+//! Original-content checksums are taken before compression, in the first in-order step. A frame's size is known
+//! only after compression, so offsets in the `.zst` are assigned by a second per-file sequencer, [`StoredSequence`].
+//! Each compress thread owns one pool buffer as scratch: it compresses into the scratch and swaps it with the
+//! chunk's buffer, so compression never waits on the pool (no deadlock) and memory stays within the budget.
+//! Each payload starts with a skippable frame carrying its original offset ([`proto::compressed`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use proto::cancel::{recv, send, Cancel, Cancelled};
+use proto::compressed::{encode_offset_frame, OriginalRange, OFFSET_FRAME_LEN};
+use proto::manifest::{FileRecord, StoredForm, WirePath};
+use proto::pool::{BufferPool, PooledBuffer};
+use proto::CrcPiece;
+
+use crate::file::{FileState, Outlet};
+
+/// Pool buffer size that holds a compressed chunk of `chunk_size` bytes in the worst case.
+pub fn buffer_size(chunk_size: usize) -> usize {
+    OFFSET_FRAME_LEN + zstd::zstd_safe::compress_bound(chunk_size)
+}
+
+/// Work for a compress thread.
+#[derive(Debug)]
+pub enum CompressJob {
+    /// A chunk of original bytes.
+    Chunk {
+        /// The file.
+        file: Arc<FileState>,
+        /// Its release index within the file.
+        index: u64,
+        /// Offset in the original file.
+        offset: u64,
+        /// The original bytes.
+        data: PooledBuffer,
+    },
+    /// The end of a file, after `index` chunks.
+    End {
+        /// The file.
+        file: Arc<FileState>,
+        /// Number of chunks before it (its own index).
+        index: u64,
+        /// The original content's record.
+        record: FileRecord,
+    },
+}
+
+/// The first in-order step's outlet when compressing: compressed files go to the compress threads; files that
+/// stay uncompressed (empty ones) go straight on.
+pub struct CompressStage<'a> {
+    sender: Mutex<Option<Sender<CompressJob>>>,
+    next: &'a dyn Outlet,
+    cancel: Cancel,
+}
+
+impl<'a> CompressStage<'a> {
+    /// A stage feeding `sender`, passing uncompressed files to `next`.
+    pub fn new(sender: Sender<CompressJob>, next: &'a dyn Outlet, cancel: Cancel) -> CompressStage<'a> {
+        CompressStage { sender: Mutex::new(Some(sender)), next, cancel }
+    }
+
+    /// Closes the queue, so the compress threads finish once it is drained.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn send(&self, job: CompressJob) -> Result<()> {
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Cancelled)?;
+        send(&sender, job, &self.cancel)?;
+        Ok(())
+    }
+}
+
+impl Outlet for CompressStage<'_> {
+    fn payload(&self, file: &Arc<FileState>, index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()> {
+        if !file.compressed {
+            return self.next.payload(file, index, offset, data, crc);
+        }
+        self.send(CompressJob::Chunk { file: Arc::clone(file), index, offset, data })
+    }
+
+    fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()> {
+        if !file.compressed {
+            return self.next.end(file, chunks, record);
+        }
+        self.send(CompressJob::End { file: Arc::clone(file), index: chunks, record })
+    }
+}
+
+/// One compress thread: a reused zstd context (content checksum on) and one scratch buffer from the pool.
+pub fn compress_worker(
+    jobs: &Receiver<CompressJob>,
+    pool: &BufferPool,
+    level: i32,
+    next: &dyn Outlet,
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut compressor = zstd::bulk::Compressor::new(level).context("cannot create a zstd context")?;
+    compressor.include_checksum(true).context("cannot enable zstd checksums")?;
+    let mut scratch = pool.take(cancel)?;
+    while let Some(job) = recv(jobs, cancel)? {
+        match job {
+            CompressJob::Chunk { file, index, offset, mut data } => {
+                scratch.set_len(scratch.capacity());
+                encode_offset_frame(&mut scratch[..OFFSET_FRAME_LEN], OriginalRange { offset, len: data.len() as u32 });
+                let written = compressor
+                    .compress_to_buffer(&data[..], &mut scratch[OFFSET_FRAME_LEN..])
+                    .with_context(|| format!("cannot compress {} at offset {offset}", file.source().display()))?;
+                scratch.set_len(OFFSET_FRAME_LEN + written);
+                std::mem::swap(&mut data, &mut scratch);
+                let crc = CrcPiece::of(&data).crc;
+                arrive_stored(&file, index, Stored::Chunk { data, crc }, next)?;
+            }
+            CompressJob::End { file, index, record } => {
+                arrive_stored(&file, index, Stored::End { chunks: index, record }, next)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The second in-order step of one file: where each compressed frame goes in `<path>.zst`.
+#[derive(Debug, Default)]
+pub struct StoredSequence {
+    next: u64,
+    parked: BTreeMap<u64, Stored>,
+    offset: u64,
+    crc: CrcPiece,
+}
+
+/// A compressed chunk, or the file's end, waiting for its turn.
+#[derive(Debug)]
+enum Stored {
+    Chunk { data: PooledBuffer, crc: u32 },
+    End { chunks: u64, record: FileRecord },
+}
+
+fn arrive_stored(file: &Arc<FileState>, index: u64, item: Stored, next: &dyn Outlet) -> Result<()> {
+    let mut sequence = file.stored.lock().unwrap_or_else(|e| e.into_inner());
+    sequence.parked.insert(index, item);
+    loop {
+        let position = sequence.next;
+        let Some(item) = sequence.parked.remove(&position) else { return Ok(()) };
+        sequence.next += 1;
+        match item {
+            Stored::Chunk { data, crc } => {
+                let len = data.len() as u64;
+                let offset = sequence.offset;
+                sequence.offset += len;
+                sequence.crc = sequence.crc.append(CrcPiece { crc, len });
+                next.payload(file, position, offset, data, crc)?;
+            }
+            Stored::End { chunks, mut record } => {
+                record.stored = Some(StoredForm {
+                    path: WirePath(file.wire.clone()),
+                    size: sequence.offset,
+                    crc32: sequence.crc.crc,
+                });
+                next.end(file, chunks, record)?;
+            }
+        }
+    }
+}
