@@ -64,7 +64,7 @@ pub struct Args {
     pub compress_threads: usize,
 
     /// Compress every file (but empty ones and the manifest): each chunk becomes one zstd frame and the file
-    /// travels as <path>.zst, which `zstd -d` restores; `consumer extract --decompress` restores on the fly.
+    /// travels as `<path>.zst`, which `zstd -d` restores; `consumer extract --decompress` restores on the fly.
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "zstd", value_name = "METHOD")]
     pub compress: Option<CompressArg>,
 
