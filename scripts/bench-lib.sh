@@ -22,6 +22,15 @@ dataset() {
 # directory, so deeper files must come after a file of their parent (and it still exits 0 when it fails).
 mbstream_files() { echo "find . -type f -printf '%d %P\\n' | sort -n -s | cut -d' ' -f2-"; }
 
+# build: the release binaries the benchmarks run.
+build() { (cd "$root" && cargo build --release --quiet); }
+
+# tree_bytes DIR: total size of the regular files under DIR.
+tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }'; }
+
+# prepare DIR SIZE_MB: build, make the dataset if needed, print its size in bytes.
+prepare() { build; dataset "$1" "$2" >&2; tree_bytes "$1"; }
+
 warm_cmd() { echo "find '$1' -type f -print0 | xargs -0 cat > /dev/null"; }
 
 # bench RESULTS_JSON RUNS PREPARE NAME CMD [NAME CMD ...]: hyperfine, one JSON for all cases.

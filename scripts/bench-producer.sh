@@ -10,9 +10,7 @@ ds=${1:-/tmp/xbkit-bench/ds2g}
 size_mb=${2:-2048}
 runs=${3:-5}
 need hyperfine mbstream python3
-(cd "$root" && cargo build --release --quiet)
-dataset "$ds" "$size_mb"
-bytes=$(find "$ds" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+bytes=$(prepare "$ds" "$size_mb")
 fifo=/tmp/xbkit-bench/fifo
 json=/tmp/xbkit-bench/producer.json
 mkdir -p /tmp/xbkit-bench

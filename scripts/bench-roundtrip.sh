@@ -12,9 +12,7 @@ size_mb=${2:-2048}
 runs=${3:-3}
 parent=${4:-/dev/shm}
 need hyperfine mbstream python3
-(cd "$root" && cargo build --release --quiet)
-dataset "$ds" "$size_mb"
-bytes=$(find "$ds" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+bytes=$(prepare "$ds" "$size_mb")
 out="$parent/xbkit-bench-out"
 fifo=/tmp/xbkit-bench/rt-fifo
 json=/tmp/xbkit-bench/roundtrip-$(basename "$parent").json

@@ -9,7 +9,7 @@ dir=${1:-/tmp/xbkit-bench/small100k}
 files=${2:-100000}
 runs=${3:-3}
 need hyperfine mbstream python3
-(cd "$root" && cargo build --release --quiet)
+build
 if [ ! -d "$dir" ]; then
   python3 - "$dir" "$files" <<'PY'
 import os, random, sys
@@ -22,7 +22,7 @@ for i in range(n):
         f.write(rng.randbytes(rng.randint(1, 8) * 1024))
 PY
 fi
-bytes=$(find "$dir" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+bytes=$(tree_bytes "$dir")
 out=/dev/shm/xbkit-small-out
 json=/tmp/xbkit-bench/smallfiles.json
 bench "$json" "$runs" "rm -rf $out; mkdir -p $out; $(warm_cmd "$dir")" \

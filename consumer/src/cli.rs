@@ -66,17 +66,9 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub list: bool,
 
-    /// Number of named pipes to read (thread_0 … thread_{N-1} in --fifo-dir). Must match the producer's.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub fifo_streams: usize,
-
-    /// Directory of the named pipes. Without it, the stream is read from STDIN.
-    #[arg(long, value_name = "DIR")]
-    pub fifo_dir: Option<PathBuf>,
-
-    /// Seconds to wait for the producer to open each pipe.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub fifo_timeout: u64,
+    /// The named-pipe transport (the producer's options).
+    #[command(flatten)]
+    pub fifo: producer::cli::FifoArgs,
 
     /// Writer threads (files are spread over them by path).
     #[arg(long, default_value_t = 2, value_name = "N")]

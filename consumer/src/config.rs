@@ -47,18 +47,18 @@ pub struct ExtractConfig {
 impl ExtractConfig {
     /// Validates raw arguments.
     pub fn from_args(args: &ExtractArgs, verbose: bool, quiet: bool) -> Result<ExtractConfig> {
-        let input = match &args.fifo_dir {
+        let input = match &args.fifo.fifo_dir {
             Some(dir) => {
-                if args.fifo_streams == 0 {
+                if args.fifo.fifo_streams == 0 {
                     bail!("--fifo-streams must be at least 1");
                 }
                 Input::Fifos {
                     dir: dir.clone(),
-                    count: args.fifo_streams,
-                    timeout: Duration::from_secs(args.fifo_timeout),
+                    count: args.fifo.fifo_streams,
+                    timeout: Duration::from_secs(args.fifo.fifo_timeout),
                 }
             }
-            None if args.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", args.fifo_streams),
+            None if args.fifo.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", args.fifo.fifo_streams),
             None => {
                 if std::io::stdin().is_terminal() {
                     bail!("STDIN is a terminal: pipe a stream in, or use --fifo-dir");

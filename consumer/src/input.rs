@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use proto::fifo::{self, End, FifoSet};
+use proto::fifo::{End, FifoSet};
 use sha1::{Digest as _, Sha1};
 
 /// The configured input.
@@ -54,22 +54,10 @@ pub fn open_inputs(input: &Input) -> Result<(Vec<InputStream>, Option<FifoSet>)>
         }
         Input::Fifos { dir, count, timeout } => {
             let set = FifoSet::create(dir, *count)?;
-            log::info!(
-                "waiting up to {} s for the producer to open {count} pipes in {}",
-                timeout.as_secs(),
-                dir.display()
-            );
-            let opened: Vec<_> = std::thread::scope(|scope| {
-                let handles: Vec<_> = set
-                    .paths()
-                    .iter()
-                    .map(|path| scope.spawn(move || fifo::open_fifo(path, End::Read, *timeout)))
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("fifo open thread")).collect()
-            });
+            let opened = set.open_all(End::Read, *timeout)?;
             let mut streams = Vec::with_capacity(*count);
             for (path, file) in set.paths().iter().zip(opened) {
-                streams.push(InputStream { name: path.display().to_string(), file: file? });
+                streams.push(InputStream { name: path.display().to_string(), file });
             }
             Ok((streams, Some(set)))
         }

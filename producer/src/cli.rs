@@ -26,18 +26,9 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub stream: Option<StreamFormat>,
 
-    /// Number of named pipes (thread_0 … thread_{N-1}) to write in parallel. 1 means STDOUT unless --fifo-dir is
-    /// given.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub fifo_streams: usize,
-
-    /// Directory of the named pipes (created, mode 0700). Defaults to --target-dir.
-    #[arg(long, value_name = "DIR")]
-    pub fifo_dir: Option<PathBuf>,
-
-    /// Seconds to wait for the consumer to open each pipe.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub fifo_timeout: u64,
+    /// The named-pipe transport.
+    #[command(flatten)]
+    pub fifo: FifoArgs,
 
     /// How chunks are spread over pipes: `chunk` sends each chunk to the next pipe (a file may span pipes; our
     /// consumer reassembles it); `file` keeps each file whole and in order on one pipe, so every pipe alone is a
@@ -106,6 +97,25 @@ pub struct Args {
     /// No progress bar and no periodic lines; warnings and errors only.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+/// The named-pipe options, the same on both sides (the consumer flattens them into `extract`), as xtrabackup and
+/// xbstream spell them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FifoArgs {
+    /// Number of named pipes, thread_0 … thread_{N-1} in --fifo-dir, used in parallel; must be the same on both
+    /// sides. Without --fifo-dir the stream is STDOUT / STDIN (and N must be 1).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub fifo_streams: usize,
+
+    /// Directory of the named pipes (created with mode 0700 by whichever side starts first). The producer defaults
+    /// it to --target-dir when --fifo-streams is above 1.
+    #[arg(long, value_name = "DIR")]
+    pub fifo_dir: Option<PathBuf>,
+
+    /// Seconds to wait for the other side to open each pipe.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub fifo_timeout: u64,
 }
 
 /// Stream formats (only xbstream; the flag exists so the command line reads like xtrabackup's).

@@ -95,25 +95,32 @@ impl Config {
         let output = match (&args.stream, &args.target_dir) {
             (None, None) => bail!("say where the backup goes: --stream=xbstream (STDOUT or pipes) or --target-dir DIR"),
             (None, Some(dir)) => {
-                if args.fifo_dir.is_some() || args.fifo_streams != 1 {
+                if args.fifo.fifo_dir.is_some() || args.fifo.fifo_streams != 1 {
                     bail!("--fifo-dir and --fifo-streams need --stream=xbstream");
                 }
                 Output::Directory(dir.clone())
             }
             (Some(_), target_dir) => {
-                if args.fifo_streams == 0 {
+                if args.fifo.fifo_streams == 0 {
                     bail!("--fifo-streams must be at least 1");
                 }
-                let fifo_dir =
-                    args.fifo_dir.clone().or_else(|| if args.fifo_streams > 1 { target_dir.clone() } else { None });
+                let fifo_dir = args.fifo.fifo_dir.clone().or_else(|| {
+                    if args.fifo.fifo_streams > 1 {
+                        target_dir.clone()
+                    } else {
+                        None
+                    }
+                });
                 match fifo_dir {
                     Some(dir) => Output::Fifos {
                         dir,
-                        count: args.fifo_streams,
-                        timeout: Duration::from_secs(args.fifo_timeout),
+                        count: args.fifo.fifo_streams,
+                        timeout: Duration::from_secs(args.fifo.fifo_timeout),
                         binding: args.fifo_binding,
                     },
-                    None if args.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", args.fifo_streams),
+                    None if args.fifo.fifo_streams > 1 => {
+                        bail!("--fifo-streams {} needs --fifo-dir", args.fifo.fifo_streams)
+                    }
                     None => {
                         if std::io::stdout().is_terminal() {
                             bail!("refusing to write a binary stream to a terminal: redirect STDOUT or use --fifo-dir");

@@ -370,22 +370,9 @@ fn open_outputs(config: &Config) -> Result<Outputs> {
         }
         Output::Fifos { dir, count, timeout, .. } => {
             let set = FifoSet::create(dir, *count)?;
-            log::info!(
-                "waiting up to {} s for the consumer to open {count} pipes in {}",
-                timeout.as_secs(),
-                dir.display()
-            );
-            let opened: Vec<_> = thread::scope(|scope| {
-                let handles: Vec<_> = set
-                    .paths()
-                    .iter()
-                    .map(|path| scope.spawn(move || fifo::open_fifo(path, End::Write, *timeout)))
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("fifo open thread")).collect()
-            });
+            let opened = set.open_all(End::Write, *timeout)?;
             let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(*count);
             for (path, file) in set.paths().iter().zip(opened) {
-                let file = file?;
                 raise_pipe_buffer(config, &file, &path.display().to_string());
                 sinks.push(Box::new(StreamSink::new(path.display().to_string(), file, hash)));
             }

@@ -117,6 +117,19 @@ impl FifoSet {
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
     }
+
+    /// Opens `end` of every pipe at once, each waiting at most `timeout` for its peer, and returns them in stream
+    /// order (the first failure, by stream number, if any failed).
+    pub fn open_all(&self, end: End, timeout: Duration) -> Result<Vec<File>, FifoError> {
+        let peer = if end == End::Write { "consumer" } else { "producer" };
+        log::info!("waiting up to {} s for the {peer} to open {} pipes", timeout.as_secs(), self.paths.len());
+        let opened: Vec<_> = thread::scope(|scope| {
+            let handles: Vec<_> =
+                self.paths.iter().map(|path| scope.spawn(move || open_fifo(path, end, timeout))).collect();
+            handles.into_iter().map(|h| h.join().expect("a fifo open thread does not panic")).collect()
+        });
+        opened.into_iter().collect()
+    }
 }
 
 impl Drop for FifoSet {
