@@ -413,3 +413,27 @@ fn verify_finds_a_damaged_file_and_list_shows_the_stream() {
     );
     assert!(listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "0", "empty"]), "{listing}");
 }
+
+/// 512 MiB through the consumer with a 64 MiB budget: peak RSS stays under the budget plus a 24 MiB margin.
+#[test]
+fn consumer_memory_limit_bounds_peak_rss() {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        fs::File::create(src.path().join(format!("f{i}"))).unwrap().set_len(128 << 20).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let stats = work.path().join("c.json");
+    let stats_arg = stats.to_str().unwrap();
+    round_trip(
+        src.path(),
+        &work.path().join("out"),
+        0,
+        &[],
+        &["--memory-limit", "64M", "--no-fsync", "--stats-json", stats_arg],
+    );
+    let stats = read_stats(&stats);
+    let rss = stats["peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 0 && rss < (64 + 24) << 20, "peak RSS {rss}");
+    assert!(stats["buffers"].as_u64().unwrap() * stats["buffer_size"].as_u64().unwrap() <= 64 << 20);
+    assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20);
+}
