@@ -219,3 +219,35 @@ fn compression_stays_within_the_memory_limit() {
     assert!(rss > 0 && rss < (32 + 24) << 20, "peak RSS {rss}");
     assert!(streamed < (256 << 20) / 20, "compressible data shrank: {streamed} bytes");
 }
+
+/// The smallest budgets the checks allow, with more threads than buffers to spare: compression and decompression
+/// still finish (their scratch buffers are taken before any reader can exhaust the pool).
+#[test]
+fn tiny_memory_budgets_never_deadlock_with_compression() {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..6u64 {
+        fs::write(src.path().join(format!("f{i}")), pseudo_random_bytes(700_000 + i as usize * 1000, i)).unwrap();
+    }
+    let stream = producer()
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--compress", "--read-buffer-size", "64K", "--memory-limit", "400K"])
+        .args(["--parallel", "4", "--compress-threads", "2"])
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    consumer()
+        .args(["extract", "--decompress", "--decompress-threads", "2", "--max-chunk-size", "128K"])
+        .args(["--memory-limit", "640K", "--no-fsync", "-C"])
+        .arg(&out)
+        .write_stdin(stream)
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .success();
+    assert_same_tree(src.path(), &out);
+}

@@ -437,3 +437,17 @@ fn consumer_memory_limit_bounds_peak_rss() {
     assert!(stats["buffers"].as_u64().unwrap() * stats["buffer_size"].as_u64().unwrap() <= 64 << 20);
     assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20);
 }
+
+/// An empty stream is what a failed producer leaves in a pipeline without pipefail: never a successful restore.
+#[test]
+fn an_empty_stream_is_an_error_not_an_empty_restore() {
+    let work = tempfile::tempdir().unwrap();
+    for args in [vec!["extract", "-C", work.path().join("out").to_str().unwrap()], vec!["extract", "--list"]] {
+        consumer()
+            .args(&args)
+            .write_stdin(Vec::new())
+            .assert()
+            .code(1)
+            .stderr(predicates::str::contains("no data: every stream ended before its first chunk"));
+    }
+}

@@ -89,14 +89,21 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             .collect();
 
         let (decompress_sender, decompress_receiver) = crossbeam_channel::bounded::<ChunkMessage>(config.buffers);
-        let decompressors: Vec<_> = (0..if config.decompress { config.decompress_threads } else { 0 })
-            .map(|index| {
+        // Scratch buffers are taken before any reader starts: had the readers taken every buffer first, no chunk
+        // could ever be decompressed.
+        let scratches: Vec<PooledBuffer> = (0..if config.decompress { config.decompress_threads } else { 0 })
+            .map(|_| pool.take(&cancel))
+            .collect::<Result<_, _>>()?;
+        let decompressors: Vec<_> = scratches
+            .into_iter()
+            .enumerate()
+            .map(|(index, scratch)| {
                 let (jobs, senders) = (decompress_receiver.clone(), senders.clone());
-                let (pool, cancel, failure) = (&pool, &cancel, &failure);
+                let (cancel, failure) = (&cancel, &failure);
                 thread::Builder::new()
                     .name(format!("decompress-{index}"))
                     .spawn_scoped(scope, move || {
-                        if let Err(e) = decompress_stream(&jobs, &senders, pool, cancel) {
+                        if let Err(e) = decompress_stream(&jobs, &senders, scratch, cancel) {
                             failure.record(e);
                         }
                     })
@@ -369,11 +376,10 @@ fn read_stream(
 fn decompress_stream(
     jobs: &Receiver<ChunkMessage>,
     writers: &[Sender<WriterMessage>],
-    pool: &BufferPool,
+    mut scratch: PooledBuffer,
     cancel: &Cancel,
 ) -> Result<()> {
     let mut decompressor = zstd::bulk::Decompressor::new().context("cannot create a zstd context")?;
-    let mut scratch = pool.take(cancel)?;
     while let Some(mut chunk) = recv(jobs, cancel)? {
         let header = &chunk.header;
         let context = || {
@@ -413,6 +419,11 @@ fn prove_and_commit(
     streams: &[(StreamStats, Counted)],
     cancel: &Cancel,
 ) -> Result<Outcome> {
+    // An empty stream is what a failed producer leaves behind (`producer ... | consumer` without pipefail):
+    // never a successful restore.
+    if streams.iter().all(|(stats, _)| stats.chunks == 0) {
+        bail!("no data: every stream ended before its first chunk (did the producer fail?)");
+    }
     // 1. End of streams: collect the manifest.
     let phase = Instant::now();
     let mut manifest_file = None;

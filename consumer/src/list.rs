@@ -46,6 +46,9 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             }
         }
     }
+    if files.is_empty() {
+        anyhow::bail!("no data: every stream ended before its first chunk (did the producer fail?)");
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut total = 0;

@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use proto::cancel::{recv, send, Cancel, Cancelled};
 use proto::compressed::{encode_offset_frame, OriginalRange, OFFSET_FRAME_LEN};
 use proto::manifest::{FileRecord, StoredForm, WirePath};
-use proto::pool::{BufferPool, PooledBuffer};
+use proto::pool::PooledBuffer;
 use proto::CrcPiece;
 
 use crate::file::{FileState, Outlet};
@@ -98,17 +98,17 @@ impl Outlet for CompressStage<'_> {
     }
 }
 
-/// One compress thread: a reused zstd context (content checksum on) and one scratch buffer from the pool.
+/// One compress thread: a reused zstd context (content checksum on) and one scratch buffer from the pool, taken
+/// before any reader starts (had the readers taken every buffer first, compression could never begin).
 pub fn compress_worker(
     jobs: &Receiver<CompressJob>,
-    pool: &BufferPool,
+    mut scratch: PooledBuffer,
     level: i32,
     next: &dyn Outlet,
     cancel: &Cancel,
 ) -> Result<()> {
     let mut compressor = zstd::bulk::Compressor::new(level).context("cannot create a zstd context")?;
     compressor.include_checksum(true).context("cannot enable zstd checksums")?;
-    let mut scratch = pool.take(cancel)?;
     while let Some(job) = recv(jobs, cancel)? {
         match job {
             CompressJob::Chunk { file, index, offset, mut data } => {

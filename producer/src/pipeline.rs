@@ -86,6 +86,11 @@ pub fn run(config: &Config) -> Result<String> {
         _ => Binding::File,
     };
 
+    // Compress threads' scratch buffers are taken now, while the pool is full (see compress_worker).
+    let compress_threads = if config.compress_level.is_some() { config.process_threads } else { 0 };
+    let mut scratches: Vec<PooledBuffer> =
+        (0..compress_threads).map(|_| pool.take(&cancel)).collect::<Result<_, Cancelled>>()?;
+
     let reports: Vec<Option<SinkReport>> = thread::scope(|scope| {
         let writers: Vec<_> = sinks
             .into_iter()
@@ -184,12 +189,12 @@ pub fn run(config: &Config) -> Result<String> {
 
         let mut compressors = Vec::new();
         if let Some(level) = config.compress_level {
-            for thread_index in 0..config.process_threads {
+            for (thread_index, scratch) in scratches.drain(..).enumerate() {
                 let jobs = compress_receiver.clone();
-                let (cancel, failure, pool, router) = (&cancel, &failure, &pool, &router);
+                let (cancel, failure, router) = (&cancel, &failure, &router);
                 let handle =
                     thread::Builder::new().name(format!("compress-{thread_index}")).spawn_scoped(scope, move || {
-                        if let Err(e) = compress_worker(&jobs, pool, level, router, cancel) {
+                        if let Err(e) = compress_worker(&jobs, scratch, level, router, cancel) {
                             failure.record(e);
                         }
                     });
