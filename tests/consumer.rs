@@ -451,3 +451,72 @@ fn an_empty_stream_is_an_error_not_an_empty_restore() {
             .stderr(predicates::str::contains("no data: every stream ended before its first chunk"));
     }
 }
+
+/// A producer that fails mid-run ends its stream with a broken chunk: the consumer (and mbstream) fail too, even in
+/// a pipeline whose shell would only see the consumer's exit status.
+#[test]
+fn a_producer_failure_is_never_a_complete_stream() {
+    let src = tempfile::tempdir().unwrap();
+    let victim = src.path().join("shrinking");
+    fs::write(&victim, pseudo_random_bytes(40 * 4096, 3)).unwrap();
+    fs::write(src.path().join("other"), b"fine").unwrap();
+    let mut producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--strict", "--read-buffer-size", "4K", "--throttle", "40", "--parallel", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .arg("extract")
+        .arg("-C")
+        .arg(work.path().join("out"))
+        .stdin(producer.stdout.take().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(4096).unwrap();
+    let p = producer.wait_with_output().unwrap();
+    let c = consumer.wait_with_output().unwrap();
+    assert_eq!(p.status.code(), Some(1), "{}", String::from_utf8_lossy(&p.stderr));
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert_eq!(c.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PRODUCER-FAILED: this stream is incomplete"), "{stderr}");
+    assert!(read_tree(&work.path().join("out")).is_empty());
+}
+
+/// `--list` over several pipes reads them all at once (the producer ends pipe 0 last).
+#[test]
+fn list_reads_several_pipes_at_once() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &[("big", pseudo_random_bytes(40 << 20, 5)), ("small", b"x".to_vec())]);
+    let work = tempfile::tempdir().unwrap();
+    let fifo_dir = work.path().join("fifos");
+    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .args(["extract", "--list", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
+        .arg(&fifo_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
+        .arg(&fifo_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (p, c) = (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap());
+    assert!(Instant::now() < deadline);
+    assert!(p.status.success() && c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let listing = String::from_utf8(c.stdout).unwrap();
+    assert!(
+        listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["41943040", "20", "big"]),
+        "{listing}"
+    );
+}

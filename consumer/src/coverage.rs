@@ -15,21 +15,32 @@ pub struct Coverage {
     pending: BTreeMap<u64, CrcPiece>,
 }
 
-/// A chunk that overlaps bytes already received.
+/// A chunk that cannot be accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("bytes {offset}..{end} overlap bytes already received (a duplicated or overlapping chunk)")]
-pub struct Overlap {
-    /// Start of the rejected chunk.
-    pub offset: u64,
-    /// End of the rejected chunk.
-    pub end: u64,
+pub enum Overlap {
+    /// It overlaps bytes already received.
+    #[error("bytes {offset}..{end} overlap bytes already received (a duplicated or overlapping chunk)")]
+    Overlaps {
+        /// Start of the rejected chunk.
+        offset: u64,
+        /// End of the rejected chunk.
+        end: u64,
+    },
+    /// Its end lies beyond the largest possible file offset.
+    #[error("a chunk of {len} bytes at offset {offset} ends beyond the largest possible file offset")]
+    OutOfRange {
+        /// Start of the rejected chunk.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
 }
 
 impl Coverage {
     /// Records `piece` at `offset`.
     pub fn insert(&mut self, offset: u64, piece: CrcPiece) -> Result<(), Overlap> {
-        let end = offset + piece.len;
-        let overlap = Overlap { offset, end };
+        let end = offset.checked_add(piece.len).ok_or(Overlap::OutOfRange { offset, len: piece.len })?;
+        let overlap = Overlap::Overlaps { offset, end };
         if piece.len == 0 {
             return Ok(());
         }
@@ -106,10 +117,11 @@ mod tests {
         let mut coverage = Coverage::default();
         coverage.insert(0, piece(b"abcd")).unwrap();
         coverage.insert(8, piece(b"ijkl")).unwrap();
-        assert_eq!(coverage.insert(0, piece(b"abcd")), Err(Overlap { offset: 0, end: 4 }));
-        assert_eq!(coverage.insert(2, piece(b"cd")), Err(Overlap { offset: 2, end: 4 }));
-        assert_eq!(coverage.insert(6, piece(b"ghij")), Err(Overlap { offset: 6, end: 10 }));
-        assert_eq!(coverage.insert(9, piece(b"j")), Err(Overlap { offset: 9, end: 10 }));
+        assert_eq!(coverage.insert(0, piece(b"abcd")), Err(Overlap::Overlaps { offset: 0, end: 4 }));
+        assert_eq!(coverage.insert(2, piece(b"cd")), Err(Overlap::Overlaps { offset: 2, end: 4 }));
+        assert_eq!(coverage.insert(6, piece(b"ghij")), Err(Overlap::Overlaps { offset: 6, end: 10 }));
+        assert_eq!(coverage.insert(9, piece(b"j")), Err(Overlap::Overlaps { offset: 9, end: 10 }));
+        assert_eq!(coverage.insert(u64::MAX, piece(b"k")), Err(Overlap::OutOfRange { offset: u64::MAX, len: 1 }));
         assert_eq!(coverage.first_gap(), Some((4, 8)));
         coverage.insert(4, piece(b"efgh")).unwrap();
         assert!(coverage.is_contiguous());

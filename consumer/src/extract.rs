@@ -449,6 +449,14 @@ fn prove_and_commit(
             }
         };
         // 2. Verify every file, then check none is missing.
+        if let Some(manifest) = &manifest {
+            let mut seen = HashSet::new();
+            for record in &manifest.files {
+                if !seen.insert(record.path.0.as_slice()) {
+                    bail!("the manifest lists {} twice: refusing it", record.path.display());
+                }
+            }
+        }
         let records = Arc::new(manifest.as_ref().map(Lookup::new));
         let mut found: Vec<(Vec<u8>, u64)> = Vec::new();
         for writer in writers {
@@ -688,7 +696,9 @@ impl<'a> Writer<'a> {
             let (record, expected, is_original) = if let Some(record) = lookup.by_path.get(key) {
                 (record, CrcPiece { crc: record.crc32, len: record.size }, true)
             } else if let Some(record) = lookup.by_stored.get(key).and_then(|path| lookup.by_path.get(path)) {
-                let stored = record.stored.as_ref().expect("indexed by its stored form");
+                // A hostile manifest may list a path twice, so the record found may lack the stored form.
+                let stored =
+                    record.stored.as_ref().ok_or_else(|| anyhow!("{display}: the manifest is inconsistent"))?;
                 (record, CrcPiece { crc: stored.crc32, len: stored.size }, false)
             } else {
                 bail!("{display} is in the stream but not in the manifest");

@@ -56,8 +56,8 @@ pub enum CompressJob {
     },
 }
 
-/// The first in-order step's outlet when compressing: compressed files go to the compress threads; files that
-/// stay uncompressed (empty ones) go straight on.
+/// The first in-order step's outlet when compressing: compressed files go to the compress threads; anything not
+/// compressed goes straight on.
 pub struct CompressStage<'a> {
     sender: Mutex<Option<Sender<CompressJob>>>,
     next: &'a dyn Outlet,

@@ -124,8 +124,9 @@ impl FileState {
         compress: bool,
     ) -> Arc<FileState> {
         let jobs = scanned.size.div_ceil(chunk_size).max(1);
-        // Empty files stay uncompressed: there is nothing to compress, and an empty `.zst` is not a zstd file.
-        let compressed = compress && scanned.size > 0;
+        // Every file is compressed, empty ones included (as one frame of empty content: an empty `.zst` is not a
+        // zstd file), so no compressed name can collide with an uncompressed one.
+        let compressed = compress;
         let mut wire = scanned.wire.clone();
         if compressed {
             wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
@@ -290,7 +291,9 @@ impl FileState {
         if got < chunk.planned {
             sequence.shrank = true;
         }
-        if got == 0 {
+        // An empty compressed file still gets its one (empty) frame.
+        let only_frame = self.compressed && sequence.chunks == 0 && chunk.index + 1 == self.jobs;
+        if got == 0 && !only_frame {
             return Ok(());
         }
         sequence.crc = sequence.crc.append(CrcPiece { crc: chunk.crc, len: got });

@@ -420,8 +420,14 @@ fn write_stream(
             sink.write(item)?;
         }
     };
-    let result = drain().and_then(|()| sink.finish());
-    match result {
+    if let Err(e) = drain() {
+        // This stream, or another part of the run, failed: end the stream with a broken chunk so that no reader
+        // (ours, mbstream, xbstream) mistakes what was written so far for a complete stream.
+        sink.poison();
+        failure.record(e.context(format!("stream {index} ({name})")));
+        return None;
+    }
+    match sink.finish() {
         Ok(report) => Some(report),
         Err(e) => {
             failure.record(e.context(format!("stream {index} ({name})")));

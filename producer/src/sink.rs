@@ -70,7 +70,13 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<()>;
     /// Flushes and closes; reports what was written.
     fn finish(self: Box<Self>) -> Result<SinkReport>;
+    /// After a failure: makes the output unmistakably incomplete (best effort; errors are ignored).
+    fn poison(&mut self);
 }
+
+/// The path of the chunk that ends a failed stream: a payload chunk whose payload never comes, so every reader
+/// reports a truncated stream, and ours names this path in its message.
+pub const POISON_PATH: &[u8] = b"PRODUCER-FAILED: this stream is incomplete, see the producer's error";
 
 /// Small chunks (`E` chunks, small files) are gathered into one write of up to this many bytes; chunks this large
 /// or larger go straight to the descriptor. With 100,000 small files this cuts the system calls on both sides.
@@ -128,6 +134,15 @@ impl Sink for StreamSink {
         self.writer.flush().with_context(|| format!("write failed at stream offset {delivered}"))
     }
 
+    fn poison(&mut self) {
+        let _ = self.writer.flush();
+        let mut header = Vec::new();
+        proto::chunk::encode_payload_header(&mut header, POISON_PATH, 0, 1, 0);
+        let inner = self.writer.get_mut();
+        let _ = inner.write_all(&header);
+        let _ = inner.flush();
+    }
+
     fn finish(mut self: Box<Self>) -> Result<SinkReport> {
         self.flush()?;
         let bytes = self.writer.position();
@@ -174,7 +189,9 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Files written into a directory at their offsets: a local copy with no stream. Files are created with
-/// `O_EXCL` (never overwriting), get their source mode at `E`, and are closed there.
+/// `O_EXCL` (never overwriting), get their source mode at `E`, and are closed there. Before the manifest is
+/// written (last) the file system is synced, so a copy with a manifest is a durable copy; a failed run leaves no
+/// manifest.
 pub struct DirectorySink {
     root: PathBuf,
     open: HashMap<Vec<u8>, File>,
@@ -253,7 +270,15 @@ impl Sink for DirectorySink {
                 self.chunks += 1;
             }
             StreamItem::Document { path, bytes, .. } => {
-                self.file(&path)?.write_all_at(&bytes, 0)?;
+                if path == proto::MANIFEST_NAME.as_bytes() {
+                    // The manifest says the copy is complete: make everything else durable first.
+                    let root =
+                        File::open(&self.root).with_context(|| format!("cannot open {}", self.root.display()))?;
+                    nix::unistd::syncfs(&root).with_context(|| format!("cannot sync {}", self.root.display()))?;
+                }
+                let file = self.file(&path)?;
+                file.write_all_at(&bytes, 0)?;
+                file.sync_all().with_context(|| format!("cannot sync {}", String::from_utf8_lossy(&path)))?;
                 self.close(&path, Some(0o644))?;
                 self.bytes += bytes.len() as u64;
                 self.chunks += 1;
@@ -264,6 +289,10 @@ impl Sink for DirectorySink {
 
     fn flush(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    fn poison(&mut self) {
+        // A copy without a manifest is visibly incomplete; the manifest is only written after every file.
     }
 
     fn finish(self: Box<Self>) -> Result<SinkReport> {

@@ -41,6 +41,15 @@ pub enum FifoError {
         /// The path.
         path: PathBuf,
     },
+    /// The directory or a pipe belongs to another user, or others may write to it (they could read the backup or
+    /// inject a stream).
+    #[error("{path} is not private: it must be owned by this user and not writable by group or others ({why})")]
+    NotPrivate {
+        /// The directory or pipe.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// No peer opened the other end in time.
     #[error("no {peer} opened {path} within {secs} s (--fifo-timeout); is the {peer} running with the same --fifo-dir and --fifo-streams?", secs = timeout.as_secs_f64())]
     Timeout {
@@ -95,6 +104,7 @@ impl FifoSet {
             .mode(0o700)
             .create(dir)
             .map_err(|source| FifoError::Create { path: dir.to_path_buf(), source })?;
+        check_private(dir, 0o022)?;
         let mut set = FifoSet { paths: Vec::with_capacity(count) };
         for index in 0..count {
             let path = fifo_path(dir, index);
@@ -105,6 +115,7 @@ impl FifoSet {
                     if !is_fifo {
                         return Err(FifoError::NotAFifo { path });
                     }
+                    check_private(&path, 0o077)?;
                 }
                 Err(errno) => return Err(FifoError::Create { path, source: errno.into() }),
             }
@@ -141,6 +152,26 @@ impl Drop for FifoSet {
                 }
             }
         }
+    }
+}
+
+/// Fails unless `path` (not followed if a symlink) is owned by the effective user and has none of `forbidden`
+/// permission bits.
+fn check_private(path: &Path, forbidden: u32) -> Result<(), FifoError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).map_err(|source| FifoError::Open { path: path.to_path_buf(), source })?;
+    let why = if meta.file_type().is_symlink() {
+        Some("it is a symlink".to_string())
+    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some(format!("owned by uid {}", meta.uid()))
+    } else if meta.mode() & forbidden != 0 {
+        Some(format!("mode {:o}", meta.mode() & 0o7777))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(FifoError::NotPrivate { path: path.to_path_buf(), why }),
+        None => Ok(()),
     }
 }
 
@@ -222,6 +253,23 @@ mod tests {
         drop(set);
         drop(peer);
         assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_a_directory_or_pipe_others_may_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = FifoSet::create(&shared, 1).unwrap_err();
+        assert!(err.to_string().contains("shared is not private") && err.to_string().contains("mode 777"), "{err}");
+        let private = dir.path().join("private");
+        fs::create_dir(&private).unwrap();
+        nix::unistd::mkfifo(&private.join("thread_0"), Mode::from_bits_truncate(0o666)).unwrap();
+        fs::set_permissions(private.join("thread_0"), fs::Permissions::from_mode(0o666)).unwrap();
+        let err = FifoSet::create(&private, 1).unwrap_err();
+        assert!(err.to_string().contains("thread_0 is not private"), "{err}");
     }
 
     #[test]
