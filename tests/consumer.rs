@@ -72,7 +72,11 @@ fn round_trips_are_byte_exact_through_stdout_and_1_2_4_8_pipes() {
         assert_same_tree(src, &out);
         consumer().arg("verify").arg(&out).assert().success();
         // Nothing partial is left behind.
-        assert!(read_tree(&out).iter().all(|(p, _)| !p.to_string_lossy().ends_with(".xbpartial")));
+        assert!(fs::read_dir(&out).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".xbkit-partial")));
     }
 }
 
@@ -250,8 +254,9 @@ fn hostile_paths_are_refused_and_nothing_lands_outside() {
     // A symlink already inside OUT is never followed.
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().to_path_buf();
-    let stream = raw_chunk(b"link/x", 0, b"evil");
-    assert_hostile(stream, "link is a symlink or not a directory", |out| {
+    let mut stream = raw_chunk(b"link/x", 0, b"evil");
+    proto::chunk::encode_eof(&mut stream, b"link/x");
+    assert_hostile(stream, "link: it is a symlink or not a directory", |out| {
         std::os::unix::fs::symlink(&target, out.join("link")).unwrap();
     });
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
@@ -519,4 +524,28 @@ fn list_reads_several_pipes_at_once() {
         listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["41943040", "20", "big"]),
         "{listing}"
     );
+}
+
+/// Names that look like temporary names, and names of 250 bytes, restore exactly (files are staged under their
+/// own names in a private directory, never renamed with a suffix).
+#[test]
+fn partial_looking_and_long_names_restore_exactly() {
+    let src = tempfile::tempdir().unwrap();
+    let long = "n".repeat(250);
+    write_tree(
+        src.path(),
+        &[
+            ("f1", b"one".to_vec()),
+            ("f1.xbpartial", b"not the partial of f1".to_vec()),
+            (".xbkit-partial-1", b"looks like staging".to_vec()),
+            (long.as_str(), b"long name".to_vec()),
+        ],
+    );
+    for overwrite in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        let args: &[&str] = if overwrite { &["--overwrite"] } else { &[] };
+        round_trip(src.path(), &out, 0, &[], args);
+        assert_same_tree(src.path(), &out);
+    }
 }

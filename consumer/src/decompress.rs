@@ -2,8 +2,8 @@
 //! `xtrabackup --decompress`, checking the result against the manifest when the tree has one.
 //!
 //! Any zstd file decodes (skippable frames included), so this also serves `.zst` files that were not written by our
-//! producer. Output goes through the same partial-name-then-rename path as `extract`, so a failure never leaves a
-//! file that looks complete; `--remove-original` deletes each `.zst` only after its output is committed.
+//! producer. Outputs are staged and moved into place together, as `extract` does, only when every one decompressed
+//! and checked out; `--remove-original` deletes the `.zst` files only after that.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -33,8 +33,6 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
         .flat_map(|m| m.files.iter())
         .filter_map(|record| record.stored.as_ref().map(|stored| (stored.path.0.clone(), record)))
         .collect();
-    let target = Target::open(root, overwrite)?;
-
     let mut work: Vec<PathBuf> = Vec::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
         let entry = entry.with_context(|| format!("cannot walk {}", root.display()))?;
@@ -48,6 +46,8 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
         }
     }
     work.sort();
+    // Outputs are staged and moved into place together once all are proven (see `Target`).
+    let target = Target::open(root, overwrite)?;
 
     let next = Mutex::new(work.iter());
     let problems = Mutex::new(Vec::<String>::new());
@@ -56,7 +56,7 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
                 let Some(relative) = next.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
-                match decompress_one(root, relative, &target, &records, remove_original, overwrite) {
+                match decompress_one(root, relative, &target, &records) {
                     Ok((compressed, original, checked)) => {
                         let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
                         *t = (t.0 + 1, t.1 + compressed, t.2 + original, t.3 + u64::from(checked));
@@ -73,6 +73,13 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
         }
         bail!("{} of {} files could not be decompressed; first: {}", problems.len(), work.len(), problems[0]);
     }
+    target.commit(None, true)?;
+    if remove_original {
+        for relative in &work {
+            let path = root.join(relative);
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
     let (files, compressed, original, checked) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(format!(
         "decompressed {files} files ({compressed} -> {original} bytes); {checked} checked against {MANIFEST_NAME}"
@@ -85,8 +92,6 @@ fn decompress_one(
     relative: &Path,
     target: &Target,
     records: &std::collections::HashMap<Vec<u8>, &FileRecord>,
-    remove_original: bool,
-    overwrite: bool,
 ) -> Result<(u64, u64, bool)> {
     use std::os::unix::ffi::OsStrExt;
     let wire = relative.as_os_str().as_bytes();
@@ -117,17 +122,10 @@ fn decompress_one(
             };
             file.set_modified(mtime)?;
             file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-            file.sync_all()?;
             Ok(())
-        })
-        .and_then(|()| partial.commit(overwrite));
-    if let Err(e) = result {
-        partial.discard();
-        return Err(e);
-    }
-    if remove_original {
-        std::fs::remove_file(&source_path).with_context(|| format!("cannot remove {}", source_path.display()))?;
-    }
+        });
+    drop(partial);
+    result?;
     Ok((compressed, sink.crc.len, record.is_some()))
 }
 

@@ -1,7 +1,7 @@
 //! `consumer extract`: N streams back into files, in parallel, with proof.
 //!
 //! ```text
-//! stream 0 ─► reader 0 ─┐                    ┌─► writer 0 ─► pwrite at offset into OUT/<path>.xbpartial
+//! stream 0 ─► reader 0 ─┐                    ┌─► writer 0 ─► pwrite at offset into the staging directory
 //! stream 1 ─► reader 1 ─┼─ by path (hash) ──►┼─► writer 1
 //!    …                  │                    └─► …
 //! ```
@@ -77,12 +77,10 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
                 thread::Builder::new()
                     .name(format!("writer-{index}"))
                     .spawn_scoped(scope, move || {
-                        let mut writer = Writer::new(target, single_stream, config.fadvise, config.overwrite);
+                        let mut writer = Writer::new(target, single_stream, config.fadvise);
                         if let Err(e) = writer.serve(&receiver, cancel) {
                             failure.record(e);
                         }
-                        // Whatever was not committed is unproven: remove it.
-                        writer.discard_uncommitted();
                     })
                     .expect("spawn writer")
             })
@@ -307,9 +305,8 @@ type Verified = Vec<(Vec<u8>, u64)>;
 /// What a writer thread is asked to do: write a chunk, or take part in one of the closing phases.
 enum WriterMessage {
     Chunk(ChunkMessage),
-    EndOfStreams(Sender<Option<(Vec<u8>, PartialFile)>>),
+    EndOfStreams(Sender<Option<Vec<u8>>>),
     Verify(Records, Sender<Result<Verified>>),
-    Commit(Sender<Result<()>>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -426,17 +423,17 @@ fn prove_and_commit(
     }
     // 1. End of streams: collect the manifest.
     let phase = Instant::now();
-    let mut manifest_file = None;
+    let mut manifest_bytes = None;
     for writer in writers {
         let (reply, answer) = crossbeam_channel::bounded(1);
         send(writer, WriterMessage::EndOfStreams(reply), cancel)?;
         if let Some(found) = recv(&answer, cancel)?.flatten() {
-            manifest_file = Some(found);
+            manifest_bytes = Some(found);
         }
     }
-    let result = (|| -> Result<Outcome> {
-        let manifest = match &manifest_file {
-            Some((bytes, _)) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
+    {
+        let manifest = match &manifest_bytes {
+            Some(bytes) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
             None if config.require_manifest => {
                 bail!("the stream carries no {MANIFEST_NAME} (--require-manifest): completeness cannot be proven")
             }
@@ -485,29 +482,9 @@ fn prove_and_commit(
 
         log::info!("verified {} files in {:.2} s", found.len(), phase.elapsed().as_secs_f64());
         let phase = Instant::now();
-        // 3. Commit: rename into place, sync, manifest last.
-        for writer in writers {
-            let (reply, answer) = crossbeam_channel::bounded(1);
-            send(writer, WriterMessage::Commit(reply), cancel)?;
-            recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??;
-        }
-        if config.fsync {
-            nix::unistd::syncfs(target.root_fd())
-                .with_context(|| format!("cannot sync {}", target.path().display()))?;
-        }
-        if let Some((bytes, partial)) = &manifest_file {
-            let file = partial.reopen_for_write()?;
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-            if config.fsync {
-                file.sync_all().context("cannot sync the manifest")?;
-            }
-            partial.commit(config.overwrite)?;
-            if config.fsync {
-                nix::unistd::fsync(target.root_fd()).context("cannot sync the target directory")?;
-            }
-            let _ = bytes;
-        }
+        // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
+        let last = manifest.as_ref().map(|_| std::ffi::OsStr::new(MANIFEST_NAME));
+        target.commit(last, config.fsync)?;
         log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
         Ok(Outcome {
             files: found.len() as u64,
@@ -515,13 +492,7 @@ fn prove_and_commit(
             proven: manifest.is_some(),
             streams: streams.iter().map(|(s, _)| s.clone()).collect(),
         })
-    })();
-    if result.is_err() {
-        if let Some((_, partial)) = &manifest_file {
-            partial.discard();
-        }
     }
-    result
 }
 
 /// Every stream carried exactly what the manifest says it was sent.
@@ -556,8 +527,6 @@ struct Writer<'a> {
     files: HashMap<Vec<u8>, Slot>,
     single_stream: bool,
     fadvise: bool,
-    overwrite: bool,
-    committed: bool,
 }
 
 /// A file being extracted.
@@ -574,8 +543,8 @@ struct Slot {
 }
 
 impl<'a> Writer<'a> {
-    fn new(target: &'a Target, single_stream: bool, fadvise: bool, overwrite: bool) -> Writer<'a> {
-        Writer { target, files: HashMap::new(), single_stream, fadvise, overwrite, committed: false }
+    fn new(target: &'a Target, single_stream: bool, fadvise: bool) -> Writer<'a> {
+        Writer { target, files: HashMap::new(), single_stream, fadvise }
     }
 
     fn serve(&mut self, receiver: &Receiver<WriterMessage>, cancel: &Cancel) -> Result<()> {
@@ -596,11 +565,6 @@ impl<'a> Writer<'a> {
                 }
                 WriterMessage::Verify(records, reply) => {
                     let _ = reply.send(self.verify(records.as_ref().as_ref()));
-                }
-                WriterMessage::Commit(reply) => {
-                    // A failure goes back to the coordinator, which reports it; the writer then drains and
-                    // removes what it did not commit.
-                    let _ = reply.send(self.commit());
                 }
             }
         }
@@ -667,12 +631,11 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn take_manifest(slot: Slot) -> Result<(Vec<u8>, PartialFile)> {
+    fn take_manifest(slot: Slot) -> Result<Vec<u8>> {
         if !slot.ended || !slot.coverage.is_contiguous() {
-            slot.partial.discard();
             bail!("{MANIFEST_NAME} is incomplete: the stream was cut short");
         }
-        Ok((slot.capture.unwrap_or_default(), slot.partial))
+        Ok(slot.capture.unwrap_or_default())
     }
 
     /// Checks every file this writer holds; returns (path, size) of each.
@@ -729,22 +692,6 @@ impl<'a> Writer<'a> {
             found.push((record.path.0.clone(), got.len));
         }
         Ok(found)
-    }
-
-    fn commit(&mut self) -> Result<()> {
-        for slot in self.files.values() {
-            slot.partial.commit(self.overwrite)?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-
-    fn discard_uncommitted(&mut self) {
-        if !self.committed {
-            for slot in self.files.values() {
-                slot.partial.discard();
-            }
-        }
     }
 }
 

@@ -1,65 +1,87 @@
-//! The extraction target: every file is created *inside* `-C OUT`, whatever the stream says.
+//! The extraction target: every file is created *inside* `-C OUT`, whatever the stream says, and nothing appears
+//! under its real name before it is proven.
 //!
-//! Paths have already passed [`proto::safe_relative_path`] (no `..`, no absolute paths). On top of that every
-//! directory is opened relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`, so a symlink already
-//! inside OUT (`OUT/link -> /`) is never followed; missing directories are created (mode 0750), recursively.
+//! Files are written into a private staging directory, `OUT/.xbkit-partial-<pid>/`, under their real relative
+//! paths. Paths have already passed [`proto::safe_relative_path`] (no `..`, no absolute paths); on top of that every
+//! directory is opened relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`, and files are created
+//! with `O_EXCL | O_NOFOLLOW`. Nothing but this process creates entries in the staging directory, so no stream name
+//! can collide with a temporary name, and names keep their full length.
 //!
-//! Files are written under a partial name, `<name>.xbpartial`, and renamed to their real name only once they are
-//! proven complete ([`PartialFile::commit`]). On failure every partial file is removed, and a run killed outright
-//! leaves only `*.xbpartial` files: nothing unproven ever looks complete.
+//! Once every file is proven, [`Target::commit`] moves the staged tree into OUT: first it plans every move and checks
+//! every conflict (an existing file without `--overwrite`, a symlink or a file where a directory goes), and only then
+//! renames — when OUT started empty, that is one rename per top-level entry. The manifest is moved last, after a
+//! `syncfs`. Dropping an uncommitted target removes the staging directory, so a failure leaves nothing behind that
+//! looks complete; a run killed outright leaves only `OUT/.xbkit-partial-<pid>/`.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat2, OFlag, RenameFlags};
-use nix::sys::stat::{fstatat, mkdirat, Mode};
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 
-/// Suffix of files not yet proven complete.
-pub const PARTIAL_SUFFIX: &str = ".xbpartial";
+/// Prefix of the staging directory's name inside OUT.
+pub const STAGING_PREFIX: &str = ".xbkit-partial-";
 
-/// The directory files are extracted into.
+/// The directory files are extracted into, with its staging directory.
 #[derive(Debug)]
 pub struct Target {
     root: Arc<OwnedFd>,
     root_path: PathBuf,
+    staging: Arc<OwnedFd>,
+    staging_path: PathBuf,
     overwrite: bool,
-    /// OUT was empty when the run began: no file can pre-exist, so the per-file existence check is skipped (the
-    /// final rename refuses to replace anything all the same).
-    started_empty: bool,
     dirs: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    committed: AtomicBool,
 }
 
-/// A file being extracted: where it lives, under its partial name until committed.
+/// A file being extracted, in the staging directory.
 #[derive(Debug)]
 pub struct PartialFile {
     dir: Arc<OwnedFd>,
     name: OsString,
-    partial_name: OsString,
     display: PathBuf,
 }
 
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+
 impl Target {
-    /// Opens (creating it if needed) the target directory.
+    /// Opens (creating it if needed) the target directory and creates a fresh staging directory in it.
     pub fn open(root: &Path, overwrite: bool) -> Result<Target> {
         std::fs::create_dir_all(root).with_context(|| format!("cannot create -C {}", root.display()))?;
         let fd = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .with_context(|| format!("cannot open -C {}", root.display()))?;
-        let started_empty =
-            std::fs::read_dir(root).with_context(|| format!("cannot read -C {}", root.display()))?.next().is_none();
+        let root_fd = Arc::new(fd);
+        let mut attempt = 0u32;
+        let (staging, staging_name) = loop {
+            let name = match attempt {
+                0 => format!("{STAGING_PREFIX}{}", std::process::id()),
+                n => format!("{STAGING_PREFIX}{}-{n}", std::process::id()),
+            };
+            match mkdirat(&*root_fd, name.as_str(), Mode::from_bits_truncate(0o700)) {
+                Ok(()) => {
+                    let fd = openat(&*root_fd, name.as_str(), DIR_FLAGS, Mode::empty())
+                        .with_context(|| format!("cannot open {}", root.join(&name).display()))?;
+                    break (fd, name);
+                }
+                Err(Errno::EEXIST) if attempt < 100 => attempt += 1,
+                Err(e) => bail!("cannot create the staging directory {}: {e}", root.join(&name).display()),
+            }
+        };
         Ok(Target {
-            root: Arc::new(fd),
+            root: root_fd,
             root_path: root.to_path_buf(),
+            staging: Arc::new(staging),
+            staging_path: root.join(staging_name),
             overwrite,
-            started_empty,
             dirs: Mutex::new(HashMap::new()),
+            committed: AtomicBool::new(false),
         })
     }
 
@@ -68,51 +90,29 @@ impl Target {
         &self.root_path
     }
 
-    /// The target directory's descriptor.
-    pub fn root_fd(&self) -> &OwnedFd {
-        &self.root
-    }
-
-    /// Creates `relative` (a checked relative path) as a new, empty partial file and returns it opened for writing.
-    /// Fails if the real name already exists (unless `--overwrite`), or a component is a symlink or not a directory.
+    /// Creates `relative` (a checked relative path) as a new, empty file in the staging directory and returns it
+    /// opened for writing. A second file of the same name in one stream is an error.
     pub fn create(&self, relative: &Path) -> Result<(PartialFile, File)> {
         let name = relative.file_name().context("a checked path has a file name")?.to_os_string();
+        if relative.components().next().map(|c| c.as_os_str()) == self.staging_path.file_name() {
+            bail!("refusing {}: it collides with this run's staging directory", relative.display());
+        }
         let dir = self.directory(relative.parent().unwrap_or(Path::new("")), relative)?;
         let display = self.root_path.join(relative);
-        if !self.started_empty {
-            match fstatat(&*dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(_) if !self.overwrite => {
-                    bail!("{} already exists (use --overwrite to replace it)", display.display())
-                }
-                Ok(_) | Err(Errno::ENOENT) => {}
-                Err(e) => bail!("cannot check {}: {e}", display.display()),
-            }
-        }
-        let mut partial_name = name.clone();
-        partial_name.push(PARTIAL_SUFFIX);
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = match openat(&*dir, partial_name.as_os_str(), flags, Mode::from_bits_truncate(0o600)) {
-            Err(Errno::EEXIST) if self.overwrite => {
-                let _ = unlinkat(&*dir, partial_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
-                openat(&*dir, partial_name.as_os_str(), flags, Mode::from_bits_truncate(0o600))
-            }
-            Err(Errno::EEXIST) => bail!(
-                "{}{PARTIAL_SUFFIX} exists: left by an interrupted extraction or another one running (remove it, or use --overwrite)",
-                display.display()
-            ),
-            other => other,
-        }
-        .with_context(|| format!("cannot create {}{PARTIAL_SUFFIX}", display.display()))?;
-        Ok((PartialFile { dir, name, partial_name, display }, File::from(fd)))
+        let fd = match openat(&*dir, name.as_os_str(), flags, Mode::from_bits_truncate(0o600)) {
+            Err(Errno::EEXIST) => bail!("{} appears twice in the stream", display.display()),
+            other => other.with_context(|| format!("cannot create {} (staged)", display.display()))?,
+        };
+        Ok((PartialFile { dir, name, display }, File::from(fd)))
     }
 
-    /// The descriptor of directory `relative_dir`, creating it and its parents as needed, never following a
-    /// symlink. `file` is only for messages.
+    /// The staging descriptor of directory `relative_dir`, creating it and its parents as needed.
     fn directory(&self, relative_dir: &Path, file: &Path) -> Result<Arc<OwnedFd>> {
         if let Some(fd) = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(relative_dir) {
             return Ok(Arc::clone(fd));
         }
-        let mut current = Arc::clone(&self.root);
+        let mut current = Arc::clone(&self.staging);
         let mut walked = PathBuf::new();
         for component in relative_dir.components() {
             let Component::Normal(part) = component else { bail!("unexpected component in {}", file.display()) };
@@ -124,8 +124,8 @@ impl Target {
                     let fd = Arc::new(open_or_make_dir(&current, part).map_err(|e| {
                         let at = self.root_path.join(&walked);
                         match e {
-                            Errno::ELOOP | Errno::ENOTDIR => anyhow::anyhow!(
-                                "refusing to extract {}: {} is a symlink or not a directory",
+                            Errno::ENOTDIR | Errno::ELOOP => anyhow::anyhow!(
+                                "cannot extract {}: {} is also a file in the stream",
                                 self.root_path.join(file).display(),
                                 at.display()
                             ),
@@ -139,13 +139,130 @@ impl Target {
         }
         Ok(current)
     }
+
+    /// Moves every staged entry but `last` into OUT (after checking every conflict first), syncs the file system
+    /// when `sync`, then moves `last` (the manifest) with mode 0644, syncs OUT, and removes the staging directory.
+    pub fn commit(&self, last: Option<&OsStr>, sync: bool) -> Result<()> {
+        let mut moves = Vec::new();
+        self.plan(&self.staging.clone(), &self.root.clone(), Path::new(""), last, &mut moves)?;
+        for planned in &moves {
+            let flags = if planned.replace { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+            renameat2(&*planned.from, planned.name.as_os_str(), &*planned.to, planned.name.as_os_str(), flags)
+                .with_context(|| format!("cannot move {} into place", planned.display.display()))?;
+        }
+        if sync {
+            nix::unistd::syncfs(&*self.root).with_context(|| format!("cannot sync {}", self.root_path.display()))?;
+        }
+        if let Some(last) = last {
+            let file = File::from(
+                openat(&*self.staging, last, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                    .with_context(|| format!("cannot open the staged {}", last.to_string_lossy()))?,
+            );
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            if sync {
+                file.sync_all()?;
+            }
+            let display = self.root_path.join(last);
+            let exists = fstatat(&*self.root, last, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
+            if exists && !self.overwrite {
+                bail!("{} already exists (use --overwrite to replace it)", display.display());
+            }
+            let flags = if exists { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+            renameat2(&*self.staging, last, &*self.root, last, flags)
+                .with_context(|| format!("cannot move {} into place", display.display()))?;
+            if sync {
+                nix::unistd::fsync(&*self.root).context("cannot sync the target directory")?;
+            }
+        }
+        self.committed.store(true, Ordering::SeqCst);
+        let _ = std::fs::remove_dir_all(&self.staging_path);
+        Ok(())
+    }
+
+    /// Plans the moves of staged directory `from` (at `relative`) into `to`, checking every conflict.
+    fn plan(
+        &self,
+        from: &Arc<OwnedFd>,
+        to: &Arc<OwnedFd>,
+        relative: &Path,
+        skip: Option<&OsStr>,
+        moves: &mut Vec<Move>,
+    ) -> Result<()> {
+        let staged_dir = self.staging_path.join(relative);
+        let mut entries: Vec<(OsString, bool)> = std::fs::read_dir(&staged_dir)
+            .with_context(|| format!("cannot read {}", staged_dir.display()))?
+            .map(|entry| {
+                let entry = entry?;
+                Ok((entry.file_name(), entry.file_type()?.is_dir()))
+            })
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("cannot read {}", staged_dir.display()))?;
+        entries.sort();
+        for (name, staged_is_dir) in entries {
+            if relative.as_os_str().is_empty() && Some(name.as_os_str()) == skip {
+                continue;
+            }
+            let display = self.root_path.join(relative).join(&name);
+            match fstatat(&**to, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Err(Errno::ENOENT) => {
+                    moves.push(Move { from: Arc::clone(from), to: Arc::clone(to), name, display, replace: false })
+                }
+                Err(e) => bail!("cannot check {}: {e}", display.display()),
+                Ok(existing) => {
+                    let kind = SFlag::from_bits_truncate(existing.st_mode) & SFlag::S_IFMT;
+                    match (staged_is_dir, kind == SFlag::S_IFDIR) {
+                        (true, true) => {
+                            let from = Arc::new(openat(&**from, name.as_os_str(), DIR_FLAGS, Mode::empty())?);
+                            let to = Arc::new(openat(&**to, name.as_os_str(), DIR_FLAGS, Mode::empty())?);
+                            self.plan(&from, &to, &relative.join(&name), None, moves)?;
+                        }
+                        (true, false) => {
+                            bail!("refusing to extract into {}: it is a symlink or not a directory", display.display())
+                        }
+                        (false, true) => bail!("cannot extract {}: a directory of that name exists", display.display()),
+                        (false, false) if self.overwrite => moves.push(Move {
+                            from: Arc::clone(from),
+                            to: Arc::clone(to),
+                            name,
+                            display,
+                            replace: true,
+                        }),
+                        (false, false) => {
+                            bail!("{} already exists (use --overwrite to replace it)", display.display())
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Target {
+    /// An uncommitted extraction leaves nothing: the staging directory goes.
+    fn drop(&mut self) {
+        if !self.committed.load(Ordering::SeqCst) {
+            if let Err(e) = std::fs::remove_dir_all(&self.staging_path) {
+                log::warn!("could not remove {}: {e}", self.staging_path.display());
+            }
+        }
+    }
+}
+
+/// One rename of the commit.
+struct Move {
+    from: Arc<OwnedFd>,
+    to: Arc<OwnedFd>,
+    name: OsString,
+    display: PathBuf,
+    replace: bool,
 }
 
 fn open_or_make_dir(parent: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Errno> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match openat(parent, name, flags, Mode::empty()) {
+    match openat(parent, name, DIR_FLAGS, Mode::empty()) {
         Err(Errno::ENOENT) => match mkdirat(parent, name, Mode::from_bits_truncate(0o750)) {
-            Ok(()) | Err(Errno::EEXIST) => openat(parent, name, flags, Mode::empty()),
+            Ok(()) | Err(Errno::EEXIST) => openat(parent, name, DIR_FLAGS, Mode::empty()),
             Err(e) => Err(e),
         },
         other => other,
@@ -153,57 +270,26 @@ fn open_or_make_dir(parent: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Errno> {
 }
 
 impl PartialFile {
-    /// Reopens the partial file for writing (after it was closed at its `E` chunk but more chunks arrived on other
+    /// Reopens the file for writing (after it was closed at its `E` chunk but more chunks arrived on other
     /// streams).
     pub fn reopen_for_write(&self) -> Result<File> {
         self.reopen(OFlag::O_WRONLY)
     }
 
-    /// Reopens the partial file for reading (verification).
+    /// Reopens the file for reading (verification).
     pub fn reopen_for_read(&self) -> Result<File> {
         self.reopen(OFlag::O_RDONLY)
     }
 
     fn reopen(&self, mode: OFlag) -> Result<File> {
-        let fd = openat(
-            &*self.dir,
-            self.partial_name.as_os_str(),
-            mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("cannot reopen {}{PARTIAL_SUFFIX}", self.display.display()))?;
+        let fd = openat(&*self.dir, self.name.as_os_str(), mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("cannot reopen {} (staged)", self.display.display()))?;
         Ok(File::from(fd))
-    }
-
-    /// Renames the proven file to its real name (never replacing an existing file unless `overwrite`).
-    pub fn commit(&self, overwrite: bool) -> Result<()> {
-        let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
-        renameat2(&*self.dir, self.partial_name.as_os_str(), &*self.dir, self.name.as_os_str(), flags).map_err(|e| {
-            if e == Errno::EEXIST {
-                anyhow::anyhow!("{} already exists (use --overwrite to replace it)", self.display.display())
-            } else {
-                anyhow::anyhow!("cannot rename {}{PARTIAL_SUFFIX} into place: {e}", self.display.display())
-            }
-        })
-    }
-
-    /// Removes the partial file (best effort: used while failing).
-    pub fn discard(&self) {
-        if let Err(e) = unlinkat(&*self.dir, self.partial_name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
-            if e != Errno::ENOENT {
-                log::warn!("could not remove {}{PARTIAL_SUFFIX}: {e}", self.display.display());
-            }
-        }
     }
 
     /// The file's final path, for messages.
     pub fn display(&self) -> &Path {
         &self.display
-    }
-
-    /// The final name's bytes.
-    pub fn name_bytes(&self) -> &[u8] {
-        self.name.as_bytes()
     }
 }
 
@@ -212,20 +298,49 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn stage(target: &Target, path: &str, data: &[u8]) {
+        let (_, mut file) = target.create(Path::new(path)).unwrap();
+        file.write_all(data).unwrap();
+    }
+
     #[test]
-    fn creates_nested_partial_files_and_commits_them() {
+    fn staged_files_appear_only_at_commit_and_the_staging_directory_goes() {
         let dir = tempfile::tempdir().unwrap();
         let target = Target::open(dir.path(), false).unwrap();
-        let (partial, mut file) = target.create(Path::new("a/b/c/file")).unwrap();
-        file.write_all(b"data").unwrap();
-        assert!(dir.path().join("a/b/c/file.xbpartial").exists());
-        assert!(!dir.path().join("a/b/c/file").exists());
-        partial.commit(false).unwrap();
+        stage(&target, "a/b/c/file", b"data");
+        stage(&target, &format!("long{}", "n".repeat(240)), b"a 244-byte name");
+        stage(&target, "m.json", b"{}");
+        assert!(!dir.path().join("a").exists(), "nothing under its real name before the commit");
+        target.commit(Some(OsStr::new("m.json")), false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/b/c/file")).unwrap(), b"data");
-        // Into a non-empty target, an existing name is refused up front.
+        assert_eq!(std::fs::read(dir.path().join("m.json")).unwrap(), b"{}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(STAGING_PREFIX)));
+    }
+
+    #[test]
+    fn conflicts_are_found_before_anything_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        std::fs::write(dir.path().join("db/t1"), b"precious").unwrap();
         let target = Target::open(dir.path(), false).unwrap();
-        let err = target.create(Path::new("a/b/c/file")).unwrap_err();
-        assert!(err.to_string().ends_with("a/b/c/file already exists (use --overwrite to replace it)"), "{err}");
+        stage(&target, "aaa", b"would move first");
+        stage(&target, "db/t1", b"new");
+        let err = target.commit(None, false).unwrap_err();
+        assert!(err.to_string().ends_with("db/t1 already exists (use --overwrite to replace it)"), "{err}");
+        assert!(!dir.path().join("aaa").exists(), "nothing moved");
+        drop(target);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![OsString::from("db")], "the staging directory is gone");
+        assert_eq!(std::fs::read(dir.path().join("db/t1")).unwrap(), b"precious");
+        // With --overwrite, files merge into existing directories.
+        let target = Target::open(dir.path(), true).unwrap();
+        stage(&target, "db/t1", b"new");
+        stage(&target, "db/t2", b"two");
+        target.commit(None, false).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("db/t1")).unwrap(), b"new");
+        assert_eq!(std::fs::read(dir.path().join("db/t2")).unwrap(), b"two");
     }
 
     #[test]
@@ -234,24 +349,25 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         let target = Target::open(dir.path(), true).unwrap();
-        let err = target.create(Path::new("link/x")).unwrap_err();
-        assert!(err.to_string().contains("link is a symlink or not a directory"), "{err}");
-        // A symlink as the file itself: the partial name is separate, and the commit replaces the link itself
-        // (rename never follows), so nothing is written through it.
-        std::os::unix::fs::symlink(outside.path().join("victim"), dir.path().join("f")).unwrap();
-        let (partial, mut file) = target.create(Path::new("f")).unwrap();
-        file.write_all(b"x").unwrap();
-        partial.commit(true).unwrap();
-        assert!(!outside.path().join("victim").exists());
+        stage(&target, "link/x", b"evil");
+        let err = target.commit(None, false).unwrap_err();
+        assert!(err.to_string().contains("link: it is a symlink or not a directory"), "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // A symlink where a file goes is replaced (with --overwrite), never written through.
+        std::os::unix::fs::symlink(outside.path().join("victim"), dir.path().join("f")).unwrap();
+        let target = Target::open(dir.path(), true).unwrap();
+        stage(&target, "f", b"x");
+        target.commit(None, false).unwrap();
+        assert!(!outside.path().join("victim").exists());
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"x");
     }
 
     #[test]
-    fn discard_removes_the_partial_file() {
+    fn a_name_twice_in_one_stream_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let target = Target::open(dir.path(), false).unwrap();
-        let (partial, _file) = target.create(Path::new("x")).unwrap();
-        partial.discard();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        stage(&target, "x", b"1");
+        let err = target.create(Path::new("x")).unwrap_err();
+        assert!(err.to_string().ends_with("x appears twice in the stream"), "{err}");
     }
 }
