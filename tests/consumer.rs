@@ -465,32 +465,30 @@ fn a_producer_failure_is_never_a_complete_stream() {
     let victim = src.path().join("shrinking");
     fs::write(&victim, pseudo_random_bytes(40 * 4096, 3)).unwrap();
     fs::write(src.path().join("other"), b"fine").unwrap();
-    let mut producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--strict", "--read-buffer-size", "4K", "--throttle", "40", "--parallel", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+    command.arg("--source").arg(src.path()).args(["--stream=xbstream", "--strict", "--read-buffer-size", "4K"]);
+    command.args(["--throttle", "40", "--parallel", "1"]);
+    let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
+        fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(4096).unwrap();
+    });
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // What the producer wrote, whole, as a consumer downstream in the pipeline would read it.
     let work = tempfile::tempdir().unwrap();
-    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .arg("extract")
-        .arg("-C")
-        .arg(work.path().join("out"))
-        .stdin(producer.stdout.take().unwrap())
+    let out = work.path().join("out");
+    let assert = consumer().arg("extract").arg("-C").arg(&out).write_stdin(stream.clone()).assert().code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("PRODUCER-FAILED: this stream is incomplete"), "{stderr}");
+    assert!(read_tree(&out).is_empty());
+    // mbstream fails on it too.
+    let mut mbstream = Command::new(tool("mbstream"))
+        .args(["-x", "-C"])
+        .arg(work.path())
+        .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(4096).unwrap();
-    let p = producer.wait_with_output().unwrap();
-    let c = consumer.wait_with_output().unwrap();
-    assert_eq!(p.status.code(), Some(1), "{}", String::from_utf8_lossy(&p.stderr));
-    let stderr = String::from_utf8_lossy(&c.stderr);
-    assert_eq!(c.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("PRODUCER-FAILED: this stream is incomplete"), "{stderr}");
-    assert!(read_tree(&work.path().join("out")).is_empty());
+    mbstream.stdin.take().unwrap().write_all(&stream).unwrap();
+    assert!(!mbstream.wait_with_output().unwrap().status.success(), "mbstream must reject a failed producer's stream");
 }
 
 /// `--list` over several pipes reads them all at once (the producer ends pipe 0 last).

@@ -298,20 +298,18 @@ fn file_that_shrinks_during_the_copy_is_recorded_or_fails_with_strict() {
         if strict {
             command.arg("--strict");
         }
-        let child = command.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(5 * 4096 + 100).unwrap();
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
+            fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(5 * 4096 + 100).unwrap();
+        });
         assert!(stderr.contains("shrank while being copied"), "{stderr}");
         if strict {
-            assert_eq!(output.status.code(), Some(1), "{stderr}");
+            assert_eq!(status.code(), Some(1), "{stderr}");
             assert!(stderr.contains("(--strict)"), "{stderr}");
             continue;
         }
-        assert!(output.status.success(), "{stderr}");
+        assert!(status.success(), "{stderr}");
         let out = tempfile::tempdir().unwrap();
-        mbstream_extract(&output.stdout, out.path());
+        mbstream_extract(&stream, out.path());
         let copied = fs::read(out.path().join("shrinking")).unwrap();
         let record = read_manifest(out.path()).files.into_iter().find(|f| f.path.0 == b"shrinking").unwrap();
         assert_eq!(record.size, copied.len() as u64);
@@ -378,22 +376,23 @@ fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
         let victim = src.path().join("growing");
         let original = pseudo_random_bytes(size, 4);
         fs::write(&victim, &original).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "4K", "--throttle", "40", "--parallel", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        fs::OpenOptions::new().append(true).open(&victim).unwrap().write_all(&[1u8; 5000]).unwrap();
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{stderr}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        command.arg("--source").arg(src.path()).args([
+            "--stream=xbstream",
+            "--read-buffer-size",
+            "4K",
+            "--throttle",
+            "40",
+            "--parallel",
+            "1",
+        ]);
+        let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
+            fs::OpenOptions::new().append(true).open(&victim).unwrap().write_all(&[1u8; 5000]).unwrap();
+        });
+        assert!(status.success(), "{stderr}");
         assert!(stderr.contains(&format!("grew while being copied; the first {size} bytes were copied")), "{stderr}");
         let out = tempfile::tempdir().unwrap();
-        mbstream_extract(&output.stdout, out.path());
+        mbstream_extract(&stream, out.path());
         assert_eq!(fs::read(out.path().join("growing")).unwrap(), original);
     }
 }

@@ -93,6 +93,24 @@ pub fn read_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
+/// Runs a producer whose stream is piped back: once its first `first_bytes` have arrived (so the scan is done and
+/// copying has begun), runs `meanwhile`, then collects the whole stream. Returns (exit status, stream, stderr).
+pub fn produce_with_change(
+    command: &mut Command,
+    first_bytes: usize,
+    meanwhile: impl FnOnce(),
+) -> (std::process::ExitStatus, Vec<u8>, String) {
+    use std::io::Read as _;
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stream = vec![0u8; first_bytes];
+    stdout.read_exact(&mut stream).unwrap();
+    meanwhile();
+    stdout.read_to_end(&mut stream).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (output.status, stream, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 /// A `producer` command (the binary built with these tests).
 pub fn producer() -> assert_cmd::Command {
     let mut command = assert_cmd::Command::new(env!("CARGO_BIN_EXE_producer"));
