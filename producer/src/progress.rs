@@ -33,16 +33,20 @@ impl Progress {
             ProgressMode::Bar => {
                 let stop = Arc::clone(&stop);
                 Some(std::thread::spawn(move || {
-                    let bar = indicatif::ProgressBar::new(counters.bytes_total.load(Ordering::Relaxed));
-                    bar.set_style(
-                        indicatif::ProgressStyle::with_template(
-                            "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                        )
-                        .expect("valid template"),
-                    );
+                    let total = counters.bytes_total.load(Ordering::Relaxed);
+                    let bar = indicatif::ProgressBar::new(total);
+                    // Without a known total (the consumer cannot know one), show bytes and rate only.
+                    let template = if total > 0 {
+                        "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+                    } else {
+                        "{prefix} [{elapsed_precise}] {spinner} {bytes} {bytes_per_sec}"
+                    };
+                    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
                     bar.set_prefix(label);
                     while !stop.load(Ordering::Relaxed) {
-                        bar.set_length(counters.bytes_total.load(Ordering::Relaxed));
+                        if total > 0 {
+                            bar.set_length(counters.bytes_total.load(Ordering::Relaxed));
+                        }
                         bar.set_position(counters.bytes_done.load(Ordering::Relaxed));
                         std::thread::sleep(Duration::from_millis(200));
                     }
