@@ -396,3 +396,35 @@ fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
         assert_eq!(fs::read(out.path().join("growing")).unwrap(), original);
     }
 }
+
+/// A file deleted after the scan but before it is opened: a warning, and it is left out of the manifest (so the
+/// consumer's proof does not expect it); --strict fails instead.
+#[test]
+fn file_that_vanishes_before_it_is_read_is_left_out_or_fails_with_strict() {
+    for strict in [false, true] {
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            fs::write(src.path().join(format!("f{i:02}")), pseudo_random_bytes(4096, i)).unwrap();
+        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        command.arg("--source").arg(src.path()).args(["--stream=xbstream", "--read-buffer-size", "4K"]);
+        command.args(["--throttle", "20", "--parallel", "1"]);
+        if strict {
+            command.arg("--strict");
+        }
+        let victim = src.path().join("f19");
+        let (status, stream, stderr) = produce_with_change(&mut command, 4096, || fs::remove_file(&victim).unwrap());
+        assert!(stderr.contains("f19 vanished before it could be read"), "{stderr}");
+        if strict {
+            assert_eq!(status.code(), Some(1), "{stderr}");
+            continue;
+        }
+        assert!(status.success(), "{stderr}");
+        let out = tempfile::tempdir().unwrap();
+        mbstream_extract(&stream, out.path());
+        assert!(!out.path().join("f19").exists());
+        let manifest = read_manifest(out.path());
+        assert_eq!(manifest.files.len(), 19);
+        assert!(manifest.files.iter().all(|f| f.path.0 != b"f19"));
+    }
+}

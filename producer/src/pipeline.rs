@@ -111,25 +111,26 @@ pub fn run(config: &Config) -> Result<String> {
                 .name("scanner".into())
                 .spawn_scoped(scope, move || {
                     let mut file_number = 0usize;
-                    let result = scan::walk(&config.source, scan::Pass::Stream, suffix, |scanned| {
-                        let stream = match binding {
-                            Binding::File => Some(file_number % stream_count),
-                            Binding::Chunk => None,
-                        };
-                        file_number += 1;
-                        let state = FileState::new(
-                            scanned,
-                            config.chunk_size as u64,
-                            stream,
-                            config.strict,
-                            config.digest == Digest::Sha1,
-                            config.compress_level.is_some(),
-                        );
-                        for job in state.chunk_jobs(config.chunk_size as u64) {
-                            send(&job_sender, job, cancel)?;
-                        }
-                        Ok(())
-                    });
+                    let result =
+                        scan::walk(&config.source, scan::Pass::Stream { strict: config.strict }, suffix, |scanned| {
+                            let stream = match binding {
+                                Binding::File => Some(file_number % stream_count),
+                                Binding::Chunk => None,
+                            };
+                            file_number += 1;
+                            let state = FileState::new(
+                                scanned,
+                                config.chunk_size as u64,
+                                stream,
+                                config.strict,
+                                config.digest == Digest::Sha1,
+                                config.compress_level.is_some(),
+                            );
+                            for job in state.chunk_jobs(config.chunk_size as u64) {
+                                send(&job_sender, job, cancel)?;
+                            }
+                            Ok(())
+                        });
                     drop(job_sender);
                     if let Err(e) = result {
                         failure.record(e);

@@ -9,7 +9,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use proto::manifest::{MANIFEST_NAME, SHA1SUMS_NAME};
 
 /// One regular file found by the walk.
@@ -47,8 +47,12 @@ pub enum Pass {
         /// Whether to stat each file.
         stat: bool,
     },
-    /// The streaming scan: every field filled, no warnings (the pre-scan gave them).
-    Stream,
+    /// The streaming scan: every field filled, no warnings about skipped entries (the pre-scan gave them). A file
+    /// that vanished since it was listed is a warning, or an error with `strict`.
+    Stream {
+        /// `--strict`.
+        strict: bool,
+    },
 }
 
 /// Walks `root`, calling `visit` for each regular file. The producer walks twice — a checking pre-scan, so that
@@ -62,7 +66,7 @@ pub fn walk(
     mut visit: impl FnMut(ScannedFile) -> Result<()>,
 ) -> Result<ScanTotals> {
     let warn = matches!(pass, Pass::Check { .. });
-    let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream);
+    let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream { .. });
     let mut totals = ScanTotals::default();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
@@ -111,7 +115,30 @@ pub fn walk(
             })
             .with_context(|| format!("cannot back up {}", entry.path().display()))?;
         let (size, mode, mtime) = if stat {
-            let meta = entry.metadata().map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", entry.path().display()))?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => {
+                    // Deleted since the directory was listed: the same case as a file that vanishes before it is
+                    // opened (see `file`), reported the same way.
+                    totals.skipped += 1;
+                    match pass {
+                        Pass::Stream { strict: true } => {
+                            bail!("{} vanished before it could be read (--strict)", entry.path().display())
+                        }
+                        Pass::Stream { strict: false } => log::warn!(
+                            "{} vanished before it could be read; it is not in the backup",
+                            entry.path().display()
+                        ),
+                        Pass::Check { .. } => {}
+                    }
+                    continue;
+                }
+                Err(e) => bail!(
+                    "cannot stat {}: {}",
+                    entry.path().display(),
+                    e.io_error().map_or(e.to_string(), |io| io.to_string())
+                ),
+            };
             (meta.len(), meta.mode() & 0o7777, meta.mtime())
         } else {
             (0, 0, 0)
@@ -141,7 +168,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut seen = Vec::new();
-        let totals = walk(root, Pass::Stream, "", |f| {
+        let totals = walk(root, Pass::Stream { strict: false }, "", |f| {
             seen.push((String::from_utf8(f.wire).unwrap(), f.size));
             Ok(())
         })
