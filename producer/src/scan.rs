@@ -73,10 +73,25 @@ pub fn walk(
         .min_depth(1)
         .sort_by(|a, b| (a.file_type().is_dir(), a.file_name()).cmp(&(b.file_type().is_dir(), b.file_name())));
     for entry in walker {
-        let entry = entry.map_err(|e| {
-            let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-            anyhow::anyhow!("cannot read {path}: {}", e.io_error().map(|io| io.to_string()).unwrap_or(e.to_string()))
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+                if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) && e.depth() > 0 {
+                    // A directory dropped while the walk ran (DROP DATABASE on a live datadir).
+                    totals.skipped += 1;
+                    match pass {
+                        Pass::Stream { strict: true } => bail!("{path} vanished before it could be read (--strict)"),
+                        Pass::Stream { strict: false } => {
+                            log::warn!("{path} vanished before it could be read; it is not in the backup")
+                        }
+                        Pass::Check { .. } => {}
+                    }
+                    continue;
+                }
+                bail!("cannot read {path}: {}", e.io_error().map_or(e.to_string(), |io| io.to_string()));
+            }
+        };
         let kind = entry.file_type();
         if kind.is_dir() {
             continue;
