@@ -547,3 +547,53 @@ fn partial_looking_and_long_names_restore_exactly() {
         assert_same_tree(src.path(), &out);
     }
 }
+
+/// The manifest's SHA-1s are really checked, both when the consumer hashes files as they arrive (`--digest sha1`)
+/// and when it re-reads them: a manifest whose SHA-1 for one file was altered (same length, CRCs fixed) fails.
+#[test]
+fn a_wrong_sha1_in_the_manifest_fails_both_ways() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &sample_files(CHUNK));
+    let stream = producer()
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--digest", "sha1"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let expected = {
+        use sha1::Digest as _;
+        sha1::Sha1::digest(pseudo_random_bytes(3 * CHUNK + 17, 1))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let forged = "0".repeat(40);
+    let mut chunks = parse(&stream);
+    for (header, payload) in &mut chunks {
+        if header.path == proto::MANIFEST_NAME.as_bytes() && header.kind == ChunkKind::Payload {
+            let text = String::from_utf8(payload.clone()).unwrap();
+            assert!(text.contains(&expected));
+            *payload = text.replace(&expected, &forged).into_bytes();
+        }
+    }
+    let forged_stream = encode(&chunks);
+    for args in [&["--digest", "sha1"][..], &[]] {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        consumer()
+            .arg("extract")
+            .args(args)
+            .arg("-C")
+            .arg(&out)
+            .write_stdin(forged_stream.clone())
+            .assert()
+            .code(1)
+            .stderr(predicates::str::contains(format!(
+                "ibdata1: SHA-1 {expected} does not match the manifest's {forged}"
+            )));
+        assert!(read_tree(&out).is_empty());
+    }
+}

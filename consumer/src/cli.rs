@@ -107,8 +107,9 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub require_manifest: bool,
 
-    /// `sha1`: also hash every byte read on each stream (reported by --stats-json, to compare with the producer's).
-    /// Files are checked against the manifest's SHA-1s whenever it carries them.
+    /// `sha1`: hash every byte read on each stream (reported by --stats-json, to compare with the producer's), and
+    /// each file as its bytes arrive in order. Files are checked against the manifest's SHA-1s whenever it carries
+    /// them; without this flag (or for files whose chunks arrived out of order) they are re-read to do so.
     #[arg(long, value_enum, default_value_t = StreamDigest::None)]
     pub digest: StreamDigest,
 

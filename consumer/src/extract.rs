@@ -77,7 +77,7 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
                 thread::Builder::new()
                     .name(format!("writer-{index}"))
                     .spawn_scoped(scope, move || {
-                        let mut writer = Writer::new(target, single_stream, config.fadvise);
+                        let mut writer = Writer::new(target, single_stream, config.fadvise, config.stream_sha1);
                         if let Err(e) = writer.serve(&receiver, cancel) {
                             failure.record(e);
                         }
@@ -527,6 +527,8 @@ struct Writer<'a> {
     files: HashMap<Vec<u8>, Slot>,
     single_stream: bool,
     fadvise: bool,
+    /// `--digest sha1`: hash each file as its bytes arrive in order, so its SHA-1 need not be re-read.
+    hash_files: bool,
 }
 
 /// A file being extracted.
@@ -540,11 +542,14 @@ struct Slot {
     ended: bool,
     /// The manifest's bytes, kept in memory as well (only for the manifest file).
     capture: Option<Vec<u8>>,
+    /// With `--digest sha1`: the SHA-1 of the bytes so far, while they arrive in order (dropped at the first chunk
+    /// out of order; the file is then re-read to check it).
+    sha1: Option<Sha1>,
 }
 
 impl<'a> Writer<'a> {
-    fn new(target: &'a Target, single_stream: bool, fadvise: bool) -> Writer<'a> {
-        Writer { target, files: HashMap::new(), single_stream, fadvise }
+    fn new(target: &'a Target, single_stream: bool, fadvise: bool, hash_files: bool) -> Writer<'a> {
+        Writer { target, files: HashMap::new(), single_stream, fadvise, hash_files }
     }
 
     fn serve(&mut self, receiver: &Receiver<WriterMessage>, cancel: &Cancel) -> Result<()> {
@@ -576,8 +581,15 @@ impl<'a> Writer<'a> {
         if !self.files.contains_key(&key) {
             let (partial, file) = self.target.create(&relative)?;
             let capture = (key == MANIFEST_NAME.as_bytes()).then(Vec::new);
-            let slot =
-                Slot { partial, file: Some(file), coverage: Coverage::default(), stored: None, ended: false, capture };
+            let slot = Slot {
+                partial,
+                file: Some(file),
+                coverage: Coverage::default(),
+                stored: None,
+                ended: false,
+                capture,
+                sha1: self.hash_files.then(Sha1::new),
+            };
             self.files.insert(key.clone(), slot);
         }
         let slot = self.files.get_mut(&key).expect("inserted above");
@@ -605,7 +617,12 @@ impl<'a> Writer<'a> {
                         (decoded.offset, CrcPiece { crc: decoded.crc, len: data.len() as u64 })
                     }
                 };
+                let in_order = offset == slot.coverage.prefix().len;
                 slot.coverage.insert(offset, piece).map_err(|overlap| anyhow!("{overlap}"))?;
+                match &mut slot.sha1 {
+                    Some(sha1) if in_order => sha1.update(&data[..]),
+                    _ => slot.sha1 = None,
+                }
                 if let Some(capture) = &mut slot.capture {
                     if offset != capture.len() as u64 || offset + piece.len > MAX_MANIFEST {
                         bail!("manifest chunks out of order or larger than {}", human(MAX_MANIFEST));
@@ -681,7 +698,10 @@ impl<'a> Writer<'a> {
             }
             let file = slot.partial.reopen_for_read()?;
             if let (true, Some(expected)) = (is_original, &record.sha1) {
-                let actual = sha1_of(&file).with_context(|| format!("cannot read back {display}"))?;
+                let actual = match slot.sha1.take() {
+                    Some(sha1) => hex::encode(sha1.finalize()),
+                    None => sha1_of(&file).with_context(|| format!("cannot read back {display}"))?,
+                };
                 if &actual != expected {
                     bail!("{display}: SHA-1 {actual} does not match the manifest's {expected}");
                 }
