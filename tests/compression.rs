@@ -35,31 +35,9 @@ fn compressed_stream(src: &Path) -> Vec<u8> {
 
 /// Runs producer --compress → consumer extract --decompress through STDOUT (pipes = 0) or N pipes.
 fn compressed_round_trip(src: &Path, out: &Path, pipes: usize) {
-    let mut producer_command = Command::new(env!("CARGO_BIN_EXE_producer"));
-    producer_command
-        .arg("--source")
-        .arg(src)
-        .args(["--stream=xbstream", "--compress", "--compress-level", "3", "--read-buffer-size", "64K"])
-        .stderr(Stdio::piped());
-    let mut consumer_command = Command::new(env!("CARGO_BIN_EXE_consumer"));
-    consumer_command
-        .args(["extract", "--decompress", "--decompress-threads", "3", "-C"])
-        .arg(out)
-        .stderr(Stdio::piped());
-    let (p, c) = if pipes == 0 {
-        let mut p = producer_command.stdout(Stdio::piped()).spawn().unwrap();
-        let c = consumer_command.stdin(p.stdout.take().unwrap()).spawn().unwrap();
-        (p.wait_with_output().unwrap(), c.wait_with_output().unwrap())
-    } else {
-        let fifo_dir = out.with_extension("fifos");
-        let n = pipes.to_string();
-        let c = consumer_command.args(["--fifo-streams", &n, "--fifo-dir"]).arg(&fifo_dir).spawn().unwrap();
-        let p = producer_command.args(["--fifo-streams", &n, "--fifo-dir"]).arg(&fifo_dir).spawn().unwrap();
-        (p.wait_with_output().unwrap(), c.wait_with_output().unwrap())
-    };
-    assert!(p.status.success(), "producer: {}", String::from_utf8_lossy(&p.stderr));
-    let stderr = String::from_utf8_lossy(&c.stderr);
-    assert!(c.status.success() && stderr.contains("all verified against"), "consumer: {stderr}");
+    let producer_args = ["--compress", "--compress-level", "3", "--read-buffer-size", "64K"];
+    let stderr = round_trip(src, out, pipes, &producer_args, &["--decompress", "--decompress-threads", "3"]);
+    assert!(stderr.contains("all verified against"), "consumer: {stderr}");
 }
 
 #[test]

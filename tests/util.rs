@@ -188,3 +188,34 @@ pub fn assert_same_tree(src: &Path, out: &Path) {
 pub fn read_stats(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// Runs producer → consumer through `pipes` named pipes (0: STDOUT → STDIN) and returns the consumer's stderr.
+pub fn round_trip(src: &Path, out: &Path, pipes: usize, producer_args: &[&str], consumer_args: &[&str]) -> String {
+    let mut producer_command = Command::new(env!("CARGO_BIN_EXE_producer"));
+    producer_command
+        .arg("--source")
+        .arg(src)
+        .arg("--stream=xbstream")
+        .args(producer_args)
+        .stderr(std::process::Stdio::piped());
+    let mut consumer_command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    consumer_command.arg("extract").arg("-C").arg(out).args(consumer_args).stderr(std::process::Stdio::piped());
+    let (producer_output, consumer_output) = if pipes == 0 {
+        let mut producer = producer_command.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let consumer = consumer_command.stdin(producer.stdout.take().unwrap()).spawn().unwrap();
+        (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap())
+    } else {
+        let fifo_dir = out.with_extension("fifos");
+        let count = pipes.to_string();
+        let fifo_args = ["--fifo-streams", &count, "--fifo-timeout", "30"];
+        let consumer = consumer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir).spawn().unwrap();
+        let producer = producer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir).spawn().unwrap();
+        let outputs = (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap());
+        assert_eq!(std::fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed");
+        outputs
+    };
+    let consumer_stderr = String::from_utf8_lossy(&consumer_output.stderr).into_owned();
+    assert!(producer_output.status.success(), "producer: {}", String::from_utf8_lossy(&producer_output.stderr));
+    assert!(consumer_output.status.success(), "consumer: {consumer_stderr}");
+    consumer_stderr
+}
