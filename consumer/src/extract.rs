@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -669,7 +669,7 @@ impl<'a> Writer<'a> {
             }
             let got = slot.coverage.prefix();
             let Some(lookup) = lookup else {
-                set_mode(&slot.partial.reopen_for_read()?, 0o640, &display)?;
+                slot.partial.set_metadata(0o640, None)?;
                 found.push((key.clone(), got.len));
                 continue;
             };
@@ -696,19 +696,17 @@ impl<'a> Writer<'a> {
                 let expected = CrcPiece { crc: stored.crc32, len: stored.size };
                 check_piece(&format!("{display} (compressed)"), stored_coverage.prefix(), expected)?;
             }
-            let file = slot.partial.reopen_for_read()?;
             if let (true, Some(expected)) = (is_original, &record.sha1) {
                 let actual = match slot.sha1.take() {
                     Some(sha1) => hex::encode(sha1.finalize()),
-                    None => sha1_of(&file).with_context(|| format!("cannot read back {display}"))?,
+                    None => sha1_of(&slot.partial.reopen_for_read()?)
+                        .with_context(|| format!("cannot read back {display}"))?,
                 };
                 if &actual != expected {
                     bail!("{display}: SHA-1 {actual} does not match the manifest's {expected}");
                 }
             }
-            let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64);
-            file.set_modified(mtime).with_context(|| format!("cannot set the mtime of {display}"))?;
-            set_mode(&file, record.mode, &display)?;
+            slot.partial.set_metadata(record.mode, Some(record.mtime))?;
             found.push((record.path.0.clone(), got.len));
         }
         Ok(found)
@@ -724,12 +722,6 @@ fn check_piece(display: &str, got: CrcPiece, expected: CrcPiece) -> Result<()> {
         bail!("{display}: CRC-32 {:08x} does not match the manifest's {:08x}", got.crc, expected.crc);
     }
     Ok(())
-}
-
-fn set_mode(file: &File, mode: u32, display: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {display}"))
 }
 
 /// SHA-1 of a whole file, read in 1 MiB pieces.
