@@ -157,7 +157,11 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             if let Some(error) = failure.take() {
                 return Err(error);
             }
-            let streams: Vec<(StreamStats, Counted)> = streams.into_iter().map(|s| s.expect("no failure")).collect();
+            // A reader that panicked recorded nothing: still a failure, never a partial success.
+            let streams: Vec<(StreamStats, Counted)> = streams
+                .into_iter()
+                .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))
+                .collect::<Result<_>>()?;
             log::info!("all {} stream(s) ended after {:.2} s", streams.len(), started.elapsed().as_secs_f64());
             prove_and_commit(config, &target, &senders, &streams, &cancel)
         })();
