@@ -171,11 +171,14 @@ pub fn read_manifest(dir: &Path) -> proto::Manifest {
     proto::Manifest::from_json(&bytes).unwrap()
 }
 
-/// Asserts that `out` holds exactly the files of `src` plus the producer's own manifest files, byte for byte.
+/// Asserts that `out` holds exactly the files of `src` plus the producer's own manifest files and stream markers
+/// (which `mbstream -x` extracts too), byte for byte.
 pub fn assert_same_tree(src: &Path, out: &Path) {
     let meta = [proto::MANIFEST_NAME, proto::manifest::SHA1SUMS_NAME];
-    let restored: Vec<_> =
-        read_tree(out).into_iter().filter(|(p, _)| !meta.iter().any(|m| p.as_os_str() == *m)).collect();
+    let is_meta = |p: &Path| {
+        meta.iter().any(|m| p.as_os_str() == *m) || proto::marker::is_marker_name(p.as_os_str().as_encoded_bytes())
+    };
+    let restored: Vec<_> = read_tree(out).into_iter().filter(|(p, _)| !is_meta(p)).collect();
     let original = read_tree(src);
     assert_eq!(restored.len(), original.len(), "file count");
     for ((a, da), (b, db)) in original.iter().zip(&restored) {

@@ -148,14 +148,16 @@ pub fn main() -> i32 {
         .format_target(false)
         .format_timestamp_secs()
         .init();
+    // First, before any thread exists: stop signals become a failure of the run, with cleanup.
+    let signals = producer::signals::Signals::install();
     let result = match &args.command {
         Command::Extract(extract) => match crate::config::ExtractConfig::from_args(extract, args.verbose, args.quiet) {
             Err(e) => {
                 eprintln!("consumer: error: {e:#}");
                 return 2;
             }
-            Ok(config) if extract.list => crate::list::run(&config),
-            Ok(config) => crate::extract::run(&config),
+            Ok(config) if extract.list => crate::list::run(&config, &signals),
+            Ok(config) => crate::extract::run(&config, &signals),
         },
         Command::Verify(verify) => crate::verify::run(&verify.directory, verify.parallel.max(1)),
         Command::Decompress(args) => {

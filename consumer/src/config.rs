@@ -18,10 +18,14 @@ pub struct ExtractConfig {
     pub input: Input,
     /// Where files go (empty for `--list`).
     pub target: PathBuf,
+    /// How long a read of a stream may make no progress (`--idle-timeout`).
+    pub idle_timeout: Option<Duration>,
     /// Writer threads.
     pub writers: usize,
     /// Buffers in the pool.
     pub buffers: usize,
+    /// Largest manifest accepted (it is held in memory): the --memory-limit.
+    pub manifest_limit: u64,
     /// Size of each buffer = the largest payload accepted.
     pub buffer_size: usize,
     /// Replace existing files.
@@ -100,8 +104,10 @@ impl ExtractConfig {
         Ok(ExtractConfig {
             input,
             target: args.directory.clone().unwrap_or_default(),
+            idle_timeout: args.fifo.idle_timeout(),
             writers: args.parallel,
             buffers,
+            manifest_limit: memory_limit,
             buffer_size: buffer_size as usize,
             overwrite: args.overwrite,
             fsync: !args.no_fsync,

@@ -46,6 +46,26 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
         }
     }
     work.sort();
+    // Every compressed file the manifest lists must be here, compressed or already decompressed.
+    let mut missing: Vec<String> = Vec::new();
+    for record in manifest.iter().flat_map(|m| m.files.iter()) {
+        let Some(stored) = &record.stored else { continue };
+        let present = |wire: &[u8]| {
+            proto::safe_relative_path(wire).is_ok_and(|relative| std::fs::symlink_metadata(root.join(relative)).is_ok())
+        };
+        if !present(&stored.path.0) && !present(&record.path.0) {
+            missing.push(stored.path.display());
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} file(s) the manifest lists are missing from {}: {}{}",
+            missing.len(),
+            root.display(),
+            missing.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+            if missing.len() > 10 { ", …" } else { "" }
+        );
+    }
     // Outputs are staged and moved into place together once all are proven (see `Target`).
     let target = Target::open(root, overwrite)?;
 
@@ -121,7 +141,8 @@ fn decompress_one(
                 }
             };
             file.set_modified(mtime)?;
-            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            // Permission bits only: a manifest never sets setuid, setgid or sticky.
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o777))?;
             Ok(())
         });
     drop(partial);

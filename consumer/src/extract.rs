@@ -20,47 +20,45 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::BufReader;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use producer::failure::Failure;
+use producer::failure::{panic_message, Failure};
 use producer::progress::{Counters, Progress};
+use producer::signals::Signals;
 use producer::size::human;
 use producer::stats::{peak_rss_bytes, StreamStats};
 use proto::cancel::{recv, send, Cancel};
-use proto::manifest::{FileRecord, Manifest, MANIFEST_NAME};
+use proto::manifest::{Digest, FileRecord, Manifest, MANIFEST_NAME};
 use proto::pool::{BufferPool, PooledBuffer};
-use proto::{compressed, ChunkHeader, ChunkKind, ChunkReader, CrcPiece};
+use proto::{compressed, ChunkHeader, ChunkKind, CrcPiece};
 use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
-use crate::input::{open_inputs, HashingReader};
+use crate::input::open_inputs;
+use crate::source::{check_markers, missing_manifest, SourceChunk, StreamEnd, StreamSource};
 use crate::target::{PartialFile, Target};
 
-/// Read-ahead per stream (matches the producer's write coalescing).
-const READ_BUFFER: usize = 256 << 10;
-
-/// Largest manifest accepted (it is held in memory to be parsed).
-const MAX_MANIFEST: u64 = 1 << 30;
-
-/// Runs an extraction; returns the one-line summary.
-pub fn run(config: &ExtractConfig) -> Result<String> {
+/// Runs an extraction; returns the one-line summary. A stop signal (`signals`) ends it as a failure.
+pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
     let started = Instant::now();
     let target = Target::open(&config.target, config.overwrite)?;
-    let (inputs, _fifos) = open_inputs(&config.input)?;
+    let cancel = Cancel::new();
+    signals.watch(&cancel);
+    let (inputs, _fifos) = open_inputs(&config.input, config.idle_timeout, &cancel)?;
     let stream_count = inputs.len();
     let pool = BufferPool::new(config.buffers, config.buffer_size);
-    let cancel = Cancel::new();
     let failure = Failure::new(cancel.clone());
+    // Whether writers hash files as they arrive: asked for (--digest sha1), or announced by the streams' markers.
+    let hash_files = AtomicBool::new(config.stream_sha1);
     let counters = Arc::new(Counters::default());
     let progress = Progress::start(config.progress, Arc::clone(&counters), "extract");
 
@@ -72,15 +70,14 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             .into_iter()
             .enumerate()
             .map(|(index, receiver)| {
-                let (target, cancel, failure) = (&target, &cancel, &failure);
+                let (target, cancel, failure, hash_files) = (&target, &cancel, &failure, &hash_files);
                 let single_stream = stream_count == 1;
+                let name = format!("writer-{index}");
                 thread::Builder::new()
-                    .name(format!("writer-{index}"))
+                    .name(name.clone())
                     .spawn_scoped(scope, move || {
-                        let mut writer = Writer::new(target, single_stream, config.fadvise, config.stream_sha1);
-                        if let Err(e) = writer.serve(&receiver, cancel) {
-                            failure.record(e);
-                        }
+                        let mut writer = Writer::new(target, single_stream, config, hash_files);
+                        failure.run_stage(&name, || writer.serve(&receiver, cancel));
                     })
                     .expect("spawn writer")
             })
@@ -98,12 +95,11 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             .map(|(index, scratch)| {
                 let (jobs, senders) = (decompress_receiver.clone(), senders.clone());
                 let (cancel, failure) = (&cancel, &failure);
+                let name = format!("decompress-{index}");
                 thread::Builder::new()
-                    .name(format!("decompress-{index}"))
+                    .name(name.clone())
                     .spawn_scoped(scope, move || {
-                        if let Err(e) = decompress_stream(&jobs, &senders, scratch, cancel) {
-                            failure.record(e);
-                        }
+                        failure.run_stage(&name, || decompress_stream(&jobs, &senders, scratch, cancel));
                     })
                     .expect("spawn decompress thread")
             })
@@ -115,50 +111,48 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
             .enumerate()
             .map(|(index, input)| {
                 let (senders, decompress_sender) = (senders.clone(), decompress_sender.clone());
-                let (pool, cancel, failure, counters) = (&pool, &cancel, &failure, &counters);
+                let (pool, cancel, failure, counters, hash_files) = (&pool, &cancel, &failure, &counters, &hash_files);
+                let name = format!("reader-{index}");
                 thread::Builder::new()
-                    .name(format!("reader-{index}"))
+                    .name(name.clone())
                     .spawn_scoped(scope, move || {
-                        let name = input.name.clone();
-                        match read_stream(
+                        let source = StreamSource::new(
                             index,
-                            input.file,
+                            input,
+                            pool.buffer_size() as u64,
+                            config.stream_sha1,
+                            stream_count,
+                        );
+                        let readers = Readers {
                             config,
-                            &senders,
-                            &decompress_sender,
+                            writers: &senders,
+                            decompressors: &decompress_sender,
                             pool,
                             cancel,
                             counters,
-                        ) {
-                            Ok(report) => Some(StreamStats {
-                                index,
-                                name,
-                                bytes: report.bytes,
-                                chunks: report.chunks,
-                                sha1: report.sha1,
-                            })
-                            .map(|stats| (stats, report.counted)),
-                            Err(e) => {
-                                failure.record(e.context(format!("stream {index} ({name})")));
-                                None
-                            }
-                        }
+                            hash_files,
+                        };
+                        failure.run_stage(&name, || read_stream(source, &readers))
                     })
                     .expect("spawn reader")
             })
             .collect();
-        let streams: Vec<_> = readers.into_iter().map(|r| r.join().unwrap_or(None)).collect();
+        let streams: Vec<_> = readers.into_iter().map(|r| joined(r.join(), "reader", &failure).flatten()).collect();
         drop(decompress_sender);
         for decompressor in decompressors {
-            let _ = decompressor.join();
+            joined(decompressor.join(), "decompress", &failure);
         }
 
         let result = (|| -> Result<Outcome> {
+            if let Some(error) = signals.error() {
+                return Err(error);
+            }
             if let Some(error) = failure.take() {
                 return Err(error);
             }
-            // A reader that panicked recorded nothing: still a failure, never a partial success.
-            let streams: Vec<(StreamStats, Counted)> = streams
+            // Every thread records its error or panic, so this cannot happen; if it does, it is a failure, never
+            // a partial success.
+            let streams: Vec<StreamEnd> = streams
                 .into_iter()
                 .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))
                 .collect::<Result<_>>()?;
@@ -170,7 +164,11 @@ pub fn run(config: &ExtractConfig) -> Result<String> {
         }
         drop(senders);
         for writer in writers {
-            let _ = writer.join();
+            joined(writer.join(), "writer", &failure);
+        }
+        // A stop signal is the cause of whatever else failed.
+        if let Some(error) = signals.error() {
+            return Err(error);
         }
         // The first real error wins: a phase that failed only because a writer had already failed reports
         // `Cancelled`, and the writer's own error says why.
@@ -239,18 +237,26 @@ struct Outcome {
     streams: Vec<StreamStats>,
 }
 
-/// Chunks and bytes of one stream, the manifest's own chunks excluded (the manifest's counting convention).
-#[derive(Debug, Clone, Copy, Default)]
-struct Counted {
-    chunks: u64,
-    bytes: u64,
+/// A thread's join result: a panic that escaped [`Failure::run_stage`] is recorded as a failure.
+fn joined<T>(result: thread::Result<T>, stage: &str, failure: &Failure) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(panic) => {
+            failure.record(anyhow!("a {stage} thread panicked: {}", panic_message(panic.as_ref())));
+            None
+        }
+    }
 }
 
-struct StreamReport {
-    chunks: u64,
-    bytes: u64,
-    counted: Counted,
-    sha1: Option<String>,
+/// What every reader thread shares.
+struct Readers<'a> {
+    config: &'a ExtractConfig,
+    writers: &'a [Sender<WriterMessage>],
+    decompressors: &'a Sender<ChunkMessage>,
+    pool: &'a BufferPool,
+    cancel: &'a Cancel,
+    counters: &'a Counters,
+    hash_files: &'a AtomicBool,
 }
 
 /// A chunk on its way to the writer that owns its file.
@@ -313,37 +319,16 @@ enum WriterMessage {
     Verify(Records, Sender<Result<Verified>>),
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_stream(
-    index: usize,
-    file: File,
-    config: &ExtractConfig,
-    writers: &[Sender<WriterMessage>],
-    decompressors: &Sender<ChunkMessage>,
-    pool: &BufferPool,
-    cancel: &Cancel,
-    counters: &Counters,
-) -> Result<StreamReport> {
-    // A read buffer turns the three small header reads of each chunk into one system call per many small chunks;
-    // payloads as large as the buffer bypass it and land directly in the pool buffer.
-    let buffered = BufReader::with_capacity(READ_BUFFER, HashingReader::new(file, config.stream_sha1));
-    let mut reader = ChunkReader::new(buffered).with_max_payload(pool.buffer_size() as u64);
-    let mut report = StreamReport { chunks: 0, bytes: 0, counted: Counted::default(), sha1: None };
+/// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads).
+fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<StreamEnd> {
+    let Readers { config, writers, decompressors, pool, cancel, counters, hash_files } = *shared;
+    let index = source.index();
     loop {
         let mut data = pool.take(cancel)?;
-        let Some(header) = reader.read_chunk(&mut data)? else { break };
-        let relative = proto::safe_relative_path(&header.path).with_context(|| {
-            format!(
-                "unsafe path in the chunk at stream offset {:#x}; nothing is written outside -C",
-                header.stream_offset
-            )
-        })?;
-        let encoded = header.encoded_len();
-        report.chunks += 1;
-        report.bytes += encoded;
-        if header.path != MANIFEST_NAME.as_bytes() {
-            report.counted.chunks += 1;
-            report.counted.bytes += encoded;
+        let Some(SourceChunk { header, relative }) = source.next_chunk(&mut data)? else { break };
+        if source.marker().is_some_and(|marker| marker.digest == Digest::Sha1) {
+            // The producer announced SHA-1s: hash files as they arrive rather than re-read them at the end.
+            hash_files.store(true, Ordering::SeqCst);
         }
         counters.bytes_done.fetch_add(header.payload_len, Ordering::Relaxed);
         let original = if config.decompress { compressed::strip_zstd_suffix(&header.path) } else { None };
@@ -359,8 +344,9 @@ fn read_stream(
             send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
         } else if compressed::parse_offset_frame(&chunk.data).is_none() {
             bail!(
-                "{} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
+                "{}: {} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
                  without --decompress, then run `consumer decompress`",
+                source.describe(),
                 chunk.header.display_path(),
                 chunk.header.stream_offset
             );
@@ -368,8 +354,7 @@ fn read_stream(
             send(decompressors, chunk, cancel)?;
         }
     }
-    report.sha1 = reader.into_inner().into_inner().finish();
-    Ok(report)
+    Ok(source.finish())
 }
 
 /// One decompress thread (`--decompress`): a reused zstd context and one pool buffer as scratch, swapped with each
@@ -417,14 +402,16 @@ fn prove_and_commit(
     config: &ExtractConfig,
     target: &Target,
     writers: &[Sender<WriterMessage>],
-    streams: &[(StreamStats, Counted)],
+    streams: &[StreamEnd],
     cancel: &Cancel,
 ) -> Result<Outcome> {
     // An empty stream is what a failed producer leaves behind (`producer ... | consumer` without pipefail):
     // never a successful restore.
-    if streams.iter().all(|(stats, _)| stats.chunks == 0) {
+    if streams.iter().all(|end| end.chunks == 0) {
         bail!("no data: every stream ended before its first chunk (did the producer fail?)");
     }
+    // Ours (every stream starts with a marker of one backup) or foreign (none does).
+    let ours = check_markers(streams)?;
     // 1. End of streams: collect the manifest.
     let phase = Instant::now();
     let mut manifest_bytes = None;
@@ -438,6 +425,7 @@ fn prove_and_commit(
     {
         let manifest = match &manifest_bytes {
             Some(bytes) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
+            None if ours.is_some() => return Err(missing_manifest(streams, ours.as_deref().unwrap_or_default())),
             None if config.require_manifest => {
                 bail!("the stream carries no {MANIFEST_NAME} (--require-manifest): completeness cannot be proven")
             }
@@ -451,6 +439,13 @@ fn prove_and_commit(
         };
         // 2. Verify every file, then check none is missing.
         if let Some(manifest) = &manifest {
+            if manifest.backup_id != ours {
+                bail!(
+                    "the manifest is from backup {}, but the streams' markers say backup {}: refusing it",
+                    manifest.backup_id.as_deref().unwrap_or("(none)"),
+                    ours.as_deref().unwrap_or("(none: a foreign stream)")
+                );
+            }
             let mut seen = HashSet::new();
             for record in &manifest.files {
                 if !seen.insert(record.path.0.as_slice()) {
@@ -494,13 +489,22 @@ fn prove_and_commit(
             files: found.len() as u64,
             bytes: found.iter().map(|(_, size)| size).sum(),
             proven: manifest.is_some(),
-            streams: streams.iter().map(|(s, _)| s.clone()).collect(),
+            streams: streams
+                .iter()
+                .map(|end| StreamStats {
+                    index: end.index,
+                    name: end.name.clone(),
+                    bytes: end.bytes,
+                    chunks: end.chunks,
+                    sha1: end.sha1.clone(),
+                })
+                .collect(),
         })
     }
 }
 
 /// Every stream carried exactly what the manifest says it was sent.
-fn check_streams(manifest: &Manifest, streams: &[(StreamStats, Counted)]) -> Result<()> {
+pub(crate) fn check_streams(manifest: &Manifest, streams: &[StreamEnd]) -> Result<()> {
     if manifest.streams.len() != streams.len() {
         bail!(
             "the manifest says the backup was written to {} stream(s), but {} were read: use --fifo-streams {}",
@@ -509,12 +513,13 @@ fn check_streams(manifest: &Manifest, streams: &[(StreamStats, Counted)]) -> Res
             manifest.streams.len()
         );
     }
-    for (record, (stats, counted)) in manifest.streams.iter().zip(streams) {
+    for (record, end) in manifest.streams.iter().zip(streams) {
+        let counted = end.counted;
         if record.chunks != counted.chunks || record.bytes != counted.bytes {
             bail!(
                 "stream {} ({}) carried {} chunks, {} bytes; the manifest says {} chunks, {} bytes",
-                stats.index,
-                stats.name,
+                end.index,
+                end.name,
                 counted.chunks,
                 counted.bytes,
                 record.chunks,
@@ -531,8 +536,11 @@ struct Writer<'a> {
     files: HashMap<Vec<u8>, Slot>,
     single_stream: bool,
     fadvise: bool,
-    /// `--digest sha1`: hash each file as its bytes arrive in order, so its SHA-1 need not be re-read.
-    hash_files: bool,
+    /// Largest manifest accepted: it is held in memory to be parsed, so it counts against --memory-limit.
+    manifest_limit: u64,
+    /// Hash each file as its bytes arrive in order, so its SHA-1 need not be re-read (`--digest sha1`, or the
+    /// streams' markers announced SHA-1s; read when a file's first chunk arrives).
+    hash_files: &'a AtomicBool,
 }
 
 /// A file being extracted.
@@ -552,8 +560,15 @@ struct Slot {
 }
 
 impl<'a> Writer<'a> {
-    fn new(target: &'a Target, single_stream: bool, fadvise: bool, hash_files: bool) -> Writer<'a> {
-        Writer { target, files: HashMap::new(), single_stream, fadvise, hash_files }
+    fn new(target: &'a Target, single_stream: bool, config: &ExtractConfig, hash_files: &'a AtomicBool) -> Writer<'a> {
+        Writer {
+            target,
+            files: HashMap::new(),
+            single_stream,
+            fadvise: config.fadvise,
+            manifest_limit: config.manifest_limit,
+            hash_files,
+        }
     }
 
     fn serve(&mut self, receiver: &Receiver<WriterMessage>, cancel: &Cancel) -> Result<()> {
@@ -592,7 +607,7 @@ impl<'a> Writer<'a> {
                 stored: None,
                 ended: false,
                 capture,
-                sha1: self.hash_files.then(Sha1::new),
+                sha1: self.hash_files.load(Ordering::SeqCst).then(Sha1::new),
             };
             self.files.insert(key.clone(), slot);
         }
@@ -603,7 +618,7 @@ impl<'a> Writer<'a> {
                     bail!("a second end-of-file chunk");
                 }
                 slot.ended = true;
-                slot.file = None;
+                close(slot.file.take(), &slot.partial)?;
             }
             ChunkKind::Payload => {
                 // Decompressed chunks pass through a parallel stage, so their `E` may overtake them.
@@ -628,8 +643,14 @@ impl<'a> Writer<'a> {
                     _ => slot.sha1 = None,
                 }
                 if let Some(capture) = &mut slot.capture {
-                    if offset != capture.len() as u64 || offset + piece.len > MAX_MANIFEST {
-                        bail!("manifest chunks out of order or larger than {}", human(MAX_MANIFEST));
+                    if offset != capture.len() as u64 {
+                        bail!("manifest chunks out of order");
+                    }
+                    if offset + piece.len > self.manifest_limit {
+                        bail!(
+                            "the manifest is larger than {} (--memory-limit): it must be held in memory to be read",
+                            human(self.manifest_limit)
+                        );
                     }
                     capture.extend_from_slice(&data);
                 }
@@ -663,7 +684,7 @@ impl<'a> Writer<'a> {
     fn verify(&mut self, lookup: Option<&Lookup>) -> Result<Verified> {
         let mut found = Vec::with_capacity(self.files.len());
         for (key, slot) in &mut self.files {
-            slot.file = None;
+            close(slot.file.take(), &slot.partial)?;
             let display = slot.partial.display().display().to_string();
             if !slot.ended {
                 bail!("{display}: the stream ended without its end-of-file chunk (cut short?)");
@@ -714,6 +735,17 @@ impl<'a> Writer<'a> {
             found.push((record.path.0.clone(), got.len));
         }
         Ok(found)
+    }
+}
+
+/// Closes a file explicitly, so that a failed close (an I/O error the kernel reports only then, e.g. on NFS) is an
+/// error: a file whose close fails is not complete.
+fn close(file: Option<File>, partial: &PartialFile) -> Result<()> {
+    match file {
+        Some(file) => {
+            nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", partial.display().display()))
+        }
+        None => Ok(()),
     }
 }
 

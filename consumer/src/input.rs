@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use proto::cancel::Cancel;
 use proto::fifo::{End, FifoSet};
+use proto::idle::IdlePipe;
 use sha1::{Digest as _, Sha1};
 
 /// The configured input.
@@ -36,27 +38,35 @@ impl Input {
 }
 
 /// One opened input stream.
-#[derive(Debug)]
 pub struct InputStream {
     /// `STDIN` or the pipe's path, for messages.
     pub name: String,
-    /// The descriptor.
-    pub file: File,
+    /// The descriptor, with the `--idle-timeout` deadline on every read.
+    pub file: IdlePipe,
 }
 
 /// Opens every input. For pipes, creates any that are missing (the producer may start later) and waits for the
-/// producer to open them all; the returned [`FifoSet`] removes them when dropped.
-pub fn open_inputs(input: &Input) -> Result<(Vec<InputStream>, Option<FifoSet>)> {
+/// producer to open them all; the returned [`FifoSet`] removes them when dropped. Every read then fails after
+/// `idle` without progress, and promptly once `cancel` fires.
+pub fn open_inputs(
+    input: &Input,
+    idle: Option<Duration>,
+    cancel: &Cancel,
+) -> Result<(Vec<InputStream>, Option<FifoSet>)> {
     match input {
         Input::Stdin => {
             let fd = std::os::fd::AsFd::as_fd(&io::stdin()).try_clone_to_owned().context("cannot use STDIN")?;
-            Ok((vec![InputStream { name: "STDIN".into(), file: File::from(fd) }], None))
+            let file = IdlePipe::stdio(File::from(fd), idle).context("cannot use STDIN")?.with_cancel(cancel.clone());
+            Ok((vec![InputStream { name: "STDIN".into(), file }], None))
         }
         Input::Fifos { dir, count, timeout } => {
             let set = FifoSet::create(dir, *count)?;
             let opened = set.open_all(End::Read, *timeout)?;
             let mut streams = Vec::with_capacity(*count);
             for (path, file) in set.paths().iter().zip(opened) {
+                let file = IdlePipe::new(file, idle)
+                    .with_context(|| format!("cannot use {}", path.display()))?
+                    .with_cancel(cancel.clone());
                 streams.push(InputStream { name: path.display().to_string(), file });
             }
             Ok((streams, Some(set)))

@@ -4,7 +4,7 @@ The consumer: reads one xbstream from STDIN or N from named pipes and turns it b
 manifest proves every file present and intact.
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`extract`] (threads, channels and the
-proof), with [`input`] (STDIN or pipes), [`target`] (safe file creation in a staging directory, moved into place once proven), [`coverage`] (which
+proof), with [`input`] (STDIN or pipes), [`source`] (one stream as checked chunks, its start marker taken off), [`target`] (safe file creation in a staging directory, moved into place once proven), [`coverage`] (which
 bytes of a file arrived), [`list`] (`--list`), [`verify`] (re-checking an extracted tree) and [`decompress`] (`.zst` files of an extracted
 tree back into originals).
 */
@@ -16,5 +16,6 @@ pub mod decompress;
 pub mod extract;
 pub mod input;
 pub mod list;
+pub mod source;
 pub mod target;
 pub mod verify;

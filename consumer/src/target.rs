@@ -144,6 +144,21 @@ impl Target {
     /// when `sync`, then moves `last` (the manifest) with mode 0644, syncs OUT, and removes the staging directory.
     pub fn commit(&self, last: Option<&OsStr>, sync: bool) -> Result<()> {
         let mut moves = Vec::new();
+        // The manifest's place is checked with every other conflict, before anything moves.
+        let last_exists = match last {
+            Some(last) => match fstatat(&*self.root, last, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(existing)
+                    if !self.overwrite
+                        || SFlag::from_bits_truncate(existing.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR =>
+                {
+                    bail!("{} already exists (use --overwrite to replace a file)", self.root_path.join(last).display())
+                }
+                Ok(_) => true,
+                Err(Errno::ENOENT) => false,
+                Err(e) => bail!("cannot check {}: {e}", self.root_path.join(last).display()),
+            },
+            None => false,
+        };
         self.plan(&self.staging.clone(), &self.root.clone(), Path::new(""), last, &mut moves)?;
         for planned in &moves {
             let flags = if planned.replace { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
@@ -164,11 +179,7 @@ impl Target {
                 file.sync_all()?;
             }
             let display = self.root_path.join(last);
-            let exists = fstatat(&*self.root, last, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
-            if exists && !self.overwrite {
-                bail!("{} already exists (use --overwrite to replace it)", display.display());
-            }
-            let flags = if exists { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+            let flags = if last_exists { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
             renameat2(&*self.staging, last, &*self.root, last, flags)
                 .with_context(|| format!("cannot move {} into place", display.display()))?;
             if sync {
@@ -287,7 +298,7 @@ impl PartialFile {
         Ok(File::from(fd))
     }
 
-    /// Sets the file's permission bits and, if given, its modification time (seconds since the epoch), by name
+    /// Sets the file's permission bits (`mode & 0o777`) and, if given, its modification time (seconds since the epoch), by name
     /// in its staging directory, without opening it.
     pub fn set_metadata(&self, mode: u32, mtime: Option<i64>) -> Result<()> {
         use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, UtimensatFlags};
@@ -300,7 +311,8 @@ impl PartialFile {
         }
         // Following is safe here: the staging directory (0700) holds only the regular files this run created, and
         // glibc's no-follow fchmodat costs three extra system calls per file.
-        fchmodat(&*self.dir, name, Mode::from_bits_truncate(mode & 0o7777), FchmodatFlags::FollowSymlink)
+        // Permission bits only: a manifest (which may be hostile) never sets setuid, setgid or sticky.
+        fchmodat(&*self.dir, name, Mode::from_bits_truncate(mode & 0o777), FchmodatFlags::FollowSymlink)
             .with_context(|| format!("cannot set the mode of {}", self.display.display()))
     }
 

@@ -116,6 +116,18 @@ pub struct FifoArgs {
     /// Seconds to wait for the other side to open each pipe.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub fifo_timeout: u64,
+
+    /// Seconds a read or write of a stream (STDIN/STDOUT or a pipe) may make no progress before the run fails
+    /// naming the stream: a stalled peer (SIGSTOP, a hung ssh) must not hang us forever. 0 = wait forever.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub idle_timeout: u64,
+}
+
+impl FifoArgs {
+    /// `--idle-timeout` as a deadline (`None` = none).
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.idle_timeout > 0).then(|| std::time::Duration::from_secs(self.idle_timeout))
+    }
 }
 
 /// Stream formats (only xbstream; the flag exists so the command line reads like xtrabackup's).
@@ -155,6 +167,8 @@ pub enum DigestArg {
 pub fn main() -> i32 {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
+    // First, before any thread exists: stop signals become a failure of the run, with cleanup.
+    let signals = crate::signals::Signals::install();
     let config = match crate::config::Config::from_args(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -162,7 +176,7 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    match crate::pipeline::run(&config) {
+    match crate::pipeline::run(&config, &signals) {
         Ok(summary) => {
             if !args.quiet {
                 eprintln!("producer: {summary}");

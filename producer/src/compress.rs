@@ -96,6 +96,10 @@ impl Outlet for CompressStage<'_> {
         }
         self.send(CompressJob::End { file: Arc::clone(file), index: chunks, record })
     }
+
+    fn vanished(&self, file: &Arc<FileState>) {
+        self.next.vanished(file);
+    }
 }
 
 /// One compress thread: a reused zstd context (content checksum on) and one scratch buffer from the pool, taken

@@ -62,6 +62,8 @@ pub struct Config {
     pub chunk_size: usize,
     /// F_SETPIPE_SZ for output pipes (0: leave the default).
     pub pipe_buffer_size: usize,
+    /// How long a write to a stream may make no progress (`--idle-timeout`).
+    pub idle_timeout: Option<Duration>,
     /// Read threads.
     pub read_threads: usize,
     /// Process threads (and, when compressing, as many compress threads).
@@ -187,6 +189,7 @@ impl Config {
             output,
             chunk_size: chunk_size as usize,
             pipe_buffer_size: pipe_buffer_size as usize,
+            idle_timeout: args.fifo.idle_timeout(),
             read_threads: rt,
             process_threads: pt,
             compress_level: args.compress.map(|_| args.compress_level),

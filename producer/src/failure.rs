@@ -2,7 +2,12 @@
 //!
 //! Every thread reports its error here. The first error that is not a mere [`Cancelled`] wins (a thread woken by
 //! the cancel reports `Cancelled`, which says nothing about the cause), and recording fires the shared [`Cancel`].
+//!
+//! [`Failure::run_stage`] is the one panic policy of every pipeline thread: a thread's error *or panic* is recorded
+//! the moment it happens, so the other threads stop at once (a panicked reader would otherwise leave a sequencer
+//! waiting forever for its chunk) and the run can never report success.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
 use proto::cancel::{Cancel, Cancelled};
@@ -34,6 +39,22 @@ impl Failure {
         self.cancel.cancel();
     }
 
+    /// Runs one pipeline thread's body: its error, or its panic, is recorded (firing the cancel) and `None`
+    /// returned. `stage` names the thread in the message of a panic.
+    pub fn run_stage<T>(&self, stage: &str, body: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+        match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.record(error);
+                None
+            }
+            Err(panic) => {
+                self.record(anyhow::anyhow!("the {stage} thread panicked: {}", panic_message(panic.as_ref())));
+                None
+            }
+        }
+    }
+
     /// Whether anything failed.
     pub fn failed(&self) -> bool {
         self.first.lock().unwrap_or_else(|e| e.into_inner()).is_some()
@@ -42,5 +63,42 @@ impl Failure {
     /// The recorded error, if any.
     pub fn take(&self) -> Option<anyhow::Error> {
         self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The message of a panic payload (`panic!` with a string or a format), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_stage_is_a_recorded_failure_that_fires_the_cancel() {
+        let cancel = Cancel::new();
+        let failure = Failure::new(cancel.clone());
+        let result: Option<()> = failure.run_stage("reader-1", || panic!("boom {}", 42));
+        assert!(result.is_none());
+        assert!(cancel.is_cancelled());
+        let error = failure.take().expect("recorded");
+        assert_eq!(error.to_string(), "the reader-1 thread panicked: boom 42");
+    }
+
+    #[test]
+    fn the_first_real_error_wins_over_cancelled() {
+        let failure = Failure::new(Cancel::new());
+        failure.record(Cancelled.into());
+        failure.record(anyhow::anyhow!("disk full"));
+        failure.record(anyhow::anyhow!("later"));
+        assert_eq!(failure.take().unwrap().to_string(), "disk full");
+        assert_eq!(failure.run_stage("x", || Ok(5)), Some(5));
     }
 }

@@ -34,11 +34,15 @@ pub trait Outlet: Sync {
     fn payload(&self, file: &Arc<FileState>, index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
     /// The file is complete after `chunks` payload chunks; `record` describes its original content.
     fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
+    /// The file vanished before it could be read: nothing of it goes out, and it is done.
+    fn vanished(&self, file: &Arc<FileState>);
 }
 
 /// A file being backed up.
 #[derive(Debug)]
 pub struct FileState {
+    /// The scanner's number for this file (0, 1, 2, …), so the run can name a file that never finished.
+    pub number: u64,
     /// The scanned facts.
     pub scanned: ScannedFile,
     /// Number of chunk jobs (at least 1: an empty file has one empty job, so its `E` is emitted in order).
@@ -115,7 +119,9 @@ pub struct ChunkJob {
 
 impl FileState {
     /// State for a scanned file cut into `chunk_size` pieces.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        number: u64,
         scanned: ScannedFile,
         chunk_size: u64,
         stream: Option<usize>,
@@ -132,6 +138,7 @@ impl FileState {
             wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
         }
         Arc::new(FileState {
+            number,
             scanned,
             jobs,
             stream,
@@ -312,6 +319,7 @@ impl FileState {
                 bail!("{path} vanished before it could be read (--strict)");
             }
             log::warn!("{path} vanished before it could be read; it is not in the backup");
+            outlet.vanished(self);
             return Ok(());
         }
         let grew = match sequence.grew {

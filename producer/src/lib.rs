@@ -16,7 +16,8 @@ Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipel
 [`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`]
 (`--compress`: parallel zstd and the second in-order step), [`sink`] (stream and directory
 writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments), [`failure`] (the first error
-of a run). `stats`, `progress`, `size` and `failure` serve the consumer too.
+of a run, and the one panic policy of its threads), [`signals`] (SIGINT/SIGTERM/SIGHUP/SIGPIPE end a run as a
+failure). `stats`, `progress`, `size`, `failure` and `signals` serve the consumer too.
 */
 
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod file;
 pub mod pipeline;
 pub mod progress;
 pub mod scan;
+pub mod signals;
 pub mod sink;
 pub mod size;
 pub mod stats;

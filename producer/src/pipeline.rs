@@ -12,6 +12,8 @@
 //! run stops promptly and reports the first real error. On success the manifest goes last: streams 1..N are closed
 //! and their writers joined first, then the manifest is written to stream 0.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
@@ -22,26 +24,30 @@ use crossbeam_channel::{Receiver, Sender};
 use proto::cancel::{recv, send, Cancel, Cancelled};
 use proto::chunk::{encoded_header_len, ChunkKind};
 use proto::fifo::{self, End, FifoSet};
+use proto::idle::IdlePipe;
 use proto::manifest::{self, Compression, Digest, FileRecord, Manifest, StreamRecord, WirePath};
+use proto::marker::StreamMarker;
 use proto::pool::{BufferPool, PooledBuffer};
 use sha1::{Digest as _, Sha1};
 
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
-use crate::failure::Failure;
+use crate::failure::{panic_message, Failure};
 use crate::file::{ChunkJob, FileState, Outlet, ReadChunk};
 use crate::progress::{Counters, Progress};
 use crate::scan;
+use crate::signals::Signals;
 use crate::sink::{DirectorySink, Sink, SinkReport, StreamItem, StreamSink};
 use crate::size::human;
 use crate::stats::{peak_rss_bytes, Stats, StreamStats};
 
 /// Runs a backup as configured. Returns a one-line summary; an error means the backup is not complete (and, on a
-/// stream, that the consumer will not find a manifest).
-pub fn run(config: &Config) -> Result<String> {
+/// stream, that the consumer will not find a manifest). A stop signal (`signals`) is such an error.
+pub fn run(config: &Config, signals: &Signals) -> Result<String> {
     let started = Instant::now();
     let created_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let backup_id = proto::marker::new_backup_id();
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
     let want_total = config.progress != crate::config::ProgressMode::Quiet;
@@ -51,7 +57,9 @@ pub fn run(config: &Config) -> Result<String> {
         log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
     }
 
-    let (sinks, _fifos) = open_outputs(config)?;
+    let cancel = Cancel::new();
+    signals.watch(&cancel);
+    let (sinks, _fifos) = open_outputs(config, &cancel)?;
     let stream_count = sinks.len();
     // Compressed output shares the budget: buffers are sized for the worst-case frame.
     let buffer_size = match config.compress_level {
@@ -59,7 +67,6 @@ pub fn run(config: &Config) -> Result<String> {
         None => config.chunk_size,
     };
     let pool = BufferPool::new(config.buffers, buffer_size);
-    let cancel = Cancel::new();
     let failure = Failure::new(cancel.clone());
     let counters = Arc::new(Counters::default());
     counters.bytes_total.store(pre.bytes, Ordering::Relaxed);
@@ -74,8 +81,18 @@ pub fn run(config: &Config) -> Result<String> {
         next: AtomicUsize::new(0),
         counts: (0..stream_count).map(|_| StreamCount::default()).collect(),
         records: Mutex::new(Vec::new()),
+        in_flight: Mutex::new(HashMap::new()),
         cancel: cancel.clone(),
     };
+    if !matches!(config.output, Output::Directory(_)) {
+        // Every stream starts with its marker, before any file: a consumer knows from the first chunk that the
+        // stream is ours and that a manifest must follow.
+        for index in 0..stream_count {
+            let (path, bytes) = start_marker(config, &backup_id, index, stream_count);
+            router.count(index, &path, 1, bytes.len() as u64);
+            router.send(index, StreamItem::Document { path, bytes: Arc::new(bytes), chunk_size: config.chunk_size })?;
+        }
+    }
     let (compress_sender, compress_receiver) = crossbeam_channel::bounded::<CompressJob>(config.buffers);
     let compress_stage = CompressStage::new(compress_sender, &router, cancel.clone());
     let outlet: &dyn Outlet = if config.compress_level.is_some() { &compress_stage } else { &router };
@@ -100,13 +117,15 @@ pub fn run(config: &Config) -> Result<String> {
                 let (cancel, failure) = (&cancel, &failure);
                 thread::Builder::new()
                     .name(format!("writer-{index}"))
-                    .spawn_scoped(scope, move || write_stream(index, sink, receiver, cancel, failure))
+                    .spawn_scoped(scope, move || {
+                        failure.run_stage(&format!("writer-{index}"), || write_stream(index, sink, receiver, cancel))
+                    })
                     .expect("spawn writer")
             })
             .collect();
 
         let scanner = {
-            let (cancel, failure) = (&cancel, &failure);
+            let (cancel, failure, router) = (&cancel, &failure, &router);
             thread::Builder::new()
                 .name("scanner".into())
                 .spawn_scoped(scope, move || {
@@ -117,8 +136,8 @@ pub fn run(config: &Config) -> Result<String> {
                                 Binding::File => Some(file_number % stream_count),
                                 Binding::Chunk => None,
                             };
-                            file_number += 1;
                             let state = FileState::new(
+                                file_number as u64,
                                 scanned,
                                 config.chunk_size as u64,
                                 stream,
@@ -126,15 +145,15 @@ pub fn run(config: &Config) -> Result<String> {
                                 config.digest == Digest::Sha1,
                                 config.compress_level.is_some(),
                             );
+                            file_number += 1;
+                            router.started(&state);
                             for job in state.chunk_jobs(config.chunk_size as u64) {
                                 send(&job_sender, job, cancel)?;
                             }
                             Ok(())
                         });
                     drop(job_sender);
-                    if let Err(e) = result {
-                        failure.record(e);
-                    }
+                    failure.run_stage("scanner", || result);
                 })
                 .expect("spawn scanner")
         };
@@ -143,8 +162,9 @@ pub fn run(config: &Config) -> Result<String> {
         for (thread_index, reads) in reads_per_thread.iter().enumerate() {
             let (jobs, read, pool) = (job_receiver.clone(), read_sender.clone(), &pool);
             let (cancel, failure, counters, throttle) = (&cancel, &failure, &counters, &throttle);
-            let handle = thread::Builder::new().name(format!("reader-{thread_index}")).spawn_scoped(scope, move || {
-                let result = (|| -> Result<()> {
+            let name = format!("reader-{thread_index}");
+            let handle = thread::Builder::new().name(name.clone()).spawn_scoped(scope, move || {
+                failure.run_stage(&name, || -> Result<()> {
                     loop {
                         // Buffer first, then the job: the lowest outstanding chunk always holds a buffer.
                         let buffer = pool.take(cancel)?;
@@ -157,10 +177,7 @@ pub fn run(config: &Config) -> Result<String> {
                         reads.fetch_add(1, Ordering::Relaxed);
                         send(&read, chunk, cancel)?;
                     }
-                })();
-                if let Err(e) = result {
-                    failure.record(e);
-                }
+                });
             });
             workers.push(handle.expect("spawn reader"));
         }
@@ -170,20 +187,17 @@ pub fn run(config: &Config) -> Result<String> {
         for thread_index in 0..config.process_threads {
             let read = read_receiver.clone();
             let (cancel, failure) = (&cancel, &failure);
-            let handle =
-                thread::Builder::new().name(format!("process-{thread_index}")).spawn_scoped(scope, move || {
-                    let result = (|| -> Result<()> {
-                        while let Some(mut chunk) = recv(&read, cancel)? {
-                            chunk.crc = proto::CrcPiece::of(&chunk.data).crc;
-                            let file = Arc::clone(&chunk.file);
-                            file.arrive(chunk, outlet)?;
-                        }
-                        Ok(())
-                    })();
-                    if let Err(e) = result {
-                        failure.record(e);
+            let name = format!("process-{thread_index}");
+            let handle = thread::Builder::new().name(name.clone()).spawn_scoped(scope, move || {
+                failure.run_stage(&name, || -> Result<()> {
+                    while let Some(mut chunk) = recv(&read, cancel)? {
+                        chunk.crc = proto::CrcPiece::of(&chunk.data).crc;
+                        let file = Arc::clone(&chunk.file);
+                        file.arrive(chunk, outlet)?;
                     }
+                    Ok(())
                 });
+            });
             workers.push(handle.expect("spawn process thread"));
         }
         drop(read_receiver);
@@ -193,24 +207,24 @@ pub fn run(config: &Config) -> Result<String> {
             for (thread_index, scratch) in scratches.drain(..).enumerate() {
                 let jobs = compress_receiver.clone();
                 let (cancel, failure, router) = (&cancel, &failure, &router);
-                let handle =
-                    thread::Builder::new().name(format!("compress-{thread_index}")).spawn_scoped(scope, move || {
-                        if let Err(e) = compress_worker(&jobs, scratch, level, router, cancel) {
-                            failure.record(e);
-                        }
-                    });
+                let name = format!("compress-{thread_index}");
+                let handle = thread::Builder::new().name(name.clone()).spawn_scoped(scope, move || {
+                    failure.run_stage(&name, || compress_worker(&jobs, scratch, level, router, cancel));
+                });
                 compressors.push(handle.expect("spawn compress thread"));
             }
         }
         drop(compress_receiver);
 
-        let _ = scanner.join();
+        // Every thread runs under `run_stage`, which records its error or panic; a join that still fails (a
+        // panic outside it) is a failure too, never an empty report.
+        joined(scanner.join(), "scanner", &failure);
         for worker in workers {
-            let _ = worker.join();
+            joined(worker.join(), "reader or process", &failure);
         }
         compress_stage.close();
         for compressor in compressors {
-            let _ = compressor.join();
+            joined(compressor.join(), "compress", &failure);
         }
 
         // Every file is released. Close streams 1..N and wait for their writers, then write the manifest last on
@@ -221,10 +235,19 @@ pub fn run(config: &Config) -> Result<String> {
             router.close(index);
         }
         let mut reports = vec![None];
-        reports.extend(writers.map(|w| w.join().unwrap_or(None)));
+        reports.extend(writers.map(|w| joined(w.join(), "writer", &failure).flatten()));
+        if !failure.failed() {
+            // Prove before claiming: every file the scanner handed out has ended or vanished.
+            if let Some(source) = router.unfinished() {
+                failure.record(anyhow::anyhow!(
+                    "{} was scanned but never finished (an internal error): refusing to write the manifest",
+                    source.display()
+                ));
+            }
+        }
         if !failure.failed() {
             let mut files = std::mem::take(&mut *router.records.lock().unwrap_or_else(|e| e.into_inner()));
-            let documents = build_documents(config, &router, &mut files, created_unix);
+            let documents = build_documents(config, &router, &mut files, created_unix, &backup_id);
             for (path, bytes, counted) in documents {
                 let item = StreamItem::Document { path, bytes: Arc::new(bytes), chunk_size: config.chunk_size };
                 if let Err(e) = router.send_document(item, counted) {
@@ -235,13 +258,20 @@ pub fn run(config: &Config) -> Result<String> {
             *router.records.lock().unwrap_or_else(|e| e.into_inner()) = files;
         }
         router.close(0);
-        reports[0] = first.join().unwrap_or(None);
+        reports[0] = joined(first.join(), "writer", &failure).flatten();
         reports
     });
     progress.stop();
 
+    // A stop signal is the cause of whatever else failed (threads woken by it report `Cancelled`).
+    if let Some(error) = signals.error() {
+        return Err(error);
+    }
     if let Some(error) = failure.take() {
         return Err(error);
+    }
+    if let Some(index) = reports.iter().position(Option::is_none) {
+        anyhow::bail!("stream {index} reported nothing (an internal error): the backup is not complete");
     }
     let records = router.records.into_inner().unwrap_or_else(|e| e.into_inner());
     let elapsed = started.elapsed().as_secs_f64();
@@ -290,6 +320,43 @@ pub fn run(config: &Config) -> Result<String> {
     ))
 }
 
+/// A thread's join result: a panic that escaped [`Failure::run_stage`] is recorded as a failure.
+fn joined<T>(result: thread::Result<T>, stage: &str, failure: &Failure) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(panic) => {
+            failure.record(anyhow::anyhow!("a {stage} thread panicked: {}", panic_message(panic.as_ref())));
+            None
+        }
+    }
+}
+
+/// The start marker of stream `index`: its wire path and contents.
+fn start_marker(config: &Config, backup_id: &str, index: usize, streams: usize) -> (Vec<u8>, Vec<u8>) {
+    let marker = StreamMarker {
+        format: proto::marker::MARKER_FORMAT,
+        tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
+        backup_id: backup_id.to_string(),
+        stream: index as u32,
+        streams: streams as u32,
+        chunk_size: config.chunk_size as u64,
+        compression: compression(config),
+        digest: config.digest,
+        binding: match &config.output {
+            Output::Fifos { binding: Binding::Chunk, .. } if streams > 1 => proto::marker::Binding::Chunk,
+            _ => proto::marker::Binding::File,
+        },
+    };
+    (proto::marker::marker_name(index).into_bytes(), marker.to_json())
+}
+
+fn compression(config: &Config) -> Compression {
+    match config.compress_level {
+        Some(level) => Compression::Zstd { level },
+        None => Compression::None,
+    }
+}
+
 fn is_meta(record: &FileRecord) -> bool {
     record.path.0 == manifest::SHA1SUMS_NAME.as_bytes()
 }
@@ -301,6 +368,7 @@ fn build_documents(
     router: &Router,
     files: &mut Vec<FileRecord>,
     created_unix: u64,
+    backup_id: &str,
 ) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut documents = Vec::new();
@@ -308,11 +376,9 @@ fn build_documents(
         format: manifest::MANIFEST_FORMAT,
         tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
         created_unix,
+        backup_id: Some(backup_id.to_string()),
         chunk_size: config.chunk_size as u64,
-        compression: match config.compress_level {
-            Some(level) => Compression::Zstd { level },
-            None => Compression::None,
-        },
+        compression: compression(config),
         digest: config.digest,
         streams: Vec::new(),
         files: std::mem::take(files),
@@ -362,25 +428,31 @@ fn stream_name(config: &Config, index: usize) -> String {
 type Outputs = (Vec<Box<dyn Sink>>, Option<FifoSet>);
 
 /// Opens every output; for pipes, waits (in parallel, each up to --fifo-timeout) for the consumer to open them.
-fn open_outputs(config: &Config) -> Result<Outputs> {
+/// Stream outputs get the `--idle-timeout` deadline and listen to `cancel` while they wait for the consumer.
+fn open_outputs(config: &Config, cancel: &Cancel) -> Result<Outputs> {
     let hash = config.digest == Digest::Sha1;
     match &config.output {
         Output::Directory(dir) => Ok((vec![Box::new(DirectorySink::create(dir, config.fadvise)?)], None)),
         Output::Stdout => {
             let stdout = std::io::stdout();
             let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned().context("cannot use STDOUT")?;
-            let file = std::fs::File::from(fd);
+            let pipe = IdlePipe::stdio(std::fs::File::from(fd), config.idle_timeout)
+                .context("cannot use STDOUT")?
+                .with_cancel(cancel.clone());
             // Larger pipe buffer when STDOUT is a pipe; failing (not a pipe) is harmless.
-            raise_pipe_buffer(config, &file, "STDOUT");
-            Ok((vec![Box::new(StreamSink::new("STDOUT".into(), file, hash))], None))
+            raise_pipe_buffer(config, pipe.get_ref(), "STDOUT");
+            Ok((vec![Box::new(StreamSink::new("STDOUT".into(), pipe, hash))], None))
         }
         Output::Fifos { dir, count, timeout, .. } => {
             let set = FifoSet::create(dir, *count)?;
             let opened = set.open_all(End::Write, *timeout)?;
             let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(*count);
             for (path, file) in set.paths().iter().zip(opened) {
-                raise_pipe_buffer(config, &file, &path.display().to_string());
-                sinks.push(Box::new(StreamSink::new(path.display().to_string(), file, hash)));
+                let pipe = IdlePipe::new(file, config.idle_timeout)
+                    .with_context(|| format!("cannot use {}", path.display()))?
+                    .with_cancel(cancel.clone());
+                raise_pipe_buffer(config, pipe.get_ref(), &path.display().to_string());
+                sinks.push(Box::new(StreamSink::new(path.display().to_string(), pipe, hash)));
             }
             Ok((sinks, Some(set)))
         }
@@ -396,14 +468,15 @@ fn raise_pipe_buffer(config: &Config, file: &std::fs::File, name: &str) {
     }
 }
 
-/// One writer thread: writes every item of its stream, then finishes the sink.
+/// One writer thread: writes every item of its stream, then finishes the sink. On failure (its own, or any other
+/// part of the run's) the stream is ended with a broken chunk; a sink that is dropped unfinished, in a panic
+/// too, does the same.
 fn write_stream(
     index: usize,
     mut sink: Box<dyn Sink>,
     receiver: Receiver<StreamItem>,
     cancel: &Cancel,
-    failure: &Failure,
-) -> Option<SinkReport> {
+) -> Result<SinkReport> {
     let name = sink.name();
     let mut drain = || -> Result<()> {
         loop {
@@ -425,16 +498,9 @@ fn write_stream(
         // This stream, or another part of the run, failed: end the stream with a broken chunk so that no reader
         // (ours, mbstream, xbstream) mistakes what was written so far for a complete stream.
         sink.poison();
-        failure.record(e.context(format!("stream {index} ({name})")));
-        return None;
+        return Err(e.context(format!("stream {index} ({name})")));
     }
-    match sink.finish() {
-        Ok(report) => Some(report),
-        Err(e) => {
-            failure.record(e.context(format!("stream {index} ({name})")));
-            None
-        }
-    }
+    sink.finish().with_context(|| format!("stream {index} ({name})"))
 }
 
 /// Routes released chunks to streams and counts what each stream was sent.
@@ -444,6 +510,9 @@ struct Router {
     counts: Vec<StreamCount>,
     /// Every completed file's record, for the manifest.
     records: Mutex<Vec<FileRecord>>,
+    /// Files handed out by the scanner that have neither ended nor vanished yet, by file number. Bounded: the
+    /// scanner runs at most a channel's length ahead of the readers.
+    in_flight: Mutex<HashMap<u64, PathBuf>>,
     cancel: Cancel,
 }
 
@@ -477,6 +546,22 @@ impl Router {
         self.send(0, item)
     }
 
+    /// The scanner hands `file` out.
+    fn started(&self, file: &FileState) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(file.number, file.source().clone());
+    }
+
+    /// `file` has ended (its `E` is on its way) or vanished.
+    fn finished(&self, file: &FileState) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&file.number);
+    }
+
+    /// A file that was handed out and never finished, if any.
+    fn unfinished(&self) -> Option<PathBuf> {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.iter().min_by_key(|(number, _)| **number).map(|(_, source)| source.clone())
+    }
+
     fn close(&self, stream: usize) {
         self.senders.write().unwrap_or_else(|e| e.into_inner())[stream] = None;
     }
@@ -502,7 +587,12 @@ impl Outlet for Router {
             .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
         self.send(stream, StreamItem::Eof { file: Arc::clone(file) })?;
         self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+        self.finished(file);
         Ok(())
+    }
+
+    fn vanished(&self, file: &Arc<FileState>) {
+        self.finished(file);
     }
 }
 

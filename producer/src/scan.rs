@@ -3,8 +3,9 @@
 //!
 //! What is not a regular file is skipped with a warning: symlinks (xbstream cannot carry them, and following one
 //! could leave the source), sockets, FIFOs and devices. Empty directories are not carried either (xbstream has no
-//! directory entries). A top-level file named like the manifest is skipped with a warning: it is taken to be the
-//! manifest of the backup this tree was restored from, and the new backup writes its own.
+//! directory entries). A top-level file named like the manifest or like a stream marker (`backup-stream-<i>.json`,
+//! left by `mbstream -x`) is skipped with a warning: it is taken to be part of the backup this tree was restored
+//! from, and the new backup writes its own.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -112,11 +113,22 @@ pub fn walk(
             }
             continue;
         }
-        if entry.depth() == 1 && (entry.file_name() == MANIFEST_NAME || entry.file_name() == SHA1SUMS_NAME) {
+        let name = entry.file_name().as_encoded_bytes();
+        if entry.depth() == 1 && (name == MANIFEST_NAME.as_bytes() || name == SHA1SUMS_NAME.as_bytes()) {
             totals.skipped += 1;
             if warn {
                 log::warn!(
                     "skipping {}: taken for an earlier backup's manifest; this backup writes its own",
+                    relative.display()
+                );
+            }
+            continue;
+        }
+        if entry.depth() == 1 && proto::marker::is_marker_name(name) {
+            totals.skipped += 1;
+            if warn {
+                log::warn!(
+                    "skipping {}: taken for an earlier backup's stream marker; this backup writes its own",
                     relative.display()
                 );
             }
@@ -180,6 +192,7 @@ mod tests {
         fs::write(root.join("b/c/x"), b"333").unwrap();
         fs::write(root.join(MANIFEST_NAME), b"{}").unwrap();
         fs::write(root.join("b").join(MANIFEST_NAME), b"kept: not top level").unwrap();
+        fs::write(root.join("backup-stream-3.json"), b"{}").unwrap();
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut seen = Vec::new();
@@ -190,7 +203,7 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["z", "b/backup-manifest.json", "b/y", "b/c/x"]);
-        assert_eq!((totals.files, totals.bytes, totals.skipped), (4, 1 + 19 + 2 + 3, 3));
+        assert_eq!((totals.files, totals.bytes, totals.skipped), (4, 1 + 19 + 2 + 3, 4));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use proto::idle::IdlePipe;
 use proto::pool::PooledBuffer;
 use proto::ChunkWriter;
 use sha1::{Digest as _, Sha1};
@@ -78,22 +79,33 @@ pub trait Sink: Send {
 /// reports a truncated stream, and ours names this path in its message.
 pub const POISON_PATH: &[u8] = b"PRODUCER-FAILED: this stream is incomplete, see the producer's error";
 
+/// How long a failed stream's writer tries to deliver what it had buffered and the broken chunk.
+const POISON_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Small chunks (`E` chunks, small files) are gathered into one write of up to this many bytes; chunks this large
 /// or larger go straight to the descriptor. With 100,000 small files this cuts the system calls on both sides.
 pub const COALESCE_BYTES: usize = 256 << 10;
 
-/// xbstream chunks to a file descriptor (STDOUT or a pipe).
+/// xbstream chunks to a file descriptor (STDOUT or a pipe). A sink dropped before [`Sink::finish`] succeeded — a
+/// failure, a panic — ends its stream with the broken chunk ([`POISON_PATH`]).
 pub struct StreamSink {
     name: String,
-    writer: ChunkWriter<BufWriter<HashingWriter<File>>>,
+    writer: ChunkWriter<BufWriter<HashingWriter<IdlePipe>>>,
     chunks: u64,
+    /// `finish` succeeded, or the poison chunk was written: nothing more goes out.
+    closed: bool,
 }
 
 impl StreamSink {
     /// A sink over `file`, hashing what it writes when `hash` is set.
-    pub fn new(name: String, file: File, hash: bool) -> StreamSink {
+    pub fn new(name: String, file: IdlePipe, hash: bool) -> StreamSink {
         let hashing = HashingWriter { inner: file, sha1: hash.then(Sha1::new) };
-        StreamSink { name, writer: ChunkWriter::new(BufWriter::with_capacity(COALESCE_BYTES, hashing)), chunks: 0 }
+        StreamSink {
+            name,
+            writer: ChunkWriter::new(BufWriter::with_capacity(COALESCE_BYTES, hashing)),
+            chunks: 0,
+            closed: false,
+        }
     }
 
     /// Bytes that actually reached the descriptor.
@@ -135,6 +147,13 @@ impl Sink for StreamSink {
     }
 
     fn poison(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        // Best effort and bounded: the run may be stopping because this very peer stalled.
+        let pipe = &mut self.writer.get_mut().get_mut().inner;
+        pipe.set_cancel(None);
+        pipe.set_timeout(Some(POISON_DEADLINE));
         let _ = self.writer.flush();
         let mut header = Vec::new();
         proto::chunk::encode_payload_header(&mut header, POISON_PATH, 0, 1, 0);
@@ -145,10 +164,16 @@ impl Sink for StreamSink {
 
     fn finish(mut self: Box<Self>) -> Result<SinkReport> {
         self.flush()?;
+        self.closed = true;
         let bytes = self.writer.position();
-        let buffered = self.writer.into_inner();
-        let hashing = buffered.into_inner().map_err(|e| anyhow::anyhow!("cannot flush: {}", e.error()))?;
-        Ok(SinkReport { bytes, chunks: self.chunks, sha1: hashing.sha1.map(|h| hex::encode(h.finalize())) })
+        let sha1 = self.writer.get_mut().get_mut().sha1.take().map(|h| hex::encode(h.finalize()));
+        Ok(SinkReport { bytes, chunks: self.chunks, sha1 })
+    }
+}
+
+impl Drop for StreamSink {
+    fn drop(&mut self) {
+        self.poison();
     }
 }
 

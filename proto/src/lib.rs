@@ -12,9 +12,11 @@ Modules, one concept each:
 - [`writer`]: a chunk writer over any `Write` that emits each chunk as one contiguous write.
 - [`path`]: the one path check every extracted name goes through.
 - [`manifest`]: the JSON document the producer writes last, which lets a consumer prove completeness.
+- [`marker`]: the small file that starts every stream of ours, so a consumer knows a manifest must follow.
 - [`compressed`]: the layout of a compressed chunk (a skippable frame with its original offset, then a zstd frame).
 - [`checksum`]: CRC-32 pieces that combine into a whole-file CRC without a second pass.
 - [`fifo`]: the named-pipe transport (`<dir>/thread_<i>`), with open deadlines on both sides.
+- [`idle`]: an idle deadline (and a cancel) on every read and write of a pipe, so a stalled peer cannot hang us.
 - [`pool`] and [`cancel`]: the memory budget and the stop signal that both sides' pipelines are built on.
 */
 
@@ -23,7 +25,9 @@ pub mod checksum;
 pub mod chunk;
 pub mod compressed;
 pub mod fifo;
+pub mod idle;
 pub mod manifest;
+pub mod marker;
 pub mod path;
 pub mod pool;
 pub mod reader;

@@ -12,7 +12,8 @@
 //! Counting conventions, shared by both sides:
 //! - a file's `chunks` is its number of payload (`P`) chunks; an empty file has 0 (it travels as one `E` chunk);
 //! - a stream's `chunks` and `bytes` count everything written to that stream *except* the manifest file's own
-//!   chunks (the manifest cannot count itself); `bytes` are encoded bytes (headers included).
+//!   chunks (the manifest cannot count itself); `bytes` are encoded bytes (headers included). The start marker
+//!   ([`crate::marker`]) is counted.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,9 @@ pub struct Manifest {
     pub tool: String,
     /// Seconds since the Unix epoch when the backup started.
     pub created_unix: u64,
+    /// The id every stream's start marker carries ([`crate::marker`]); absent for a copy with no stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
     /// Size of the payload chunks the files were split into (the last chunk of a file may be shorter).
     pub chunk_size: u64,
     /// How payloads were transformed before streaming.
@@ -209,6 +213,7 @@ mod tests {
             format: MANIFEST_FORMAT,
             tool: "producer 0.1.0".into(),
             created_unix: 1_700_000_000,
+            backup_id: Some("id".into()),
             chunk_size: 1 << 20,
             compression: Compression::None,
             digest: Digest::Sha1,
