@@ -5,5 +5,6 @@ mod util;
 mod compression;
 mod consumer;
 mod producer;
+mod proof;
 mod proto_format;
 mod proto_interop;

@@ -44,7 +44,7 @@ use sha1::{Digest as _, Sha1};
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
 use crate::input::open_inputs;
-use crate::source::{check_markers, missing_manifest, SourceChunk, StreamEnd, StreamSource};
+use crate::source::{check_markers, missing_manifest, SameBackup, SourceChunk, StreamEnd, StreamSource};
 use crate::target::{PartialFile, Target};
 
 /// Runs an extraction; returns the one-line summary. A stop signal (`signals`) ends it as a failure.
@@ -59,6 +59,7 @@ pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
     let failure = Failure::new(cancel.clone());
     // Whether writers hash files as they arrive: asked for (--digest sha1), or announced by the streams' markers.
     let hash_files = AtomicBool::new(config.stream_sha1);
+    let same_backup = Arc::new(SameBackup::default());
     let counters = Arc::new(Counters::default());
     let progress = Progress::start(config.progress, Arc::clone(&counters), "extract");
 
@@ -113,6 +114,7 @@ pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
                 let (senders, decompress_sender) = (senders.clone(), decompress_sender.clone());
                 let (pool, cancel, failure, counters, hash_files) = (&pool, &cancel, &failure, &counters, &hash_files);
                 let name = format!("reader-{index}");
+                let same_backup = Arc::clone(&same_backup);
                 thread::Builder::new()
                     .name(name.clone())
                     .spawn_scoped(scope, move || {
@@ -122,6 +124,7 @@ pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
                             pool.buffer_size() as u64,
                             config.stream_sha1,
                             stream_count,
+                            same_backup,
                         );
                         let readers = Readers {
                             config,
@@ -554,6 +557,8 @@ struct Slot {
     ended: bool,
     /// The manifest's bytes, kept in memory as well (only for the manifest file).
     capture: Option<Vec<u8>>,
+    /// The stream the file's latest chunk came on, for messages.
+    stream: usize,
     /// With `--digest sha1`: the SHA-1 of the bytes so far, while they arrive in order (dropped at the first chunk
     /// out of order; the file is then re-read to check it).
     sha1: Option<Sha1>,
@@ -596,7 +601,7 @@ impl<'a> Writer<'a> {
     }
 
     fn write(&mut self, chunk: ChunkMessage) -> Result<()> {
-        let ChunkMessage { header, key, relative, data, decoded, .. } = chunk;
+        let ChunkMessage { header, key, relative, data, decoded, stream } = chunk;
         if !self.files.contains_key(&key) {
             let (partial, file) = self.target.create(&relative)?;
             let capture = (key == MANIFEST_NAME.as_bytes()).then(Vec::new);
@@ -607,11 +612,13 @@ impl<'a> Writer<'a> {
                 stored: None,
                 ended: false,
                 capture,
+                stream,
                 sha1: self.hash_files.load(Ordering::SeqCst).then(Sha1::new),
             };
             self.files.insert(key.clone(), slot);
         }
         let slot = self.files.get_mut(&key).expect("inserted above");
+        slot.stream = stream;
         match header.kind {
             ChunkKind::Eof => {
                 if slot.ended {
@@ -675,7 +682,7 @@ impl<'a> Writer<'a> {
 
     fn take_manifest(slot: Slot) -> Result<Vec<u8>> {
         if !slot.ended || !slot.coverage.is_contiguous() {
-            bail!("{MANIFEST_NAME} is incomplete: the stream was cut short");
+            bail!("stream {}: {MANIFEST_NAME} is incomplete: the stream was cut short", slot.stream);
         }
         Ok(slot.capture.unwrap_or_default())
     }

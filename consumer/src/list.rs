@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use proto::manifest::{Manifest, MANIFEST_NAME};
@@ -17,7 +17,7 @@ use proto::{ChunkKind, CrcPiece};
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
 use crate::input::open_inputs;
-use crate::source::{check_markers, missing_manifest, StreamEnd, StreamSource};
+use crate::source::{check_markers, missing_manifest, SameBackup, StreamEnd, StreamSource};
 
 #[derive(Default)]
 struct Listed {
@@ -74,13 +74,15 @@ pub fn run(config: &ExtractConfig, signals: &producer::signals::Signals) -> Resu
     // One thread per stream, as for an extraction: the producer spreads chunks over every pipe and ends pipe 0
     // last, so reading the pipes one after another would stall it.
     let seen = Mutex::new(Seen::default());
+    let same = Arc::new(SameBackup::default());
     let results: Vec<Result<StreamEnd>> = std::thread::scope(|scope| {
         let handles: Vec<_> = inputs
             .into_iter()
             .enumerate()
             .map(|(index, input)| {
                 let seen = &seen;
-                let source = StreamSource::new(index, input, config.buffer_size as u64, false, stream_count);
+                let source =
+                    StreamSource::new(index, input, config.buffer_size as u64, false, stream_count, Arc::clone(&same));
                 scope.spawn(move || list_stream(source, config.manifest_limit, seen))
             })
             .collect();

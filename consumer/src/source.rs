@@ -56,6 +56,39 @@ pub struct StreamEnd {
     pub sha1: Option<String>,
 }
 
+/// What the first stream to start said about its backup, shared by every stream of a run so that pipes that do not
+/// belong together are refused before any of their chunks is used: all marked with one backup id, or none marked.
+#[derive(Debug, Default)]
+pub struct SameBackup {
+    first: std::sync::Mutex<Option<(usize, String, Option<String>)>>,
+}
+
+impl SameBackup {
+    /// Checks stream `index` (`name`), whose marker carries `id` (`None`: no marker), against the first stream seen.
+    fn check(&self, index: usize, name: &str, id: Option<&str>) -> Result<()> {
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((first_index, first_name, first_id)) = &*first else {
+            *first = Some((index, name.to_string(), id.map(str::to_string)));
+            return Ok(());
+        };
+        match (first_id.as_deref(), id) {
+            (Some(a), Some(b)) if a != b => bail!(
+                "stream {index} ({name}) is from backup {b}, but stream {first_index} ({first_name}) is from backup \
+                 {a}: the pipes of two backups are mixed up"
+            ),
+            (Some(a), None) => bail!(
+                "stream {index} ({name}) has no start marker, but stream {first_index} ({first_name}) is from our \
+                 producer (backup {a}): are the pipes from different producers?"
+            ),
+            (None, Some(b)) => bail!(
+                "stream {first_index} ({first_name}) has no start marker, but stream {index} ({name}) is from our \
+                 producer (backup {b}): are the pipes from different producers?"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One stream being read.
 pub struct StreamSource {
     index: usize,
@@ -67,17 +100,19 @@ pub struct StreamSource {
     chunks: u64,
     bytes: u64,
     counted: Counted,
+    same_backup: std::sync::Arc<SameBackup>,
 }
 
 impl StreamSource {
     /// A source over `input`, stream `index` of `expected_streams`; payloads above `max_payload` are refused
-    /// before anything is allocated; `hash` keeps the stream's SHA-1.
+    /// before anything is allocated; `hash` keeps the stream's SHA-1; `same_backup` is shared by the run's streams.
     pub fn new(
         index: usize,
         input: InputStream,
         max_payload: u64,
         hash: bool,
         expected_streams: usize,
+        same_backup: std::sync::Arc<SameBackup>,
     ) -> StreamSource {
         // A read buffer turns the three small header reads of each chunk into one system call per many small
         // chunks; payloads as large as the buffer bypass it and land directly in the caller's buffer.
@@ -92,6 +127,7 @@ impl StreamSource {
             chunks: 0,
             bytes: 0,
             counted: Counted::default(),
+            same_backup,
         }
     }
 
@@ -117,7 +153,8 @@ impl StreamSource {
         P: PayloadBuffer + std::ops::Deref<Target = [u8]>,
     {
         let Some(mut header) = self.read(payload)? else { return Ok(None) };
-        if !std::mem::replace(&mut self.started, true) && is_marker_name(&header.path) {
+        let first = !std::mem::replace(&mut self.started, true);
+        if first && is_marker_name(&header.path) {
             self.take_marker(&header, &payload[..])?;
             let Some(next) = self.read(payload)? else { return Ok(None) };
             if next.kind != ChunkKind::Eof || next.path != header.path {
@@ -130,6 +167,10 @@ impl StreamSource {
             }
             let Some(after) = self.read(payload)? else { return Ok(None) };
             header = after;
+        }
+        if first {
+            let id = self.marker.as_ref().map(|m| m.backup_id.as_str());
+            self.same_backup.check(self.index, &self.name, id)?;
         }
         let relative = proto::safe_relative_path(&header.path).with_context(|| {
             format!(

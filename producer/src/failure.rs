@@ -42,6 +42,12 @@ impl Failure {
     /// Runs one pipeline thread's body: its error, or its panic, is recorded (firing the cancel) and `None`
     /// returned. `stage` names the thread in the message of a panic.
     pub fn run_stage<T>(&self, stage: &str, body: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+        let body = || {
+            if failpoint_panics(stage) {
+                panic!("failpoint {FAILPOINT_VARIABLE}=panic:{stage}");
+            }
+            body()
+        };
         match catch_unwind(AssertUnwindSafe(body)) {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
@@ -64,6 +70,19 @@ impl Failure {
     pub fn take(&self) -> Option<anyhow::Error> {
         self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+}
+
+/// The environment variable of the one fault-injection point, for tests: `panic:<stage>` (e.g. `panic:reader-0`,
+/// `panic:writer-1`) makes that thread panic as it starts, so tests can prove that a panicked thread is a failure.
+pub const FAILPOINT_VARIABLE: &str = "XBKIT_FAILPOINT";
+
+fn failpoint_panics(stage: &str) -> bool {
+    static FAILPOINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FAILPOINT
+        .get_or_init(|| std::env::var(FAILPOINT_VARIABLE).ok())
+        .as_deref()
+        .and_then(|value| value.strip_prefix("panic:"))
+        .is_some_and(|target| target == stage)
 }
 
 /// The message of a panic payload (`panic!` with a string or a format), or a placeholder.

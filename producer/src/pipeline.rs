@@ -129,9 +129,10 @@ pub fn run(config: &Config, signals: &Signals) -> Result<String> {
             thread::Builder::new()
                 .name("scanner".into())
                 .spawn_scoped(scope, move || {
-                    let mut file_number = 0usize;
-                    let result =
-                        scan::walk(&config.source, scan::Pass::Stream { strict: config.strict }, suffix, |scanned| {
+                    failure.run_stage("scanner", move || {
+                        let mut file_number = 0usize;
+                        let pass = scan::Pass::Stream { strict: config.strict };
+                        scan::walk(&config.source, pass, suffix, |scanned| {
                             let stream = match binding {
                                 Binding::File => Some(file_number % stream_count),
                                 Binding::Chunk => None,
@@ -151,9 +152,10 @@ pub fn run(config: &Config, signals: &Signals) -> Result<String> {
                                 send(&job_sender, job, cancel)?;
                             }
                             Ok(())
-                        });
-                    drop(job_sender);
-                    failure.run_stage("scanner", || result);
+                        })
+                        // The job sender goes with this closure, on success, error or panic alike: readers see
+                        // the end of the jobs.
+                    });
                 })
                 .expect("spawn scanner")
         };

@@ -1,0 +1,613 @@
+//! No false success: a stream of ours that ends early never extracts (or lists) as complete, whatever the cut,
+//! however the producer dies; stop signals, stalled peers and panicked threads are failures; a hostile manifest
+//! cannot grant privileges or memory.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::chunk::ChunkKind;
+use proto::marker::{is_marker_name, StreamMarker};
+use proto::{ChunkReader, ChunkWriter};
+
+use crate::util::*;
+
+/// A small backup: a few dozen files in nested directories, some empty, some a few chunks long (4 KiB chunks).
+fn small_source() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..30 {
+        let len = match i % 5 {
+            0 => 0,
+            1 => 1,
+            2 => 4096 * 2 + 7,
+            _ => 100 + i * 31,
+        };
+        files.push((format!("db{}/t{i}.ibd", i % 3), pseudo_random_bytes(len, i as u64)));
+    }
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    write_tree(src.path(), &refs);
+    src
+}
+
+const SMALL_CHUNKS: [&str; 2] = ["--read-buffer-size", "4K"];
+
+/// Stream offsets at which a chunk ends (every place a stream can be cut between two chunks), the last excluded.
+fn chunk_boundaries(stream: &[u8]) -> Vec<usize> {
+    let mut reader = ChunkReader::new(stream);
+    let mut ends = vec![0];
+    let mut payload = Vec::new();
+    while reader.read_chunk(&mut payload).unwrap().is_some() {
+        ends.push(reader.position() as usize);
+    }
+    assert_eq!(ends.pop(), Some(stream.len()));
+    ends
+}
+
+/// Waits for `child` at most `limit`, killing it (and failing the test) if it is still running then.
+fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = drain(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(stderr.map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// Polls `condition` every 5 ms until it holds, failing the test after `limit`.
+fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the producer into `count` pipes and returns what each pipe carried (the test reads all pipes at once).
+fn capture_pipes(src: &Path, count: usize, extra: &[&str]) -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo_dir = dir.path().join("fifos");
+    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src)
+        .args(["--stream=xbstream", "--fifo-timeout", "30", "--fifo-streams", &count.to_string(), "--fifo-dir"])
+        .arg(&fifo_dir)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readers: Vec<_> = (0..count)
+        .map(|i| {
+            let path = fifo_dir.join(format!("thread_{i}"));
+            std::thread::spawn(move || {
+                wait_for(Duration::from_secs(30), "the producer's pipes", || path.exists());
+                fs::read(&path).unwrap()
+            })
+        })
+        .collect();
+    let output = wait_within(producer, Duration::from_secs(60), "producer into pipes");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    readers.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
+/// Runs `consumer extract` (or `--list`: `out` = None) on `streams` fed through as many pipes; returns its output.
+fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo_dir = dir.path().join("fifos");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    command.arg("extract");
+    match out {
+        Some(out) => command.arg("-C").arg(out),
+        None => command.arg("--list"),
+    };
+    let consumer = command
+        .args(["--fifo-timeout", "30", "--fifo-streams", &streams.len().to_string(), "--fifo-dir"])
+        .arg(&fifo_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writers: Vec<_> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let path = fifo_dir.join(format!("thread_{i}"));
+            let stream = stream.clone();
+            std::thread::spawn(move || {
+                wait_for(Duration::from_secs(30), "the consumer's pipes", || path.exists());
+                // The consumer may fail (and close its end) before reading everything: that is fine here.
+                if let Ok(mut pipe) = fs::OpenOptions::new().write(true).open(&path) {
+                    let _ = pipe.write_all(&stream);
+                }
+            })
+        })
+        .collect();
+    let output = wait_within(consumer, Duration::from_secs(60), "consumer on pipes");
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert!(!fifo_dir.exists() || fs::read_dir(&fifo_dir).unwrap().count() == 0, "pipes are removed");
+    output
+}
+
+/// A failed extraction left nothing that looks complete: no manifest, no staging directory, no file.
+fn assert_nothing_complete(out: &Path, context: &str) {
+    let left: Vec<PathBuf> = match fs::read_dir(out) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(left.is_empty(), "{context}: left behind {left:?}");
+}
+
+/// The whole small backup on STDOUT, cut at every chunk boundary: every cut fails, for extract and for --list.
+#[test]
+fn a_stream_cut_at_any_chunk_boundary_never_extracts_or_lists_as_complete() {
+    let src = small_source();
+    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").args(SMALL_CHUNKS).assert();
+    let stream = stream.success().get_output().stdout.clone();
+    let boundaries = chunk_boundaries(&stream);
+    assert!(boundaries.len() > 60, "a few dozen files make many chunks: {}", boundaries.len());
+    let work = tempfile::tempdir().unwrap();
+    for (n, &cut) in boundaries.iter().enumerate() {
+        let out = work.path().join(format!("out{n}"));
+        let extract = consumer().arg("extract").arg("-C").arg(&out).write_stdin(stream[..cut].to_vec()).assert();
+        let stderr = String::from_utf8_lossy(&extract.get_output().stderr).into_owned();
+        assert_eq!(extract.get_output().status.code(), Some(1), "cut at {cut}: {stderr}");
+        if cut > 0 {
+            assert!(stderr.contains("stream 0"), "cut at {cut} names the stream: {stderr}");
+        }
+        assert_nothing_complete(&out, &format!("cut at {cut}"));
+        let list = consumer().args(["extract", "--list"]).write_stdin(stream[..cut].to_vec()).assert();
+        assert_eq!(list.get_output().status.code(), Some(1), "--list of the cut at {cut} must fail");
+    }
+    // The uncut stream extracts and lists.
+    let out = work.path().join("whole");
+    consumer().arg("extract").arg("-C").arg(&out).write_stdin(stream.clone()).assert().success();
+    assert_same_tree(src.path(), &out);
+    consumer().args(["extract", "--list"]).write_stdin(stream).assert().success();
+}
+
+/// The same backup over 4 pipes: each pipe cut at each of its chunk boundaries, the other pipes whole.
+#[test]
+fn any_pipe_cut_at_any_chunk_boundary_never_extracts_as_complete() {
+    let src = small_source();
+    let streams = capture_pipes(src.path(), 4, &SMALL_CHUNKS);
+    let work = tempfile::tempdir().unwrap();
+    let mut runs = 0;
+    for (pipe, stream) in streams.iter().enumerate() {
+        for cut in chunk_boundaries(stream) {
+            let mut cut_streams = streams.clone();
+            cut_streams[pipe].truncate(cut);
+            let out = work.path().join(format!("out-{pipe}-{cut}"));
+            let output = feed_pipes(&cut_streams, Some(&out), &[]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "pipe {pipe} cut at {cut}: {stderr}");
+            assert_nothing_complete(&out, &format!("pipe {pipe} cut at {cut}"));
+            runs += 1;
+        }
+    }
+    assert!(runs > 60, "{runs} cuts");
+    let out = work.path().join("whole");
+    let output = feed_pipes(&streams, Some(&out), &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_same_tree(src.path(), &out);
+}
+
+/// Every stream starts with its marker; mbstream -x extracts it as a plain file.
+#[test]
+fn every_stream_starts_with_a_marker_that_mbstream_extracts() {
+    let src = small_source();
+    let streams = capture_pipes(src.path(), 3, &["--fifo-binding", "file", "--digest", "sha1"]);
+    let mut ids = Vec::new();
+    for (index, stream) in streams.iter().enumerate() {
+        let (header, payload) = ChunkReader::new(&stream[..]).next().unwrap().unwrap();
+        assert_eq!(header.path, format!("backup-stream-{index}.json").into_bytes());
+        let marker = StreamMarker::from_json(&payload).unwrap();
+        assert_eq!((marker.stream, marker.streams), (index as u32, 3));
+        assert_eq!(marker.digest, proto::manifest::Digest::Sha1);
+        assert_eq!(marker.binding, proto::marker::Binding::File);
+        ids.push(marker.backup_id);
+        let out = tempfile::tempdir().unwrap();
+        mbstream_extract(stream, out.path());
+        let extracted = fs::read(out.path().join(format!("backup-stream-{index}.json"))).unwrap();
+        assert_eq!(extracted, payload);
+    }
+    assert!(ids.iter().all(|id| id == &ids[0]), "one backup id: {ids:?}");
+    let out = tempfile::tempdir().unwrap();
+    let output = feed_pipes(&streams, Some(out.path()), &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(read_manifest(out.path()).backup_id.as_ref(), Some(&ids[0]));
+    assert!(
+        !fs::read_dir(out.path()).unwrap().any(|e| is_marker_name(e.unwrap().file_name().as_encoded_bytes())),
+        "our consumer does not write the markers out"
+    );
+}
+
+/// Pipes read as the wrong count, swapped, or from two backups are refused, naming the stream.
+#[test]
+fn pipes_that_do_not_belong_together_are_refused() {
+    let src = small_source();
+    let a = capture_pipes(src.path(), 2, &[]);
+    let b = capture_pipes(src.path(), 2, &[]);
+    let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
+        (vec![a[1].clone(), a[0].clone()], "says it is stream 1 of 2 of backup"),
+        (vec![a[0].clone(), b[1].clone()], "the pipes of two backups are mixed up"),
+        (vec![a[0].clone(), a[1].clone(), b[0].clone()], "of 2 of backup"),
+    ];
+    for (streams, message) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let output = feed_pipes(&streams, Some(&out.path().join("out")), &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(message) && stderr.contains("stream "), "expected {message:?} in {stderr}");
+    }
+    // A marked stream without any marker on another pipe.
+    let foreign = {
+        let mut writer = ChunkWriter::new(Vec::new());
+        writer.write_payload(b"x", 0, b"foreign").unwrap();
+        writer.write_eof(b"x").unwrap();
+        writer.into_inner()
+    };
+    let mut stream1 = foreign;
+    stream1.truncate(stream1.len());
+    let output = feed_pipes(&[a[0].clone(), stream1], Some(&tempfile::tempdir().unwrap().path().join("o")), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stream 1") && stderr.contains("has no start marker"), "{stderr}");
+}
+
+/// A producer killed (SIGKILL) or stopped (SIGTERM, SIGINT, SIGHUP, SIGPIPE) mid-run, on STDOUT: the consumer
+/// downstream never exits 0; a stopped producer exits non-zero and ends the stream with the broken chunk.
+#[test]
+fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 9)), ("small", b"x".to_vec())]);
+    for signal in ["KILL", "TERM", "INT", "HUP", "PIPE"] {
+        let mut producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = producer.stdout.take().unwrap();
+        // Mid-run: the marker and the first payload chunk have arrived.
+        let mut stream = vec![0u8; 64 << 10];
+        stdout.read_exact(&mut stream).unwrap();
+        let killed = Command::new("kill").arg(format!("-{signal}")).arg(producer.id().to_string()).status().unwrap();
+        assert!(killed.success());
+        stdout.read_to_end(&mut stream).unwrap();
+        let output = wait_within(producer, Duration::from_secs(30), "signalled producer");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "SIG{signal}: the producer must not exit 0: {stderr}");
+        if signal != "KILL" {
+            assert_eq!(output.status.code(), Some(1), "SIG{signal}: {stderr}");
+            assert!(stderr.contains(&format!("stopped by SIG{signal}")), "SIG{signal}: {stderr}");
+            let poison = producer::sink::POISON_PATH;
+            assert!(stream.windows(poison.len()).any(|w| w == poison), "SIG{signal}: the stream ends broken");
+        }
+        let out = tempfile::tempdir().unwrap();
+        let extract = consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(stream).assert().code(1);
+        let stderr = String::from_utf8_lossy(&extract.get_output().stderr);
+        assert!(stderr.contains("stream 0 (STDIN)"), "SIG{signal}: {stderr}");
+        assert_nothing_complete(out.path(), &format!("SIG{signal}"));
+    }
+}
+
+/// The same over 4 pipes, producer and consumer running together: SIGKILL and SIGTERM mid-run both end in a
+/// failed consumer, no manifest and no pipes left.
+#[test]
+fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
+    let src = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("f{i}"), pseudo_random_bytes(1 << 20, i))).collect();
+    write_tree(src.path(), &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    for signal in ["KILL", "TERM"] {
+        let work = tempfile::tempdir().unwrap();
+        let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
+        let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30"];
+        let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(&out)
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Mid-run: the consumer has staged its first file.
+        wait_for(Duration::from_secs(30), "the first staged file", || {
+            fs::read_dir(&out)
+                .ok()
+                .and_then(|mut e| e.next())
+                .and_then(|e| e.ok())
+                .is_some_and(|staging| fs::read_dir(staging.path()).is_ok_and(|mut files| files.next().is_some()))
+        });
+        let killed = Command::new("kill").arg(format!("-{signal}")).arg(producer.id().to_string()).status().unwrap();
+        assert!(killed.success());
+        let produced = wait_within(producer, Duration::from_secs(30), "signalled producer");
+        let consumed = wait_within(consumer, Duration::from_secs(30), "consumer of a killed producer");
+        let stderr = String::from_utf8_lossy(&consumed.stderr);
+        assert!(!produced.status.success());
+        assert_eq!(consumed.status.code(), Some(1), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("stream "), "SIG{signal}: names a stream: {stderr}");
+        assert_nothing_complete(&out, &format!("SIG{signal}"));
+        assert!(!fifo_dir.exists() || fs::read_dir(&fifo_dir).unwrap().count() == 0, "SIG{signal}: pipes removed");
+    }
+}
+
+/// A consumer stopped by SIGTERM mid-run exits 1 and removes its staging directory and pipes.
+#[test]
+fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 3))]);
+    let work = tempfile::tempdir().unwrap();
+    let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
+    let fifo_args = ["--fifo-streams", "2", "--fifo-timeout", "30"];
+    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .arg("extract")
+        .arg("-C")
+        .arg(&out)
+        .args(fifo_args)
+        .arg("--fifo-dir")
+        .arg(&fifo_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+        .args(fifo_args)
+        .arg("--fifo-dir")
+        .arg(&fifo_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the staged file", || {
+        fs::read_dir(&out)
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(|e| e.ok())
+            .is_some_and(|staging| fs::read_dir(staging.path()).is_ok_and(|mut files| files.next().is_some()))
+    });
+    assert!(Command::new("kill").arg("-TERM").arg(consumer.id().to_string()).status().unwrap().success());
+    let consumed = wait_within(consumer, Duration::from_secs(30), "stopped consumer");
+    let produced = wait_within(producer, Duration::from_secs(30), "producer of a stopped consumer");
+    let stderr = String::from_utf8_lossy(&consumed.stderr);
+    assert_eq!(consumed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!produced.status.success(), "the producer notices its consumer went away");
+    assert_nothing_complete(&out, "SIGTERM");
+    assert!(!fifo_dir.exists() || fs::read_dir(&fifo_dir).unwrap().count() == 0, "pipes removed");
+}
+
+/// A stalled peer (SIGSTOP) is not a hang: --idle-timeout ends the other side naming the stream, both ways.
+#[test]
+fn a_stalled_peer_hits_the_idle_timeout_on_both_sides() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &[("big", pseudo_random_bytes(16 << 20, 4))]);
+    // The consumer stalls: the producer's writes stop making progress.
+    let mut stalled = Command::new("sleep").arg("60").stdin(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--idle-timeout", "2"])
+        .stdout(Stdio::from(stalled.stdin.take().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_within(producer, Duration::from_secs(30), "producer with a stalled consumer");
+    let elapsed = started.elapsed();
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stream 0 (STDOUT)") && stderr.contains("no progress for 2 s (--idle-timeout)"),
+        "{stderr}"
+    );
+    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+
+    // The producer stalls (stopped by SIGSTOP after its first bytes): the consumer's reads stop making progress.
+    let mut producer = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src.path())
+        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = producer.stdout.take().unwrap();
+    let mut first = vec![0u8; 4096];
+    stdout.read_exact(&mut first).unwrap();
+    assert!(Command::new("kill").arg("-STOP").arg(producer.id().to_string()).status().unwrap().success());
+    let out = tempfile::tempdir().unwrap();
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .arg("extract")
+        .arg("-C")
+        .arg(out.path())
+        .args(["--idle-timeout", "2"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = consumer.stdin.take().unwrap();
+    stdin.write_all(&first).unwrap();
+    // Forward whatever the stopped producer had already written, then keep our end open (the producer's is).
+    let forward = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut stdout, &mut stdin);
+    });
+    let started = Instant::now();
+    let output = wait_within(consumer, Duration::from_secs(30), "consumer with a stalled producer");
+    let elapsed = started.elapsed();
+    let _ = producer.kill();
+    let _ = producer.wait();
+    forward.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stream 0 (STDIN)") && stderr.contains("no progress for 2 s (--idle-timeout)"), "{stderr}");
+    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_nothing_complete(out.path(), "stalled producer");
+}
+
+/// A thread that panics is a failure, never an empty report: the producer exits 1 with a broken stream, the
+/// consumer exits 1 with nothing committed (fault injection through XBKIT_FAILPOINT).
+#[test]
+fn a_panicked_thread_is_a_failure_on_both_sides() {
+    let src = small_source();
+    for stage in ["scanner", "reader-0", "process-1", "writer-0"] {
+        let assert = producer()
+            .env(producer::failure::FAILPOINT_VARIABLE, format!("panic:{stage}"))
+            .arg("--source")
+            .arg(src.path())
+            .arg("--stream=xbstream")
+            .assert()
+            .code(1);
+        let output = assert.get_output();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("the {stage} thread panicked")), "{stage}: {stderr}");
+        let poison = producer::sink::POISON_PATH;
+        assert!(output.stdout.windows(poison.len()).any(|w| w == poison), "{stage}: the stream ends broken");
+    }
+    let compressed = producer().arg("--source").arg(src.path()).args(["--stream=xbstream", "--compress"]).assert();
+    let stream = compressed.success().get_output().stdout.clone();
+    for stage in ["reader-0", "writer-1", "decompress-0"] {
+        let out = tempfile::tempdir().unwrap();
+        let assert = consumer()
+            .env(producer::failure::FAILPOINT_VARIABLE, format!("panic:{stage}"))
+            .arg("extract")
+            .arg("-C")
+            .arg(out.path())
+            .arg("--decompress")
+            .write_stdin(stream.clone())
+            .assert()
+            .code(1);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
+        assert!(stderr.contains(&format!("the {stage} thread panicked")), "{stage}: {stderr}");
+        assert_nothing_complete(out.path(), stage);
+    }
+}
+
+/// Rewrites the manifest of a producer stream with `change` (chunk CRCs recomputed, stream counts kept: the
+/// manifest's own chunks are not counted), in 4 KiB chunks.
+fn with_manifest(stream: &[u8], change: impl Fn(&mut proto::Manifest)) -> Vec<u8> {
+    let chunks: Vec<_> = ChunkReader::new(stream).collect::<Result<_, _>>().unwrap();
+    let mut writer = ChunkWriter::new(Vec::new());
+    let mut manifest = Vec::new();
+    for (header, payload) in &chunks {
+        match header.kind {
+            ChunkKind::Payload if header.path == proto::MANIFEST_NAME.as_bytes() => manifest.extend_from_slice(payload),
+            ChunkKind::Payload => writer.write_payload(&header.path, header.file_offset, payload).unwrap(),
+            ChunkKind::Eof if header.path == proto::MANIFEST_NAME.as_bytes() => {
+                let mut parsed = proto::Manifest::from_json(&manifest).unwrap();
+                change(&mut parsed);
+                for (i, piece) in parsed.to_json().chunks(4096).enumerate() {
+                    writer.write_payload(&header.path, (i * 4096) as u64, piece).unwrap();
+                }
+                writer.write_eof(&header.path).unwrap();
+            }
+            ChunkKind::Eof => writer.write_eof(&header.path).unwrap(),
+        }
+    }
+    writer.into_inner()
+}
+
+/// A hostile manifest cannot set setuid/setgid/sticky bits, nor make the consumer hold more than its budget.
+#[test]
+fn a_hostile_manifest_cannot_grant_privileges_or_memory() {
+    let src = small_source();
+    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert();
+    let stream = stream.success().get_output().stdout.clone();
+    let hostile = with_manifest(&stream, |manifest| {
+        for file in &mut manifest.files {
+            file.mode = 0o7755;
+        }
+    });
+    let out = tempfile::tempdir().unwrap();
+    consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(hostile).assert().success();
+    let mode = fs::metadata(out.path().join("db0/t0.ibd")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755, "no setuid, setgid or sticky bit: {mode:o}");
+
+    // The manifest is held in memory to be read: one padded past the budget (48 KiB of 4 KiB buffers) is refused.
+    let small = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").args(SMALL_CHUNKS).assert();
+    let padded = with_manifest(&small.success().get_output().stdout, |manifest| manifest.tool = "x".repeat(64 << 10));
+    let out = tempfile::tempdir().unwrap();
+    let assert = consumer()
+        .arg("extract")
+        .arg("-C")
+        .arg(out.path())
+        .args(["--max-chunk-size", "4K", "--memory-limit", "48K"])
+        .write_stdin(padded)
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
+    assert!(stderr.contains("the manifest is larger than 48.0 KiB (--memory-limit)"), "{stderr}");
+    assert_nothing_complete(out.path(), "oversized manifest");
+}
+
+/// An existing manifest in OUT is a conflict found before anything moves in.
+#[test]
+fn an_existing_manifest_in_out_is_refused_before_anything_moves() {
+    let src = small_source();
+    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert();
+    let stream = stream.success().get_output().stdout.clone();
+    let out = tempfile::tempdir().unwrap();
+    fs::write(out.path().join(proto::MANIFEST_NAME), b"an older backup's").unwrap();
+    let assert = consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(stream).assert().code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
+    assert!(stderr.contains("backup-manifest.json already exists"), "{stderr}");
+    let names: Vec<_> = fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, [proto::MANIFEST_NAME], "nothing moved in");
+    assert_eq!(fs::read(out.path().join(proto::MANIFEST_NAME)).unwrap(), b"an older backup's");
+}
+
+/// `consumer decompress` fails when a compressed file the manifest lists is missing.
+#[test]
+fn decompress_fails_when_a_listed_file_is_missing() {
+    let src = small_source();
+    let stream = producer().arg("--source").arg(src.path()).args(["--stream=xbstream", "--compress"]).assert();
+    let stream = stream.success().get_output().stdout.clone();
+    let out = tempfile::tempdir().unwrap();
+    consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(stream).assert().success();
+    fs::remove_file(out.path().join("db1/t1.ibd.zst")).unwrap();
+    let assert = consumer().arg("decompress").arg(out.path()).assert().code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
+    assert!(stderr.contains("missing") && stderr.contains("db1/t1.ibd.zst"), "{stderr}");
+    assert!(!out.path().join("db0/t0.ibd").exists(), "nothing decompressed into place");
+}
