@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use proto::chunk::encode_payload_header;
 use proto::{ChunkKind, ChunkReader, ChunkWriter};
@@ -72,7 +72,7 @@ fn mbstream_then_zstd_restores_the_original() {
     let mut count = 0;
     for (path, _) in read_tree(&out) {
         if path.extension().is_some_and(|e| e == "zst") {
-            run_ok(Command::new(&zstd).args(["-d", "-q", "--rm"]).arg(out.join(&path)));
+            run_ok(Command::new(&zstd).args(["-d", "-q", "--rm"]).arg(out.join(&path)), SHORT);
             count += 1;
         }
     }
@@ -178,20 +178,14 @@ fn compression_stays_within_the_memory_limit() {
         fs::write(src.path().join(format!("f{i}")), &text).unwrap();
     }
     let stats = src.path().join("../stats-compress.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--compress", "--memory-limit", "32M"])
-        .arg("--stats-json")
-        .arg(&stats)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let streamed = std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let streamed = run_to_null(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--compress", "--memory-limit", "32M"])
+            .arg("--stats-json")
+            .arg(&stats),
+    );
     let stats = read_stats(&stats);
     let rss = stats["peak_rss_bytes"].as_u64().unwrap();
     assert!(rss > 0 && rss < (32 + 24) << 20, "peak RSS {rss}");

@@ -68,7 +68,7 @@ fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
     let meta = fs::metadata(out.join("one")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o604);
     assert_eq!(meta.modified().unwrap(), when);
-    run_ok(Command::new("sha1sum").args(["-c", "--quiet", proto::manifest::SHA1SUMS_NAME]).current_dir(&out));
+    run_ok(Command::new("sha1sum").args(["-c", "--quiet", proto::manifest::SHA1SUMS_NAME]).current_dir(&out), SHORT);
 }
 
 /// The same stream hashed on both sides: the producer's and consumer's per-stream SHA-1s agree.
@@ -110,6 +110,7 @@ fn mbstream_stream_extracts_like_mbstream_with_an_unproven_warning() {
         Command::new(tool("mbstream"))
             .args(["-c", "ibdata1", "backup-my.cnf", "empty", "db/t.ibd"])
             .current_dir(src.path()),
+        SHORT,
     );
     let work = tempfile::tempdir().unwrap();
     let (ours, theirs) = (work.path().join("ours"), work.path().join("theirs"));
@@ -135,7 +136,11 @@ fn mariadb_backup_stream_extracts_like_mbstream() {
     let work = tempfile::tempdir().unwrap();
     let stream_path = work.path().join("mariadb.xbstream");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/mariadb-backup-stream.sh");
-    run_ok(Command::new("bash").arg(&script).arg(work.path().join("server")).arg(&stream_path));
+    // Installing, starting and backing up a server: minutes at worst on a loaded machine.
+    run_ok(
+        Command::new("bash").arg(&script).arg(work.path().join("server")).arg(&stream_path),
+        Duration::from_secs(300),
+    );
     let stream = fs::read(&stream_path).unwrap();
     assert!(stream.len() > 1 << 20, "a real backup is several MB");
     let (ours, theirs) = (work.path().join("ours"), work.path().join("theirs"));
@@ -346,25 +351,24 @@ fn writer_dying_mid_chunk_is_a_truncation_error_naming_the_pipe() {
     let work = tempfile::tempdir().unwrap();
     let fifo_dir = work.path().join("fifos");
     let out = work.path().join("out");
-    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .args(["extract", "--fifo-timeout", "20", "-C"])
-        .arg(&out)
-        .arg("--fifo-dir")
-        .arg(&fifo_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let consumer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(["extract", "--fifo-timeout", "20", "-C"])
+            .arg(&out)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped()),
+    );
     let pipe = fifo_dir.join("thread_0");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pipe.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut writer = fs::OpenOptions::new().write(true).open(&pipe).unwrap();
-    let chunk = raw_chunk(b"file", 0, &[7u8; 1000]);
-    writer.write_all(&chunk[..500]).unwrap();
-    drop(writer);
-    let output = consumer.wait_with_output().unwrap();
+    let writer = spawn_named("dying writer", move || {
+        wait_for_path(&pipe, SHORT);
+        // Opening blocks until the consumer opens its end.
+        let mut writer = fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+        let chunk = raw_chunk(b"file", 0, &[7u8; 1000]);
+        writer.write_all(&chunk[..500]).unwrap();
+    });
+    join_within(writer, SHORT);
+    let output = consumer.wait_output(SHORT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("thread_0): stream truncated inside the payload of \"file\""), "{stderr}");
@@ -393,28 +397,82 @@ fn verify_finds_a_damaged_file_and_list_shows_the_stream() {
     assert!(listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "0", "empty"]), "{listing}");
 }
 
-/// 512 MiB through the consumer with a 64 MiB budget: peak RSS stays under the budget plus a 24 MiB margin.
+/// One run of the consumer memory test: extracts `stream` (a file, so that the reader is never starved) into a
+/// fresh directory with `--memory-limit memory_limit`, checks the result against `src`, and returns the stats.
+fn extract_big_stream(stream: &Path, src: &Path, memory_limit: &str) -> serde_json::Value {
+    let work = tempfile::tempdir().unwrap();
+    let (stats_path, out) = (work.path().join("stats.json"), work.path().join("out"));
+    let extracted = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args([
+                "extract",
+                "--max-chunk-size",
+                "16M",
+                "--parallel",
+                "8",
+                "--no-fsync",
+                "--memory-limit",
+                memory_limit,
+            ])
+            .arg("--stats-json")
+            .arg(&stats_path)
+            .arg("-C")
+            .arg(&out)
+            .stdin(fs::File::open(stream).unwrap())
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    let stderr = String::from_utf8_lossy(&extracted.stderr);
+    assert!(extracted.status.success(), "{stderr}");
+    assert!(stderr.contains("all verified against backup-manifest.json"), "{stderr}");
+    assert_same_tree(src, &out);
+    read_stats(&stats_path)
+}
+
+/// The memory cap is what bounds the consumer's peak RSS. The stream is one 768 MiB file in 16 MiB chunks, read
+/// from a file: one reader copying from the page cache into warm buffers outruns the one writer that owns the file
+/// (chunks of a file all go to one writer; the other 7 of `--parallel 8` only enlarge the thread-rule pool), which
+/// has to allocate page-cache pages for what it writes, so the pool fills. With `--memory-limit 64M` it holds 4
+/// buffers and peak RSS stays under the threshold (64 MiB + 32 MiB for the binary, libraries, thread stacks,
+/// allocator); the same run with a 4 GiB limit gets the thread rule's 2 × (2 × 1 stream + 8) = 20 buffers
+/// (320 MiB) and goes far over it. Measured here (2 cores): capped 4 buffers, all in use, peak RSS 73.5–73.9 MB
+/// (70 MiB); uncapped 20 buffers, 7 to 20 of them in use at once (it varies from run to run), peak RSS 342 MB
+/// (327 MiB) every time, since the pool hands its buffers out in turn and each is filled once 20 chunks have passed
+/// (even 7 buffers in use would be 112 MiB, over the threshold). Each run 0.3–1.0 s.
 #[test]
 fn consumer_memory_limit_bounds_peak_rss() {
     let src = tempfile::tempdir().unwrap();
-    for i in 0..4 {
-        fs::File::create(src.path().join(format!("f{i}"))).unwrap().set_len(128 << 20).unwrap();
+    let big = fs::File::create(src.path().join("huge.ibd")).unwrap();
+    big.set_len(768 << 20).unwrap();
+    for (i, offset) in [0u64, 100 << 20, 500 << 20].into_iter().enumerate() {
+        std::os::unix::fs::FileExt::write_all_at(&big, &pseudo_random_bytes(1 << 20, 200 + i as u64), offset).unwrap();
     }
     let work = tempfile::tempdir().unwrap();
-    let stats = work.path().join("c.json");
-    let stats_arg = stats.to_str().unwrap();
-    round_trip(
-        src.path(),
-        &work.path().join("out"),
-        0,
-        &[],
-        &["--memory-limit", "64M", "--no-fsync", "--stats-json", stats_arg],
-    );
-    let stats = read_stats(&stats);
-    let rss = stats["peak_rss_bytes"].as_u64().unwrap();
-    assert!(rss > 0 && rss < (64 + 24) << 20, "peak RSS {rss}");
-    assert!(stats["buffers"].as_u64().unwrap() * stats["buffer_size"].as_u64().unwrap() <= 64 << 20);
-    assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20);
+    let stream = work.path().join("stream.xb");
+    let produced = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "16M"])
+            .stdout(fs::File::create(&stream).unwrap())
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+
+    const THRESHOLD: u64 = (64 + 32) << 20;
+    let capped = extract_big_stream(&stream, src.path(), "64M");
+    let uncapped = extract_big_stream(&stream, src.path(), "4G");
+    for stats in [&capped, &uncapped] {
+        assert_eq!(stats["bytes"].as_u64().unwrap(), 768 << 20, "{stats}");
+        assert_eq!(stats["buffer_size"].as_u64().unwrap(), 16 << 20, "{stats}");
+    }
+    let rss = |stats: &serde_json::Value| stats["peak_rss_bytes"].as_u64().unwrap();
+    assert_eq!(capped["buffers"].as_u64().unwrap(), 4, "{capped}");
+    assert_eq!(capped["peak_buffers_in_use"], capped["buffers"], "the cap was binding: {capped}");
+    assert_eq!(uncapped["buffers"].as_u64().unwrap(), 20, "{uncapped}");
+    assert!(rss(&capped) > 0 && rss(&capped) < THRESHOLD, "capped peak RSS {}: {capped}", rss(&capped));
+    assert!(rss(&uncapped) > THRESHOLD, "without the cap the same run needs more: {uncapped}");
 }
 
 /// An empty stream is what a failed producer leaves in a pipeline without pipefail: never a successful restore.
@@ -437,13 +495,14 @@ fn an_empty_stream_is_an_error_not_an_empty_restore() {
 fn a_producer_failure_is_never_a_complete_stream() {
     let src = tempfile::tempdir().unwrap();
     let victim = src.path().join("shrinking");
-    fs::write(&victim, pseudo_random_bytes(40 * 4096, 3)).unwrap();
+    fs::write(&victim, pseudo_random_bytes(4 << 20, 3)).unwrap();
     fs::write(src.path().join("other"), b"fine").unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
     command.arg("--source").arg(src.path()).args(["--stream=xbstream", "--strict", "--read-buffer-size", "4K"]);
-    command.args(["--throttle", "40", "--parallel", "1"]);
+    // Held back by the pipe (see `produce_with_change`): it cannot have read more than ~400 KiB before the cut.
+    command.args(["--parallel", "1", "--pipe-buffer-size", "64K", "--memory-limit", "64K"]);
     let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
-        fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(4096).unwrap();
+        fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(2 << 20).unwrap();
     });
     assert_eq!(status.code(), Some(1), "{stderr}");
     // What the producer wrote, whole, as a consumer downstream in the pipeline would read it.
@@ -454,15 +513,7 @@ fn a_producer_failure_is_never_a_complete_stream() {
     assert!(stderr.contains("PRODUCER-FAILED: this stream is incomplete"), "{stderr}");
     assert!(read_tree(&out).is_empty());
     // mbstream fails on it too.
-    let mut mbstream = Command::new(tool("mbstream"))
-        .args(["-x", "-C"])
-        .arg(work.path())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    mbstream.stdin.take().unwrap().write_all(&stream).unwrap();
-    assert!(!mbstream.wait_with_output().unwrap().status.success(), "mbstream must reject a failed producer's stream");
+    assert!(!mbstream_x(&stream, work.path()).status.success(), "mbstream must reject a failed producer's stream");
 }
 
 /// `--list` over several pipes reads them all at once (the producer ends pipe 0 last).
@@ -472,24 +523,22 @@ fn list_reads_several_pipes_at_once() {
     write_tree(src.path(), &[("big", pseudo_random_bytes(40 << 20, 5)), ("small", b"x".to_vec())]);
     let work = tempfile::tempdir().unwrap();
     let fifo_dir = work.path().join("fifos");
-    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .args(["extract", "--list", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
-        .arg(&fifo_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
-        .arg(&fifo_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (p, c) = (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap());
-    assert!(Instant::now() < deadline);
+    let consumer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(["extract", "--list", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
+            .arg(&fifo_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped()),
+    );
+    let (p, c) = (producer.wait_output(SHORT), consumer.wait_output(SHORT));
     assert!(p.status.success() && c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     let listing = String::from_utf8(c.stdout).unwrap();
     assert!(

@@ -84,35 +84,32 @@ fn fifo_streams_with_file_binding_each_extract_with_mbstream() {
     let fifo_dir = work.path().join("fifos");
     let stats = work.path().join("stats.json");
     let streams = 3;
-    let child = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--fifo-streams", "3", "--fifo-binding", "file", "--digest", "sha1"])
-        .args(["--read-buffer-size", "64K", "--fifo-timeout", "20"])
-        .arg("--fifo-dir")
-        .arg(&fifo_dir)
-        .arg("--stats-json")
-        .arg(&stats)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--fifo-streams", "3", "--fifo-binding", "file", "--digest", "sha1"])
+            .args(["--read-buffer-size", "64K", "--fifo-timeout", "20"])
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .arg("--stats-json")
+            .arg(&stats)
+            .stderr(Stdio::piped()),
+    );
     let readers: Vec<_> = (0..streams)
         .map(|i| {
             let path = fifo_dir.join(format!("thread_{i}"));
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while !path.exists() {
-                    assert!(Instant::now() < deadline, "producer never made {}", path.display());
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            spawn_named(&format!("pipe {i} reader"), move || {
+                // The producer makes every pipe before it opens any: the pipe appearing is the event to wait for.
+                wait_for_path(&path, SHORT);
                 let mut bytes = Vec::new();
                 fs::File::open(&path).unwrap().read_to_end(&mut bytes).unwrap();
                 bytes
             })
         })
         .collect();
-    let pipes: Vec<Vec<u8>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
-    let output = child.wait_with_output().unwrap();
+    let pipes: Vec<Vec<u8>> = readers.into_iter().map(|r| join_within(r, SHORT)).collect();
+    let output = child.wait_output(SHORT);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let all = work.path().join("all");
@@ -125,7 +122,7 @@ fn fifo_streams_with_file_binding_each_extract_with_mbstream() {
     }
     assert_same_tree(src.path(), &all);
     assert!(work.path().join("pipe0").join(proto::MANIFEST_NAME).exists(), "the manifest travels on pipe 0");
-    run_ok(Command::new("sha1sum").args(["-c", "--quiet", SHA1SUMS_NAME]).current_dir(&all));
+    run_ok(Command::new("sha1sum").args(["-c", "--quiet", SHA1SUMS_NAME]).current_dir(&all), SHORT);
     assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed");
 
     // The stats' per-stream SHA-1 is the SHA-1 of what each pipe carried.
@@ -141,15 +138,6 @@ fn fifo_streams_with_file_binding_each_extract_with_mbstream() {
     let manifest = read_manifest(&all);
     assert!(manifest.files.iter().all(|f| f.sha1.is_some()));
     assert_eq!(manifest.streams.len(), 3);
-}
-
-/// Runs a producer whose stream goes to /dev/null (through a pipe, as a consumer would read it).
-fn run_to_null(command: &mut Command) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -179,28 +167,68 @@ fn one_big_file_is_read_by_every_thread() {
     assert!(per_thread.iter().all(|&n| n > 0), "every thread read part of the one file: {per_thread:?}");
 }
 
-/// 512 MiB through a 32 MiB budget: peak RSS stays under the budget plus a 24 MiB margin (binary, libraries,
-/// thread stacks, allocator).
+/// One run of the memory test: the producer streams `src` in 16 MiB chunks to a reader slower than itself (this
+/// test, at 250 MB/s in 256 KiB reads), which passes the stream on to `mbstream -x`; the extracted tree must equal
+/// the source. Returns the producer's stats.
+fn produce_through_a_slow_reader(src: &std::path::Path, memory_limit: &str) -> serde_json::Value {
+    let work = tempfile::tempdir().unwrap();
+    let (stats_path, out) = (work.path().join("stats.json"), work.path().join("out"));
+    fs::create_dir(&out).unwrap();
+    let mut producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src)
+            .args(["--stream=xbstream", "--read-buffer-size", "16M", "--memory-limit", memory_limit])
+            .arg("--stats-json")
+            .arg(&stats_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut mbstream =
+        spawn(Command::new(tool("mbstream")).args(["-x", "-C"]).arg(&out).stdin(Stdio::piped()).stderr(Stdio::piped()));
+    let (from, to) = (producer.stdout(), mbstream.stdin());
+    let copier = spawn_named("slow reader", move || copy_at_rate(from, to, 250e6));
+    let produced = producer.wait_output(LONG);
+    let extracted = mbstream.wait_output(LONG);
+    let copied = join_within(copier, SHORT);
+    assert!(produced.status.success(), "producer: {}", String::from_utf8_lossy(&produced.stderr));
+    assert!(extracted.status.success(), "mbstream -x: {}", String::from_utf8_lossy(&extracted.stderr));
+    copied.expect("copy the stream to mbstream");
+    assert_same_tree(src, &out);
+    read_stats(&stats_path)
+}
+
+/// The memory cap is what bounds the producer's peak RSS. Its downstream (this test) reads slower than the producer
+/// reads its source, so the buffer pool fills: with `--memory-limit 64M` and 16 MiB chunks it holds 4 buffers and
+/// peak RSS stays under the threshold (64 MiB + 32 MiB for the binary, libraries, thread stacks, allocator); the same
+/// run with a 4 GiB limit gets the pool of the thread rule (2 × (4 read + 2 process + 1 write + 4) = 22 buffers,
+/// 352 MiB), fills it, and goes far over the threshold. Measured here: capped 4 buffers, all in use, peak RSS
+/// 73.4 MB (70 MiB); uncapped 22 buffers, all in use, peak RSS 375 MB (358 MiB); each run ~2.1 s.
+///
+/// The source is 512 MiB: four sparse 128 MiB files (holes read as zeros, free to make), each with a pseudo-random
+/// 1 MiB block so that the comparison of the extracted tree means something.
 #[test]
 fn memory_limit_bounds_peak_rss() {
     let src = tempfile::tempdir().unwrap();
-    for i in 0..4 {
-        fs::File::create(src.path().join(format!("f{i}"))).unwrap().set_len(128 << 20).unwrap();
+    for i in 0..4u64 {
+        let file = fs::File::create(src.path().join(format!("f{i}"))).unwrap();
+        file.set_len(128 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_random_bytes(1 << 20, 40 + i), (i * 37 + 5) << 20)
+            .unwrap();
     }
-    let stats_path = src.path().join("../stats-mem.json");
-    run_to_null(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--memory-limit", "32M", "--parallel", "4"])
-            .arg("--stats-json")
-            .arg(&stats_path),
-    );
-    let stats = read_stats(&stats_path);
-    let rss = stats["peak_rss_bytes"].as_u64().unwrap();
-    assert!(rss > 0 && rss < (32 + 24) << 20, "peak RSS {rss}");
-    assert!(stats["buffers"].as_u64().unwrap() * stats["chunk_size"].as_u64().unwrap() <= 32 << 20);
-    assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20);
+    const THRESHOLD: u64 = (64 + 32) << 20;
+    let capped = produce_through_a_slow_reader(src.path(), "64M");
+    let uncapped = produce_through_a_slow_reader(src.path(), "4G");
+    for stats in [&capped, &uncapped] {
+        assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20, "{stats}");
+        assert_eq!(stats["chunk_size"].as_u64().unwrap(), 16 << 20, "{stats}");
+    }
+    let rss = |stats: &serde_json::Value| stats["peak_rss_bytes"].as_u64().unwrap();
+    assert_eq!(capped["buffers"].as_u64().unwrap(), 4, "{capped}");
+    assert_eq!(capped["peak_buffers_in_use"], capped["buffers"], "the cap was binding: {capped}");
+    assert_eq!(uncapped["buffers"].as_u64().unwrap(), 22, "{uncapped}");
+    assert!(rss(&capped) > 0 && rss(&capped) < THRESHOLD, "capped peak RSS {}: {capped}", rss(&capped));
+    assert!(rss(&uncapped) > THRESHOLD, "without the cap the same run needs more: {uncapped}");
 }
 
 #[test]
@@ -229,20 +257,23 @@ fn fifo_nobody_opens_fails_in_time_naming_the_pipe_and_removes_pipes() {
 fn consumer_that_dies_is_a_broken_pipe_error_not_a_hang() {
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("data"), pseudo_random_bytes(64 << 20, 9)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .arg("--stream=xbstream")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = vec![0u8; 100_000];
-    stdout.read_exact(&mut first).unwrap();
+    let mut child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .arg("--stream=xbstream")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdout = child.stdout();
+    // Reads the first 100,000 bytes, then dies (drops its end of the pipe).
+    let reader = spawn_named("short-lived consumer", move || {
+        let mut first = vec![0u8; 100_000];
+        stdout.read_exact(&mut first).unwrap();
+    });
+    join_within(reader, SHORT);
     let died = Instant::now();
-    drop(stdout);
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_output(SHORT);
     assert!(died.elapsed() < Duration::from_secs(1), "{:?}", died.elapsed());
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -280,6 +311,25 @@ fn symlinks_special_files_and_a_stale_manifest_are_skipped_with_warnings() {
     assert_eq!(read_manifest(out.path()).files.len(), sample_files(CHUNK).len());
 }
 
+/// Producer flags for the tests that change a file during the copy (see [`produce_with_change`]): one reader,
+/// 4 KiB chunks, a 64 KiB pipe and a 64 KiB pool, so that while the test holds the stream after its first 4096 bytes
+/// the producer cannot have read more than ~400 KiB of the source. The files are changed 2 MiB or more in.
+const HELD_BACK: [&str; 9] = [
+    "--stream=xbstream",
+    "--read-buffer-size",
+    "4K",
+    "--parallel",
+    "1",
+    "--pipe-buffer-size",
+    "64K",
+    "--memory-limit",
+    "64K",
+];
+
+/// The size of a file changed during the copy, and what it shrinks to.
+const BIG_VICTIM: usize = 4 << 20;
+const SHRUNK: u64 = (2 << 20) + 100;
+
 /// A file that shrinks while it is read: a warning, and the manifest records exactly what was streamed; with
 /// --strict the run fails.
 #[test]
@@ -287,19 +337,14 @@ fn file_that_shrinks_during_the_copy_is_recorded_or_fails_with_strict() {
     for strict in [false, true] {
         let src = tempfile::tempdir().unwrap();
         let victim = src.path().join("shrinking");
-        fs::write(&victim, pseudo_random_bytes(40 * 4096, 3)).unwrap();
+        fs::write(&victim, pseudo_random_bytes(BIG_VICTIM, 3)).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
-        command
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "4K", "--throttle", "40", "--parallel", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.arg("--source").arg(src.path()).args(HELD_BACK);
         if strict {
             command.arg("--strict");
         }
         let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
-            fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(5 * 4096 + 100).unwrap();
+            fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(SHRUNK).unwrap();
         });
         assert!(stderr.contains("shrank while being copied"), "{stderr}");
         if strict {
@@ -314,8 +359,9 @@ fn file_that_shrinks_during_the_copy_is_recorded_or_fails_with_strict() {
         let record = read_manifest(out.path()).files.into_iter().find(|f| f.path.0 == b"shrinking").unwrap();
         assert_eq!(record.size, copied.len() as u64);
         assert_eq!(record.crc32, crc32fast::hash(&copied));
-        assert!(copied.len() >= 5 * 4096 && copied.len() < 40 * 4096, "{}", copied.len());
-        assert_eq!(&copied[..], &pseudo_random_bytes(40 * 4096, 3)[..copied.len()]);
+        // The producer was held back far before the cut, so it copied exactly what was left.
+        assert_eq!(copied.len() as u64, SHRUNK);
+        assert_eq!(&copied[..], &pseudo_random_bytes(BIG_VICTIM, 3)[..copied.len()]);
     }
 }
 
@@ -371,21 +417,13 @@ fn bad_arguments_exit_2_with_a_reason() {
 /// for the extra byte and when it fills its buffer (then the file is stat'ed).
 #[test]
 fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
-    for size in [40 * 4096 - 100, 40 * 4096] {
+    for size in [BIG_VICTIM - 100, BIG_VICTIM] {
         let src = tempfile::tempdir().unwrap();
         let victim = src.path().join("growing");
         let original = pseudo_random_bytes(size, 4);
         fs::write(&victim, &original).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
-        command.arg("--source").arg(src.path()).args([
-            "--stream=xbstream",
-            "--read-buffer-size",
-            "4K",
-            "--throttle",
-            "40",
-            "--parallel",
-            "1",
-        ]);
+        command.arg("--source").arg(src.path()).args(HELD_BACK);
         let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
             fs::OpenOptions::new().append(true).open(&victim).unwrap().write_all(&[1u8; 5000]).unwrap();
         });
@@ -403,12 +441,13 @@ fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
 fn file_that_vanishes_before_it_is_read_is_left_out_or_fails_with_strict() {
     for strict in [false, true] {
         let src = tempfile::tempdir().unwrap();
-        for i in 0..20 {
-            fs::write(src.path().join(format!("f{i:02}")), pseudo_random_bytes(4096, i)).unwrap();
+        // 19 files of 128 KiB (2.4 MiB, read in name order) before the victim: the producer is held back well before it.
+        for i in 0..19 {
+            fs::write(src.path().join(format!("f{i:02}")), pseudo_random_bytes(128 << 10, i)).unwrap();
         }
+        fs::write(src.path().join("f19"), pseudo_random_bytes(4096, 19)).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
-        command.arg("--source").arg(src.path()).args(["--stream=xbstream", "--read-buffer-size", "4K"]);
-        command.args(["--throttle", "20", "--parallel", "1"]);
+        command.arg("--source").arg(src.path()).args(HELD_BACK);
         if strict {
             command.arg("--strict");
         }

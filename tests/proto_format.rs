@@ -319,7 +319,7 @@ fn shared_writer_never_tears_chunks_even_with_short_writes() {
         })
         .collect();
     for thread in threads {
-        thread.join().unwrap();
+        crate::util::join_within(thread, crate::util::SHORT);
     }
     let writer = Arc::try_unwrap(shared).ok().unwrap().into_inner().unwrap();
     let position = writer.position();

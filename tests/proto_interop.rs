@@ -7,13 +7,12 @@ use std::process::{Command, Stdio};
 
 use proto::{ChunkKind, ChunkReader, ChunkWriter};
 
-use crate::util::{pseudo_random_bytes, read_tree, run_ok, tool, ShortReader};
+use crate::util::{mbstream_extract, pseudo_random_bytes, read_tree, run_ok, tool, ShortReader, SHORT};
 
 /// A stream written by `proto`, with interleaved chunks of several files (one empty, one 3 MiB, one 1 byte,
 /// a nested one, a non-UTF-8 name), extracts with `mbstream -x` to identical bytes.
 #[test]
 fn mbstream_extracts_what_proto_writes() {
-    let mbstream = tool("mbstream");
     let files: Vec<(Vec<u8>, Vec<u8>)> = vec![
         (b"ibdata1".to_vec(), pseudo_random_bytes(3 << 20, 1)),
         (b"empty".to_vec(), Vec::new()),
@@ -43,17 +42,7 @@ fn mbstream_extracts_what_proto_writes() {
     }
     let stream = writer.into_inner();
     let out = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&mbstream)
-        .args(["-x", "-C"])
-        .arg(out.path())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &stream).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stderr.trim().is_empty(), "mbstream -x: {}\n{stderr}", output.status);
+    mbstream_extract(&stream, out.path());
 
     let extracted: BTreeMap<PathBuf, Vec<u8>> = read_tree(out.path()).into_iter().collect();
     assert_eq!(extracted.len(), files.len());
@@ -86,6 +75,7 @@ fn proto_reads_what_mbstream_writes() {
             .args(inputs.iter().map(|(name, _)| *name))
             .current_dir(src.path())
             .stderr(Stdio::piped()),
+        SHORT,
     );
 
     let mut files: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();

@@ -2,9 +2,20 @@
 
 #![allow(dead_code)]
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use wait_timeout::ChildExt;
+
+/// Deadline for a small run (a few MB, a tool on a sample tree): a hang fails the test instead of stalling CI.
+pub const SHORT: Duration = Duration::from_secs(30);
+
+/// Deadline for a run that moves hundreds of MB (a round trip, the memory tests).
+pub const LONG: Duration = Duration::from_secs(120);
 
 /// A reader that returns between 1 and `max` bytes per `read()`, chosen by a seeded generator, to flush out
 /// partial-read bugs (tar-rs' `RandomReader`).
@@ -50,16 +61,200 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("`{name}` is not installed: run .ci/run (or `apt-get install mariadb-backup zstd`) first");
 }
 
-/// Runs a command to completion, asserting success, and returns its stdout.
-pub fn run_ok(command: &mut Command) -> Vec<u8> {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+/// Runs a command to completion within `timeout`, asserting success, and returns its stdout.
+pub fn run_ok(command: &mut Command, timeout: Duration) -> Vec<u8> {
+    let child = spawn(command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let name = child.name().to_owned();
+    let output = child.wait_output(timeout);
     assert!(
         output.status.success(),
-        "{command:?} failed with {}\nstderr:\n{}",
+        "{name} failed with {}\nstderr:\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     output.stdout
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Waiting with a deadline: every wait on a child process or a thread goes through these.
+
+/// A child process, named by its command line for messages, whose STDERR (when piped) is read from the start on a
+/// thread, so that a chatty child never blocks on a full pipe. Dropped before it was waited for (a test that failed
+/// half-way), it is killed and reaped: no process outlives its test.
+pub struct Running {
+    child: Child,
+    name: String,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    status: Option<ExitStatus>,
+}
+
+/// Spawns `command` (panicking with its command line if it cannot be started).
+pub fn spawn(command: &mut Command) -> Running {
+    let name = format!("{command:?}");
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let stderr = child.stderr.take().map(|stderr| read_on_thread(stderr, "stderr reader"));
+    Running { child, name, stderr, status: None }
+}
+
+impl Running {
+    /// The command line, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The child's piped STDIN.
+    pub fn stdin(&mut self) -> ChildStdin {
+        self.child.stdin.take().expect("STDIN is piped, and taken once")
+    }
+
+    /// The child's piped STDOUT.
+    pub fn stdout(&mut self) -> ChildStdout {
+        self.child.stdout.take().expect("STDOUT is piped, and taken once")
+    }
+
+    /// Writes `data` to the child's STDIN on a thread and closes it. The thread's result is the write's: an error
+    /// (a broken pipe) usually means that the child stopped reading, and its exit status says why.
+    pub fn feed_stdin(&mut self, data: Vec<u8>) -> JoinHandle<io::Result<()>> {
+        let mut stdin = self.stdin();
+        spawn_named("stdin writer", move || stdin.write_all(&data))
+    }
+
+    /// Waits for the child to exit. After `timeout` it is killed, and the test fails naming the command and
+    /// showing what it wrote on STDERR.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        match self.child.wait_timeout(timeout).unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name)) {
+            Some(status) => {
+                self.status = Some(status);
+                status
+            }
+            None => {
+                self.kill();
+                let stderr =
+                    self.stderr.take().and_then(|h| try_join_within(h, Duration::from_secs(5))).unwrap_or_default();
+                panic!(
+                    "{} did not exit within {timeout:?} and was killed; its stderr:\n{}",
+                    self.name,
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+        }
+    }
+
+    /// Like [`Child::wait_with_output`], within `timeout`: STDOUT (when piped and not taken) and STDERR are read on
+    /// threads while the child runs.
+    pub fn wait_output(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let stdout = self.child.stdout.take().map(|stdout| read_on_thread(stdout, "stdout reader"));
+        let status = self.wait(timeout);
+        // The child has exited, so its pipes are closed unless it left a process behind holding them.
+        let rest = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        let stdout = stdout.map(|h| join_within(h, rest)).unwrap_or_default();
+        let stderr = self.stderr.take().map(|h| join_within(h, rest)).unwrap_or_default();
+        Output { status, stdout, stderr }
+    }
+
+    /// SIGTERM (a script gets to run its clean-up trap), then SIGKILL if it is still there 5 s later; reaps it.
+    fn kill(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if let Ok(Some(status)) = self.child.wait_timeout(Duration::from_secs(5)) {
+            self.status = Some(status);
+            return;
+        }
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            self.status = Some(status);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// Spawns a named thread (the name appears when [`join_within`] gives up on it).
+pub fn spawn_named<T: Send + 'static>(name: &str, body: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    thread::Builder::new().name(name.to_owned()).spawn(body).expect("spawn a test thread")
+}
+
+fn read_on_thread(mut from: impl Read + Send + 'static, name: &str) -> JoinHandle<Vec<u8>> {
+    spawn_named(name, move || {
+        let mut bytes = Vec::new();
+        from.read_to_end(&mut bytes).expect("reading a child's output");
+        bytes
+    })
+}
+
+/// Joins `handle` within `timeout`, or fails the test naming the thread; a panic in the thread is passed on.
+pub fn join_within<T: Send + 'static>(handle: JoinHandle<T>, timeout: Duration) -> T {
+    let name = handle.thread().name().map_or_else(|| format!("{:?}", handle.thread().id()), str::to_owned);
+    try_join_within(handle, timeout).unwrap_or_else(|| panic!("thread `{name}` did not finish within {timeout:?}"))
+}
+
+/// [`join_within`] that returns `None` on timeout (the thread is left running, detached).
+fn try_join_within<T: Send + 'static>(handle: JoinHandle<T>, timeout: Duration) -> Option<T> {
+    if handle.is_finished() {
+        return Some(handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+    }
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = sender.send(handle.join());
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => None,
+    }
+}
+
+/// Waits for `path` to exist (a pipe the producer or consumer makes), polling every 10 ms, for at most `timeout`.
+pub fn wait_for_path(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} did not appear within {timeout:?}", path.display());
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Copies `from` to `to` in 256 KiB reads at no more than `bytes_per_second`: a downstream slower than the
+/// producer (rate limiting, not synchronisation). Returns the bytes copied.
+pub fn copy_at_rate(mut from: impl Read, mut to: impl Write, bytes_per_second: f64) -> io::Result<u64> {
+    let started = Instant::now();
+    let mut buffer = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buffer[..n])?;
+        total += n as u64;
+        let due = started + Duration::from_secs_f64(total as f64 / bytes_per_second);
+        if let Some(early) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(early);
+        }
+    }
+    Ok(total)
+}
+
+/// Runs a producer whose stream goes to /dev/null through a pipe (as a consumer would read it); asserts success
+/// and returns the number of bytes streamed.
+pub fn run_to_null(command: &mut Command) -> u64 {
+    let mut child = spawn(command.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let mut stdout = child.stdout();
+    let drain = spawn_named("stdout drain", move || io::copy(&mut stdout, &mut io::sink()).expect("drain STDOUT"));
+    let output = child.wait_output(LONG);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    join_within(drain, SHORT)
 }
 
 /// Deterministic pseudo-random bytes (a cheap LCG stream), for file contents.
@@ -95,33 +290,63 @@ pub fn read_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// Runs a producer whose stream is piped back: once its first `first_bytes` have arrived (so the scan is done and
 /// copying has begun), runs `meanwhile`, then collects the whole stream. Returns (exit status, stream, stderr).
+///
+/// Nothing more is read from the pipe until `meanwhile` has returned, so back-pressure holds the producer meanwhile:
+/// it cannot have read more of its source than `first_bytes` plus what its pipe, its write-coalescing buffer and its
+/// buffer pool hold (with `--pipe-buffer-size 64K --memory-limit 64K` and 4 KiB chunks, under 400 KiB). A change
+/// `meanwhile` makes beyond that point is certain to happen before the producer gets there: no timing involved.
 pub fn produce_with_change(
     command: &mut Command,
     first_bytes: usize,
     meanwhile: impl FnOnce(),
-) -> (std::process::ExitStatus, Vec<u8>, String) {
-    use std::io::Read as _;
-    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stream = vec![0u8; first_bytes];
-    stdout.read_exact(&mut stream).unwrap();
+) -> (ExitStatus, Vec<u8>, String) {
+    let mut child = spawn(command.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let mut stdout = child.stdout();
+    let (arrived, first) = mpsc::channel();
+    let (go, proceed) = mpsc::channel::<()>();
+    let reader = spawn_named("stream reader", move || -> io::Result<Vec<u8>> {
+        let mut stream = vec![0u8; first_bytes];
+        let result = stdout.read_exact(&mut stream);
+        let failed = result.is_err();
+        let _ = arrived.send(result);
+        if failed {
+            return Ok(Vec::new());
+        }
+        // Hold the pipe still until `meanwhile` is done (or the test gave up: then the sender is gone).
+        let _ = proceed.recv();
+        stdout.read_to_end(&mut stream)?;
+        Ok(stream)
+    });
+    match first.recv_timeout(SHORT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let output = child.wait_output(SHORT);
+            panic!(
+                "the stream ended before its first {first_bytes} bytes ({e}): {}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Err(_) => panic!("the first {first_bytes} bytes of the stream did not arrive within {SHORT:?}"),
+    }
     meanwhile();
-    stdout.read_to_end(&mut stream).unwrap();
-    let output = child.wait_with_output().unwrap();
+    go.send(()).expect("the stream reader waits for the go");
+    let output = child.wait_output(LONG);
+    let stream = join_within(reader, SHORT).expect("read the stream");
     (output.status, stream, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// A `producer` command (the binary built with these tests).
 pub fn producer() -> assert_cmd::Command {
     let mut command = assert_cmd::Command::new(env!("CARGO_BIN_EXE_producer"));
-    command.timeout(std::time::Duration::from_secs(120));
+    command.timeout(LONG);
     command
 }
 
 /// A `consumer` command (the binary built with these tests).
 pub fn consumer() -> assert_cmd::Command {
     let mut command = assert_cmd::Command::new(env!("CARGO_BIN_EXE_consumer"));
-    command.timeout(std::time::Duration::from_secs(120));
+    command.timeout(LONG);
     command
 }
 
@@ -148,19 +373,21 @@ pub fn sample_files(chunk: usize) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Runs the real `mbstream -x -C out` on `stream` and returns its output, whatever its outcome.
+pub fn mbstream_x(stream: &[u8], out: &Path) -> Output {
+    std::fs::create_dir_all(out).unwrap();
+    let mut child =
+        spawn(Command::new(tool("mbstream")).args(["-x", "-C"]).arg(out).stdin(Stdio::piped()).stderr(Stdio::piped()));
+    let feeder = child.feed_stdin(stream.to_vec());
+    let output = child.wait_output(LONG);
+    // A failed write only means mbstream stopped reading; its exit status is the verdict.
+    let _ = join_within(feeder, SHORT);
+    output
+}
+
 /// Extracts an xbstream with the real `mbstream -x` into `out`, asserting it succeeds with nothing on stderr.
 pub fn mbstream_extract(stream: &[u8], out: &Path) {
-    use std::io::Write;
-    std::fs::create_dir_all(out).unwrap();
-    let mut child = Command::new(tool("mbstream"))
-        .args(["-x", "-C"])
-        .arg(out)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stream).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = mbstream_x(stream, out);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.trim().is_empty(), "mbstream -x: {}\n{stderr}", output.status);
 }
@@ -171,6 +398,46 @@ pub fn read_manifest(dir: &Path) -> proto::Manifest {
     proto::Manifest::from_json(&bytes).unwrap()
 }
 
+/// Every regular file under `root`, as a relative path, sorted.
+pub fn list_tree(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path().strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Whether two files hold the same bytes (compared 1 MiB at a time: the trees of the big tests are hundreds of MB).
+pub fn same_contents(a: &Path, b: &Path) -> bool {
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let len = fa.metadata().unwrap().len();
+    if fb.metadata().unwrap().len() != len {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(1 << 20) as usize;
+        fa.read_exact(&mut ba[..n]).unwrap();
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+        left -= n as u64;
+    }
+    true
+}
+
 /// Asserts that `out` holds exactly the files of `src` plus the producer's own manifest files and stream markers
 /// (which `mbstream -x` extracts too), byte for byte.
 pub fn assert_same_tree(src: &Path, out: &Path) {
@@ -178,12 +445,11 @@ pub fn assert_same_tree(src: &Path, out: &Path) {
     let is_meta = |p: &Path| {
         meta.iter().any(|m| p.as_os_str() == *m) || proto::marker::is_marker_name(p.as_os_str().as_encoded_bytes())
     };
-    let restored: Vec<_> = read_tree(out).into_iter().filter(|(p, _)| !is_meta(p)).collect();
-    let original = read_tree(src);
-    assert_eq!(restored.len(), original.len(), "file count");
-    for ((a, da), (b, db)) in original.iter().zip(&restored) {
-        assert_eq!(a, b);
-        assert!(da == db, "{} differs", a.display());
+    let restored: Vec<_> = list_tree(out).into_iter().filter(|p| !is_meta(p)).collect();
+    let original = list_tree(src);
+    assert_eq!(restored, original, "the same file names");
+    for path in &original {
+        assert!(same_contents(&src.join(path), &out.join(path)), "{} differs", path.display());
     }
 }
 
@@ -195,25 +461,20 @@ pub fn read_stats(path: &Path) -> serde_json::Value {
 /// Runs producer → consumer through `pipes` named pipes (0: STDOUT → STDIN) and returns the consumer's stderr.
 pub fn round_trip(src: &Path, out: &Path, pipes: usize, producer_args: &[&str], consumer_args: &[&str]) -> String {
     let mut producer_command = Command::new(env!("CARGO_BIN_EXE_producer"));
-    producer_command
-        .arg("--source")
-        .arg(src)
-        .arg("--stream=xbstream")
-        .args(producer_args)
-        .stderr(std::process::Stdio::piped());
+    producer_command.arg("--source").arg(src).arg("--stream=xbstream").args(producer_args).stderr(Stdio::piped());
     let mut consumer_command = Command::new(env!("CARGO_BIN_EXE_consumer"));
-    consumer_command.arg("extract").arg("-C").arg(out).args(consumer_args).stderr(std::process::Stdio::piped());
+    consumer_command.arg("extract").arg("-C").arg(out).args(consumer_args).stderr(Stdio::piped());
     let (producer_output, consumer_output) = if pipes == 0 {
-        let mut producer = producer_command.stdout(std::process::Stdio::piped()).spawn().unwrap();
-        let consumer = consumer_command.stdin(producer.stdout.take().unwrap()).spawn().unwrap();
-        (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap())
+        let mut producer = spawn(producer_command.stdout(Stdio::piped()));
+        let consumer = spawn(consumer_command.stdin(producer.stdout()));
+        (producer.wait_output(LONG), consumer.wait_output(LONG))
     } else {
         let fifo_dir = out.with_extension("fifos");
         let count = pipes.to_string();
         let fifo_args = ["--fifo-streams", &count, "--fifo-timeout", "30"];
-        let consumer = consumer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir).spawn().unwrap();
-        let producer = producer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir).spawn().unwrap();
-        let outputs = (producer.wait_with_output().unwrap(), consumer.wait_with_output().unwrap());
+        let consumer = spawn(consumer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir));
+        let producer = spawn(producer_command.args(fifo_args).arg("--fifo-dir").arg(&fifo_dir));
+        let outputs = (producer.wait_output(LONG), consumer.wait_output(LONG));
         assert_eq!(std::fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed");
         outputs
     };
@@ -221,4 +482,40 @@ pub fn round_trip(src: &Path, out: &Path, pipes: usize, producer_args: &[&str], 
     assert!(producer_output.status.success(), "producer: {}", String::from_utf8_lossy(&producer_output.stderr));
     assert!(consumer_output.status.success(), "consumer: {consumer_stderr}");
     consumer_stderr
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The deadline helpers themselves.
+
+/// A child that hangs fails the wait within its deadline, is killed, and the message names the command.
+#[test]
+fn a_hung_child_fails_its_wait_and_is_killed() {
+    let mut child = spawn(Command::new("sleep").arg("600").stderr(Stdio::piped()));
+    let pid = nix::unistd::Pid::from_raw(child.child.id() as i32);
+    let started = Instant::now();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.wait(Duration::from_millis(200))))
+        .expect_err("the wait gives up");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("\"sleep\" \"600\"") && message.contains("did not exit within"), "{message}");
+    // Reaped: the pid is gone.
+    assert_eq!(nix::sys::signal::kill(pid, None), Err(nix::errno::Errno::ESRCH));
+}
+
+/// A thread that never finishes fails the join within its deadline, naming the thread; a thread's panic passes on.
+#[test]
+fn a_stuck_thread_fails_its_join() {
+    let (_keep, blocked) = mpsc::channel::<()>();
+    let stuck = spawn_named("stuck on purpose", move || {
+        let _ = blocked.recv();
+    });
+    let panic =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| join_within(stuck, Duration::from_millis(200))))
+            .expect_err("gives up");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("stuck on purpose") && message.contains("did not finish within"), "{message}");
+    let failing = spawn_named("failing", || panic!("the thread's own message"));
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| join_within(failing, SHORT)))
+        .expect_err("the panic passes on");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the thread's own message"));
 }
