@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::chunk::ChunkKind;
@@ -47,36 +47,6 @@ fn chunk_boundaries(stream: &[u8]) -> Vec<usize> {
     ends
 }
 
-/// Waits for `child` at most `limit`, killing it (and failing the test) if it is still running then.
-fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let out = drain(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(stderr.map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
-
 /// Polls `condition` every 5 ms until it holds, failing the test after `limit`.
 fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -90,27 +60,27 @@ fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
 fn capture_pipes(src: &Path, count: usize, extra: &[&str]) -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let fifo_dir = dir.path().join("fifos");
-    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src)
-        .args(["--stream=xbstream", "--fifo-timeout", "30", "--fifo-streams", &count.to_string(), "--fifo-dir"])
-        .arg(&fifo_dir)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src)
+            .args(["--stream=xbstream", "--fifo-timeout", "30", "--fifo-streams", &count.to_string(), "--fifo-dir"])
+            .arg(&fifo_dir)
+            .args(extra)
+            .stderr(Stdio::piped()),
+    );
     let readers: Vec<_> = (0..count)
         .map(|i| {
             let path = fifo_dir.join(format!("thread_{i}"));
-            std::thread::spawn(move || {
+            spawn_named("pipe", move || {
                 wait_for(Duration::from_secs(30), "the producer's pipes", || path.exists());
                 fs::read(&path).unwrap()
             })
         })
         .collect();
-    let output = wait_within(producer, Duration::from_secs(60), "producer into pipes");
+    let output = producer.wait_output(Duration::from_secs(60));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    readers.into_iter().map(|r| r.join().unwrap()).collect()
+    readers.into_iter().map(|r| join_within(r, SHORT)).collect()
 }
 
 /// Runs `consumer extract` (or `--list`: `out` = None) on `streams` fed through as many pipes; returns its output.
@@ -123,21 +93,21 @@ fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output
         Some(out) => command.arg("-C").arg(out),
         None => command.arg("--list"),
     };
-    let consumer = command
-        .args(["--fifo-timeout", "30", "--fifo-streams", &streams.len().to_string(), "--fifo-dir"])
-        .arg(&fifo_dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let consumer = spawn(
+        command
+            .args(["--fifo-timeout", "30", "--fifo-streams", &streams.len().to_string(), "--fifo-dir"])
+            .arg(&fifo_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let writers: Vec<_> = streams
         .iter()
         .enumerate()
         .map(|(i, stream)| {
             let path = fifo_dir.join(format!("thread_{i}"));
             let stream = stream.clone();
-            std::thread::spawn(move || {
+            spawn_named("pipe", move || {
                 wait_for(Duration::from_secs(30), "the consumer's pipes", || path.exists());
                 // The consumer may fail (and close its end) before reading everything: that is fine here.
                 if let Ok(mut pipe) = fs::OpenOptions::new().write(true).open(&path) {
@@ -146,9 +116,9 @@ fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output
             })
         })
         .collect();
-    let output = wait_within(consumer, Duration::from_secs(60), "consumer on pipes");
+    let output = consumer.wait_output(Duration::from_secs(60));
     for writer in writers {
-        writer.join().unwrap();
+        join_within(writer, SHORT);
     }
     assert!(!fifo_dir.exists() || fs::read_dir(&fifo_dir).unwrap().count() == 0, "pipes are removed");
     output
@@ -286,22 +256,22 @@ fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
     let src = tempfile::tempdir().unwrap();
     write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 9)), ("small", b"x".to_vec())]);
     for signal in ["KILL", "TERM", "INT", "HUP", "PIPE"] {
-        let mut producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = producer.stdout.take().unwrap();
+        let mut producer = spawn(
+            Command::new(env!("CARGO_BIN_EXE_producer"))
+                .arg("--source")
+                .arg(src.path())
+                .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let mut stdout = producer.stdout();
         // Mid-run: the marker and the first payload chunk have arrived.
         let mut stream = vec![0u8; 64 << 10];
         stdout.read_exact(&mut stream).unwrap();
         let killed = Command::new("kill").arg(format!("-{signal}")).arg(producer.id().to_string()).status().unwrap();
         assert!(killed.success());
         stdout.read_to_end(&mut stream).unwrap();
-        let output = wait_within(producer, Duration::from_secs(30), "signalled producer");
+        let output = producer.wait_output(Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "SIG{signal}: the producer must not exit 0: {stderr}");
         if signal != "KILL" {
@@ -329,26 +299,26 @@ fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
         let work = tempfile::tempdir().unwrap();
         let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
         let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30"];
-        let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .arg("extract")
-            .arg("-C")
-            .arg(&out)
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let consumer = spawn(
+            Command::new(env!("CARGO_BIN_EXE_consumer"))
+                .arg("extract")
+                .arg("-C")
+                .arg(&out)
+                .args(fifo_args)
+                .arg("--fifo-dir")
+                .arg(&fifo_dir)
+                .stderr(Stdio::piped()),
+        );
+        let producer = spawn(
+            Command::new(env!("CARGO_BIN_EXE_producer"))
+                .arg("--source")
+                .arg(src.path())
+                .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+                .args(fifo_args)
+                .arg("--fifo-dir")
+                .arg(&fifo_dir)
+                .stderr(Stdio::piped()),
+        );
         // Mid-run: the consumer has staged its first file.
         wait_for(Duration::from_secs(30), "the first staged file", || {
             fs::read_dir(&out)
@@ -359,8 +329,8 @@ fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
         });
         let killed = Command::new("kill").arg(format!("-{signal}")).arg(producer.id().to_string()).status().unwrap();
         assert!(killed.success());
-        let produced = wait_within(producer, Duration::from_secs(30), "signalled producer");
-        let consumed = wait_within(consumer, Duration::from_secs(30), "consumer of a killed producer");
+        let produced = producer.wait_output(Duration::from_secs(30));
+        let consumed = consumer.wait_output(Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&consumed.stderr);
         assert!(!produced.status.success());
         assert_eq!(consumed.status.code(), Some(1), "SIG{signal}: {stderr}");
@@ -378,26 +348,26 @@ fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
     let fifo_args = ["--fifo-streams", "2", "--fifo-timeout", "30"];
-    let consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .arg("extract")
-        .arg("-C")
-        .arg(&out)
-        .args(fifo_args)
-        .arg("--fifo-dir")
-        .arg(&fifo_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
-        .args(fifo_args)
-        .arg("--fifo-dir")
-        .arg(&fifo_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let consumer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(&out)
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped()),
+    );
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped()),
+    );
     wait_for(Duration::from_secs(30), "the staged file", || {
         fs::read_dir(&out)
             .ok()
@@ -406,8 +376,8 @@ fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
             .is_some_and(|staging| fs::read_dir(staging.path()).is_ok_and(|mut files| files.next().is_some()))
     });
     assert!(Command::new("kill").arg("-TERM").arg(consumer.id().to_string()).status().unwrap().success());
-    let consumed = wait_within(consumer, Duration::from_secs(30), "stopped consumer");
-    let produced = wait_within(producer, Duration::from_secs(30), "producer of a stopped consumer");
+    let consumed = consumer.wait_output(Duration::from_secs(30));
+    let produced = producer.wait_output(Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&consumed.stderr);
     assert_eq!(consumed.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
@@ -422,20 +392,19 @@ fn a_stalled_peer_hits_the_idle_timeout_on_both_sides() {
     let src = tempfile::tempdir().unwrap();
     write_tree(src.path(), &[("big", pseudo_random_bytes(16 << 20, 4))]);
     // The consumer stalls: the producer's writes stop making progress.
-    let mut stalled = Command::new("sleep").arg("60").stdin(Stdio::piped()).spawn().unwrap();
+    let mut stalled = spawn(Command::new("sleep").arg("60").stdin(Stdio::piped()));
     let started = Instant::now();
-    let producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--idle-timeout", "2"])
-        .stdout(Stdio::from(stalled.stdin.take().unwrap()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = wait_within(producer, Duration::from_secs(30), "producer with a stalled consumer");
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--idle-timeout", "2"])
+            .stdout(Stdio::from(stalled.stdin()))
+            .stderr(Stdio::piped()),
+    );
+    let output = producer.wait_output(Duration::from_secs(30));
     let elapsed = started.elapsed();
-    let _ = stalled.kill();
-    let _ = stalled.wait();
+    drop(stalled);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -445,40 +414,39 @@ fn a_stalled_peer_hits_the_idle_timeout_on_both_sides() {
     assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
 
     // The producer stalls (stopped by SIGSTOP after its first bytes): the consumer's reads stop making progress.
-    let mut producer = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = producer.stdout.take().unwrap();
+    let mut producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "10"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdout = producer.stdout();
     let mut first = vec![0u8; 4096];
     stdout.read_exact(&mut first).unwrap();
     assert!(Command::new("kill").arg("-STOP").arg(producer.id().to_string()).status().unwrap().success());
     let out = tempfile::tempdir().unwrap();
-    let mut consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .arg("extract")
-        .arg("-C")
-        .arg(out.path())
-        .args(["--idle-timeout", "2"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = consumer.stdin.take().unwrap();
+    let mut consumer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(out.path())
+            .args(["--idle-timeout", "2"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = consumer.stdin();
     stdin.write_all(&first).unwrap();
     // Forward whatever the stopped producer had already written, then keep our end open (the producer's is).
-    let forward = std::thread::spawn(move || {
+    let forward = spawn_named("pipe", move || {
         let _ = std::io::copy(&mut stdout, &mut stdin);
     });
     let started = Instant::now();
-    let output = wait_within(consumer, Duration::from_secs(30), "consumer with a stalled producer");
+    let output = consumer.wait_output(Duration::from_secs(30));
     let elapsed = started.elapsed();
-    let _ = producer.kill();
-    let _ = producer.wait();
-    forward.join().unwrap();
+    drop(producer);
+    join_within(forward, SHORT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("stream 0 (STDIN)") && stderr.contains("no progress for 2 s (--idle-timeout)"), "{stderr}");

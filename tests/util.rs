@@ -102,6 +102,11 @@ impl Running {
         &self.name
     }
 
+    /// The child's process id (to signal it).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The child's piped STDIN.
     pub fn stdin(&mut self) -> ChildStdin {
         self.child.stdin.take().expect("STDIN is piped, and taken once")

@@ -70,11 +70,16 @@ impl Cancel {
 }
 
 /// Receives from a bounded channel unless cancelled first. `Ok(None)` means every sender is gone (the stage
-/// before has finished).
+/// before has finished) *and* nothing was cancelled: a stage that closes its channel because the run failed must
+/// not look like a stage that finished, so a disconnect is checked against the cancel (when both are ready,
+/// `select!` picks either).
 pub fn recv<T>(receiver: &Receiver<T>, cancel: &Cancel) -> Result<Option<T>, Cancelled> {
     cancel.check()?;
     select! {
-        recv(receiver) -> message => Ok(message.ok()),
+        recv(receiver) -> message => match message {
+            Ok(message) => Ok(Some(message)),
+            Err(_) => cancel.check().map(|()| None),
+        },
         recv(cancel.receiver()) -> _ => Err(Cancelled),
     }
 }

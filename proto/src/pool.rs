@@ -3,10 +3,14 @@
 //! A pipeline takes a buffer before it reads a chunk and the buffer goes back when the chunk has been written
 //! (its [`PooledBuffer`] is dropped). Taking blocks while every buffer is in use: that *is* the back-pressure, and it
 //! bounds memory to `count × size` whatever the data size. Channels between stages carry buffers, never copies.
+//!
+//! Free buffers are handed out last-returned first, so a pipeline that needs only a few buffers at a time keeps
+//! reusing the same few and the others are never touched: memory (RSS) follows the buffers actually in use, not
+//! the pool's size. (A first-in-first-out pool touches every buffer once as many chunks as buffers have passed.)
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
@@ -25,8 +29,11 @@ pub struct BufferPool {
 
 #[derive(Debug)]
 struct PoolInner {
-    free: Receiver<Vec<u8>>,
-    home: Sender<Vec<u8>>,
+    /// The free buffers, a stack: the last one returned goes out first.
+    free: Mutex<Vec<Vec<u8>>>,
+    /// One token per free buffer: waiting for a token is waiting for a buffer (and can listen to a cancel).
+    tokens: Receiver<()>,
+    token_home: Sender<()>,
     count: usize,
     size: usize,
     in_use: AtomicUsize,
@@ -38,14 +45,17 @@ impl BufferPool {
     /// as the buffers are first filled: an idle pool costs address space, not memory.
     pub fn new(count: usize, size: usize) -> BufferPool {
         let count = count.max(1);
-        let (home, free) = crossbeam_channel::bounded(count);
+        let (token_home, tokens) = crossbeam_channel::bounded(count);
+        let mut free = Vec::with_capacity(count);
         for _ in 0..count {
-            home.send(vec![0u8; size + BUFFER_ALIGN]).expect("the pool channel holds every buffer");
+            free.push(vec![0u8; size + BUFFER_ALIGN]);
+            token_home.send(()).expect("the token channel holds one token per buffer");
         }
         BufferPool {
             inner: Arc::new(PoolInner {
-                free,
-                home,
+                free: Mutex::new(free),
+                tokens,
+                token_home,
                 count,
                 size,
                 in_use: AtomicUsize::new(0),
@@ -73,10 +83,12 @@ impl BufferPool {
     /// beyond that are stale, and [`PooledBuffer::set_len`] exposes them without clearing.
     pub fn take(&self, cancel: &Cancel) -> Result<PooledBuffer, Cancelled> {
         cancel.check()?;
-        let storage = select! {
-            recv(self.inner.free) -> storage => storage.expect("the pool owns a sender, so its channel stays open"),
+        select! {
+            recv(self.inner.tokens) -> token => token.expect("the pool owns a sender, so its channel stays open"),
             recv(cancel.receiver()) -> _ => return Err(Cancelled),
         };
+        // A token is only sent after its buffer was pushed, so the stack holds one for us.
+        let storage = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("one buffer per token");
         let in_use = self.inner.in_use.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.peak_in_use.fetch_max(in_use, Ordering::Relaxed);
         let start = storage.as_ptr().align_offset(BUFFER_ALIGN).min(BUFFER_ALIGN);
@@ -137,8 +149,9 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(storage) = self.storage.take() {
             self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
-            // The channel has room for every buffer, so this never blocks or fails.
-            let _ = self.pool.home.try_send(storage);
+            self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(storage);
+            // The channel has room for every token, so this never blocks or fails.
+            let _ = self.pool.token_home.try_send(());
         }
     }
 }
@@ -176,6 +189,19 @@ mod tests {
         assert!(stale == b"data" || stale == [0; 4], "set_len exposes stale bytes without clearing");
         assert_eq!(pool.peak_in_use(), 2);
         drop(a);
+    }
+
+    #[test]
+    fn the_last_buffer_returned_goes_out_first() {
+        let pool = BufferPool::new(8, 16);
+        let cancel = Cancel::new();
+        let first = pool.take(&cancel).unwrap();
+        let address = first.as_ptr();
+        drop(first);
+        for _ in 0..20 {
+            let again = pool.take(&cancel).unwrap();
+            assert_eq!(again.as_ptr(), address, "an idle pool's other buffers stay untouched");
+        }
     }
 
     #[test]
