@@ -277,7 +277,7 @@ fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
         if signal != "KILL" {
             assert_eq!(output.status.code(), Some(1), "SIG{signal}: {stderr}");
             assert!(stderr.contains(&format!("stopped by SIG{signal}")), "SIG{signal}: {stderr}");
-            let poison = producer::sink::POISON_PATH;
+            let poison = proto::chunk::POISON_PATH;
             assert!(stream.windows(poison.len()).any(|w| w == poison), "SIG{signal}: the stream ends broken");
         }
         let out = tempfile::tempdir().unwrap();
@@ -461,7 +461,7 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
     let src = small_source();
     for stage in ["scanner", "reader-0", "process-1", "writer-0"] {
         let assert = producer()
-            .env(producer::failure::FAILPOINT_VARIABLE, format!("panic:{stage}"))
+            .env(runtime::failure::FAILPOINT_VARIABLE, format!("panic:{stage}"))
             .arg("--source")
             .arg(src.path())
             .arg("--stream=xbstream")
@@ -470,7 +470,7 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
         let output = assert.get_output();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("the {stage} thread panicked")), "{stage}: {stderr}");
-        let poison = producer::sink::POISON_PATH;
+        let poison = proto::chunk::POISON_PATH;
         assert!(output.stdout.windows(poison.len()).any(|w| w == poison), "{stage}: the stream ends broken");
     }
     let compressed = producer().arg("--source").arg(src.path()).args(["--stream=xbstream", "--compress"]).assert();
@@ -478,7 +478,7 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
     for stage in ["reader-0", "writer-1", "decompress-0"] {
         let out = tempfile::tempdir().unwrap();
         let assert = consumer()
-            .env(producer::failure::FAILPOINT_VARIABLE, format!("panic:{stage}"))
+            .env(runtime::failure::FAILPOINT_VARIABLE, format!("panic:{stage}"))
             .arg("extract")
             .arg("-C")
             .arg(out.path())

@@ -68,7 +68,7 @@ pub struct ExtractArgs {
 
     /// The named-pipe transport (the producer's options).
     #[command(flatten)]
-    pub fifo: producer::cli::FifoArgs,
+    pub fifo: runtime::args::FifoArgs,
 
     /// Writer threads (files are spread over them by path).
     #[arg(long, default_value_t = 2, value_name = "N")]
@@ -149,7 +149,7 @@ pub fn main() -> i32 {
         .format_timestamp_secs()
         .init();
     // First, before any thread exists: stop signals become a failure of the run, with cleanup.
-    let signals = producer::signals::Signals::install();
+    let signals = runtime::signals::Signals::install();
     let result = match &args.command {
         Command::Extract(extract) => match crate::config::ExtractConfig::from_args(extract, args.verbose, args.quiet) {
             Err(e) => {

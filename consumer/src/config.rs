@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use producer::config::ProgressMode;
-use producer::size::{human, parse_size};
+use runtime::progress::ProgressMode;
+use runtime::size::{human, parse_size};
 
 use crate::cli::{ExtractArgs, StreamDigest};
 use crate::input::Input;

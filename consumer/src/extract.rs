@@ -29,15 +29,15 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use producer::failure::{panic_message, Failure};
-use producer::progress::{Counters, Progress};
-use producer::signals::Signals;
-use producer::size::human;
-use producer::stats::{peak_rss_bytes, StreamStats};
 use proto::cancel::{recv, send, Cancel};
 use proto::manifest::{Digest, FileRecord, Manifest, MANIFEST_NAME};
 use proto::pool::{BufferPool, PooledBuffer};
 use proto::{compressed, ChunkHeader, ChunkKind, CrcPiece};
+use runtime::failure::{panic_message, Failure};
+use runtime::progress::{Counters, Progress};
+use runtime::signals::Signals;
+use runtime::size::human;
+use runtime::stats::{peak_rss_bytes, StreamStats};
 use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 

@@ -66,7 +66,7 @@ fn list_stream(mut source: StreamSource, manifest_limit: u64, seen: &Mutex<Seen>
 }
 
 /// Lists every file of the stream(s) on STDOUT: `size  chunks  path`, sorted by path; then checks the whole.
-pub fn run(config: &ExtractConfig, signals: &producer::signals::Signals) -> Result<String> {
+pub fn run(config: &ExtractConfig, signals: &runtime::signals::Signals) -> Result<String> {
     let cancel = proto::cancel::Cancel::new();
     signals.watch(&cancel);
     let (inputs, _fifos) = open_inputs(&config.input, config.idle_timeout, &cancel)?;
@@ -90,7 +90,7 @@ pub fn run(config: &ExtractConfig, signals: &producer::signals::Signals) -> Resu
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|panic| {
-                    Err(anyhow!("a reader panicked: {}", producer::failure::panic_message(panic.as_ref())))
+                    Err(anyhow!("a reader panicked: {}", runtime::failure::panic_message(panic.as_ref())))
                 })
             })
             .collect()

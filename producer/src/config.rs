@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use proto::manifest::Digest;
 
 use crate::cli::{Args, Binding, DigestArg};
-use crate::size::{human, parse_size};
+use runtime::progress::ProgressMode;
+use runtime::size::{human, parse_size};
 
 /// Where the backup goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +39,6 @@ impl Output {
             _ => 1,
         }
     }
-}
-
-/// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgressMode {
-    /// An indicatif bar on stderr (stderr is a terminal).
-    Bar,
-    /// Plain log lines every few seconds (`--verbose`).
-    Lines,
-    /// Nothing.
-    Quiet,
 }
 
 /// Validated producer settings.

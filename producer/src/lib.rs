@@ -15,20 +15,15 @@ buffer handles. The manifest is written last (on stream 0, after every other str
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
 [`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`]
 (`--compress`: parallel zstd and the second in-order step), [`sink`] (stream and directory
-writers), [`stats`] and [`progress`] (what the user sees), [`size`] (byte-size arguments), [`failure`] (the first error
-of a run, and the one panic policy of its threads), [`signals`] (SIGINT/SIGTERM/SIGHUP/SIGPIPE end a run as a
-failure). `stats`, `progress`, `size`, `failure` and `signals` serve the consumer too.
+writers), [`stats`] (`--stats-json`). What the consumer shares — failure and panic policy, stop signals, progress,
+sizes, the pipe options — lives in the `runtime` crate.
 */
 
 pub mod cli;
 pub mod compress;
 pub mod config;
-pub mod failure;
 pub mod file;
 pub mod pipeline;
-pub mod progress;
 pub mod scan;
-pub mod signals;
 pub mod sink;
-pub mod size;
 pub mod stats;

@@ -33,14 +33,15 @@ use sha1::{Digest as _, Sha1};
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
-use crate::failure::{panic_message, Failure};
 use crate::file::{ChunkJob, FileState, Outlet, ReadChunk};
-use crate::progress::{Counters, Progress};
 use crate::scan;
-use crate::signals::Signals;
 use crate::sink::{DirectorySink, Sink, SinkReport, StreamItem, StreamSink};
-use crate::size::human;
-use crate::stats::{peak_rss_bytes, Stats, StreamStats};
+use crate::stats::Stats;
+use runtime::failure::{panic_message, Failure};
+use runtime::progress::{Counters, Progress};
+use runtime::signals::Signals;
+use runtime::size::human;
+use runtime::stats::{peak_rss_bytes, StreamStats};
 
 /// Runs a backup as configured. Returns a one-line summary; an error means the backup is not complete (and, on a
 /// stream, that the consumer will not find a manifest). A stop signal (`signals`) is such an error.
@@ -50,7 +51,7 @@ pub fn run(config: &Config, signals: &Signals) -> Result<String> {
     let backup_id = proto::marker::new_backup_id();
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
-    let want_total = config.progress != crate::config::ProgressMode::Quiet;
+    let want_total = config.progress != runtime::progress::ProgressMode::Quiet;
     let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
     let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(()))?;
     if want_total {

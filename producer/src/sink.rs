@@ -75,10 +75,6 @@ pub trait Sink: Send {
     fn poison(&mut self);
 }
 
-/// The path of the chunk that ends a failed stream: a payload chunk whose payload never comes, so every reader
-/// reports a truncated stream, and ours names this path in its message.
-pub const POISON_PATH: &[u8] = b"PRODUCER-FAILED: this stream is incomplete, see the producer's error";
-
 /// How long a failed stream's writer tries to deliver what it had buffered and the broken chunk.
 const POISON_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -87,7 +83,7 @@ const POISON_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 pub const COALESCE_BYTES: usize = 256 << 10;
 
 /// xbstream chunks to a file descriptor (STDOUT or a pipe). A sink dropped before [`Sink::finish`] succeeded — a
-/// failure, a panic — ends its stream with the broken chunk ([`POISON_PATH`]).
+/// failure, a panic — ends its stream with the broken chunk ([`proto::chunk::POISON_PATH`]).
 pub struct StreamSink {
     name: String,
     writer: ChunkWriter<BufWriter<HashingWriter<IdlePipe>>>,
@@ -156,7 +152,7 @@ impl Sink for StreamSink {
         pipe.set_timeout(Some(POISON_DEADLINE));
         let _ = self.writer.flush();
         let mut header = Vec::new();
-        proto::chunk::encode_payload_header(&mut header, POISON_PATH, 0, 1, 0);
+        proto::chunk::encode_poison(&mut header);
         let inner = self.writer.get_mut();
         let _ = inner.write_all(&header);
         let _ = inner.flush();

@@ -114,6 +114,16 @@ pub fn encode_eof(out: &mut Vec<u8>, path: &[u8]) {
     encode_prefix(out, ChunkKind::Eof, path);
 }
 
+/// The path of the chunk that ends a failed stream (the producer's, or `get`'s): a payload chunk whose payload
+/// never comes, so every reader — ours, `mbstream`, `xbstream` — reports a truncated stream, and ours names this
+/// path in its message.
+pub const POISON_PATH: &[u8] = b"PRODUCER-FAILED: this stream is incomplete, see the producer's error";
+
+/// Appends the broken chunk's header (a payload of 1 byte is announced and never sent) to `out`.
+pub fn encode_poison(out: &mut Vec<u8>) {
+    encode_payload_header(out, POISON_PATH, 0, 1, 0);
+}
+
 fn encode_prefix(out: &mut Vec<u8>, kind: ChunkKind, path: &[u8]) {
     out.extend_from_slice(MAGIC);
     out.push(0);

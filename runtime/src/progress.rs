@@ -6,8 +6,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::ProgressMode;
 use crate::size::human;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// An indicatif bar on stderr (stderr is a terminal).
+    Bar,
+    /// Plain log lines every few seconds (`--verbose`).
+    Lines,
+    /// Nothing.
+    Quiet,
+}
 
 /// Counters the pipeline bumps.
 #[derive(Debug, Default)]
