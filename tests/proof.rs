@@ -224,7 +224,7 @@ fn pipes_that_do_not_belong_together_are_refused() {
     let a = capture_pipes(src.path(), 2, &[]);
     let b = capture_pipes(src.path(), 2, &[]);
     let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
-        (vec![a[1].clone(), a[0].clone()], "says it is stream 1 of 2 of backup"),
+        (vec![a[1].clone(), a[0].clone()], "of 2 of backup"),
         (vec![a[0].clone(), b[1].clone()], "the pipes of two backups are mixed up"),
         (vec![a[0].clone(), a[1].clone(), b[0].clone()], "of 2 of backup"),
     ];
@@ -578,4 +578,73 @@ fn decompress_fails_when_a_listed_file_is_missing() {
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
     assert!(stderr.contains("missing") && stderr.contains("db1/t1.ibd.zst"), "{stderr}");
     assert!(!out.path().join("db0/t0.ibd").exists(), "nothing decompressed into place");
+}
+
+/// With `--fifo-binding file` a pipe whose files are all done stays quiet until the manifest ends the backup on
+/// another: that is not a stalled peer. The idle clock is shared by the run's pipes, so only a backup where no pipe
+/// moves times out.
+#[test]
+fn a_quiet_pipe_is_not_idle_while_another_works() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &[("a", pseudo_random_bytes(4096, 1)), ("b", pseudo_random_bytes(200 << 10, 2))]);
+    let work = tempfile::tempdir().unwrap();
+    let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
+    let fifo_args = ["--fifo-streams", "2", "--fifo-timeout", "30", "--idle-timeout", "1"];
+    let consumer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(&out)
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped()),
+    );
+    // 50 chunks of `b` at 20 a second: 2.5 s on pipe 1 while pipe 0 has nothing after `a`.
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--fifo-binding", "file", "--read-buffer-size", "4K", "--throttle", "20"])
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .stderr(Stdio::piped()),
+    );
+    let produced = producer.wait_output(SHORT);
+    let consumed = consumer.wait_output(SHORT);
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
+    assert_same_tree(src.path(), &out);
+}
+
+/// A stop signal while waiting for the peer to open the pipes ends the wait at once, as a stop.
+#[test]
+fn a_stop_signal_ends_the_wait_for_the_peer() {
+    for program in [env!("CARGO_BIN_EXE_consumer"), env!("CARGO_BIN_EXE_producer")] {
+        let work = tempfile::tempdir().unwrap();
+        let src = small_source();
+        let fifo_dir = work.path().join("fifos");
+        let mut command = Command::new(program);
+        if program.ends_with("consumer") {
+            command.arg("extract").arg("-C").arg(work.path().join("out"));
+        } else {
+            command.arg("--source").arg(src.path()).arg("--stream=xbstream");
+        }
+        let waiting = spawn(
+            command
+                .args(["--fifo-streams", "2", "--fifo-timeout", "60", "--fifo-dir"])
+                .arg(&fifo_dir)
+                .stderr(Stdio::piped()),
+        );
+        wait_for_path(&fifo_dir.join("thread_1"), SHORT);
+        let started = Instant::now();
+        assert!(Command::new("kill").arg("-TERM").arg(waiting.id().to_string()).status().unwrap().success());
+        let output = waiting.wait_output(SHORT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{program}: {stderr}");
+        assert!(stderr.contains("stopped by SIGTERM"), "{program}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{program}: {:?}", started.elapsed());
+        assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0, "{program}: pipes removed");
+    }
 }

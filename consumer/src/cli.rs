@@ -148,8 +148,11 @@ pub fn main() -> i32 {
         .format_target(false)
         .format_timestamp_secs()
         .init();
-    // First, before any thread exists: stop signals become a failure of the run, with cleanup.
-    let signals = runtime::signals::Signals::install();
+    // Stop signals become a failure of the run, with cleanup, for the commands that stream (installed first, before
+    // any thread exists). `verify` and `decompress` keep the default: a signal ends them at once (decompress leaves
+    // at most its staging directory, and nothing moved into place).
+    let streams = matches!(args.command, Command::Extract(_));
+    let signals = if streams { runtime::signals::Signals::install() } else { runtime::signals::Signals::none() };
     let result = match &args.command {
         Command::Extract(extract) => match crate::config::ExtractConfig::from_args(extract, args.verbose, args.quiet) {
             Err(e) => {

@@ -43,17 +43,27 @@ use sha1::{Digest as _, Sha1};
 
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
-use crate::input::open_inputs;
+use crate::input::{open_inputs, InputStream};
 use crate::source::{check_markers, missing_manifest, SameBackup, SourceChunk, StreamEnd, StreamSource};
 use crate::target::{PartialFile, Target};
 
 /// Runs an extraction; returns the one-line summary. A stop signal (`signals`) ends it as a failure.
 pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
-    let started = Instant::now();
-    let target = Target::open(&config.target, config.overwrite)?;
     let cancel = Cancel::new();
     signals.watch(&cancel);
-    let (inputs, _fifos) = open_inputs(&config.input, config.idle_timeout, &cancel)?;
+    let result = open_inputs(&config.input, config.idle_timeout, &cancel)
+        .and_then(|(inputs, _fifos)| extract(config, inputs, signals, &cancel));
+    // A stop signal is the cause of whatever else failed, wherever the run was when it came.
+    match signals.error() {
+        Some(error) => Err(error),
+        None => result,
+    }
+}
+
+/// Extracts `inputs` (the streams, in order) as configured: the whole run once the streams are open.
+pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signals, cancel: &Cancel) -> Result<String> {
+    let started = Instant::now();
+    let target = Target::open(&config.target, config.overwrite)?;
     let stream_count = inputs.len();
     let pool = BufferPool::new(config.buffers, config.buffer_size);
     let failure = Failure::new(cancel.clone());
@@ -88,7 +98,7 @@ pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
         // Scratch buffers are taken before any reader starts: had the readers taken every buffer first, no chunk
         // could ever be decompressed.
         let scratches: Vec<PooledBuffer> = (0..if config.decompress { config.decompress_threads } else { 0 })
-            .map(|_| pool.take(&cancel))
+            .map(|_| pool.take(cancel))
             .collect::<Result<_, _>>()?;
         let decompressors: Vec<_> = scratches
             .into_iter()
@@ -160,7 +170,7 @@ pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
                 .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))
                 .collect::<Result<_>>()?;
             log::info!("all {} stream(s) ended after {:.2} s", streams.len(), started.elapsed().as_secs_f64());
-            prove_and_commit(config, &target, &senders, &streams, &cancel)
+            prove_and_commit(config, &target, &senders, &streams, cancel)
         })();
         if result.is_err() {
             cancel.cancel();

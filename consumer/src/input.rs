@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use proto::cancel::Cancel;
 use proto::fifo::{End, FifoSet};
-use proto::idle::IdlePipe;
+use std::sync::Arc;
+
+use proto::idle::{Activity, IdlePipe};
 use sha1::{Digest as _, Sha1};
 
 /// The configured input.
@@ -56,17 +58,23 @@ pub fn open_inputs(
     match input {
         Input::Stdin => {
             let fd = std::os::fd::AsFd::as_fd(&io::stdin()).try_clone_to_owned().context("cannot use STDIN")?;
-            let file = IdlePipe::stdio(File::from(fd), idle).context("cannot use STDIN")?.with_cancel(cancel.clone());
+            let file = IdlePipe::stdio(File::from(fd), idle, End::Read)
+                .context("cannot use STDIN")?
+                .with_cancel(cancel.clone());
             Ok((vec![InputStream { name: "STDIN".into(), file }], None))
         }
         Input::Fifos { dir, count, timeout } => {
             let set = FifoSet::create(dir, *count)?;
-            let opened = set.open_all(End::Read, *timeout)?;
+            let opened = set.open_all(End::Read, *timeout, cancel)?;
             let mut streams = Vec::with_capacity(*count);
+            // One idle clock for all pipes: with --fifo-binding file a pipe whose files are done stays quiet until
+            // the manifest ends the backup on another; only a backup where no pipe moves has stalled.
+            let activity = Arc::new(Activity::new());
             for (path, file) in set.paths().iter().zip(opened) {
                 let file = IdlePipe::new(file, idle)
                     .with_context(|| format!("cannot use {}", path.display()))?
-                    .with_cancel(cancel.clone());
+                    .with_cancel(cancel.clone())
+                    .with_activity(Arc::clone(&activity));
                 streams.push(InputStream { name: path.display().to_string(), file });
             }
             Ok((streams, Some(set)))

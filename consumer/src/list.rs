@@ -69,7 +69,8 @@ fn list_stream(mut source: StreamSource, manifest_limit: u64, seen: &Mutex<Seen>
 pub fn run(config: &ExtractConfig, signals: &runtime::signals::Signals) -> Result<String> {
     let cancel = proto::cancel::Cancel::new();
     signals.watch(&cancel);
-    let (inputs, _fifos) = open_inputs(&config.input, config.idle_timeout, &cancel)?;
+    let (inputs, _fifos) =
+        open_inputs(&config.input, config.idle_timeout, &cancel).map_err(|e| signals.error().unwrap_or(e))?;
     let stream_count = inputs.len();
     // One thread per stream, as for an extraction: the producer spreads chunks over every pipe and ends pipe 0
     // last, so reading the pipes one after another would stall it.

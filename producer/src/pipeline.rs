@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use proto::cancel::{recv, send, Cancel, Cancelled};
 use proto::chunk::{encoded_header_len, ChunkKind};
 use proto::fifo::{self, End, FifoSet};
-use proto::idle::IdlePipe;
+use proto::idle::{Activity, IdlePipe};
 use proto::manifest::{self, Compression, Digest, FileRecord, Manifest, StreamRecord, WirePath};
 use proto::marker::StreamMarker;
 use proto::pool::{BufferPool, PooledBuffer};
@@ -46,6 +46,18 @@ use runtime::stats::{peak_rss_bytes, StreamStats};
 /// Runs a backup as configured. Returns a one-line summary; an error means the backup is not complete (and, on a
 /// stream, that the consumer will not find a manifest). A stop signal (`signals`) is such an error.
 pub fn run(config: &Config, signals: &Signals) -> Result<String> {
+    let cancel = Cancel::new();
+    signals.watch(&cancel);
+    let result = backup(config, signals, &cancel);
+    // A stop signal is the cause of whatever else failed (threads woken by it report `Cancelled`, a pipe open
+    // reports that it was stopped), wherever the run was when it came.
+    match signals.error() {
+        Some(error) => Err(error),
+        None => result,
+    }
+}
+
+fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String> {
     let started = Instant::now();
     let created_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let backup_id = proto::marker::new_backup_id();
@@ -53,14 +65,12 @@ pub fn run(config: &Config, signals: &Signals) -> Result<String> {
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
     let want_total = config.progress != runtime::progress::ProgressMode::Quiet;
     let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
-    let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(()))?;
+    let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(cancel.check()?))?;
     if want_total {
         log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
     }
 
-    let cancel = Cancel::new();
-    signals.watch(&cancel);
-    let (sinks, _fifos) = open_outputs(config, &cancel)?;
+    let (sinks, _fifos) = open_outputs(config, cancel)?;
     let stream_count = sinks.len();
     // Compressed output shares the budget: buffers are sized for the worst-case frame.
     let buffer_size = match config.compress_level {
@@ -107,7 +117,7 @@ pub fn run(config: &Config, signals: &Signals) -> Result<String> {
     // Compress threads' scratch buffers are taken now, while the pool is full (see compress_worker).
     let compress_threads = if config.compress_level.is_some() { config.process_threads } else { 0 };
     let mut scratches: Vec<PooledBuffer> =
-        (0..compress_threads).map(|_| pool.take(&cancel)).collect::<Result<_, Cancelled>>()?;
+        (0..compress_threads).map(|_| pool.take(cancel)).collect::<Result<_, Cancelled>>()?;
 
     let reports: Vec<Option<SinkReport>> = thread::scope(|scope| {
         let writers: Vec<_> = sinks
@@ -439,21 +449,25 @@ fn open_outputs(config: &Config, cancel: &Cancel) -> Result<Outputs> {
         Output::Stdout => {
             let stdout = std::io::stdout();
             let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned().context("cannot use STDOUT")?;
-            let pipe = IdlePipe::stdio(std::fs::File::from(fd), config.idle_timeout)
+            let pipe = IdlePipe::stdio(std::fs::File::from(fd), config.idle_timeout, End::Write)
                 .context("cannot use STDOUT")?
-                .with_cancel(cancel.clone());
+                .with_cancel(cancel.clone())
+                .with_activity(Arc::new(Activity::new()));
             // Larger pipe buffer when STDOUT is a pipe; failing (not a pipe) is harmless.
             raise_pipe_buffer(config, pipe.get_ref(), "STDOUT");
             Ok((vec![Box::new(StreamSink::new("STDOUT".into(), pipe, hash))], None))
         }
         Output::Fifos { dir, count, timeout, .. } => {
             let set = FifoSet::create(dir, *count)?;
-            let opened = set.open_all(End::Write, *timeout)?;
+            let opened = set.open_all(End::Write, *timeout, cancel)?;
             let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(*count);
+            // One idle clock for all pipes: a pipe waiting for the others to finish is not a stalled consumer.
+            let activity = Arc::new(Activity::new());
             for (path, file) in set.paths().iter().zip(opened) {
                 let pipe = IdlePipe::new(file, config.idle_timeout)
                     .with_context(|| format!("cannot use {}", path.display()))?
-                    .with_cancel(cancel.clone());
+                    .with_cancel(cancel.clone())
+                    .with_activity(Arc::clone(&activity));
                 raise_pipe_buffer(config, pipe.get_ref(), &path.display().to_string());
                 sinks.push(Box::new(StreamSink::new(path.display().to_string(), pipe, hash)));
             }

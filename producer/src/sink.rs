@@ -160,8 +160,13 @@ impl Sink for StreamSink {
 
     fn finish(mut self: Box<Self>) -> Result<SinkReport> {
         self.flush()?;
-        self.closed = true;
         let bytes = self.writer.position();
+        let pipe = &self.writer.get_mut().get_mut().inner;
+        if pipe.is_file() {
+            // STDOUT redirected to a file (`producer ... > backup.xbs`): it is complete only once it is durable.
+            pipe.get_ref().sync_all().with_context(|| format!("cannot sync {}", self.name))?;
+        }
+        self.closed = true;
         let sha1 = self.writer.get_mut().get_mut().sha1.take().map(|h| hex::encode(h.finalize()));
         Ok(SinkReport { bytes, chunks: self.chunks, sha1 })
     }

@@ -20,6 +20,8 @@ use std::thread;
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+use crate::cancel::Cancel;
 use nix::sys::stat::Mode;
 
 /// Why a pipe could not be made or opened. Every variant names the pipe.
@@ -49,6 +51,12 @@ pub enum FifoError {
         path: PathBuf,
         /// What is wrong.
         why: String,
+    },
+    /// The run was stopped (a signal, another failure) while waiting for the peer.
+    #[error("stopped while waiting for the peer to open {path}")]
+    Cancelled {
+        /// The pipe.
+        path: PathBuf,
     },
     /// No peer opened the other end in time.
     #[error("no {peer} opened {path} within {secs} s (--fifo-timeout); is the {peer} running with the same --fifo-dir and --fifo-streams?", secs = timeout.as_secs_f64())]
@@ -129,14 +137,14 @@ impl FifoSet {
         &self.paths
     }
 
-    /// Opens `end` of every pipe at once, each waiting at most `timeout` for its peer, and returns them in stream
-    /// order (the first failure, by stream number, if any failed).
-    pub fn open_all(&self, end: End, timeout: Duration) -> Result<Vec<File>, FifoError> {
+    /// Opens `end` of every pipe at once, each waiting at most `timeout` for its peer (and no longer than `cancel`
+    /// stays unfired), and returns them in stream order (the first failure, by stream number, if any failed).
+    pub fn open_all(&self, end: End, timeout: Duration, cancel: &Cancel) -> Result<Vec<File>, FifoError> {
         let peer = if end == End::Write { "consumer" } else { "producer" };
         log::info!("waiting up to {} s for the {peer} to open {} pipes", timeout.as_secs(), self.paths.len());
         let opened: Vec<_> = thread::scope(|scope| {
             let handles: Vec<_> =
-                self.paths.iter().map(|path| scope.spawn(move || open_fifo(path, end, timeout))).collect();
+                self.paths.iter().map(|path| scope.spawn(move || open_fifo(path, end, timeout, cancel))).collect();
             handles.into_iter().map(|h| h.join().expect("a fifo open thread does not panic")).collect()
         });
         opened.into_iter().collect()
@@ -175,9 +183,10 @@ fn check_private(path: &Path, forbidden: u32) -> Result<(), FifoError> {
     }
 }
 
-/// Opens one end of the pipe at `path`, waiting at most `timeout` for a peer to open the other end. The returned
-/// file is in blocking mode. The writer usually raises the pipe buffer next ([`set_pipe_size`]).
-pub fn open_fifo(path: &Path, end: End, timeout: Duration) -> Result<File, FifoError> {
+/// Opens one end of the pipe at `path`, waiting at most `timeout` for a peer to open the other end, and giving up
+/// within a fraction of a second once `cancel` fires. The returned file is in blocking mode. The writer usually
+/// raises the pipe buffer next ([`set_pipe_size`]).
+pub fn open_fifo(path: &Path, end: End, timeout: Duration, cancel: &Cancel) -> Result<File, FifoError> {
     let (sender, receiver) = mpsc::sync_channel(1);
     let helper_path = path.to_path_buf();
     let helper = thread::Builder::new()
@@ -188,20 +197,32 @@ pub fn open_fifo(path: &Path, end: End, timeout: Duration) -> Result<File, FifoE
         })
         .map_err(|source| FifoError::Open { path: path.to_path_buf(), source })?;
 
-    let result = match receiver.recv_timeout(timeout) {
-        Ok(opened) => opened.map_err(|source| FifoError::Open { path: path.to_path_buf(), source }),
-        Err(_) => {
-            release_blocked_open(path, end, &receiver);
-            Err(FifoError::Timeout {
-                path: path.to_path_buf(),
-                peer: if end == End::Write { "consumer" } else { "producer" },
-                timeout,
-            })
+    let deadline = std::time::Instant::now() + timeout;
+    let result = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match receiver.recv_timeout(left.min(CANCEL_SLICE)) {
+            Ok(opened) => break opened.map_err(|source| FifoError::Open { path: path.to_path_buf(), source }),
+            Err(_) if cancel.is_cancelled() => {
+                release_blocked_open(path, end, &receiver);
+                break Err(FifoError::Cancelled { path: path.to_path_buf() });
+            }
+            Err(_) if left.is_zero() || std::time::Instant::now() >= deadline => {
+                release_blocked_open(path, end, &receiver);
+                break Err(FifoError::Timeout {
+                    path: path.to_path_buf(),
+                    peer: if end == End::Write { "consumer" } else { "producer" },
+                    timeout,
+                });
+            }
+            Err(_) => {}
         }
     };
     let _ = helper.join();
     result
 }
+
+/// How late a wait for the peer may notice that the run was cancelled.
+const CANCEL_SLICE: Duration = Duration::from_millis(200);
 
 /// Unblocks a helper thread stuck in `open(2)` by briefly opening the other end without blocking. A non-blocking
 /// write open fails with `ENXIO` until the helper's read open has registered, so it is retried briefly.
@@ -286,7 +307,7 @@ mod tests {
         let set = FifoSet::create(dir.path(), 1).unwrap();
         for end in [End::Write, End::Read] {
             let started = Instant::now();
-            let err = open_fifo(&set.paths()[0], end, Duration::from_millis(300)).unwrap_err();
+            let err = open_fifo(&set.paths()[0], end, Duration::from_millis(300), &Cancel::new()).unwrap_err();
             let waited = started.elapsed();
             assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(1300), "{waited:?}");
             let message = err.to_string();
@@ -294,6 +315,25 @@ mod tests {
             let peer = if end == End::Write { "no consumer" } else { "no producer" };
             assert!(message.starts_with(peer), "{message}");
         }
+    }
+
+    #[test]
+    fn a_cancel_ends_the_wait_for_the_peer_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = FifoSet::create(dir.path(), 2).unwrap();
+        let cancel = Cancel::new();
+        let stopper = {
+            let cancel = cancel.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(200));
+                cancel.cancel();
+            })
+        };
+        let started = Instant::now();
+        let err = set.open_all(End::Write, Duration::from_secs(30), &cancel).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(matches!(err, FifoError::Cancelled { .. }), "{err}");
+        stopper.join().unwrap();
     }
 
     #[test]
@@ -307,7 +347,7 @@ mod tests {
                 if !reader_first {
                     thread::sleep(Duration::from_millis(100));
                 }
-                let mut file = open_fifo(&reader_path, End::Read, Duration::from_secs(5)).unwrap();
+                let mut file = open_fifo(&reader_path, End::Read, Duration::from_secs(5), &Cancel::new()).unwrap();
                 let mut got = Vec::new();
                 file.read_to_end(&mut got).unwrap();
                 got
@@ -315,7 +355,7 @@ mod tests {
             if reader_first {
                 thread::sleep(Duration::from_millis(100));
             }
-            let mut writer = open_fifo(&path, End::Write, Duration::from_secs(5)).unwrap();
+            let mut writer = open_fifo(&path, End::Write, Duration::from_secs(5), &Cancel::new()).unwrap();
             writer.write_all(b"hello through the pipe").unwrap();
             drop(writer);
             assert_eq!(reader.join().unwrap(), b"hello through the pipe");
@@ -327,8 +367,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = FifoSet::create(dir.path(), 1).unwrap();
         let path = set.paths()[0].clone();
-        let reader = thread::spawn(move || open_fifo(&path, End::Read, Duration::from_secs(5)).unwrap());
-        let writer = open_fifo(&set.paths()[0], End::Write, Duration::from_secs(5)).unwrap();
+        let reader =
+            thread::spawn(move || open_fifo(&path, End::Read, Duration::from_secs(5), &Cancel::new()).unwrap());
+        let writer = open_fifo(&set.paths()[0], End::Write, Duration::from_secs(5), &Cancel::new()).unwrap();
         let before = fcntl(writer.as_fd_ref(), FcntlArg::F_GETPIPE_SZ).unwrap();
         assert_eq!(before, 65536, "the kernel default");
         assert_eq!(set_pipe_size(&writer, PIPE_SIZE).unwrap(), PIPE_SIZE);

@@ -3,30 +3,38 @@
 //! [`IdlePipe`] wraps a [`File`] and implements [`Read`] and [`Write`] such that any single call that moves no byte
 //! for the timeout fails with an [`io::Error`] of kind [`io::ErrorKind::TimedOut`] (inner error [`IdleTimeout`]).
 //! The deadline is per call: a call returns as soon as any byte moves, and the next call starts a fresh deadline.
-//! Every wait also listens, between slices of at most [`POLL_SLICE`], to an optional [`Cancel`], so a SIGTERM ends
+//! Pipes of one run can share an [`Activity`] clock instead ([`IdlePipe::with_activity`]): then a call fails only
+//! when *no* pipe of the run has moved a byte for the timeout, so a pipe that is legitimately quiet while the others
+//! work (with `--fifo-binding file`, a pipe whose files are all done waits for the manifest on another) is not
+//! mistaken for a stalled peer. Every wait also listens, between slices of at most [`POLL_SLICE`], to an optional [`Cancel`], so a SIGTERM ends
 //! a run whose peer is stalled.
 //!
 //! How a call waits depends on the descriptor:
 //! - Descriptions we own ([`IdlePipe::new`], and a STDIN/STDOUT pipe reopened by [`IdlePipe::stdio`]) are put in
 //!   `O_NONBLOCK` mode: try the syscall, and on `EAGAIN` `poll(2)` until ready or the deadline.
+//! - A socket (an inherited STDIN/STDOUT from `nc -e`, `socat EXEC:`, a systemd socket unit) is read and written
+//!   with `recv`/`send` and `MSG_DONTWAIT`: non-blocking per call, the shared description's flags untouched.
 //! - A regular file or block device never stalls the way a peer does: plain blocking I/O.
-//! - Any other shared descriptor (socket, tty, character device, or a pipe we could not reopen) stays blocking, and
-//!   we `poll(2)` before every call. On a pipe, writes are then capped at `PIPE_BUF` bytes, which a pipe that polls
-//!   writable always accepts without blocking. On a socket or tty a write larger than the free buffer space can
-//!   still block after `poll` said ready, and so can a read if another process sharing the description took the
-//!   data first.
+//! - Any other shared descriptor (tty, character device, or a pipe we could not reopen) stays blocking, and we
+//!   `poll(2)` before every call; writes are then capped at `PIPE_BUF` bytes, which a pipe that polls writable
+//!   always accepts without blocking. On a tty a write larger than the free buffer space can still block after
+//!   `poll` said ready, and so can a read if another process sharing the description took the data first.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, send, MsgFlags};
 
 use crate::cancel::Cancel;
+use crate::fifo::End;
 
 /// The longest single `poll(2)`: how late a wait may notice that its [`Cancel`] fired.
 pub const POLL_SLICE: Duration = Duration::from_millis(200);
@@ -43,6 +51,38 @@ pub struct IdleTimeout {
     pub timeout: Duration,
 }
 
+/// When any of the pipes sharing it last moved a byte: the clock of a run's idle deadline.
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    /// Nanoseconds after `base` of the latest progress.
+    last: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
+impl Activity {
+    /// A clock that starts now.
+    pub fn new() -> Activity {
+        Activity { base: Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    /// Records progress now.
+    pub fn touch(&self) {
+        let now = self.base.elapsed().as_nanos() as u64;
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// When progress was last recorded.
+    pub fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
 /// How a call on the descriptor waits for readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {
@@ -53,6 +93,8 @@ enum Waiting {
         /// The descriptor is a pipe or FIFO.
         pipe: bool,
     },
+    /// A socket shared with others: `recv`/`send` with `MSG_DONTWAIT`, `poll` on `EAGAIN`.
+    Socket,
     /// A regular file or block device: plain blocking I/O, never a wait.
     Never,
 }
@@ -65,6 +107,7 @@ pub struct IdlePipe {
     waiting: Waiting,
     timeout: Option<Duration>,
     cancel: Option<Cancel>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl IdlePipe {
@@ -73,19 +116,22 @@ impl IdlePipe {
     /// processes share, such as an inherited STDIN/STDOUT: use [`IdlePipe::stdio`].
     pub fn new(file: File, timeout: Option<Duration>) -> io::Result<IdlePipe> {
         set_nonblocking(&file)?;
-        Ok(IdlePipe { file, waiting: Waiting::NonBlocking, timeout, cancel: None })
+        Ok(IdlePipe { file, waiting: Waiting::NonBlocking, timeout, cancel: None, activity: None })
     }
 
-    /// Wraps a dup of STDIN or STDOUT (or any descriptor whose open file description other processes may share)
-    /// without changing that description's flags.
+    /// Wraps a dup of STDIN (`end` = [`End::Read`]) or STDOUT ([`End::Write`]), or any descriptor whose open file
+    /// description other processes may share, without changing that description's flags.
     ///
-    /// A pipe or FIFO is reopened through `/proc/self/fd/<fd>` with the same access mode plus `O_NONBLOCK`, which
+    /// A pipe or FIFO is reopened through `/proc/self/fd/<fd>` for `end` only (read-only or write-only, even if
+    /// the descriptor was opened read-write: holding the other end ourselves would hide the peer's EOF) plus
+    /// `O_NONBLOCK`, which
     /// makes a new open file description of the same pipe that only we use; the dup passed in is then closed (the
     /// caller's fd 0/1 still holds the pipe). If that open fails (`ENXIO`: no reader any more; `EACCES`; no
     /// `/proc`), the dup itself is used, blocking, with a `poll` before every call. A regular file or block device
-    /// gets plain blocking I/O. Anything else (socket, tty, character device) stays blocking with a `poll` before
-    /// every call, which bounds the wait for the first byte but not a large write (see the module documentation).
-    pub fn stdio(file: File, timeout: Option<Duration>) -> io::Result<IdlePipe> {
+    /// gets plain blocking I/O; a socket `MSG_DONTWAIT` calls. Anything else (tty, character device) stays blocking
+    /// with a `poll` before every call, which bounds the wait for the first byte but not a large write (see the
+    /// module documentation).
+    pub fn stdio(file: File, timeout: Option<Duration>, end: End) -> io::Result<IdlePipe> {
         let fd = file.as_raw_fd();
         let kind = file
             .metadata()
@@ -93,9 +139,14 @@ impl IdlePipe {
             .file_type();
         let waiting = if kind.is_file() || kind.is_block_device() {
             Waiting::Never
+        } else if kind.is_socket() {
+            Waiting::Socket
         } else if kind.is_fifo() {
-            match reopen_nonblocking(&file) {
-                Ok(own) => return Ok(IdlePipe { file: own, waiting: Waiting::NonBlocking, timeout, cancel: None }),
+            match reopen_nonblocking(&file, end) {
+                Ok(own) => {
+                    let waiting = Waiting::NonBlocking;
+                    return Ok(IdlePipe { file: own, waiting, timeout, cancel: None, activity: None });
+                }
                 Err(e) => {
                     log::debug!("cannot reopen pipe descriptor {fd} non-blocking ({e}); polling before each call");
                     Waiting::PollFirst { pipe: true }
@@ -104,7 +155,18 @@ impl IdlePipe {
         } else {
             Waiting::PollFirst { pipe: false }
         };
-        Ok(IdlePipe { file, waiting, timeout, cancel: None })
+        Ok(IdlePipe { file, waiting, timeout, cancel: None, activity: None })
+    }
+
+    /// Measures idleness on `activity`, shared with the other pipes of the run, instead of per call (builder).
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> IdlePipe {
+        self.activity = Some(activity);
+        self
+    }
+
+    /// Whether the descriptor is a regular file or block device (plain blocking I/O), e.g. to sync it at the end.
+    pub fn is_file(&self) -> bool {
+        self.waiting == Waiting::Never
     }
 
     /// Makes every wait also fail, promptly, once `cancel` fires (builder form of [`IdlePipe::set_cancel`]).
@@ -144,19 +206,26 @@ impl IdlePipe {
 
     /// Runs `op` (one syscall on the descriptor) until it succeeds or fails for a reason other than `EINTR` or
     /// `EAGAIN`, waiting for `interest` in between, within one deadline.
-    fn call<T>(&self, interest: PollFlags, mut op: impl FnMut(&File) -> io::Result<T>) -> io::Result<T> {
+    fn call(&self, interest: PollFlags, mut op: impl FnMut(&File) -> io::Result<usize>) -> io::Result<usize> {
         self.check_cancel()?;
-        let deadline = self.timeout.map(|timeout| Instant::now() + timeout);
+        let started = Instant::now();
         if let Waiting::PollFirst { .. } = self.waiting {
-            self.wait(interest, deadline)?;
+            self.wait(interest, started)?;
         }
         loop {
             match op(&self.file) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if let Some(activity) = &self.activity {
+                        if n > 0 {
+                            activity.touch();
+                        }
+                    }
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => self.check_cancel()?,
                 // A shared description someone else made non-blocking also lands here.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.waiting != Waiting::Never => {
-                    self.wait(interest, deadline)?
+                    self.wait(interest, started)?
                 }
                 Err(e) => return Err(e),
             }
@@ -164,10 +233,15 @@ impl IdlePipe {
     }
 
     /// Polls for `interest` in slices of at most [`POLL_SLICE`] until the descriptor is ready (or in error or hung
-    /// up, which the next syscall reports), the deadline passes, or the cancel fires.
-    fn wait(&self, interest: PollFlags, deadline: Option<Instant>) -> io::Result<()> {
+    /// up, which the next syscall reports), the deadline passes, or the cancel fires. The deadline is the timeout
+    /// after the call `started`, or, with a shared [`Activity`], after the latest progress of any of its pipes.
+    fn wait(&self, interest: PollFlags, started: Instant) -> io::Result<()> {
         loop {
-            let slice = match deadline {
+            let since = match &self.activity {
+                Some(activity) => activity.last().max(started),
+                None => started,
+            };
+            let slice = match self.timeout.map(|timeout| since + timeout) {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -213,6 +287,10 @@ impl IdlePipe {
 
 impl Read for IdlePipe {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.waiting == Waiting::Socket {
+            return self
+                .call(PollFlags::POLLIN, |file| Ok(recv(file.as_raw_fd(), &mut buf[..], MsgFlags::MSG_DONTWAIT)?));
+        }
         self.call(PollFlags::POLLIN, |mut file| file.read(buf))
     }
 }
@@ -220,11 +298,16 @@ impl Read for IdlePipe {
 impl Write for IdlePipe {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let buf = &buf[..buf.len().min(self.write_cap())];
+        if self.waiting == Waiting::Socket {
+            // MSG_NOSIGNAL: a closed peer is EPIPE, never a SIGPIPE.
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            return self.call(PollFlags::POLLOUT, |file| Ok(send(file.as_raw_fd(), buf, flags)?));
+        }
         self.call(PollFlags::POLLOUT, |mut file| file.write(buf))
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.write_cap() != usize::MAX {
+        if self.write_cap() != usize::MAX || self.waiting == Waiting::Socket {
             // A capped write carries (part of) the first non-empty slice; callers loop.
             let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
             return self.write(first);
@@ -253,15 +336,13 @@ fn set_nonblocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens a new, non-blocking, close-on-exec open file description of the pipe `file` refers to, with the same
-/// access mode, through `/proc/self/fd`.
-fn reopen_nonblocking(file: &File) -> io::Result<File> {
-    let flags = OFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFL)?);
-    let access = flags & OFlag::O_ACCMODE;
+/// Opens a new, non-blocking, close-on-exec open file description of the pipe `file` refers to, for `end` only,
+/// through `/proc/self/fd`.
+fn reopen_nonblocking(file: &File, end: End) -> io::Result<File> {
     // std adds O_CLOEXEC to every open.
     OpenOptions::new()
-        .read(access != OFlag::O_WRONLY)
-        .write(access != OFlag::O_RDONLY)
+        .read(end == End::Read)
+        .write(end == End::Write)
         .custom_flags(OFlag::O_NONBLOCK.bits())
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
@@ -386,8 +467,13 @@ mod tests {
         });
         // The same through a shared blocking descriptor (the stdio fallback): capped writes never block.
         let (read, write) = pipe();
-        let mut writer =
-            IdlePipe { file: write, waiting: Waiting::PollFirst { pipe: true }, timeout: None, cancel: None };
+        let mut writer = IdlePipe {
+            file: write,
+            waiting: Waiting::PollFirst { pipe: true },
+            timeout: None,
+            cancel: None,
+            activity: None,
+        };
         writer.set_timeout(Some(timeout));
         assert_eq!(writer.timeout(), Some(timeout));
         fails_in_time(timeout, move || {
@@ -449,8 +535,8 @@ mod tests {
     fn stdio_on_a_pipe_leaves_the_shared_description_blocking_and_still_times_out() {
         let timeout = Duration::from_millis(500);
         let (read, write) = pipe();
-        let mut reader = IdlePipe::stdio(read.try_clone().unwrap(), Some(timeout)).unwrap();
-        let mut writer = IdlePipe::stdio(write.try_clone().unwrap(), Some(timeout)).unwrap();
+        let mut reader = IdlePipe::stdio(read.try_clone().unwrap(), Some(timeout), End::Read).unwrap();
+        let mut writer = IdlePipe::stdio(write.try_clone().unwrap(), Some(timeout), End::Write).unwrap();
         assert!(!is_nonblocking(&read) && !is_nonblocking(&write), "the shared descriptions are untouched");
         assert_eq!(reader.waiting, Waiting::NonBlocking);
         assert_eq!(writer.waiting, Waiting::NonBlocking);
@@ -479,13 +565,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         let payload = pattern(300_000);
-        let mut writer = IdlePipe::stdio(File::create(&path).unwrap(), Some(Duration::from_millis(100))).unwrap();
+        let mut writer =
+            IdlePipe::stdio(File::create(&path).unwrap(), Some(Duration::from_millis(100)), End::Write).unwrap();
         assert_eq!(writer.waiting, Waiting::Never);
         writer.write_all(&payload).unwrap();
         writer.flush().unwrap();
         assert!(!is_nonblocking(writer.get_ref()));
         drop(writer.into_inner());
-        let mut reader = IdlePipe::stdio(File::open(&path).unwrap(), Some(Duration::from_millis(100))).unwrap();
+        let mut reader =
+            IdlePipe::stdio(File::open(&path).unwrap(), Some(Duration::from_millis(100)), End::Read).unwrap();
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         assert!(got == payload);
@@ -493,12 +581,24 @@ mod tests {
     }
 
     #[test]
-    fn stdio_on_a_socket_polls_first_and_times_out() {
+    fn stdio_on_a_socket_is_non_blocking_per_call_and_times_out_both_ways() {
         let timeout = Duration::from_millis(500);
         let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let file = File::from(std::os::fd::OwnedFd::from(ours));
-        let mut reader = IdlePipe::stdio(file.try_clone().unwrap(), Some(timeout)).unwrap();
-        assert_eq!(reader.waiting, Waiting::PollFirst { pipe: false });
+        // A writer whose peer never reads: one large write must not block past the deadline (MSG_DONTWAIT).
+        let mut writer = IdlePipe::stdio(file.try_clone().unwrap(), Some(timeout), End::Write).unwrap();
+        assert_eq!(writer.waiting, Waiting::Socket);
+        let held = peer.try_clone().unwrap();
+        fails_in_time(timeout, move || {
+            let _held_open = held;
+            writer.write_all(&vec![7u8; 4 << 20])
+        });
+        let mut drained = vec![0u8; 8 << 20];
+        peer.set_nonblocking(true).unwrap();
+        while (&peer).read(&mut drained).is_ok_and(|n| n > 0) {}
+        peer.set_nonblocking(false).unwrap();
+        let mut reader = IdlePipe::stdio(file.try_clone().unwrap(), Some(timeout), End::Read).unwrap();
+        assert_eq!(reader.waiting, Waiting::Socket);
         assert!(!is_nonblocking(reader.get_ref()));
         (&peer).write_all(b"hi").unwrap();
         let mut got = [0; 2];
@@ -511,11 +611,48 @@ mod tests {
     }
 
     #[test]
+    fn pipes_sharing_an_activity_time_out_only_when_none_moves() {
+        let timeout = Duration::from_millis(600);
+        let activity = Arc::new(Activity::new());
+        let (quiet_read, quiet_write) = pipe();
+        let (busy_read, busy_write) = pipe();
+        let mut quiet = IdlePipe::new(quiet_read, Some(timeout)).unwrap().with_activity(Arc::clone(&activity));
+        let mut busy_reader = IdlePipe::new(busy_read, Some(timeout)).unwrap().with_activity(Arc::clone(&activity));
+        let busy = thread::spawn(move || {
+            // The other pipe moves a byte every 100 ms for 1.5 s (well past one timeout), then stops.
+            let mut writer = busy_write;
+            for _ in 0..15 {
+                writer.write_all(b"x").unwrap();
+                thread::sleep(Duration::from_millis(100));
+            }
+            writer
+        });
+        let drain = thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            for _ in 0..15 {
+                busy_reader.read_exact(&mut byte).unwrap();
+            }
+        });
+        let started = Instant::now();
+        let err = bounded(Duration::from_secs(10), move || {
+            let _held_open = quiet_write;
+            quiet.read(&mut [0; 1]).unwrap_err()
+        });
+        let waited = started.elapsed();
+        assert_timed_out(&err, timeout);
+        assert!(waited >= Duration::from_millis(1500), "not while the other pipe moved: {waited:?}");
+        assert!(waited < Duration::from_millis(1500) + timeout + Duration::from_secs(1), "{waited:?}");
+        drain.join().unwrap();
+        drop(busy.join().unwrap());
+    }
+
+    #[test]
     fn eof_is_ok_zero_when_the_writer_closes() {
         for stdio in [false, true] {
             let (read, write) = pipe();
             let timeout = Some(Duration::from_secs(5));
-            let mut reader = if stdio { IdlePipe::stdio(read, timeout) } else { IdlePipe::new(read, timeout) }.unwrap();
+            let mut reader =
+                if stdio { IdlePipe::stdio(read, timeout, End::Read) } else { IdlePipe::new(read, timeout) }.unwrap();
             let mut writer = IdlePipe::new(write, timeout).unwrap();
             let got = bounded(Duration::from_secs(5), move || {
                 let late = thread::spawn(move || {

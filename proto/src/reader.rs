@@ -99,14 +99,14 @@ pub enum ReadError {
         /// The configured maximum.
         max: u64,
     },
-    /// The underlying reader failed.
-    #[error("read error at stream offset {stream_offset:#x}: {source}")]
+    /// The underlying reader failed. The message carries the I/O error's own text, so it is not also a `source`
+    /// (which would print it twice in an error chain).
+    #[error("read error at stream offset {stream_offset:#x}: {cause}")]
     Io {
         /// Position of the next unread byte.
         stream_offset: u64,
         /// The I/O error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -267,7 +267,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8], position: &mut u64) -> Resu
                 *position += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(ReadError::Io { stream_offset: *position, source }),
+            Err(cause) => return Err(ReadError::Io { stream_offset: *position, cause }),
         }
     }
     Ok(filled)

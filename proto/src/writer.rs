@@ -24,15 +24,14 @@ pub enum WriteError {
     #[error("empty path in a chunk")]
     EmptyPath,
     /// The sink failed (for a pipe: the reader went away, `EPIPE`).
-    #[error("write of {path:?} failed at stream offset {stream_offset}: {source}")]
+    #[error("write of {path:?} failed at stream offset {stream_offset}: {cause}")]
     Io {
         /// The chunk's path (lossy).
         path: String,
         /// Bytes successfully written to the stream before this chunk.
         stream_offset: u64,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
+        /// The I/O error (in the message, so not also a `source`: it would print twice).
+        cause: io::Error,
     },
 }
 
@@ -87,10 +86,10 @@ impl<W: Write> ChunkWriter<W> {
         self.header.clear();
         encode_payload_header(&mut self.header, path, file_offset, payload.len() as u64, checksum);
         let mut slices = [IoSlice::new(&self.header), IoSlice::new(payload)];
-        write_all_vectored(&mut self.inner, &mut slices).map_err(|source| WriteError::Io {
+        write_all_vectored(&mut self.inner, &mut slices).map_err(|cause| WriteError::Io {
             path: String::from_utf8_lossy(path).into_owned(),
             stream_offset: self.position,
-            source,
+            cause,
         })?;
         self.position += (self.header.len() + payload.len()) as u64;
         Ok(())
@@ -101,10 +100,10 @@ impl<W: Write> ChunkWriter<W> {
         check_path(path)?;
         self.header.clear();
         encode_eof(&mut self.header, path);
-        self.inner.write_all(&self.header).map_err(|source| WriteError::Io {
+        self.inner.write_all(&self.header).map_err(|cause| WriteError::Io {
             path: String::from_utf8_lossy(path).into_owned(),
             stream_offset: self.position,
-            source,
+            cause,
         })?;
         self.position += self.header.len() as u64;
         Ok(())

@@ -1,0 +1,204 @@
+//! `file://PATH`: a directory laid out like a bucket (a key `a/b/c` is the file `PATH/a/b/c`).
+//!
+//! An object is written to a temporary name beside its final one (`.tmp-<pid>-<n>-<name>`, never listed), synced,
+//! renamed into place and its directory synced, so after a crash an object either exists whole or not at all.
+//! Keys are checked ([`proto`]-style: relative, no `.`/`..` components, no empty parts) before they touch the
+//! file system.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::{ObjectInfo, Result, Store, StoreError};
+
+/// Prefix of the temporary names objects are written under before they are renamed into place.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// A directory used as an object store.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+    next_temp: AtomicU64,
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (created by [`Store::ensure_container`] when missing).
+    pub fn new(root: impl Into<PathBuf>) -> LocalStore {
+        LocalStore { root: root.into(), next_temp: AtomicU64::new(0) }
+    }
+
+    fn path(&self, op: &'static str, key: &str) -> Result<PathBuf> {
+        let valid = key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.starts_with(TEMP_PREFIX));
+        if !valid {
+            return Err(self.failed(op, key, "not a valid key".into()));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn failed(&self, op: &'static str, key: &str, message: String) -> StoreError {
+        StoreError::Failed { store: self.describe(), op, key: key.to_string(), message }
+    }
+}
+
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn ensure_container(&self) -> Result<()> {
+        fs::create_dir_all(&self.root).map_err(|e| self.failed("create", "", e.to_string()))
+    }
+
+    fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        let path = self.path("put", key)?;
+        let failed = |e: std::io::Error| self.failed("put", key, e.to_string());
+        let dir = path.parent().expect("a key has a parent: the root");
+        fs::create_dir_all(dir).map_err(failed)?;
+        let name = path.file_name().expect("a checked key has a name").to_string_lossy();
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            fs::rename(&temp, &path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(failed(e));
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64> {
+        let path = self.path("get", key)?;
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { store: self.describe(), key: key.to_string() })
+            }
+            Err(e) => return Err(self.failed("get", key, e.to_string())),
+        };
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match file.read(&mut buffer) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.failed("get", key, e.to_string())),
+            };
+            consume(&buffer[..n]).map_err(|source| StoreError::Consumer {
+                store: self.describe(),
+                key: key.to_string(),
+                source,
+            })?;
+            total += n as u64;
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let dir = self.path("list", prefix)?;
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for entry in walkdir::WalkDir::new(&dir).follow_links(false).min_depth(1).sort_by_file_name() {
+            let entry = entry.map_err(|e| self.failed("list", prefix, e.to_string()))?;
+            let name = entry.file_name().to_string_lossy();
+            if !entry.file_type().is_file() || name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let relative = entry.path().strip_prefix(&self.root).expect("under the root");
+            let key = relative.to_string_lossy().into_owned();
+            let size = entry.metadata().map_err(|e| self.failed("list", prefix, e.to_string()))?.len();
+            found.push(ObjectInfo { key, size });
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = if prefix.is_empty() { self.root.clone() } else { self.path("list", prefix)? };
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.failed("list", prefix, e.to_string())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.failed("list", prefix, e.to_string()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && !name.starts_with(TEMP_PREFIX) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path("delete", key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.failed("delete", key, e.to_string())),
+        }
+        // Empty directories left behind go too (up to, not including, the root), as they would in a bucket.
+        let mut dir = path.parent();
+        while let Some(current) = dir {
+            if current == self.root || fs::remove_dir(current).is_err() {
+                break;
+            }
+            dir = current.parent();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_round_trip_list_and_delete_like_a_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("bucket"));
+        store.ensure_container().unwrap();
+        store.put("b1/0/0001.xbs", Bytes::from_static(b"one")).unwrap();
+        store.put("b1/index.json", Bytes::from_static(b"{}")).unwrap();
+        store.put("b2/0/0001.xbs", Bytes::from_static(b"two!")).unwrap();
+        assert_eq!(store.list_dirs("").unwrap(), ["b1", "b2"]);
+        let listed = store.list("b1").unwrap();
+        assert_eq!(
+            listed,
+            [ObjectInfo { key: "b1/0/0001.xbs".into(), size: 3 }, ObjectInfo { key: "b1/index.json".into(), size: 2 }]
+        );
+        assert_eq!(crate::get_small(&store, "b2/0/0001.xbs", 10).unwrap(), b"two!");
+        assert!(crate::get_small(&store, "b2/0/0001.xbs", 3).is_err(), "larger than the caller takes");
+        assert!(store.get("b2/missing", &mut |_| Ok(())).unwrap_err().is_not_found());
+        store.delete("b1/0/0001.xbs").unwrap();
+        store.delete("b1/0/0001.xbs").unwrap();
+        assert!(!dir.path().join("bucket/b1/0").exists(), "empty directories go with their last object");
+        assert_eq!(store.list("b1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn hostile_keys_are_refused_and_temporaries_are_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        for key in ["../x", "/etc/x", "a/../../x", "", "a//b", "a/./b", ".tmp-1-2-x"] {
+            let err = store.put(key, Bytes::from_static(b"x")).unwrap_err();
+            assert!(err.to_string().contains("not a valid key"), "{key}: {err}");
+        }
+        fs::create_dir_all(dir.path().join("b")).unwrap();
+        fs::write(dir.path().join("b/.tmp-99-0-half"), b"partial").unwrap();
+        assert!(store.list("b").unwrap().is_empty());
+    }
+}
