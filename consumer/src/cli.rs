@@ -33,6 +33,123 @@ pub enum Command {
     /// Decompress every `<path>.zst` of an extracted tree into `<path>` (like xtrabackup --decompress), checked
     /// against the manifest.
     Decompress(DecompressArgs),
+    /// Store one stream (STDIN) or N pipes in object storage as backup NAME, like `xbcloud put`; complete only
+    /// once every object is stored and the stream proved whole.
+    Put(PutArgs),
+    /// Bring backup NAME back: one valid xbstream on STDOUT, N pipes, or extracted and proven with `-C OUT`.
+    Get(GetArgs),
+    /// The backups in a store: name, size, files, date, complete or not.
+    List(ListArgs),
+    /// Remove backup NAME from a store (its index first, so it stops counting as complete at once).
+    Delete(DeleteArgs),
+}
+
+/// `consumer put`.
+#[derive(Debug, ClapArgs)]
+pub struct PutArgs {
+    /// The backup's name in the store.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Where it goes.
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
+
+    /// The named-pipe transport (the producer's options).
+    #[command(flatten)]
+    pub fifo: runtime::args::FifoArgs,
+
+    /// Uploads in flight at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+
+    /// Target size of each stored object (a pack of whole chunks; suffixes K, M, G).
+    #[arg(long, default_value = "8M", value_name = "SIZE")]
+    pub object_size: String,
+
+    /// Hard cap on chunk and pack buffers in memory (suffixes K, M, G).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory_limit: String,
+
+    /// Largest chunk payload accepted (our producer sends 2M, mbstream 10M).
+    #[arg(long, default_value = "16M", value_name = "SIZE")]
+    pub max_chunk_size: String,
+}
+
+/// `consumer get`.
+#[derive(Debug, ClapArgs)]
+pub struct GetArgs {
+    /// The backup's name in the store.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Where it is.
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
+
+    /// Extract into OUT (created if missing) and prove it, as `extract` does, instead of writing a stream.
+    #[arg(short = 'C', long = "directory", value_name = "OUT")]
+    pub directory: Option<PathBuf>,
+
+    /// The named-pipe transport: with --fifo-dir, write stream i to thread_i (as many pipes as were stored).
+    #[command(flatten)]
+    pub fifo: runtime::args::FifoArgs,
+
+    /// Downloads in flight at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+
+    /// Writer threads for -C.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub writers: usize,
+
+    /// Hard cap on pack and chunk buffers in memory (suffixes K, M, G).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory_limit: String,
+
+    /// Largest chunk payload accepted.
+    #[arg(long, default_value = "16M", value_name = "SIZE")]
+    pub max_chunk_size: String,
+
+    /// Fetch a backup whose put did not finish (no index), as far as it goes; never proven.
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// With -C: replace files that already exist.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// With -C: skip the final sync.
+    #[arg(long)]
+    pub no_fsync: bool,
+
+    /// With -C: decompress `.zst` files on the fly.
+    #[arg(long)]
+    pub decompress: bool,
+}
+
+/// `consumer list`.
+#[derive(Debug, ClapArgs)]
+pub struct ListArgs {
+    /// Where the backups are.
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `consumer delete`.
+#[derive(Debug, ClapArgs)]
+pub struct DeleteArgs {
+    /// The backup's name in the store.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Where it is.
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
 }
 
 /// `consumer decompress`.
@@ -151,7 +268,7 @@ pub fn main() -> i32 {
     // Stop signals become a failure of the run, with cleanup, for the commands that stream (installed first, before
     // any thread exists). `verify` and `decompress` keep the default: a signal ends them at once (decompress leaves
     // at most its staging directory, and nothing moved into place).
-    let streams = matches!(args.command, Command::Extract(_));
+    let streams = matches!(args.command, Command::Extract(_) | Command::Put(_) | Command::Get(_));
     let signals = if streams { runtime::signals::Signals::install() } else { runtime::signals::Signals::none() };
     let result = match &args.command {
         Command::Extract(extract) => match crate::config::ExtractConfig::from_args(extract, args.verbose, args.quiet) {
@@ -165,6 +282,26 @@ pub fn main() -> i32 {
         Command::Verify(verify) => crate::verify::run(&verify.directory, verify.parallel.max(1)),
         Command::Decompress(args) => {
             crate::decompress::run(&args.directory, args.remove_original, args.overwrite, args.parallel)
+        }
+        Command::Put(put) => match (crate::config::put_config(put, args.verbose, args.quiet), put.storage.open()) {
+            (Ok(config), Ok(store)) => crate::put::run(&config, store.as_ref(), &signals),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("consumer: error: {e:#}");
+                return 2;
+            }
+        },
+        Command::Get(get) => match (crate::config::get_config(get, args.verbose, args.quiet), get.storage.open()) {
+            (Ok(config), Ok(store)) => crate::get::run(&config, store.as_ref(), &signals),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("consumer: error: {e:#}");
+                return 2;
+            }
+        },
+        Command::List(list) => {
+            list.storage.open().and_then(|store| crate::catalog::run_list(store.as_ref(), list.json))
+        }
+        Command::Delete(delete) => {
+            delete.storage.open().and_then(|store| crate::catalog::delete(store.as_ref(), &delete.name))
         }
     };
     match result {

@@ -121,3 +121,148 @@ impl ExtractConfig {
         })
     }
 }
+
+/// The input a command reads: `--fifo-dir` pipes or STDIN (which must not be a terminal).
+fn input_of(fifo: &runtime::args::FifoArgs) -> Result<Input> {
+    match &fifo.fifo_dir {
+        Some(dir) => {
+            if fifo.fifo_streams == 0 {
+                bail!("--fifo-streams must be at least 1");
+            }
+            Ok(Input::Fifos {
+                dir: dir.clone(),
+                count: fifo.fifo_streams,
+                timeout: Duration::from_secs(fifo.fifo_timeout),
+            })
+        }
+        None if fifo.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", fifo.fifo_streams),
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("STDIN is a terminal: pipe a stream in, or use --fifo-dir");
+            }
+            Ok(Input::Stdin)
+        }
+    }
+}
+
+fn size_arg(text: &str, name: &str) -> Result<u64> {
+    parse_size(text).map_err(anyhow::Error::msg).with_context(|| name.to_string())
+}
+
+fn progress_of(verbose: bool, quiet: bool) -> ProgressMode {
+    if quiet {
+        ProgressMode::Quiet
+    } else if verbose {
+        ProgressMode::Lines
+    } else if std::io::stderr().is_terminal() {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Quiet
+    }
+}
+
+/// Validates `put` arguments.
+pub fn put_config(args: &crate::cli::PutArgs, verbose: bool, quiet: bool) -> Result<crate::put::PutConfig> {
+    crate::layout::check_name(&args.name)?;
+    let input = input_of(&args.fifo)?;
+    let max_chunk = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
+    if !(4096..=1 << 30).contains(&max_chunk) {
+        bail!("--max-chunk-size must be between 4K and 1G");
+    }
+    let object_size = size_arg(&args.object_size, "--object-size")?;
+    if !(64 << 10..=4 << 30).contains(&object_size) {
+        bail!("--object-size must be between 64K and 4G");
+    }
+    let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let streams = input.stream_count() as u64;
+    let capacity = object_size.max(max_chunk + proto::chunk::MAX_HEADER_LEN as u64);
+    // Each reader holds one chunk being parsed and fills one pack; the rest are uploads in flight.
+    let for_packs = memory_limit.saturating_sub(streams * max_chunk);
+    let packs = (for_packs / capacity) as usize;
+    let needed = streams as usize + 1;
+    if packs < needed {
+        bail!(
+            "--memory-limit {} holds {packs} packs of {} after {streams} chunk buffers of --max-chunk-size {}; {needed} \
+             are needed (one per stream and one uploading): raise --memory-limit or lower --object-size",
+            human(memory_limit),
+            human(capacity),
+            human(max_chunk)
+        );
+    }
+    Ok(crate::put::PutConfig {
+        name: args.name.clone(),
+        input,
+        idle_timeout: args.fifo.idle_timeout(),
+        max_chunk: max_chunk as usize,
+        object_size: object_size as usize,
+        packs: packs.min(streams as usize + args.parallel),
+        parallel: args.parallel,
+        manifest_limit: memory_limit,
+        progress: progress_of(verbose, quiet),
+    })
+}
+
+/// Validates `get` arguments.
+pub fn get_config(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Result<crate::get::GetConfig> {
+    crate::layout::check_name(&args.name)?;
+    let max_chunk = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
+    let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
+    if args.parallel == 0 || args.writers == 0 {
+        bail!("--parallel and --writers must be at least 1");
+    }
+    let output = match (&args.directory, &args.fifo.fifo_dir) {
+        (Some(_), Some(_)) => bail!("-C and --fifo-dir exclude each other: extract, or feed pipes"),
+        (Some(directory), None) => {
+            // The extract pipeline's chunk buffers get half the budget; the downloads the other half.
+            let buffers = ((memory_limit / 2) / max_chunk).min(64) as usize;
+            if buffers < 3 {
+                bail!("--memory-limit {} is too small for chunks of {}", human(memory_limit), human(max_chunk));
+            }
+            crate::get::GetOutput::Extract(Box::new(ExtractConfig {
+                input: Input::Stdin,
+                target: directory.clone(),
+                idle_timeout: None,
+                writers: args.writers,
+                buffers,
+                manifest_limit: memory_limit,
+                buffer_size: max_chunk as usize,
+                overwrite: args.overwrite,
+                fsync: !args.no_fsync,
+                fadvise: true,
+                require_manifest: false,
+                stream_sha1: false,
+                decompress: args.decompress,
+                decompress_threads: if args.decompress { 2 } else { 0 },
+                stats_json: None,
+                progress: progress_of(verbose, quiet),
+            }))
+        }
+        (None, Some(dir)) => crate::get::GetOutput::Fifos {
+            dir: dir.clone(),
+            count: args.fifo.fifo_streams,
+            timeout: Duration::from_secs(args.fifo.fifo_timeout),
+        },
+        (None, None) => {
+            if std::io::stdout().is_terminal() {
+                bail!("refusing to write a binary stream to a terminal: redirect STDOUT, or use -C or --fifo-dir");
+            }
+            crate::get::GetOutput::Stdout
+        }
+    };
+    let memory_for_packs = match &output {
+        crate::get::GetOutput::Extract(_) => memory_limit / 2,
+        _ => memory_limit,
+    };
+    Ok(crate::get::GetConfig {
+        name: args.name.clone(),
+        output,
+        parallel: args.parallel,
+        memory_limit: memory_for_packs,
+        max_chunk: max_chunk as usize,
+        allow_partial: args.allow_partial,
+        idle_timeout: args.fifo.idle_timeout(),
+    })
+}

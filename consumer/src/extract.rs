@@ -33,7 +33,7 @@ use proto::cancel::{recv, send, Cancel};
 use proto::manifest::{Digest, FileRecord, Manifest, MANIFEST_NAME};
 use proto::pool::{BufferPool, PooledBuffer};
 use proto::{compressed, ChunkHeader, ChunkKind, CrcPiece};
-use runtime::failure::{panic_message, Failure};
+use runtime::failure::Failure;
 use runtime::progress::{Counters, Progress};
 use runtime::signals::Signals;
 use runtime::size::human;
@@ -150,10 +150,10 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                     .expect("spawn reader")
             })
             .collect();
-        let streams: Vec<_> = readers.into_iter().map(|r| joined(r.join(), "reader", &failure).flatten()).collect();
+        let streams: Vec<_> = readers.into_iter().map(|r| failure.joined(r.join(), "reader").flatten()).collect();
         drop(decompress_sender);
         for decompressor in decompressors {
-            joined(decompressor.join(), "decompress", &failure);
+            failure.joined(decompressor.join(), "decompress");
         }
 
         let result = (|| -> Result<Outcome> {
@@ -177,7 +177,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
         }
         drop(senders);
         for writer in writers {
-            joined(writer.join(), "writer", &failure);
+            failure.joined(writer.join(), "writer");
         }
         // A stop signal is the cause of whatever else failed.
         if let Some(error) = signals.error() {
@@ -248,17 +248,6 @@ struct Outcome {
     bytes: u64,
     proven: bool,
     streams: Vec<StreamStats>,
-}
-
-/// A thread's join result: a panic that escaped [`Failure::run_stage`] is recorded as a failure.
-fn joined<T>(result: thread::Result<T>, stage: &str, failure: &Failure) -> Option<T> {
-    match result {
-        Ok(value) => Some(value),
-        Err(panic) => {
-            failure.record(anyhow!("a {stage} thread panicked: {}", panic_message(panic.as_ref())));
-            None
-        }
-    }
 }
 
 /// What every reader thread shares.
@@ -338,7 +327,7 @@ fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<StreamEnd> 
     let index = source.index();
     loop {
         let mut data = pool.take(cancel)?;
-        let Some(SourceChunk { header, relative }) = source.next_chunk(&mut data)? else { break };
+        let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut data)? else { break };
         if source.marker().is_some_and(|marker| marker.digest == Digest::Sha1) {
             // The producer announced SHA-1s: hash files as they arrive rather than re-read them at the end.
             hash_files.store(true, Ordering::SeqCst);

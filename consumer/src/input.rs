@@ -41,10 +41,10 @@ impl Input {
 
 /// One opened input stream.
 pub struct InputStream {
-    /// `STDIN` or the pipe's path, for messages.
+    /// `STDIN`, the pipe's path, or the stored stream, for messages.
     pub name: String,
-    /// The descriptor, with the `--idle-timeout` deadline on every read.
-    pub file: IdlePipe,
+    /// Its bytes: a pipe or STDIN (with the `--idle-timeout` deadline on every read), or a stored stream.
+    pub file: Box<dyn Read + Send>,
 }
 
 /// Opens every input. For pipes, creates any that are missing (the producer may start later) and waits for the
@@ -61,7 +61,7 @@ pub fn open_inputs(
             let file = IdlePipe::stdio(File::from(fd), idle, End::Read)
                 .context("cannot use STDIN")?
                 .with_cancel(cancel.clone());
-            Ok((vec![InputStream { name: "STDIN".into(), file }], None))
+            Ok((vec![InputStream { name: "STDIN".into(), file: Box::new(file) }], None))
         }
         Input::Fifos { dir, count, timeout } => {
             let set = FifoSet::create(dir, *count)?;
@@ -75,7 +75,7 @@ pub fn open_inputs(
                     .with_context(|| format!("cannot use {}", path.display()))?
                     .with_cancel(cancel.clone())
                     .with_activity(Arc::clone(&activity));
-                streams.push(InputStream { name: path.display().to_string(), file });
+                streams.push(InputStream { name: path.display().to_string(), file: Box::new(file) });
             }
             Ok((streams, Some(set)))
         }

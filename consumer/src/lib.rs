@@ -9,13 +9,18 @@ bytes of a file arrived), [`list`] (`--list`), [`verify`] (re-checking an extrac
 tree back into originals).
 */
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod coverage;
 pub mod decompress;
 pub mod extract;
+pub mod get;
 pub mod input;
+pub mod layout;
 pub mod list;
+pub mod put;
 pub mod source;
+pub mod storage;
 pub mod target;
 pub mod verify;

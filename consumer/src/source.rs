@@ -6,7 +6,7 @@
 //! there (this stream's number, the number of streams being read), and keeps the tallies the manifest is checked
 //! against: chunks and encoded bytes, with and without the manifest's own chunks, and the stream's SHA-1.
 
-use std::io::BufReader;
+use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +35,8 @@ pub struct SourceChunk {
     pub header: ChunkHeader,
     /// Its path, checked: relative, no `..`.
     pub relative: PathBuf,
+    /// One of the start marker's chunks (only with [`StreamSource::pass_marker`]).
+    pub marker: bool,
 }
 
 /// What a stream carried, once it has ended cleanly (at a chunk boundary).
@@ -89,11 +91,14 @@ impl SameBackup {
     }
 }
 
+/// A stream's bytes as the chunk reader gets them: read ahead, hashed, the Percona control byte skipped.
+type Buffered = BufReader<HashingReader<SkipControlByte<Box<dyn Read + Send>>>>;
+
 /// One stream being read.
 pub struct StreamSource {
     index: usize,
     name: String,
-    reader: ChunkReader<BufReader<HashingReader<proto::idle::IdlePipe>>>,
+    reader: ChunkReader<Buffered>,
     expected_streams: usize,
     started: bool,
     marker: Option<StreamMarker>,
@@ -101,6 +106,9 @@ pub struct StreamSource {
     bytes: u64,
     counted: Counted,
     same_backup: std::sync::Arc<SameBackup>,
+    pass_marker: bool,
+    /// The marker's path, until its end-of-file chunk has been read.
+    marker_end_pending: Option<Vec<u8>>,
 }
 
 impl StreamSource {
@@ -116,7 +124,8 @@ impl StreamSource {
     ) -> StreamSource {
         // A read buffer turns the three small header reads of each chunk into one system call per many small
         // chunks; payloads as large as the buffer bypass it and land directly in the caller's buffer.
-        let buffered = BufReader::with_capacity(READ_BUFFER, HashingReader::new(input.file, hash));
+        let skipping = SkipControlByte::new(input.file);
+        let buffered = BufReader::with_capacity(READ_BUFFER, HashingReader::new(skipping, hash));
         StreamSource {
             index,
             name: input.name,
@@ -128,6 +137,8 @@ impl StreamSource {
             bytes: 0,
             counted: Counted::default(),
             same_backup,
+            pass_marker: false,
+            marker_end_pending: None,
         }
     }
 
@@ -146,40 +157,70 @@ impl StreamSource {
         self.marker.as_ref()
     }
 
+    /// With `pass`, [`StreamSource::next_chunk`] also returns the start marker's two chunks (flagged
+    /// [`SourceChunk::marker`]), checked as usual: `put` stores streams verbatim.
+    pub fn pass_marker(mut self, pass: bool) -> StreamSource {
+        self.pass_marker = pass;
+        self
+    }
+
     /// The next chunk of a file, its payload in `payload`; `None` when the stream has ended at a chunk boundary.
-    /// The start marker is taken off first (and checked); it is never returned.
+    /// The start marker is taken off first (and checked); it is returned only with [`StreamSource::pass_marker`].
     pub fn next_chunk<P>(&mut self, payload: &mut P) -> Result<Option<SourceChunk>>
     where
         P: PayloadBuffer + std::ops::Deref<Target = [u8]>,
     {
-        let Some(mut header) = self.read(payload)? else { return Ok(None) };
-        let first = !std::mem::replace(&mut self.started, true);
-        if first && is_marker_name(&header.path) {
-            self.take_marker(&header, &payload[..])?;
-            let Some(next) = self.read(payload)? else { return Ok(None) };
-            if next.kind != ChunkKind::Eof || next.path != header.path {
-                bail!(
-                    "{}: the start marker {} is not followed by its end-of-file chunk (chunk at stream offset {:#x})",
-                    self.describe(),
-                    header.display_path(),
-                    next.stream_offset
-                );
+        loop {
+            let Some(header) = self.read(payload)? else {
+                if let Some(path) = &self.marker_end_pending {
+                    bail!(
+                        "{}: the stream ended after the start marker {} without its end-of-file chunk",
+                        self.describe(),
+                        String::from_utf8_lossy(path)
+                    );
+                }
+                return Ok(None);
+            };
+            if let Some(path) = self.marker_end_pending.take() {
+                if header.kind != ChunkKind::Eof || header.path != path {
+                    bail!(
+                        "{}: the start marker {} is not followed by its end-of-file chunk (chunk at stream offset \
+                         {:#x})",
+                        self.describe(),
+                        String::from_utf8_lossy(&path),
+                        header.stream_offset
+                    );
+                }
+                if self.pass_marker {
+                    let relative = PathBuf::from(String::from_utf8_lossy(&header.path).into_owned());
+                    return Ok(Some(SourceChunk { header, relative, marker: true }));
+                }
+                continue;
             }
-            let Some(after) = self.read(payload)? else { return Ok(None) };
-            header = after;
+            let first = !std::mem::replace(&mut self.started, true);
+            if first && is_marker_name(&header.path) {
+                self.take_marker(&header, &payload[..])?;
+                let id = self.marker.as_ref().map(|m| m.backup_id.as_str());
+                self.same_backup.check(self.index, &self.name, id)?;
+                self.marker_end_pending = Some(header.path.clone());
+                if self.pass_marker {
+                    let relative = PathBuf::from(String::from_utf8_lossy(&header.path).into_owned());
+                    return Ok(Some(SourceChunk { header, relative, marker: true }));
+                }
+                continue;
+            }
+            if first {
+                self.same_backup.check(self.index, &self.name, None)?;
+            }
+            let relative = proto::safe_relative_path(&header.path).with_context(|| {
+                format!(
+                    "{}: unsafe path in the chunk at stream offset {:#x}; nothing is written outside -C",
+                    self.describe(),
+                    header.stream_offset
+                )
+            })?;
+            return Ok(Some(SourceChunk { header, relative, marker: false }));
         }
-        if first {
-            let id = self.marker.as_ref().map(|m| m.backup_id.as_str());
-            self.same_backup.check(self.index, &self.name, id)?;
-        }
-        let relative = proto::safe_relative_path(&header.path).with_context(|| {
-            format!(
-                "{}: unsafe path in the chunk at stream offset {:#x}; nothing is written outside -C",
-                self.describe(),
-                header.stream_offset
-            )
-        })?;
-        Ok(Some(SourceChunk { header, relative }))
     }
 
     /// Reads one chunk and counts it.
@@ -289,4 +330,81 @@ pub fn missing_manifest(ends: &[StreamEnd], backup_id: &str) -> anyhow::Error {
         first.bytes,
         first.bytes
     )
+}
+
+/// Percona `xtrabackup --fifo-streams` (8.0.33+) sends one control byte before the xbstream on each pipe: a
+/// single leading byte that is followed by `XBSTCK01` is skipped, so such pipes are read like ours.
+pub struct SkipControlByte<R> {
+    inner: R,
+    /// The first bytes, read ahead to decide, not yet handed out.
+    head: Vec<u8>,
+    decided: bool,
+}
+
+impl<R: Read> SkipControlByte<R> {
+    /// Wraps the start of a stream.
+    pub fn new(inner: R) -> SkipControlByte<R> {
+        SkipControlByte { inner, head: Vec::new(), decided: false }
+    }
+
+    fn decide(&mut self) -> io::Result<()> {
+        let want = 1 + proto::MAGIC.len();
+        let mut head = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            match self.inner.read(&mut head[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        head.truncate(filled);
+        if filled == want && head[0] != proto::MAGIC[0] && head[1..] == proto::MAGIC[..] {
+            log::info!("skipping the control byte {:#04x} that Percona's FIFO datasink sends first", head[0]);
+            head.remove(0);
+        }
+        head.reverse();
+        self.head = head;
+        self.decided = true;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for SkipControlByte<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.decided {
+            self.decide()?;
+        }
+        if self.head.is_empty() || buf.is_empty() {
+            return self.inner.read(buf);
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(byte) = self.head.pop() else { break };
+            buf[n] = byte;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        SkipControlByte::new(bytes).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn one_control_byte_before_the_magic_is_skipped_and_nothing_else() {
+        assert_eq!(through(b"\x01XBSTCK01\0E"), b"XBSTCK01\0E");
+        assert_eq!(through(b"XBSTCK01\0E"), b"XBSTCK01\0E");
+        assert_eq!(through(b"\x01XBSTCK0"), b"\x01XBSTCK0", "too short to decide: kept");
+        assert_eq!(through(b"\x01\x02XBSTCK01"), b"\x01\x02XBSTCK01", "only a single byte");
+        assert_eq!(through(b""), b"");
+    }
 }

@@ -37,7 +37,7 @@ use crate::file::{ChunkJob, FileState, Outlet, ReadChunk};
 use crate::scan;
 use crate::sink::{DirectorySink, Sink, SinkReport, StreamItem, StreamSink};
 use crate::stats::Stats;
-use runtime::failure::{panic_message, Failure};
+use runtime::failure::Failure;
 use runtime::progress::{Counters, Progress};
 use runtime::signals::Signals;
 use runtime::size::human;
@@ -231,13 +231,13 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
 
         // Every thread runs under `run_stage`, which records its error or panic; a join that still fails (a
         // panic outside it) is a failure too, never an empty report.
-        joined(scanner.join(), "scanner", &failure);
+        failure.joined(scanner.join(), "scanner");
         for worker in workers {
-            joined(worker.join(), "reader or process", &failure);
+            failure.joined(worker.join(), "reader or process");
         }
         compress_stage.close();
         for compressor in compressors {
-            joined(compressor.join(), "compress", &failure);
+            failure.joined(compressor.join(), "compress");
         }
 
         // Every file is released. Close streams 1..N and wait for their writers, then write the manifest last on
@@ -248,7 +248,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
             router.close(index);
         }
         let mut reports = vec![None];
-        reports.extend(writers.map(|w| joined(w.join(), "writer", &failure).flatten()));
+        reports.extend(writers.map(|w| failure.joined(w.join(), "writer").flatten()));
         if !failure.failed() {
             // Prove before claiming: every file the scanner handed out has ended or vanished.
             if let Some(source) = router.unfinished() {
@@ -271,7 +271,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
             *router.records.lock().unwrap_or_else(|e| e.into_inner()) = files;
         }
         router.close(0);
-        reports[0] = joined(first.join(), "writer", &failure).flatten();
+        reports[0] = failure.joined(first.join(), "writer").flatten();
         reports
     });
     progress.stop();
@@ -331,17 +331,6 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         stats.mb_per_second,
         manifest::MANIFEST_NAME
     ))
-}
-
-/// A thread's join result: a panic that escaped [`Failure::run_stage`] is recorded as a failure.
-fn joined<T>(result: thread::Result<T>, stage: &str, failure: &Failure) -> Option<T> {
-    match result {
-        Ok(value) => Some(value),
-        Err(panic) => {
-            failure.record(anyhow::anyhow!("a {stage} thread panicked: {}", panic_message(panic.as_ref())));
-            None
-        }
-    }
 }
 
 /// The start marker of stream `index`: its wire path and contents.

@@ -131,6 +131,14 @@ impl PooledBuffer {
     }
 }
 
+impl AsRef<[u8]> for PooledBuffer {
+    /// The bytes in use: lets a buffer be handed to an HTTP client as the owner of a request body (zero copy),
+    /// still counted in the pool until the client drops it.
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl Deref for PooledBuffer {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -61,6 +61,18 @@ impl Failure {
         }
     }
 
+    /// A thread's join result: a panic that escaped [`Failure::run_stage`] is recorded as a failure (`stage`
+    /// names the thread), never ignored.
+    pub fn joined<T>(&self, result: std::thread::Result<T>, stage: &str) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(panic) => {
+                self.record(anyhow::anyhow!("a {stage} thread panicked: {}", panic_message(panic.as_ref())));
+                None
+            }
+        }
+    }
+
     /// Whether anything failed.
     pub fn failed(&self) -> bool {
         self.first.lock().unwrap_or_else(|e| e.into_inner()).is_some()

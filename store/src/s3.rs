@@ -73,10 +73,18 @@ impl S3Store {
     /// A store for `bucket`, keys below `prefix` (may be empty).
     pub fn new(bucket: &str, prefix: &str, options: &S3Options) -> anyhow::Result<S3Store> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Some(endpoint) = &options.endpoint {
-            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        let endpoint = options
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        let plain_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        if let Some(endpoint) = &endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(plain_http);
         }
-        builder = builder.with_region(options.region.as_deref().unwrap_or("us-east-1"));
+        if let Some(region) = &options.region {
+            builder = builder.with_region(region);
+        }
         if let Some(key) = &options.access_key {
             builder = builder.with_access_key_id(key);
         }
@@ -89,7 +97,7 @@ impl S3Store {
         let virtual_hosted = match options.bucket_lookup {
             BucketLookup::Dns => true,
             BucketLookup::Path => false,
-            BucketLookup::Auto => options.endpoint.is_none(),
+            BucketLookup::Auto => endpoint.is_none(),
         };
         builder = builder.with_virtual_hosted_style_request(virtual_hosted);
         let retry = RetryConfig {
@@ -104,7 +112,7 @@ impl S3Store {
         let client_options = ClientOptions::new()
             .with_timeout(options.request_timeout)
             .with_connect_timeout(Duration::from_secs(10))
-            .with_allow_http(options.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
+            .with_allow_http(plain_http);
         let client = builder.with_retry(retry).with_client_options(client_options).build()?;
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("s3-io").enable_all().build()?;
@@ -183,7 +191,10 @@ impl Store for S3Store {
         let probe = self.runtime.block_on(self.client.list_with_delimiter(Some(&self.path(""))));
         match probe {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => {
+            // A missing bucket is a 404 `NoSuchBucket`, which object_store reports as a generic error.
+            Err(e)
+                if matches!(e, object_store::Error::NotFound { .. }) || error_message(&e).contains("NoSuchBucket") =>
+            {
                 log::info!("bucket {} does not exist: creating it", self.bucket);
                 self.create_bucket()
             }

@@ -1,0 +1,548 @@
+//! `consumer get NAME`: a stored backup back out — as one xbstream on STDOUT, into N pipes, or extracted with
+//! proof (`-C OUT`).
+//!
+//! ```text
+//! index.json ─► per stream: packs in order ─► downloaders (--parallel, verified: size, CRC-32) ─► stream i's bytes
+//!                  (a window of pool buffers per stream)
+//!   ─► -C OUT:  the extract pipeline, reading stream i as if it were pipe i (same proof as `extract`)
+//!   ─► N pipes: stream i verbatim into thread_i (N must be the stored count)
+//!   ─► STDOUT:  one stream verbatim; several merged so that each file's chunks are in order (what `mbstream -x`
+//!               needs), with a new start marker (stream 0 of 1) and the manifest's stream counts rewritten to match
+//! ```
+//!
+//! The merge needs one chunk of look-ahead per stream: the producer releases a file's chunk k to its stream before
+//! chunk k+1 to any stream, so on every stream a file's chunks are in order and some stream's next chunk is always
+//! the next one its file needs (an end-of-file chunk is due once the manifest's count of payload chunks for that
+//! file has gone out). Files the manifest does not list (a foreign multi-pipe backup, where files never span pipes)
+//! are emitted in their stream's order.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::Arc;
+use std::thread;
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use proto::cancel::{recv, send, Cancel};
+use proto::chunk::ChunkKind;
+use proto::fifo::{End, FifoSet};
+use proto::idle::{Activity, IdlePipe};
+use proto::manifest::{Manifest, StreamRecord, MANIFEST_NAME};
+use proto::marker::{self, StreamMarker};
+use proto::pool::{BufferPool, PooledBuffer};
+use proto::{ChunkHeader, ChunkWriter, CrcPiece};
+use runtime::failure::Failure;
+use runtime::signals::Signals;
+use runtime::size::human;
+use store::Store;
+
+use crate::config::ExtractConfig;
+use crate::input::InputStream;
+use crate::layout::{self, BackupIndex, Pack};
+use crate::source::{SameBackup, StreamSource};
+
+/// Where a get goes.
+#[derive(Debug, Clone)]
+pub enum GetOutput {
+    /// One xbstream on STDOUT.
+    Stdout,
+    /// N pipes `dir/thread_<i>`.
+    Fifos {
+        /// The pipes' directory.
+        dir: std::path::PathBuf,
+        /// How many (must be the stored count).
+        count: usize,
+        /// How long to wait for the reader to open each.
+        timeout: std::time::Duration,
+    },
+    /// Extracted and proven, as `extract` does.
+    Extract(Box<ExtractConfig>),
+}
+
+/// Validated `get` settings.
+#[derive(Debug, Clone)]
+pub struct GetConfig {
+    /// The backup's name.
+    pub name: String,
+    /// Where it goes.
+    pub output: GetOutput,
+    /// Downloads in flight.
+    pub parallel: usize,
+    /// Memory for downloaded packs.
+    pub memory_limit: u64,
+    /// Largest chunk payload accepted.
+    pub max_chunk: usize,
+    /// Fetch a backup without its index (a put that did not finish), as far as it goes.
+    pub allow_partial: bool,
+    /// `--idle-timeout` on output pipes.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// Runs a get; returns the one-line summary.
+pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
+    let cancel = Cancel::new();
+    signals.watch(&cancel);
+    let started = std::time::Instant::now();
+    let result = get(config, store, signals, &cancel);
+    match signals.error() {
+        Some(error) => Err(error),
+        None => result.map(|summary| format!("{summary} in {:.2} s", started.elapsed().as_secs_f64())),
+    }
+}
+
+fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
+    layout::check_name(&config.name)?;
+    let index = load_index(config, store)?;
+    // The producer's manifest, stored beside the packs: what a merge plans with.
+    let manifest = if index.proven && index.streams.len() > 1 && matches!(config.output, GetOutput::Stdout) {
+        let key = layout::object_key(&config.name, layout::MANIFEST_OBJECT);
+        let bytes = store::get_small(store, &key, config.memory_limit)?;
+        Some(Manifest::from_json(&bytes).with_context(|| format!("cannot read {key}"))?)
+    } else {
+        None
+    };
+    let streams = index.streams.len();
+    if streams == 0 {
+        bail!("backup {} in {} holds no stream", config.name, store.describe());
+    }
+    let largest = index.streams.iter().flat_map(|s| s.packs.iter()).map(|p| p.size).max().unwrap_or(0) as usize;
+    // Each stream gets its own window of pack buffers, so a merge waiting on one stream never starves another.
+    let per_stream = (config.memory_limit / streams as u64 / largest.max(1) as u64) as usize;
+    if per_stream < 1 {
+        bail!(
+            "--memory-limit {} cannot hold one {} pack for each of the {streams} streams",
+            human(config.memory_limit),
+            human(largest as u64)
+        );
+    }
+    let window = per_stream.min(config.parallel.max(1) + 1);
+    let (jobs, job_receiver) = crossbeam_channel::bounded::<Download>(streams * window);
+    let failure = Failure::new(cancel.clone());
+    let total: u64 = index.streams.iter().map(|s| s.bytes).sum();
+
+    thread::scope(|scope| -> Result<String> {
+        for i in 0..config.parallel.max(1) {
+            let (jobs, failure) = (job_receiver.clone(), &failure);
+            let name = format!("download-{i}");
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn_scoped(scope, move || failure.run_stage(&name, || download(&jobs, store, cancel)))
+                .expect("spawn downloader");
+        }
+        drop(job_receiver);
+        let mut readers = Vec::with_capacity(streams);
+        for stored in &index.streams {
+            let pool = BufferPool::new(window, largest.max(1));
+            let (order, ordered) = crossbeam_channel::bounded(window);
+            let (jobs, failure, packs) = (jobs.clone(), &failure, &stored.packs);
+            let name = format!("plan-{}", stored.index);
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn_scoped(scope, move || failure.run_stage(&name, || plan(packs, &pool, &jobs, &order, cancel)))
+                .expect("spawn planner");
+            readers.push(PackStream { ordered, current: None, position: 0, cancel: cancel.clone() });
+        }
+        drop(jobs);
+        let result = deliver(config, &index, manifest, readers, signals, cancel);
+        if result.is_err() {
+            cancel.cancel();
+        }
+        result.map_err(|e| failure.take().filter(|_| cancel.is_cancelled()).map_or(e, |first| first))
+    })
+    .map(|how| {
+        format!(
+            "got {} ({} files, {} of content, {} streamed) from {}: {how}",
+            config.name,
+            index.files,
+            human(index.bytes),
+            human(total),
+            store.describe()
+        )
+    })
+}
+
+/// Reads the index, or with `--allow-partial` and no index, makes one from the listing.
+fn load_index(config: &GetConfig, store: &dyn Store) -> Result<BackupIndex> {
+    let key = layout::object_key(&config.name, layout::INDEX_NAME);
+    match store::get_small(store, &key, layout::MAX_INDEX) {
+        Ok(bytes) => BackupIndex::from_json(&bytes).with_context(|| format!("cannot read {key}")),
+        Err(e) if e.is_not_found() => {
+            let listed = store.list(&config.name)?;
+            if listed.is_empty() {
+                bail!("no backup named {} in {}", config.name, store.describe());
+            }
+            if !config.allow_partial {
+                bail!(
+                    "backup {} in {} is incomplete: it has no {} (the put did not finish); --allow-partial fetches \
+                     what is there, unproven",
+                    config.name,
+                    store.describe(),
+                    layout::INDEX_NAME
+                );
+            }
+            log::warn!("backup {} has no index: fetching the packs that are there, unproven", config.name);
+            partial_index(&config.name, &listed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An index made from the packs that exist (sizes from the listing; CRCs unknown, so 0 and unchecked).
+fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex> {
+    let mut streams: Vec<layout::StoredStream> = Vec::new();
+    for object in listed {
+        let Some(rest) = object.key.strip_prefix(&format!("{name}/")) else { continue };
+        let Some((stream, file)) = rest.split_once('/') else { continue };
+        let (Ok(stream), true) = (stream.parse::<u32>(), file.ends_with(".xbs")) else { continue };
+        while streams.len() <= stream as usize {
+            let index = streams.len() as u32;
+            streams.push(layout::StoredStream { index, chunks: 0, bytes: 0, packs: Vec::new() });
+        }
+        let entry = &mut streams[stream as usize];
+        entry.bytes += object.size;
+        entry.packs.push(Pack { key: object.key.clone(), size: object.size, chunks: 0, crc32: 0 });
+    }
+    Ok(BackupIndex {
+        format: layout::INDEX_FORMAT,
+        name: name.to_string(),
+        tool: String::new(),
+        created_unix: 0,
+        backup_id: None,
+        proven: false,
+        files: 0,
+        bytes: 0,
+        streams,
+    })
+}
+
+/// A download: one pack into one buffer, the result to its stream's reader.
+struct Download {
+    pack: Pack,
+    buffer: PooledBuffer,
+    reply: Sender<Result<PooledBuffer>>,
+}
+
+/// One stream's planner: takes a buffer from the stream's window for each pack, in order, queues the download,
+/// and hands the reader the receiver of its result, in order.
+fn plan(
+    packs: &[Pack],
+    pool: &BufferPool,
+    jobs: &Sender<Download>,
+    order: &Sender<Receiver<Result<PooledBuffer>>>,
+    cancel: &Cancel,
+) -> Result<()> {
+    for pack in packs {
+        let buffer = pool.take(cancel)?;
+        let (reply, result) = crossbeam_channel::bounded(1);
+        send(order, result, cancel)?;
+        send(jobs, Download { pack: pack.clone(), buffer, reply }, cancel)?;
+    }
+    Ok(())
+}
+
+/// One downloader: packs into their buffers, checked against the index.
+fn download(jobs: &Receiver<Download>, store: &dyn Store, cancel: &Cancel) -> Result<()> {
+    while let Some(Download { pack, mut buffer, reply }) = recv(jobs, cancel)? {
+        let result = (|| -> Result<PooledBuffer> {
+            buffer.set_len(0);
+            let mut crc = CrcPiece::default();
+            store.get(&pack.key, &mut |piece| {
+                let start = buffer.len();
+                if start + piece.len() > buffer.capacity() || (start + piece.len()) as u64 > pack.size {
+                    bail!("it is larger than the index says ({} bytes)", pack.size);
+                }
+                buffer.set_len(start + piece.len());
+                buffer[start..].copy_from_slice(piece);
+                crc = crc.append(CrcPiece::of(piece));
+                Ok(())
+            })?;
+            if buffer.len() as u64 != pack.size {
+                bail!("{}: {} bytes arrived; the index says {}", pack.key, buffer.len(), pack.size);
+            }
+            if pack.chunks > 0 && crc.crc != pack.crc32 {
+                bail!("{}: CRC-32 {:08x} does not match the index's {:08x}", pack.key, crc.crc, pack.crc32);
+            }
+            Ok(buffer)
+        })();
+        let failed = result.is_err();
+        let _ = reply.send(result);
+        if failed {
+            // The reader reports the error (naming the pack); stop downloading.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A stored stream's bytes, pack after pack, as they download.
+struct PackStream {
+    ordered: Receiver<Receiver<Result<PooledBuffer>>>,
+    current: Option<PooledBuffer>,
+    position: usize,
+    cancel: Cancel,
+}
+
+impl Read for PackStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(current) = &self.current {
+                if self.position < current.len() {
+                    let n = buf.len().min(current.len() - self.position);
+                    buf[..n].copy_from_slice(&current[self.position..self.position + n]);
+                    self.position += n;
+                    return Ok(n);
+                }
+                self.current = None;
+            }
+            let Some(next) = recv(&self.ordered, &self.cancel).map_err(io::Error::other)? else { return Ok(0) };
+            let pack = recv(&next, &self.cancel)
+                .map_err(io::Error::other)?
+                .ok_or_else(|| io::Error::other("a download stopped"))?
+                .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            self.current = Some(pack);
+            self.position = 0;
+        }
+    }
+}
+
+/// Sends the stored streams where the config says; returns how.
+fn deliver(
+    config: &GetConfig,
+    index: &BackupIndex,
+    manifest: Option<Manifest>,
+    readers: Vec<PackStream>,
+    signals: &Signals,
+    cancel: &Cancel,
+) -> Result<String> {
+    let streams = readers.len();
+    match &config.output {
+        GetOutput::Extract(extract) => {
+            if !index.proven && !config.allow_partial {
+                log::warn!("backup {} was stored without a manifest: the extraction cannot be proven", config.name);
+            }
+            let inputs: Vec<InputStream> = readers
+                .into_iter()
+                .enumerate()
+                .map(|(i, reader)| InputStream { name: format!("stored stream {i}"), file: Box::new(reader) })
+                .collect();
+            crate::extract::extract(extract, inputs, signals, cancel)
+        }
+        GetOutput::Fifos { dir, count, timeout } => {
+            if *count != streams {
+                bail!(
+                    "backup {} was stored from {streams} stream(s): get it with --fifo-streams {streams} (or to \
+                     STDOUT, which merges them)",
+                    config.name
+                );
+            }
+            let set = FifoSet::create(dir, *count)?;
+            let opened = set.open_all(End::Write, *timeout, cancel)?;
+            let activity = Arc::new(Activity::new());
+            let results: Vec<Result<u64>> = thread::scope(|scope| {
+                let handles: Vec<_> = readers
+                    .into_iter()
+                    .zip(opened)
+                    .zip(set.paths())
+                    .map(|((mut reader, file), path)| {
+                        let activity = Arc::clone(&activity);
+                        scope.spawn(move || -> Result<u64> {
+                            let pipe = IdlePipe::new(file, config.idle_timeout)?
+                                .with_cancel(cancel.clone())
+                                .with_activity(activity);
+                            let mut out = PoisonOnDrop::new(pipe);
+                            let copied = io::copy(&mut reader, &mut out)
+                                .with_context(|| format!("stream to {}", path.display()))?;
+                            out.finish()?;
+                            Ok(copied)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a pipe writer panicked"))))
+                    .collect()
+            });
+            let copied: u64 = results.into_iter().collect::<Result<Vec<u64>>>()?.into_iter().sum();
+            Ok(format!("{} into {count} pipes in {}", human(copied), dir.display()))
+        }
+        GetOutput::Stdout => {
+            let stdout = io::stdout();
+            let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned().context("cannot use STDOUT")?;
+            let pipe = IdlePipe::stdio(std::fs::File::from(fd), config.idle_timeout, End::Write)
+                .context("cannot use STDOUT")?
+                .with_cancel(cancel.clone());
+            let mut out = PoisonOnDrop::new(pipe);
+            if streams == 1 {
+                let mut reader = readers.into_iter().next().expect("one stream");
+                let copied = io::copy(&mut reader, &mut out).context("STDOUT")?;
+                out.finish()?;
+                return Ok(format!("{} to STDOUT", human(copied)));
+            }
+            let Some(manifest) = manifest else {
+                bail!(
+                    "backup {} was stored from {streams} streams without a manifest, so they cannot be merged in \
+                     order: get it with --fifo-streams {streams}, or -C OUT",
+                    config.name
+                );
+            };
+            let written = merge(config, readers, manifest, &mut out)?;
+            out.finish()?;
+            Ok(format!("{} streams merged into one on STDOUT ({})", streams, human(written)))
+        }
+    }
+}
+
+/// A stream output that ends with the broken chunk unless [`PoisonOnDrop::finish`] was reached, so a get that fails
+/// half-way never leaves a valid-looking stream.
+struct PoisonOnDrop {
+    pipe: IdlePipe,
+    done: bool,
+}
+
+impl PoisonOnDrop {
+    fn new(pipe: IdlePipe) -> PoisonOnDrop {
+        PoisonOnDrop { pipe, done: false }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.pipe.flush()?;
+        if self.pipe.is_file() {
+            self.pipe.get_ref().sync_all().context("cannot sync the output")?;
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Write for PoisonOnDrop {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pipe.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.pipe.flush()
+    }
+}
+
+impl Drop for PoisonOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.pipe.set_cancel(None);
+            self.pipe.set_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut header = Vec::new();
+            proto::chunk::encode_poison(&mut header);
+            let _ = self.pipe.write_all(&header);
+        }
+    }
+}
+
+/// What the merge knows of a file the manifest lists.
+struct Due {
+    /// Payload chunks the file has.
+    chunks: u64,
+    /// Payload chunks gone out.
+    emitted: u64,
+    /// The offset its next payload chunk must have.
+    next_offset: u64,
+}
+
+/// Merges the stored streams into one, each file's chunks in order, planned from the stored `manifest` (which is
+/// written out last with its stream counts made those of the merged stream); returns the bytes written.
+fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, out: &mut impl Write) -> Result<u64> {
+    let count = readers.len();
+    let same = Arc::new(SameBackup::default());
+    let mut sources: Vec<StreamSource> = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, reader)| {
+            let input = InputStream { name: format!("stored stream {i}"), file: Box::new(reader) };
+            StreamSource::new(i, input, config.max_chunk as u64, false, count, Arc::clone(&same))
+        })
+        .collect();
+    let mut heads: Vec<Option<(ChunkHeader, Vec<u8>)>> = Vec::with_capacity(count);
+    for source in &mut sources {
+        let mut payload = Vec::new();
+        heads.push(source.next_chunk(&mut payload)?.map(|chunk| (chunk.header, payload)));
+    }
+    let original = sources[0].marker().cloned().ok_or_else(|| anyhow!("stored stream 0 has no start marker"))?;
+    let mut writer = ChunkWriter::new(BufWriter::with_capacity(256 << 10, out));
+    let mut chunks = 0u64;
+    // A new marker: one stream now, each file whole and in order on it.
+    let marker = StreamMarker { stream: 0, streams: 1, binding: marker::Binding::File, ..original };
+    let marker_name = marker::marker_name(0).into_bytes();
+    writer.write_payload(&marker_name, 0, &marker.to_json())?;
+    writer.write_eof(&marker_name)?;
+    chunks += 2;
+    // Every file the manifest lists, by its path on the wire, with its count of payload chunks.
+    let mut due: HashMap<Vec<u8>, Due> = manifest
+        .files
+        .iter()
+        .map(|record| {
+            let wire = record.stored.as_ref().map_or(&record.path, |stored| &stored.path);
+            (wire.0.clone(), Due { chunks: record.chunks, emitted: 0, next_offset: 0 })
+        })
+        .collect();
+    let mut pending: VecDeque<usize> = (0..count).collect();
+    loop {
+        // Refill empty heads.
+        for (i, source) in sources.iter_mut().enumerate() {
+            if heads[i].is_none() && pending.contains(&i) {
+                let mut payload = Vec::new();
+                match source.next_chunk(&mut payload)? {
+                    Some(chunk) => heads[i] = Some((chunk.header, payload)),
+                    None => pending.retain(|&p| p != i),
+                }
+            }
+        }
+        if heads.iter().all(Option::is_none) {
+            break;
+        }
+        // The first head that is due.
+        let pick = heads.iter().position(|head| {
+            let Some((header, _)) = head else { return false };
+            if header.path == MANIFEST_NAME.as_bytes() {
+                return true;
+            }
+            match (due.get(&header.path), header.kind) {
+                (None, _) => true,
+                (Some(file), ChunkKind::Payload) => header.file_offset == file.next_offset,
+                (Some(file), ChunkKind::Eof) => file.emitted == file.chunks,
+            }
+        });
+        let Some(i) = pick else {
+            bail!("the stored streams cannot be merged in order (is the backup damaged?)");
+        };
+        let (header, payload) = heads[i].take().expect("picked a head");
+        if header.path == MANIFEST_NAME.as_bytes() {
+            // The stream's own manifest (last on stream 0) is replaced by the rewritten one below.
+            continue;
+        }
+        match header.kind {
+            ChunkKind::Payload => {
+                writer.write_payload_with_checksum(&header.path, header.file_offset, &payload, header.checksum)?;
+                if let Some(file) = due.get_mut(&header.path) {
+                    file.emitted += 1;
+                    file.next_offset = header.file_offset + header.payload_len;
+                }
+            }
+            ChunkKind::Eof => {
+                writer.write_eof(&header.path)?;
+                due.remove(&header.path);
+            }
+        }
+        chunks += 1;
+    }
+    if let Some(path) = due.keys().next() {
+        bail!("{} never ended in the stored streams", String::from_utf8_lossy(path));
+    }
+    let bytes_before = writer.position();
+    manifest.streams = vec![StreamRecord { index: 0, chunks, bytes: bytes_before }];
+    let json = manifest.to_json();
+    let piece = manifest.chunk_size.max(1) as usize;
+    for (n, part) in json.chunks(piece).enumerate() {
+        writer.write_payload(MANIFEST_NAME.as_bytes(), (n * piece) as u64, part)?;
+    }
+    writer.write_eof(MANIFEST_NAME.as_bytes())?;
+    let written = writer.position();
+    writer.flush()?;
+    Ok(written)
+}
