@@ -8,3 +8,5 @@ mod producer;
 mod proof;
 mod proto_format;
 mod proto_interop;
+mod s3server;
+mod store;

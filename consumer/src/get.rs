@@ -147,7 +147,11 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
         if result.is_err() {
             cancel.cancel();
         }
-        result.map_err(|e| failure.take().filter(|_| cancel.is_cancelled()).map_or(e, |first| first))
+        // The first real error wins: a thread that stopped because of it reports `Cancelled`.
+        result.map_err(|e| {
+            failure.record(e);
+            failure.take().expect("just recorded")
+        })
     })
     .map(|how| {
         format!(
@@ -201,6 +205,16 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
         let entry = &mut streams[stream as usize];
         entry.bytes += object.size;
         entry.packs.push(Pack { key: object.key.clone(), size: object.size, chunks: 0, crc32: 0 });
+    }
+    // Packs are numbered from 0 without gaps: a stream goes only as far as its first missing pack.
+    for stream in &mut streams {
+        let expected = |seq: usize| layout::pack_key(name, stream.index as usize, seq as u64);
+        let whole = stream.packs.iter().enumerate().take_while(|(seq, pack)| pack.key == expected(*seq)).count();
+        if whole < stream.packs.len() {
+            log::warn!("stream {} of {name}: pack {whole} is missing; fetching the {whole} before it", stream.index);
+            stream.packs.truncate(whole);
+            stream.bytes = stream.packs.iter().map(|p| p.size).sum();
+        }
     }
     Ok(BackupIndex {
         format: layout::INDEX_FORMAT,

@@ -87,11 +87,16 @@ pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<S
     };
     result
         .map_err(|e| {
+            // Whether anything was stored decides the advice (a refused existing NAME is not ours to delete).
+            let exists = e.to_string().contains("already exists");
+            let stored = !exists && store.list(&config.name).is_ok_and(|objects| !objects.is_empty());
+            let advice = if stored {
+                format!("; remove what it stored with `consumer delete {} --storage {}`", config.name, store.describe())
+            } else {
+                String::new()
+            };
             e.context(format!(
-                "the put of {} to {} did not complete and is not listed as complete; remove what it stored with \
-             `consumer delete {} --storage {}`",
-                config.name,
-                store.describe(),
+                "the put of {} to {} did not complete and is not listed as complete{advice}",
                 config.name,
                 store.describe()
             ))

@@ -86,7 +86,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Creates the bucket (or the root directory) if it does not exist yet, as `xbcloud put` does.
     fn ensure_container(&self) -> Result<()>;
 
-    /// Stores `body` as `key`, whole: a reader never sees a partial object.
+    /// Stores `body` as `key`, whole: a reader never sees a partial object. `body` may own a pool buffer of the
+    /// caller's (zero copy): an implementation must not keep it after returning, or the pool runs dry.
     fn put(&self, key: &str, body: Bytes) -> Result<()>;
 
     /// Reads object `key`, handing its bytes to `consume` in order, piece by piece (so the caller decides where

@@ -79,7 +79,9 @@ impl Store for MemoryStore {
 
     fn put(&self, key: &str, body: Bytes) -> Result<()> {
         self.request("put", key)?;
-        self.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), body);
+        // A copy: `body` may own a caller's pool buffer, which must go back when the put returns.
+        let copy = Bytes::copy_from_slice(&body);
+        self.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), copy);
         Ok(())
     }
 

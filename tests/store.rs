@@ -1,0 +1,275 @@
+//! `consumer put / get / list / delete` on the local-directory store, and the put and get logic against the
+//! in-memory store with injected faults (the S3 backend against a real server is in `s3server`).
+
+use std::fs;
+use std::io::Cursor;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use consumer::input::InputStream;
+use proto::cancel::Cancel;
+use runtime::progress::ProgressMode;
+use runtime::signals::Signals;
+use store::memory::{Faults, MemoryStore};
+
+use crate::util::*;
+
+/// A tree `mbstream -x` can restore (every directory holds a file of its own), a few packs big at 256K objects.
+fn source() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(
+        src.path(),
+        &[
+            ("ibdata1", pseudo_random_bytes(3 << 20, 1)),
+            ("db/t1.ibd", pseudo_random_bytes(700 << 10, 2)),
+            ("db/t1.frm", b"frm".to_vec()),
+            ("empty", Vec::new()),
+            ("one", vec![1]),
+        ],
+    );
+    src
+}
+
+fn produce(src: &Path, extra: &[&str]) -> Vec<u8> {
+    let output = producer().arg("--source").arg(src).arg("--stream=xbstream").args(extra).assert().success();
+    output.get_output().stdout.clone()
+}
+
+fn storage(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+/// put from STDOUT, then get back: the same bytes on STDOUT, and the same tree through -C and through mbstream.
+#[test]
+fn put_then_get_is_byte_identical_on_the_local_store() {
+    let src = source();
+    let stream = produce(src.path(), &["--read-buffer-size", "64K"]);
+    let work = tempfile::tempdir().unwrap();
+    let url = storage(&work.path().join("store"));
+    let put = consumer()
+        .args(["put", "NIGHTLY", "--storage", &url, "--object-size", "256K"])
+        .write_stdin(stream.clone())
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&put.get_output().stderr).into_owned();
+    assert!(stderr.contains("proven against its manifest"), "{stderr}");
+    let packs = fs::read_dir(work.path().join("store/NIGHTLY/0")).unwrap().count();
+    assert!(packs >= 10, "objects of about 256K: {packs}");
+
+    let got = consumer().args(["get", "NIGHTLY", "--storage", &url]).assert().success();
+    assert!(got.get_output().stdout == stream, "get returns the stream byte for byte");
+    let out = work.path().join("out");
+    consumer().args(["get", "NIGHTLY", "--storage", &url, "-C"]).arg(&out).assert().success();
+    assert_same_tree(src.path(), &out);
+    let mb = work.path().join("mb");
+    mbstream_extract(&got.get_output().stdout, &mb);
+    assert_same_tree(src.path(), &mb);
+
+    // A second put under the same name is refused; list and delete.
+    let again = consumer().args(["put", "NIGHTLY", "--storage", &url]).write_stdin(stream).assert().code(1);
+    assert!(String::from_utf8_lossy(&again.get_output().stderr).contains("backup NIGHTLY already exists"));
+    let listed = consumer().args(["list", "--json", "--storage", &url]).assert().success();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.get_output().stdout).unwrap();
+    assert_eq!(listed[0]["name"], "NIGHTLY");
+    assert_eq!(listed[0]["complete"], true);
+    assert_eq!(listed[0]["proven"], true);
+    assert_eq!(listed[0]["files"], 5);
+    consumer().args(["delete", "NIGHTLY", "--storage", &url]).assert().success();
+    let listed = consumer().args(["list", "--json", "--storage", &url]).assert().success();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&listed.get_output().stdout).unwrap(),
+        serde_json::json!([])
+    );
+    assert!(!work.path().join("store/NIGHTLY").exists(), "every object is gone");
+}
+
+/// 4 pipes into put; get merges them into one stream mbstream extracts (each file's chunks in order), feeds 4 pipes
+/// to an extract byte-identically, and extracts with proof.
+#[test]
+fn four_pipes_put_and_get_every_way() {
+    let src = source();
+    let work = tempfile::tempdir().unwrap();
+    let url = storage(&work.path().join("store"));
+    let fifo = work.path().join("put-fifos");
+    let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30"];
+    let put = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(["put", "P4", "--storage", &url, "--object-size", "256K"])
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo)
+            .stderr(Stdio::piped()),
+    );
+    let produced = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "64K"])
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&fifo)
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let put = put.wait_output(LONG);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    for stream in 0..4 {
+        assert!(work.path().join(format!("store/P4/{stream}")).is_dir(), "stream {stream} stored");
+    }
+
+    // Merged on STDOUT: one valid stream, extracted by mbstream and by our extract (proof with the new counts).
+    let merged = consumer().args(["get", "P4", "--storage", &url]).assert().success().get_output().stdout.clone();
+    let mb = work.path().join("mb");
+    mbstream_extract(&merged, &mb);
+    assert_same_tree(src.path(), &mb);
+    let ours = work.path().join("ours");
+    consumer().arg("extract").arg("-C").arg(&ours).write_stdin(merged).assert().success();
+    assert_same_tree(src.path(), &ours);
+
+    // Into 4 pipes, read by an extract.
+    let (out, get_fifo) = (work.path().join("out"), work.path().join("get-fifos"));
+    let extract = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(&out)
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&get_fifo)
+            .stderr(Stdio::piped()),
+    );
+    let got = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(["get", "P4", "--storage", &url])
+            .args(fifo_args)
+            .arg("--fifo-dir")
+            .arg(&get_fifo)
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let extracted = extract.wait_output(LONG);
+    assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
+    assert_same_tree(src.path(), &out);
+
+    // -C, and the wrong number of pipes.
+    let direct = work.path().join("direct");
+    consumer().args(["get", "P4", "--storage", &url, "-C"]).arg(&direct).assert().success();
+    assert_same_tree(src.path(), &direct);
+    let wrong = consumer()
+        .args(["get", "P4", "--storage", &url, "--fifo-streams", "2", "--fifo-dir"])
+        .arg(work.path().join("x"))
+        .assert()
+        .code(1);
+    assert!(String::from_utf8_lossy(&wrong.get_output().stderr).contains("get it with --fifo-streams 4"));
+}
+
+/// A stream of ours cut short is never stored as complete: the put fails saying how to clean up, list says
+/// incomplete, get refuses; --allow-partial gives back what is there, which extract refuses in turn.
+#[test]
+fn a_cut_stream_is_never_stored_as_complete() {
+    let src = source();
+    let stream = produce(src.path(), &["--read-buffer-size", "64K"]);
+    let work = tempfile::tempdir().unwrap();
+    let url = storage(&work.path().join("store"));
+    let cut = stream[..stream.len() * 2 / 3].to_vec();
+    let put = consumer().args(["put", "CUT", "--storage", &url, "--object-size", "256K"]).write_stdin(cut).assert();
+    let stderr = String::from_utf8_lossy(&put.code(1).get_output().stderr).into_owned();
+    assert!(stderr.contains("did not complete") && stderr.contains("consumer delete CUT"), "{stderr}");
+    assert!(!work.path().join("store/CUT/index.json").exists());
+    let listed = consumer().args(["list", "--json", "--storage", &url]).assert().success();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.get_output().stdout).unwrap();
+    assert_eq!(listed[0]["complete"], false, "{listed}");
+    let get = consumer().args(["get", "CUT", "--storage", &url]).assert().code(1);
+    assert!(String::from_utf8_lossy(&get.get_output().stderr).contains("is incomplete"));
+    let partial = consumer().args(["get", "CUT", "--storage", &url, "--allow-partial"]).assert().success();
+    let partial = partial.get_output().stdout.clone();
+    assert!(!partial.is_empty());
+    let out = work.path().join("out");
+    let extract = consumer().arg("extract").arg("-C").arg(&out).write_stdin(partial).assert().code(1);
+    assert!(String::from_utf8_lossy(&extract.get_output().stderr).contains("without the backup's backup-manifest.json"));
+}
+
+fn put_config(name: &str) -> consumer::put::PutConfig {
+    consumer::put::PutConfig {
+        name: name.into(),
+        input: consumer::input::Input::Stdin,
+        idle_timeout: None,
+        max_chunk: 1 << 20,
+        object_size: 1 << 20,
+        packs: 6,
+        parallel: 4,
+        manifest_limit: 16 << 20,
+        progress: ProgressMode::Quiet,
+    }
+}
+
+fn input(stream: &[u8]) -> Vec<InputStream> {
+    vec![InputStream { name: "memory".into(), file: Box::new(Cursor::new(stream.to_vec())) }]
+}
+
+/// A service that dies mid-put, or refuses the index: the put fails and nothing is complete; with a healthy
+/// service the same put completes and get brings the stream back.
+#[test]
+fn a_failing_store_never_leaves_a_complete_backup() {
+    let src = source();
+    let stream = produce(src.path(), &["--read-buffer-size", "64K"]);
+    for faults in [
+        Faults { fail_after: Some(3), ..Faults::default() },
+        Faults { fail_puts_matching: Some("index.json".into()), ..Faults::default() },
+        Faults { fail_puts_matching: Some("/0/0000000002".into()), ..Faults::default() },
+    ] {
+        let memory = MemoryStore::new();
+        memory.set_faults(faults.clone());
+        let cancel = Cancel::new();
+        let result = consumer::put::put_streams(&put_config("F"), &memory, input(&stream), &Signals::none(), &cancel);
+        let err = result.expect_err("the put must fail");
+        assert!(format!("{err:#}").contains("injected fault"), "{faults:?}: {err:#}");
+        assert!(!memory.keys().iter().any(|k| k.ends_with("index.json")), "{faults:?}: no index");
+    }
+    let memory = MemoryStore::new();
+    consumer::put::put_streams(&put_config("OK"), &memory, input(&stream), &Signals::none(), &Cancel::new()).unwrap();
+    // Requests: one per object of about --object-size, not one per chunk as xbcloud makes.
+    let put_requests = memory.requests();
+    let chunks = proto::ChunkReader::new(&stream[..]).count() as u64;
+    assert!(put_requests <= stream.len() as u64 / (1 << 20) + 4, "{put_requests} requests");
+    assert!(put_requests * 2 < chunks, "{put_requests} requests for {chunks} chunks");
+    let keys = memory.keys();
+    assert_eq!(keys.last().map(String::as_str), Some("OK/index.json"), "{keys:?}");
+    let listed = consumer::catalog::list(&memory).unwrap();
+    assert!(listed[0].complete && listed[0].proven);
+    // The index is written last and deleted first.
+    consumer::catalog::delete(&memory, "OK").unwrap();
+    assert!(memory.keys().is_empty());
+}
+
+/// get verifies every pack against the index: a pack changed in the store is an error naming it.
+#[test]
+fn a_damaged_pack_is_found_by_get() {
+    let src = source();
+    let stream = produce(src.path(), &["--read-buffer-size", "64K"]);
+    let work = tempfile::tempdir().unwrap();
+    let url = storage(&work.path().join("store"));
+    consumer().args(["put", "D", "--storage", &url, "--object-size", "256K"]).write_stdin(stream).assert().success();
+    let victim = work.path().join("store/D/0/0000000002.xbs");
+    let mut bytes = fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::write(&victim, bytes).unwrap();
+    let got = consumer().args(["get", "D", "--storage", &url, "-C"]).arg(work.path().join("out")).assert().code(1);
+    let stderr = String::from_utf8_lossy(&got.get_output().stderr);
+    assert!(stderr.contains("D/0/0000000002.xbs") && stderr.contains("does not match the index"), "{stderr}");
+    assert!(!work.path().join("out").join("ibdata1").exists());
+}
+
+/// The memory the store sees is bounded: `put --memory-limit` too small for its streams is refused up front.
+#[test]
+fn put_refuses_a_budget_that_cannot_hold_its_packs() {
+    let assert = consumer()
+        .args(["put", "X", "--storage", "file:///tmp/never-used", "--memory-limit", "16M", "--object-size", "8M"])
+        .write_stdin(Vec::new())
+        .assert()
+        .code(2);
+    assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("are needed"));
+}
