@@ -298,37 +298,11 @@ fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
     for signal in ["KILL", "TERM"] {
         let work = tempfile::tempdir().unwrap();
         let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
-        let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30"];
-        let consumer = spawn(
-            Command::new(env!("CARGO_BIN_EXE_consumer"))
-                .arg("extract")
-                .arg("-C")
-                .arg(&out)
-                .args(fifo_args)
-                .arg("--fifo-dir")
-                .arg(&fifo_dir)
-                .stderr(Stdio::piped()),
-        );
-        let producer = spawn(
-            Command::new(env!("CARGO_BIN_EXE_producer"))
-                .arg("--source")
-                .arg(src.path())
-                .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
-                .args(fifo_args)
-                .arg("--fifo-dir")
-                .arg(&fifo_dir)
-                .stderr(Stdio::piped()),
-        );
+        let consumer = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 4, &fifo_dir);
+        let producer = producer_on_pipes(src.path(), 4, &fifo_dir, &["--read-buffer-size", "64K", "--throttle", "20"]);
         // Mid-run: the consumer has staged its first file.
-        wait_for(Duration::from_secs(30), "the first staged file", || {
-            fs::read_dir(&out)
-                .ok()
-                .and_then(|mut e| e.next())
-                .and_then(|e| e.ok())
-                .is_some_and(|staging| fs::read_dir(staging.path()).is_ok_and(|mut files| files.next().is_some()))
-        });
-        let killed = Command::new("kill").arg(format!("-{signal}")).arg(producer.id().to_string()).status().unwrap();
-        assert!(killed.success());
+        wait_for(SHORT, "the first staged file", || has_staged_a_file(&out));
+        send_signal(&producer, signal);
         let produced = producer.wait_output(Duration::from_secs(30));
         let consumed = consumer.wait_output(Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&consumed.stderr);
@@ -347,35 +321,10 @@ fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
     write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 3))]);
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
-    let fifo_args = ["--fifo-streams", "2", "--fifo-timeout", "30"];
-    let consumer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .arg("extract")
-            .arg("-C")
-            .arg(&out)
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
-            .stderr(Stdio::piped()),
-    );
-    let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
-            .stderr(Stdio::piped()),
-    );
-    wait_for(Duration::from_secs(30), "the staged file", || {
-        fs::read_dir(&out)
-            .ok()
-            .and_then(|mut e| e.next())
-            .and_then(|e| e.ok())
-            .is_some_and(|staging| fs::read_dir(staging.path()).is_ok_and(|mut files| files.next().is_some()))
-    });
-    assert!(Command::new("kill").arg("-TERM").arg(consumer.id().to_string()).status().unwrap().success());
+    let consumer = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 2, &fifo_dir);
+    let producer = producer_on_pipes(src.path(), 2, &fifo_dir, &["--read-buffer-size", "64K", "--throttle", "20"]);
+    wait_for(SHORT, "the staged file", || has_staged_a_file(&out));
+    send_signal(&consumer, "TERM");
     let consumed = consumer.wait_output(Duration::from_secs(30));
     let produced = producer.wait_output(Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&consumed.stderr);
@@ -589,28 +538,15 @@ fn a_quiet_pipe_is_not_idle_while_another_works() {
     write_tree(src.path(), &[("a", pseudo_random_bytes(4096, 1)), ("b", pseudo_random_bytes(200 << 10, 2))]);
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
-    let fifo_args = ["--fifo-streams", "2", "--fifo-timeout", "30", "--idle-timeout", "1"];
-    let consumer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .arg("extract")
-            .arg("-C")
-            .arg(&out)
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
-            .stderr(Stdio::piped()),
+    let consumer = consumer_on_pipes(
+        &["extract".as_ref(), "-C".as_ref(), out.as_os_str(), "--idle-timeout".as_ref(), "1".as_ref()],
+        2,
+        &fifo_dir,
     );
     // 50 chunks of `b` at 20 a second: 2.5 s on pipe 1 while pipe 0 has nothing after `a`.
-    let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--fifo-binding", "file", "--read-buffer-size", "4K", "--throttle", "20"])
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
-            .stderr(Stdio::piped()),
-    );
+    let producer_args =
+        ["--fifo-binding", "file", "--read-buffer-size", "4K", "--throttle", "20", "--idle-timeout", "1"];
+    let producer = producer_on_pipes(src.path(), 2, &fifo_dir, &producer_args);
     let produced = producer.wait_output(SHORT);
     let consumed = consumer.wait_output(SHORT);
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));

@@ -4,7 +4,6 @@
 use std::fs;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use consumer::input::InputStream;
 use proto::cancel::Cancel;
@@ -91,26 +90,8 @@ fn four_pipes_put_and_get_every_way() {
     let work = tempfile::tempdir().unwrap();
     let url = storage(&work.path().join("store"));
     let fifo = work.path().join("put-fifos");
-    let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30"];
-    let put = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(["put", "P4", "--storage", &url, "--object-size", "256K"])
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo)
-            .stderr(Stdio::piped()),
-    );
-    let produced = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64K"])
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&fifo)
-            .stderr(Stdio::piped()),
-    )
-    .wait_output(LONG);
+    let put = consumer_on_pipes(&["put", "P4", "--storage", &url, "--object-size", "256K"], 4, &fifo);
+    let produced = producer_on_pipes(src.path(), 4, &fifo, &["--read-buffer-size", "64K"]).wait_output(LONG);
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
     let put = put.wait_output(LONG);
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
@@ -129,25 +110,8 @@ fn four_pipes_put_and_get_every_way() {
 
     // Into 4 pipes, read by an extract.
     let (out, get_fifo) = (work.path().join("out"), work.path().join("get-fifos"));
-    let extract = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .arg("extract")
-            .arg("-C")
-            .arg(&out)
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&get_fifo)
-            .stderr(Stdio::piped()),
-    );
-    let got = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(["get", "P4", "--storage", &url])
-            .args(fifo_args)
-            .arg("--fifo-dir")
-            .arg(&get_fifo)
-            .stderr(Stdio::piped()),
-    )
-    .wait_output(LONG);
+    let extract = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 4, &get_fifo);
+    let got = consumer_on_pipes(&["get", "P4", "--storage", &url], 4, &get_fifo).wait_output(LONG);
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     let extracted = extract.wait_output(LONG);
     assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));

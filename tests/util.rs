@@ -524,3 +524,46 @@ fn a_stuck_thread_fails_its_join() {
         .expect_err("the panic passes on");
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"the thread's own message"));
 }
+
+/// `producer --source SRC --stream=xbstream` with `extra` arguments, writing `count` pipes in `fifo_dir` (30 s open
+/// timeout), STDERR piped: the producer half of a pipe test.
+pub fn producer_on_pipes(src: &Path, count: usize, fifo_dir: &Path, extra: &[&str]) -> Running {
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src)
+            .arg("--stream=xbstream")
+            .args(extra)
+            .args(["--fifo-streams", &count.to_string(), "--fifo-timeout", "30", "--fifo-dir"])
+            .arg(fifo_dir)
+            .stderr(std::process::Stdio::piped()),
+    )
+}
+
+/// `consumer ARGS…` (e.g. `extract -C OUT`, `put NAME --storage URL`) reading or writing `count` pipes in
+/// `fifo_dir` (30 s open timeout), STDERR piped: the consumer half of a pipe test.
+pub fn consumer_on_pipes<S: AsRef<std::ffi::OsStr>>(args: &[S], count: usize, fifo_dir: &Path) -> Running {
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(args)
+            .args(["--fifo-streams", &count.to_string(), "--fifo-timeout", "30", "--fifo-dir"])
+            .arg(fifo_dir)
+            .stderr(std::process::Stdio::piped()),
+    )
+}
+
+/// Whether an extraction into `out` has staged at least one file (in `OUT/.xbkit-partial-<pid>/`): the event that
+/// says a run is under way.
+pub fn has_staged_a_file(out: &Path) -> bool {
+    std::fs::read_dir(out)
+        .ok()
+        .and_then(|mut entries| entries.next())
+        .and_then(|entry| entry.ok())
+        .is_some_and(|staging| std::fs::read_dir(staging.path()).is_ok_and(|mut files| files.next().is_some()))
+}
+
+/// Sends `signal` (`"TERM"`, `"KILL"`, …) to the child.
+pub fn send_signal(child: &Running, signal: &str) {
+    let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+    assert!(sent.success(), "kill -{signal} {}", child.name());
+}
