@@ -2,7 +2,7 @@
 //!
 //! An object is written to a temporary name beside its final one (`.tmp-<pid>-<n>-<name>`, never listed), synced,
 //! renamed into place and its directory synced, so after a crash an object either exists whole or not at all.
-//! Keys are checked ([`proto`]-style: relative, no `.`/`..` components, no empty parts) before they touch the
+//! Keys are checked (relative, no `.`/`..` components, no empty parts, never a temporary name) before they touch the
 //! file system.
 
 use std::fs::{self, File, OpenOptions};
