@@ -71,8 +71,8 @@ pub struct PutArgs {
     #[arg(long, default_value = "256M", value_name = "SIZE")]
     pub memory_limit: String,
 
-    /// Largest chunk payload accepted (our producer sends 2M, mbstream 10M).
-    #[arg(long, default_value = "16M", value_name = "SIZE")]
+    /// Largest chunk payload accepted (our producer sends 2M, mbstream 10M); each stream holds one such buffer.
+    #[arg(long, default_value = "10M", value_name = "SIZE")]
     pub max_chunk_size: String,
 }
 
