@@ -106,8 +106,16 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
         bail!("backup {} in {} holds no stream", config.name, store.describe());
     }
     let largest = index.streams.iter().flat_map(|s| s.packs.iter()).map(|p| p.size).max().unwrap_or(0) as usize;
+    // A merge holds one chunk per stream besides the packs, and reads each stream through a buffer: that much of
+    // the budget is not for packs. The manifest says how large its producer made chunks (compressed ones a little
+    // larger).
+    let merge_reserve = manifest.as_ref().map_or(0, |manifest| {
+        let chunk = manifest.chunk_size + manifest.chunk_size / 128 + 4096;
+        streams as u64 * (chunk.min(config.max_chunk as u64) + crate::source::READ_BUFFER as u64)
+    });
+    let for_packs = config.memory_limit.saturating_sub(merge_reserve);
     // Each stream gets its own window of pack buffers, so a merge waiting on one stream never starves another.
-    let per_stream = (config.memory_limit / streams as u64 / largest.max(1) as u64) as usize;
+    let per_stream = (for_packs / streams as u64 / largest.max(1) as u64) as usize;
     if per_stream < 1 {
         bail!(
             "--memory-limit {} cannot hold one {} pack for each of the {streams} streams",
@@ -296,6 +304,33 @@ struct PackStream {
     cancel: Cancel,
 }
 
+impl PackStream {
+    /// The next whole pack, in order, once it has downloaded; `None` after the last.
+    fn next_pack(&mut self) -> io::Result<Option<PooledBuffer>> {
+        let Some(next) = recv(&self.ordered, &self.cancel).map_err(io::Error::other)? else { return Ok(None) };
+        let pack = recv(&next, &self.cancel)
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other("a download stopped"))?
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(Some(pack))
+    }
+
+    /// Writes the rest of the stream to `out` a whole pack at a time, straight from the download buffers (no copy
+    /// through a small buffer, as `io::copy` would make); returns the bytes written.
+    fn copy_to(mut self, out: &mut impl Write) -> io::Result<u64> {
+        let mut copied = 0u64;
+        if let Some(current) = self.current.take() {
+            out.write_all(&current[self.position..])?;
+            copied += (current.len() - self.position) as u64;
+        }
+        while let Some(pack) = self.next_pack()? {
+            out.write_all(&pack)?;
+            copied += pack.len() as u64;
+        }
+        Ok(copied)
+    }
+}
+
 impl Read for PackStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
@@ -308,11 +343,7 @@ impl Read for PackStream {
                 }
                 self.current = None;
             }
-            let Some(next) = recv(&self.ordered, &self.cancel).map_err(io::Error::other)? else { return Ok(0) };
-            let pack = recv(&next, &self.cancel)
-                .map_err(io::Error::other)?
-                .ok_or_else(|| io::Error::other("a download stopped"))?
-                .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            let Some(pack) = self.next_pack()? else { return Ok(0) };
             self.current = Some(pack);
             self.position = 0;
         }
@@ -357,15 +388,15 @@ fn deliver(
                     .into_iter()
                     .zip(opened)
                     .zip(set.paths())
-                    .map(|((mut reader, file), path)| {
+                    .map(|((reader, file), path)| {
                         let activity = Arc::clone(&activity);
                         scope.spawn(move || -> Result<u64> {
                             let pipe = IdlePipe::new(file, config.idle_timeout)?
                                 .with_cancel(cancel.clone())
                                 .with_activity(activity);
                             let mut out = PoisonOnDrop::new(pipe);
-                            let copied = io::copy(&mut reader, &mut out)
-                                .with_context(|| format!("stream to {}", path.display()))?;
+                            let copied =
+                                reader.copy_to(&mut out).with_context(|| format!("stream to {}", path.display()))?;
                             out.finish()?;
                             Ok(copied)
                         })
@@ -387,8 +418,8 @@ fn deliver(
                 .with_cancel(cancel.clone());
             let mut out = PoisonOnDrop::new(pipe);
             if streams == 1 {
-                let mut reader = readers.into_iter().next().expect("one stream");
-                let copied = io::copy(&mut reader, &mut out).context("STDOUT")?;
+                let reader = readers.into_iter().next().expect("one stream");
+                let copied = reader.copy_to(&mut out).context("STDOUT")?;
                 out.finish()?;
                 return Ok(format!("{} to STDOUT", human(copied)));
             }
@@ -473,6 +504,8 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
         })
         .collect();
     let mut heads: Vec<Option<(ChunkHeader, Vec<u8>)>> = Vec::with_capacity(count);
+    // Payload buffers of chunks gone out, reused (a fresh one per chunk costs an allocation and its page faults).
+    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(count);
     for source in &mut sources {
         let mut payload = Vec::new();
         heads.push(source.next_chunk(&mut payload)?.map(|chunk| (chunk.header, payload)));
@@ -500,10 +533,13 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
         // Refill empty heads.
         for (i, source) in sources.iter_mut().enumerate() {
             if heads[i].is_none() && pending.contains(&i) {
-                let mut payload = Vec::new();
+                let mut payload = spare.pop().unwrap_or_default();
                 match source.next_chunk(&mut payload)? {
                     Some(chunk) => heads[i] = Some((chunk.header, payload)),
-                    None => pending.retain(|&p| p != i),
+                    None => {
+                        pending.retain(|&p| p != i);
+                        spare.push(payload);
+                    }
                 }
             }
         }
@@ -544,6 +580,7 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
             }
         }
         chunks += 1;
+        spare.push(payload);
     }
     if let Some(path) = due.keys().next() {
         bail!("{} never ended in the stored streams", String::from_utf8_lossy(path));
