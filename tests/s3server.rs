@@ -125,11 +125,6 @@ fn storage_args(endpoint: &str, bucket_prefix: &str, access_key: &str, secret_ke
     .to_vec()
 }
 
-/// A port nobody listens on right now (bound on 127.0.0.1 with port 0, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Whether process `pid` (a child not yet reaped) has exited: a zombie, or gone. Reaping is left to its owner.
 fn has_exited(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

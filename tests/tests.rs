@@ -10,3 +10,4 @@ mod proto_format;
 mod proto_interop;
 mod s3server;
 mod store;
+mod transport;

@@ -567,3 +567,25 @@ pub fn send_signal(child: &Running, signal: &str) {
     let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
     assert!(sent.success(), "kill -{signal} {}", child.name());
 }
+
+/// A port nobody listens on right now (bound on 127.0.0.1 with port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A base port `p` such that `p ..= p + count` are all free on 127.0.0.1 right now (for a recipe that uses
+/// consecutive ports).
+pub fn free_port_run(count: u16) -> u16 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut seed = std::process::id() as u64 ^ now.as_nanos() as u64;
+    for _ in 0..200 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let base = 20000 + (seed >> 33) as u16 % 20000;
+        let bound: Vec<_> =
+            (0..=count).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if bound.len() == count as usize + 1 {
+            return base;
+        }
+    }
+    panic!("no {} consecutive free ports on 127.0.0.1", count + 1);
+}

@@ -1,0 +1,362 @@
+//! The transport recipes, end to end: `scripts/stream-over-nc.sh` (both sides on 127.0.0.1, free ports) and
+//! `scripts/stream-over-ssh.sh` (against a real `sshd` the test starts on 127.0.0.1 with a throwaway host key and
+//! user key). Each asserts the exit status of both sides, what they say, and what arrived.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+/// `bash scripts/NAME ARGS…` with our binaries and STDOUT/STDERR piped.
+fn recipe(name: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg(script(name))
+        .args(args)
+        .env("PRODUCER", env!("CARGO_BIN_EXE_producer"))
+        .env("CONSUMER", env!("CARGO_BIN_EXE_consumer"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A source tree of a few MiB spread over several files, so that 4 streams all carry data.
+fn source_tree(root: &Path) {
+    let chunk = 256 << 10;
+    let mut files = sample_files(chunk);
+    files.push(("big.ibd", pseudo_random_bytes(5 << 20, 9)));
+    files.push(("db/t2.ibd", pseudo_random_bytes(3 << 20, 10)));
+    write_tree(root, &files);
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Waits until `pattern` (for `pgrep -f`) names a process, then returns its pids.
+fn wait_for_process(pattern: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = Command::new("pgrep").args(["-f", pattern]).output().expect("pgrep");
+        let pids: Vec<String> = String::from_utf8_lossy(&found.stdout).split_whitespace().map(String::from).collect();
+        if !pids.is_empty() {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "no process matching {pattern:?} within {timeout:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// nc
+
+struct NcRun {
+    receiver: Output,
+    sender: Output,
+}
+
+/// Runs the receiver (`-- CONSUMER_ARGS`) and the sender (`SENDER_OPTIONS -- --source SRC`) on 127.0.0.1 with
+/// `streams` connections; `during` runs once both are started (to break something), with the base port.
+fn nc_run(
+    streams: usize,
+    consumer_args: &[&str],
+    src: &Path,
+    sender_options: &[&str],
+    path_prefix: Option<&Path>,
+    during: impl FnOnce(u16),
+) -> NcRun {
+    let port = free_port_run(streams as u16 + 1);
+    let (port_s, streams_s) = (port.to_string(), streams.to_string());
+    let mut receive = recipe(
+        "stream-over-nc.sh",
+        &[
+            &["receive", "--listen", "127.0.0.1", "--port", &port_s, "--streams", &streams_s, "--wait", "20", "--"],
+            consumer_args,
+        ]
+        .concat(),
+    );
+    if let Some(prefix) = path_prefix {
+        let path = std::env::var("PATH").unwrap_or_default();
+        receive.env("PATH", format!("{}:{path}", prefix.display()));
+    }
+    let receiver = spawn(&mut receive);
+    let src_s = src.to_str().unwrap();
+    let sender = spawn(&mut recipe(
+        "stream-over-nc.sh",
+        &[
+            &["send", "--host", "127.0.0.1", "--port", &port_s, "--streams", &streams_s, "--wait", "20"],
+            sender_options,
+            &["--", "--source", src_s],
+        ]
+        .concat(),
+    ));
+    during(port);
+    let sender = sender.wait_output(LONG);
+    let receiver = receiver.wait_output(LONG);
+    NcRun { receiver, sender }
+}
+
+#[test]
+fn nc_four_connections_into_extract_arrive_whole_and_both_sides_check_every_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+    source_tree(&src);
+    let out_s = out.to_str().unwrap().to_string();
+    let run = nc_run(4, &["extract", "-C", &out_s], &src, &[], None, |_| {});
+    assert!(run.receiver.status.success(), "receiver: {}", stderr(&run.receiver));
+    assert!(run.sender.status.success(), "sender: {}", stderr(&run.sender));
+    assert!(
+        stderr(&run.receiver).contains("4 streams received; every stream's SHA-1 matches"),
+        "{}",
+        stderr(&run.receiver)
+    );
+    assert!(stderr(&run.sender).contains("the receiver matched every stream's SHA-1"), "{}", stderr(&run.sender));
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn nc_into_put_stores_a_backup_that_get_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, store, out) = (dir.path().join("src"), dir.path().join("store"), dir.path().join("out"));
+    source_tree(&src);
+    let storage = format!("file://{}", store.display());
+    let run = nc_run(2, &["put", "NIGHTLY", "--storage", &storage], &src, &[], None, |_| {});
+    assert!(
+        run.receiver.status.success() && run.sender.status.success(),
+        "{}\n{}",
+        stderr(&run.receiver),
+        stderr(&run.sender)
+    );
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_consumer")).args(["get", "NIGHTLY", "--storage", &storage, "-C"]).arg(&out),
+        LONG,
+    );
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn nc_a_connection_cut_mid_stream_fails_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+    source_tree(&src);
+    let out_s = out.to_str().unwrap().to_string();
+    // 2 MB/s per stream: the transfer takes seconds, so the cut lands in the middle.
+    let run = nc_run(2, &["extract", "-C", &out_s], &src, &["--rate", "2M"], None, |port| {
+        let listener = format!("nc -d -l 127.0.0.1 {}", port + 2);
+        let pids = wait_for_process(&listener, SHORT);
+        let deadline = Instant::now() + SHORT;
+        while !has_staged_a_file(&out) {
+            assert!(Instant::now() < deadline, "nothing arrived");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Command::new("kill").arg("-KILL").args(&pids).status().unwrap();
+    });
+    assert!(!run.receiver.status.success(), "receiver exited 0 after a cut: {}", stderr(&run.receiver));
+    assert!(!run.sender.status.success(), "sender exited 0 after a cut: {}", stderr(&run.sender));
+    assert!(stderr(&run.receiver).contains("error:"), "{}", stderr(&run.receiver));
+    assert!(stderr(&run.sender).contains("error:"), "{}", stderr(&run.sender));
+    assert!(!out.join("big.ibd").exists(), "a cut stream left files in place");
+}
+
+#[test]
+fn nc_a_stream_whose_digest_differs_fails_both_sides_even_if_the_consumer_succeeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out, fake) = (dir.path().join("src"), dir.path().join("out"), dir.path().join("bin"));
+    source_tree(&src);
+    // The receiver's sha1sum lies: only the recipe's own comparison can notice.
+    fs::create_dir_all(&fake).unwrap();
+    fs::write(fake.join("sha1sum"), "#!/bin/sh\ncat > /dev/null\necho 0123456789012345678901234567890123456789  -\n")
+        .unwrap();
+    Command::new("chmod").arg("+x").arg(fake.join("sha1sum")).status().unwrap();
+    let out_s = out.to_str().unwrap().to_string();
+    let run = nc_run(2, &["extract", "-C", &out_s], &src, &[], Some(&fake), |_| {});
+    assert!(!run.receiver.status.success(), "{}", stderr(&run.receiver));
+    assert!(!run.sender.status.success(), "{}", stderr(&run.sender));
+    assert!(stderr(&run.receiver).contains("SHA-1 mismatch"), "{}", stderr(&run.receiver));
+    assert!(stderr(&run.sender).contains("the receiver says: SHA-1 mismatch"), "{}", stderr(&run.sender));
+}
+
+#[test]
+fn nc_either_side_alone_gives_up_after_its_wait_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source_tree(&src);
+    let port = free_port_run(3).to_string();
+    let started = Instant::now();
+    let sender = spawn(&mut recipe(
+        "stream-over-nc.sh",
+        &[
+            "send",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--streams",
+            "2",
+            "--wait",
+            "2",
+            "--",
+            "--source",
+            src.to_str().unwrap(),
+        ],
+    ))
+    .wait_output(SHORT);
+    assert!(!sender.status.success());
+    assert!(stderr(&sender).contains("no receiver answered on 127.0.0.1:"), "{}", stderr(&sender));
+    let out = dir.path().join("out");
+    let receiver = spawn(&mut recipe(
+        "stream-over-nc.sh",
+        &[
+            "receive",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--streams",
+            "2",
+            "--wait",
+            "2",
+            "--",
+            "extract",
+            "-C",
+            out.to_str().unwrap(),
+        ],
+    ))
+    .wait_output(SHORT);
+    assert!(!receiver.status.success());
+    assert!(stderr(&receiver).contains("no sender said hello"), "{}", stderr(&receiver));
+    assert!(started.elapsed() < Duration::from_secs(25), "the waits took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ssh
+
+/// A real `sshd` on 127.0.0.1 (a free port) that accepts only a throwaway key, for the current user; killed when
+/// dropped.
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    _server: Running,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_key", "user_key"] {
+            run_ok(
+                Command::new(tool("ssh-keygen")).args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key)),
+                SHORT,
+            );
+        }
+        fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
+        // sshd wants its privilege-separation directory (made by its package's service unit, which may not run).
+        let _ = fs::create_dir_all("/run/sshd");
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
+            d = d.display()
+        );
+        fs::write(d.join("sshd_config"), config).unwrap();
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().find(|p| Path::new(p).exists()).map(PathBuf::from);
+        let sshd = sshd.unwrap_or_else(|| tool("sshd"));
+        let server =
+            spawn(Command::new(sshd).args(["-D", "-e", "-f"]).arg(d.join("sshd_config")).stderr(Stdio::piped()));
+        let deadline = Instant::now() + SHORT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen on {port}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Sshd { dir, port, _server: server }
+    }
+
+    /// The `--ssh` command line that logs in with the throwaway key.
+    fn ssh_command(&self) -> String {
+        format!(
+            "ssh -p {} -i {}/user_key -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o LogLevel=ERROR",
+            self.port,
+            self.dir.path().display()
+        )
+    }
+
+    fn destination(&self) -> String {
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        format!("{}@127.0.0.1", user.trim())
+    }
+}
+
+fn ssh_recipe(sshd: &Sshd, remote: &str, src: &Path, extra: &[&str]) -> Running {
+    let (ssh, to) = (sshd.ssh_command(), sshd.destination());
+    spawn(&mut recipe(
+        "stream-over-ssh.sh",
+        &[
+            &["--to", &to, "--ssh", &ssh, "--streams", "4", "--wait", "20", "--remote", remote],
+            extra,
+            &["--", "--source", src.to_str().unwrap()],
+        ]
+        .concat(),
+    ))
+}
+
+#[test]
+fn ssh_four_connections_into_a_remote_extract_arrive_whole() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+    source_tree(&src);
+    let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
+    let output = ssh_recipe(&sshd, &remote, &src, &[]).wait_output(LONG);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("4 streams over ssh"), "{}", stderr(&output));
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn ssh_a_remote_consumer_that_dies_mid_stream_fails_the_recipe_and_is_cleaned_up() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+    source_tree(&src);
+    let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
+    let running = ssh_recipe(&sshd, &remote, &src, &["--rate", "2M"]);
+    let deadline = Instant::now() + SHORT;
+    while !has_staged_a_file(&out) {
+        assert!(Instant::now() < deadline, "nothing arrived");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let pids = wait_for_process(&format!("extract -C {} --fifo-dir", out.display()), SHORT);
+    Command::new("kill").arg("-KILL").args(&pids).status().unwrap();
+    let output = running.wait_output(LONG);
+    assert!(!output.status.success(), "exited 0 although the remote consumer was killed: {}", stderr(&output));
+    assert!(stderr(&output).contains("error:"), "{}", stderr(&output));
+    assert!(!out.join("big.ibd").exists());
+}
+
+#[test]
+fn ssh_a_remote_consumer_that_refuses_to_start_fails_the_recipe_quickly() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source_tree(&src);
+    // The target is a regular file: extract refuses it at once.
+    let target = dir.path().join("a-file");
+    fs::write(&target, b"x").unwrap();
+    let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), target.display());
+    let started = Instant::now();
+    let output = ssh_recipe(&sshd, &remote, &src, &[]).wait_output(LONG);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("error:"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+}
