@@ -51,6 +51,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "stopped by a signal"; exit 1' INT TERM HUP
 
+# control_write FD LINE...: the lines to the control connection. SIGPIPE is ignored while writing, so a peer that
+# has gone (a refused connection: nc exited) is a failed write, not a silently killed script.
+control_write() {
+  local fd=$1 rc=0; shift
+  trap '' PIPE
+  printf '%s\n' "$@" >&"$fd" 2>/dev/null || rc=1
+  trap - PIPE
+  return $rc
+}
+
 # wait_for_pipes PID: until the N pipes exist in $work/fifo (made by the program PID), or it dies, or --wait.
 wait_for_pipes() {
   local pid=$1 deadline=$((SECONDS + wait_s)) i
@@ -87,12 +97,12 @@ receive() {
     sleep 0.05
   done
   coproc CTRL { exec nc -N -l "$listen" "$port"; }
-  local to=${CTRL[1]} from=${CTRL[0]}
+  local to=${CTRL[1]} from=${CTRL[0]} control_pid=$CTRL_PID
   say "listening on $listen ports $port-$((port + streams)); waiting ${wait_s} s for the sender"
   if ! read -r -t "$wait_s" -u "$from" line || [ "$line" != "hello $streams" ]; then
     die "no sender said hello on port $port within ${wait_s} s${line:+ (it said: $line)}"
   fi
-  echo "ready" >&"$to"
+  control_write "$to" "ready" || die "the sender went away before the transfer"
 
   wait "$consumer_pid" || rc_consumer=$?
   # A consumer that failed may never have opened its pipes, or left them: stop the streams rather than wait.
@@ -120,8 +130,10 @@ receive() {
   elif [ "$sender_rc" != 0 ]; then verdict="the sender's producer failed (exit $sender_rc)"
   elif ! compare_digests "$work/sent" "$work/received" "$streams"; then verdict="SHA-1 mismatch"
   fi
-  echo "$verdict" >&"$to" 2>/dev/null || true
+  control_write "$to" "$verdict" || true
   exec {to}>&-
+  # Let nc deliver the verdict (it exits once the sender has read it and hung up) before cleanup stops it.
+  for _ in $(seq 100); do kill -0 "$control_pid" 2>/dev/null || break; sleep 0.05; done
   if [ "$verdict" != ok ]; then die "$verdict"; fi
   say "OK: $streams streams received; every stream's SHA-1 matches the producer's"
 }
@@ -135,11 +147,11 @@ send() {
   while :; do
     coproc CTRL { exec nc -N "$host" "$port" 2>/dev/null; }
     to=${CTRL[1]} from=${CTRL[0]}
-    echo "hello $streams" >&"$to" 2>/dev/null || true
+    control_write "$to" "hello $streams" || true
     if read -r -t 5 -u "$from" line 2>/dev/null && [ "$line" = ready ]; then break; fi
     stop_jobs "$CTRL_PID"
     [ $SECONDS -lt $deadline ] || die "no receiver answered on $host:$port within ${wait_s} s"
-    sleep 0.5
+    sleep 0.2
   done
   "$producer" --stream=xbstream --fifo-dir "$work/fifo" --fifo-streams "$streams" --fifo-timeout "$wait_s" \
     --digest sha1 --stats-json "$work/stats.json" "$@" &
@@ -163,13 +175,11 @@ send() {
   jobs_to_stop=()
   local report_rc=$rc_producer
   [ ${#failed_streams[@]} -eq 0 ] || report_rc=1
-  {
-    echo "producer $report_rc"
-    if [ $rc_producer -eq 0 ]; then
-      stream_digests "$work/stats.json" | awk '{ print "sha1", NR - 1, $1 }'
-    fi
-    echo "end"
-  } >&"$to" 2>/dev/null || true
+  local report="producer $report_rc"
+  if [ $rc_producer -eq 0 ]; then
+    report+=$'\n'$(stream_digests "$work/stats.json" | awk '{ print "sha1", NR - 1, $1 }')
+  fi
+  control_write "$to" "$report" "end" || true
   read -r -t "$wait_s" -u "$from" reply 2>/dev/null || true
   [ $rc_producer -eq 0 ] || die "the producer failed (exit $rc_producer); the receiver says: ${reply:-nothing}"
   [ ${#failed_streams[@]} -eq 0 ] || die "stream(s) ${failed_streams[*]} failed (connection to $host lost?)"

@@ -4,6 +4,7 @@ mod util;
 
 mod compression;
 mod consumer;
+mod pages;
 mod producer;
 mod proof;
 mod proto_format;

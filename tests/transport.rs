@@ -72,6 +72,7 @@ fn nc_run(
     src: &Path,
     sender_options: &[&str],
     path_prefix: Option<&Path>,
+    sender_first: bool,
     during: impl FnOnce(u16),
 ) -> NcRun {
     let port = free_port_run(streams as u16 + 1);
@@ -88,9 +89,8 @@ fn nc_run(
         let path = std::env::var("PATH").unwrap_or_default();
         receive.env("PATH", format!("{}:{path}", prefix.display()));
     }
-    let receiver = spawn(&mut receive);
     let src_s = src.to_str().unwrap();
-    let sender = spawn(&mut recipe(
+    let mut send = recipe(
         "stream-over-nc.sh",
         &[
             &["send", "--host", "127.0.0.1", "--port", &port_s, "--streams", &streams_s, "--wait", "20"],
@@ -98,7 +98,16 @@ fn nc_run(
             &["--", "--source", src_s],
         ]
         .concat(),
-    ));
+    );
+    // Either side may start first: a sender that finds nobody listening retries until --wait.
+    let (receiver, sender) = if sender_first {
+        let sender = spawn(&mut send);
+        thread::sleep(Duration::from_millis(700));
+        (spawn(&mut receive), sender)
+    } else {
+        let receiver = spawn(&mut receive);
+        (receiver, spawn(&mut send))
+    };
     during(port);
     let sender = sender.wait_output(LONG);
     let receiver = receiver.wait_output(LONG);
@@ -111,7 +120,7 @@ fn nc_four_connections_into_extract_arrive_whole_and_both_sides_check_every_stre
     let (src, out) = (dir.path().join("src"), dir.path().join("out"));
     source_tree(&src);
     let out_s = out.to_str().unwrap().to_string();
-    let run = nc_run(4, &["extract", "-C", &out_s], &src, &[], None, |_| {});
+    let run = nc_run(4, &["extract", "-C", &out_s], &src, &[], None, false, |_| {});
     assert!(run.receiver.status.success(), "receiver: {}", stderr(&run.receiver));
     assert!(run.sender.status.success(), "sender: {}", stderr(&run.sender));
     assert!(
@@ -124,12 +133,12 @@ fn nc_four_connections_into_extract_arrive_whole_and_both_sides_check_every_stre
 }
 
 #[test]
-fn nc_into_put_stores_a_backup_that_get_restores() {
+fn nc_into_put_stores_a_backup_that_get_restores_with_the_sender_started_first() {
     let dir = tempfile::tempdir().unwrap();
     let (src, store, out) = (dir.path().join("src"), dir.path().join("store"), dir.path().join("out"));
     source_tree(&src);
     let storage = format!("file://{}", store.display());
-    let run = nc_run(2, &["put", "NIGHTLY", "--storage", &storage], &src, &[], None, |_| {});
+    let run = nc_run(2, &["put", "NIGHTLY", "--storage", &storage], &src, &[], None, true, |_| {});
     assert!(
         run.receiver.status.success() && run.sender.status.success(),
         "{}\n{}",
@@ -150,7 +159,7 @@ fn nc_a_connection_cut_mid_stream_fails_both_sides() {
     source_tree(&src);
     let out_s = out.to_str().unwrap().to_string();
     // 2 MB/s per stream: the transfer takes seconds, so the cut lands in the middle.
-    let run = nc_run(2, &["extract", "-C", &out_s], &src, &["--rate", "2M"], None, |port| {
+    let run = nc_run(2, &["extract", "-C", &out_s], &src, &["--rate", "2M"], None, false, |port| {
         let listener = format!("nc -d -l 127.0.0.1 {}", port + 2);
         let pids = wait_for_process(&listener, SHORT);
         let deadline = Instant::now() + SHORT;
@@ -178,7 +187,7 @@ fn nc_a_stream_whose_digest_differs_fails_both_sides_even_if_the_consumer_succee
         .unwrap();
     Command::new("chmod").arg("+x").arg(fake.join("sha1sum")).status().unwrap();
     let out_s = out.to_str().unwrap().to_string();
-    let run = nc_run(2, &["extract", "-C", &out_s], &src, &[], Some(&fake), |_| {});
+    let run = nc_run(2, &["extract", "-C", &out_s], &src, &[], Some(&fake), true, |_| {});
     assert!(!run.receiver.status.success(), "{}", stderr(&run.receiver));
     assert!(!run.sender.status.success(), "{}", stderr(&run.sender));
     assert!(stderr(&run.receiver).contains("SHA-1 mismatch"), "{}", stderr(&run.receiver));

@@ -95,8 +95,9 @@ pub struct GetArgs {
     #[command(flatten)]
     pub fifo: runtime::args::FifoArgs,
 
-    /// Downloads in flight at once.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Downloads in flight at once (more than put's uploads: a server answers each GET at its own pace, and on
+    /// S3 and s3s-fs alike many smaller downloads in flight beat a few; see docs/benchmarks.md).
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub parallel: usize,
 
     /// Writer threads for -C.

@@ -448,6 +448,7 @@ fn prove_and_commit(
                     ours.as_deref().unwrap_or("(none: a foreign stream)")
                 );
             }
+            crate::verify::report_corrupt_pages(manifest);
             let mut seen = HashSet::new();
             for record in &manifest.files {
                 if !seen.insert(record.path.0.as_slice()) {

@@ -18,6 +18,7 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
     let bytes = std::fs::read(root.join(MANIFEST_NAME))
         .with_context(|| format!("cannot read {}: is this an extracted backup?", root.join(MANIFEST_NAME).display()))?;
     let manifest = Manifest::from_json(&bytes)?;
+    report_corrupt_pages(&manifest);
     let root_fd = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .with_context(|| format!("cannot open {}", root.display()))?;
     let (sender, receiver) = crossbeam_channel::bounded::<&FileRecord>(64);
@@ -49,6 +50,23 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
     }
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     Ok(format!("verified {} files, {} bytes, against {MANIFEST_NAME}", manifest.files.len(), bytes))
+}
+
+/// Warns about every file the producer copied with InnoDB pages that were corrupt at the source
+/// (`--validate-pages --log-page-corruption`): the restore is faithful, and so are those pages.
+pub fn report_corrupt_pages(manifest: &Manifest) {
+    for record in manifest.files.iter().filter(|r| !r.corrupt_pages.is_empty()) {
+        let pages = &record.corrupt_pages;
+        let shown: Vec<String> = pages.iter().take(20).map(u64::to_string).collect();
+        log::warn!(
+            "{}: {} page(s) were corrupt at the source and are copied as they were (the producer's \
+             --log-page-corruption): {}{}",
+            record.path.display(),
+            pages.len(),
+            shown.join(", "),
+            if pages.len() > 20 { ", …" } else { "" }
+        );
+    }
 }
 
 fn check(root: &impl std::os::fd::AsFd, record: &FileRecord) -> Result<()> {

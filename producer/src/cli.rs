@@ -90,6 +90,17 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
 
+    /// Check every page of InnoDB tablespaces (`*.ibd`, `*.ibu`, `ibdata*`, `undo*`) as it is copied, with the
+    /// algorithm it was written with (crc32, full_crc32, innodb, none); a chunk with a bad page is re-read up to
+    /// 10 times, 100 ms apart, then the run fails naming the file and page.
+    #[arg(long)]
+    pub validate_pages: bool,
+
+    /// With --validate-pages: record pages still corrupt after the re-reads in the manifest and go on, instead of
+    /// failing (MariaDB's --log-innodb-page-corruption).
+    #[arg(long, alias = "log-innodb-page-corruption", requires = "validate_pages")]
+    pub log_page_corruption: bool,
+
     /// Log progress as plain periodic lines (also when stderr is not a terminal), and more detail.
     #[arg(short, long)]
     pub verbose: bool,

@@ -72,6 +72,8 @@ pub struct Config {
     pub strict: bool,
     /// Where to write statistics.
     pub stats_json: Option<PathBuf>,
+    /// `--validate-pages`: how InnoDB pages are checked (`None`: not at all).
+    pub validate_pages: Option<crate::validate::PageValidation>,
     /// Progress display.
     pub progress: ProgressMode,
 }
@@ -130,6 +132,10 @@ impl Config {
                 "--read-buffer-size must be between 4K and {} (readers reject larger chunks)",
                 human(proto::DEFAULT_MAX_PAYLOAD)
             );
+        }
+        // Pages are checked within one chunk, so no page may straddle two: 64K is the largest InnoDB page.
+        if args.validate_pages && chunk_size % (64 << 10) != 0 {
+            bail!("--validate-pages needs a --read-buffer-size that is a multiple of 64K (the largest InnoDB page)");
         }
         let pipe_buffer_size =
             parse_size(&args.pipe_buffer_size).map_err(anyhow::Error::msg).context("--pipe-buffer-size")?;
@@ -192,6 +198,10 @@ impl Config {
             throttle: args.throttle.filter(|&n| n > 0),
             strict: args.strict,
             stats_json: args.stats_json.clone(),
+            validate_pages: args.validate_pages.then(|| crate::validate::PageValidation {
+                log_corruption: args.log_page_corruption,
+                ..Default::default()
+            }),
             progress,
         })
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use anyhow::{bail, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
@@ -55,10 +55,19 @@ pub struct FileState {
     pub compressed: bool,
     /// The compression stage's in-order state (unused without compression).
     pub(crate) stored: Mutex<crate::compress::StoredSequence>,
+    /// With `--validate-pages`, for a file named like an InnoDB tablespace: its format, read once from page 0
+    /// (`None` inside: it could not be told, and the file is copied unchecked), and the pages recorded corrupt.
+    pages: Option<PageState>,
     handle: Mutex<Handle>,
     sequence: Mutex<Sequence>,
     strict: bool,
     sha1: bool,
+}
+
+#[derive(Debug, Default)]
+struct PageState {
+    tablespace: OnceLock<Option<innodb::Tablespace>>,
+    corrupt: Mutex<Vec<u64>>,
 }
 
 #[derive(Debug)]
@@ -128,6 +137,7 @@ impl FileState {
         strict: bool,
         sha1: bool,
         compress: bool,
+        validate_pages: bool,
     ) -> Arc<FileState> {
         let jobs = scanned.size.div_ceil(chunk_size).max(1);
         // Every file is compressed, empty ones included (as one frame of empty content: an empty `.zst` is not a
@@ -137,8 +147,11 @@ impl FileState {
         if compressed {
             wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
         }
+        let name = scanned.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let pages = (validate_pages && innodb::is_tablespace_name(&name)).then(PageState::default);
         Arc::new(FileState {
             number,
+            pages,
             scanned,
             jobs,
             stream,
@@ -226,6 +239,77 @@ impl FileState {
             vanished,
             grew: (last && probe == 1).then_some(grew),
         })
+    }
+
+    /// The file's tablespace format when its pages are to be validated: read from page 0 (from `chunk` itself
+    /// when it is chunk 0) the first time a chunk asks. A file whose format cannot be told is copied unchecked,
+    /// with one warning.
+    pub fn tablespace(&self, chunk: &ReadChunk) -> Option<innodb::Tablespace> {
+        let pages = self.pages.as_ref()?;
+        *pages.tablespace.get_or_init(|| {
+            let path = self.scanned.source.display();
+            let name = self.scanned.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let header = if chunk.offset == 0 && chunk.data.len() >= innodb::tablespace::HEADER_LEN {
+                chunk.data[..innodb::tablespace::HEADER_LEN].to_vec()
+            } else {
+                let mut header = vec![0u8; innodb::tablespace::HEADER_LEN];
+                match self.reread(0, &mut header) {
+                    Ok(n) => header.truncate(n),
+                    Err(e) => {
+                        log::warn!("{path}: pages not validated: {e:#}");
+                        return None;
+                    }
+                }
+                header
+            };
+            match innodb::Tablespace::from_first_page(&header, &name) {
+                // Pages are checked whole within a chunk: the chunk size is a multiple of every page size
+                // (checked with the options), so no page straddles two chunks.
+                Ok(space) => Some(space),
+                Err(why) => {
+                    log::warn!("{path}: pages not validated: not an InnoDB tablespace this copy can read ({why})");
+                    None
+                }
+            }
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `offset` again, for a page re-check: through the open handle while readers
+    /// still use it, else opening the file anew (never following a symlink). Returns the bytes read.
+    pub fn reread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let open = match &*lock(&self.handle) {
+            Handle::Open { file, .. } => Some(Arc::clone(file)),
+            _ => None,
+        };
+        let file = match open {
+            Some(file) => file,
+            None => Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&self.scanned.source)
+                    .map_err(|e| anyhow::anyhow!("cannot open {} again: {e}", self.scanned.source.display()))?,
+            ),
+        };
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    bail!("cannot read {} at offset {}: {e}", self.scanned.source.display(), offset + filled as u64)
+                }
+            }
+        }
+        Ok(filled)
+    }
+
+    /// Records pages found corrupt (`--log-page-corruption`), for the file's manifest record.
+    pub fn record_corrupt_pages(&self, pages: &[u64]) {
+        if let Some(state) = &self.pages {
+            lock(&state.corrupt).extend_from_slice(pages);
+        }
     }
 
     fn open(&self, fadvise: bool) -> Result<Option<Arc<File>>> {
@@ -354,6 +438,15 @@ impl FileState {
             crc32: sequence.crc.crc,
             sha1,
             stored: None,
+            corrupt_pages: self
+                .pages
+                .as_ref()
+                .map(|p| {
+                    let mut pages = lock(&p.corrupt).clone();
+                    pages.sort_unstable();
+                    pages
+                })
+                .unwrap_or_default(),
         };
         outlet.end(self, sequence.chunks, record)
     }

@@ -5,8 +5,9 @@ so one huge file keeps every read thread busy.
 
 ```text
 scan ─► chunk jobs ─► read threads ─► process threads ─► per-file sequencer ─► stream writers ─► STDOUT | N pipes | dir
-        (file, off,    (pread into a    (CRC-32, later      (releases chunk k+1     (one per stream,
-         len)           pool buffer)     compression)        after k; SHA-1, E)      whole chunks only)
+        (file, off,    (pread into a    (InnoDB pages,      (releases chunk k+1     (one per stream,
+         len)           pool buffer)     CRC-32, later       after k; SHA-1, E)      whole chunks only)
+                                         compression)
 ```
 
 Memory is a fixed [`proto::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
@@ -15,7 +16,8 @@ buffer handles. The manifest is written last (on stream 0, after every other str
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
 [`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`]
 (`--compress`: parallel zstd and the second in-order step), [`sink`] (stream and directory
-writers), [`stats`] (`--stats-json`). What the consumer shares — failure and panic policy, stop signals, progress,
+writers), [`validate`] (`--validate-pages`: InnoDB page checks with re-reads, on the process threads), [`stats`]
+(`--stats-json`). What the consumer shares — failure and panic policy, stop signals, progress,
 sizes, the pipe options — lives in the `runtime` crate.
 */
 
@@ -27,3 +29,4 @@ pub mod pipeline;
 pub mod scan;
 pub mod sink;
 pub mod stats;
+pub mod validate;

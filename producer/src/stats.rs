@@ -33,6 +33,24 @@ pub struct Stats {
     pub peak_buffers_in_use: usize,
     /// Peak resident memory of the process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
+    /// `--validate-pages`: what the page checks did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PageStats>,
+}
+
+/// What `--validate-pages` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageStats {
+    /// Pages checked.
+    pub checked: u64,
+    /// Chunks re-read because a page failed its check.
+    pub rereads: u64,
+    /// Pages bad at first and intact on a re-read.
+    pub recovered: u64,
+    /// Pages still corrupt after every re-read, recorded in the manifest (`--log-page-corruption`).
+    pub corrupt_logged: u64,
+    /// Pages of a kind the checks cannot verify (classic-format page_compressed ones), copied unchecked.
+    pub unverifiable: u64,
 }
 
 impl Stats {

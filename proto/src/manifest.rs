@@ -105,6 +105,10 @@ pub struct FileRecord {
     /// How the file travels when that differs from the original (compression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredForm>,
+    /// InnoDB pages found corrupt while copying and still corrupt after every re-read, recorded with
+    /// `producer --validate-pages --log-page-corruption` (the copy is faithful: these pages were bad at the source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrupt_pages: Vec<u64>,
 }
 
 /// The on-the-wire form of a file whose payload was transformed.
@@ -228,6 +232,7 @@ mod tests {
                     crc32: 0x3610a686,
                     sha1: Some("aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into()),
                     stored: None,
+                    corrupt_pages: vec![3, 9],
                 },
                 FileRecord {
                     path: WirePath(b"bad\xffname".to_vec()),
@@ -238,6 +243,7 @@ mod tests {
                     crc32: 0,
                     sha1: None,
                     stored: None,
+                    corrupt_pages: Vec::new(),
                 },
             ],
         }
