@@ -361,6 +361,8 @@ class Bench:
                  ""]
         peers = [r for r in self.records if r["group"] == "peer"]
         for compression in COMPRESSIONS:
+            if not any(r["group"] == "ours" and r["compression"] == compression for r in self.records):
+                continue
             lines += [f"### {'No compression' if compression == 'none' else 'zstd -1'}", "",
                       "| case | median s | MB/s | x best peer (which) | producer RSS MiB | consumer RSS MiB |",
                       "|---|---|---|---|---|---|"]
@@ -375,7 +377,8 @@ class Bench:
                              f"{esc(ratio)} | {rss.get('producer', 0):.0f} | "
                              f"{fmt_rss(rss.get('consumer'))} |")
             lines.append("")
-        lines += ["### Peers", "", "| peer | for | median s | MB/s | peak RSS MiB |", "|---|---|---|---|---|"]
+        if peers:
+            lines += ["### Peers", "", "| peer | for | median s | MB/s | peak RSS MiB |", "|---|---|---|---|---|"]
         for p in peers:
             if p["kind"] == "put s3://" and p["compression"] == "zstd":
                 continue
@@ -434,7 +437,8 @@ def plot(records, path, machine):
     import matplotlib.pyplot as plt
 
     link = [r for r in records if r["group"] == "link"]
-    panels = COMPRESSIONS + (["link"] if link else [])
+    measured = [c for c in COMPRESSIONS if any(r["group"] == "ours" and r["compression"] == c for r in records)]
+    panels = measured + (["link"] if link else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
     positions = {"STDOUT": 0, "FIFO 1": 1, "FIFO 2": 2, "FIFO 4": 3, "FIFO 8": 4}
     for ax, panel in zip(axes[0], panels):
@@ -488,6 +492,7 @@ def main():
     parser.add_argument("--no-link", dest="link", action="store_false")
     parser.add_argument("--link-cap-mbit", type=int, default=200)
     parser.add_argument("--link-size-mb", type=int)
+    parser.add_argument("--only", choices=["matrix", "link"], help="run only the matrix (with its peers) or the link")
     args = parser.parse_args()
     args.size_mb = args.size_mb or (128 if args.quick else 1024)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -503,15 +508,16 @@ def main():
     bench = Bench(args)
     bench.prepare()
     cleanups.append(lambda: [shutil.rmtree(p, True) for p in (bench.target, bench.store, bench.fifo)])
-    if args.s3:
-        bench.start_s3()
-    kinds = KINDS if args.s3 else KINDS[:3]
-    for compression in COMPRESSIONS:
-        for kind in kinds:
-            for layout in LAYOUTS:
-                bench.ours(layout, kind, compression)
-    bench.peers()
-    if args.link:
+    if args.only != "link":
+        if args.s3:
+            bench.start_s3()
+        kinds = KINDS if args.s3 else KINDS[:3]
+        for compression in COMPRESSIONS:
+            for kind in kinds:
+                for layout in LAYOUTS:
+                    bench.ours(layout, kind, compression)
+        bench.peers()
+    if args.link and args.only != "matrix":
         bench.link()
     bench.report()
 

@@ -14,7 +14,9 @@
 # stream), --wait S (how long either side waits for the other to appear; default 60).
 #
 # Each side exits 0 only if its own programs succeeded, the other side reported success, and the SHA-1 of every
-# stream as the receiver got it equals the SHA-1 the producer computed as it wrote it. A dead connection, a
+# stream as the receiver got it equals the SHA-1 the producer computed as it wrote it (`--digest stream-sha1`,
+# or the user's `--digest sha1`; an `extract` receiver hashes each stream as it reads it, any other subcommand
+# gets a `tee | sha1sum` per stream). A dead connection, a
 # failed producer or consumer, or a mismatch on any stream is a non-zero exit on both sides, with the reason.
 # The binaries: $PRODUCER / $CONSUMER, else on PATH, else this checkout's target/release.
 source "$(dirname "$0")/transport-lib.sh"
@@ -77,15 +79,30 @@ receive() {
   local consumer rc_consumer=0 rc i line kind a b verdict=ok
   consumer=$(find_binary consumer "${CONSUMER:-}")
   [ $# -ge 1 ] || die "after --: the consumer subcommand (extract -C DIR, put NAME --storage URL, …)"
-  "$consumer" "$@" --fifo-dir "$work/fifo" --fifo-streams "$streams" --fifo-timeout "$wait_s" &
+  # extract hashes every stream as it reads it (--digest sha1 --stats-json): what arrived, with no extra copy.
+  # Other subcommands get a `tee | sha1sum` on each stream.
+  local self_hashing="" arg
+  for arg in "$@"; do # the subcommand: the first word that is not an option (-q, -v come before it)
+    case $arg in
+      -*) ;;
+      *) [ "$arg" != extract ] || self_hashing=1; break ;;
+    esac
+  done
+  local extra=()
+  [ -z "$self_hashing" ] || extra=(--digest sha1 --stats-json "$work/consumer-stats.json")
+  "$consumer" "$@" --fifo-dir "$work/fifo" --fifo-streams "$streams" --fifo-timeout "$wait_s" "${extra[@]}" &
   local consumer_pid=$!
   jobs_to_stop+=("$consumer_pid")
   wait_for_pipes "$consumer_pid" consumer
-  # Stream i: connection PORT+1+i → its SHA-1 → pipe i.
+  # Stream i: connection PORT+1+i → pipe i (and its SHA-1).
   local stream_pids=()
   for ((i = 0; i < streams; i++)); do
-    (set -o pipefail; nc -d -l "$listen" $((port + 1 + i)) | tee "$work/fifo/thread_$i" | sha1sum | cut -c1-40 \
-      > "$work/received-$i") &
+    if [ -n "$self_hashing" ]; then
+      nc -d -l "$listen" $((port + 1 + i)) > "$work/fifo/thread_$i" &
+    else
+      (set -o pipefail; nc -d -l "$listen" $((port + 1 + i)) | tee "$work/fifo/thread_$i" | sha1sum | cut -c1-40 \
+        > "$work/received-$i") &
+    fi
     stream_pids+=($!)
     jobs_to_stop+=($!)
   done
@@ -123,7 +140,11 @@ receive() {
       end) got_end=1; break ;;
     esac
   done
-  for ((i = 0; i < streams; i++)); do cat "$work/received-$i" 2>/dev/null || echo; done > "$work/received"
+  if [ -n "$self_hashing" ]; then
+    stream_digests "$work/consumer-stats.json" > "$work/received" 2>/dev/null || true
+  else
+    for ((i = 0; i < streams; i++)); do cat "$work/received-$i" 2>/dev/null || echo; done > "$work/received"
+  fi
   if [ $rc_consumer -ne 0 ]; then verdict="the consumer failed (exit $rc_consumer)"
   elif [ ${#failed_streams[@]} -gt 0 ]; then verdict="stream(s) ${failed_streams[*]} failed at the receiver"
   elif [ -z "$got_end" ]; then verdict="the sender went away without its report"
@@ -153,8 +174,11 @@ send() {
     [ $SECONDS -lt $deadline ] || die "no receiver answered on $host:$port within ${wait_s} s"
     sleep 0.2
   done
+  local digest
+  digest=$(digest_args "$@")
+  # shellcheck disable=SC2086 # $digest is empty or two words
   "$producer" --stream=xbstream --fifo-dir "$work/fifo" --fifo-streams "$streams" --fifo-timeout "$wait_s" \
-    --digest sha1 --stats-json "$work/stats.json" "$@" &
+    $digest --stats-json "$work/stats.json" "$@" &
   local producer_pid=$!
   jobs_to_stop+=("$producer_pid")
   wait_for_pipes "$producer_pid" producer

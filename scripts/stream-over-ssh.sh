@@ -13,7 +13,8 @@
 # either side waits for the other's pipes (default 60). The remote host needs bash, sha1sum, tee and mktemp.
 #
 # Exits 0 only if the producer succeeded, the remote consumer succeeded, every connection carried its stream to
-# the end, and the SHA-1 of every stream as the remote side received it equals the producer's (--digest sha1).
+# the end, and the SHA-1 of every stream as the remote side received it equals the producer's (--digest
+# stream-sha1, or the user's --digest sha1).
 # On any failure the remote consumer is stopped and its temporary directory removed.
 source "$(dirname "$0")/transport-lib.sh"
 
@@ -64,8 +65,10 @@ remote_ssh "$remote --fifo-dir $remote_dir/fifo --fifo-streams $streams --fifo-t
 consumer_pid=$!
 jobs_to_stop+=("$consumer_pid")
 
+digest=$(digest_args "$@")
+# shellcheck disable=SC2086 # $digest is empty or two words
 "$producer" --stream=xbstream --fifo-dir "$work/fifo" --fifo-streams "$streams" --fifo-timeout "$wait_s" \
-  --digest sha1 --stats-json "$work/stats.json" "$@" &
+  $digest --stats-json "$work/stats.json" "$@" &
 producer_pid=$!
 jobs_to_stop+=("$producer_pid")
 

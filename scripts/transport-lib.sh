@@ -25,6 +25,24 @@ need_tools() { for t in "$@"; do command -v "$t" >/dev/null || die "missing $t (
 # stream order. The only "sha1" fields of that file are the streams'.
 stream_digests() { grep -o '"sha1": *"[0-9a-f]*"' "$1" | sed 's/.*"\([0-9a-f]*\)"$/\1/'; }
 
+# digest_args PRODUCER_ARG...: the --digest the recipe gives the producer: stream-sha1 (the streams' SHA-1s in
+# --stats-json), unless the user chose sha1 (per-file SHA-1s too), which hashes the streams as well.
+digest_args() {
+  local previous=""
+  for arg in "$@"; do
+    case $previous=$arg in
+      --digest=sha1 | --digest=stream-sha1) return ;;
+      --digest=*) die "the recipe compares the streams' SHA-1s: use --digest sha1 or stream-sha1, not $arg" ;;
+    esac
+    case $arg in
+      --digest=sha1 | --digest=stream-sha1) return ;;
+      --digest=*) die "the recipe compares the streams' SHA-1s: use --digest sha1 or stream-sha1, not ${arg#--digest=}" ;;
+    esac
+    previous=$arg
+  done
+  echo "--digest stream-sha1"
+}
+
 # compare_digests SENT_FILE RECEIVED_FILE N: both N lines, stream i on line i+1; prints one line per mismatch and
 # fails if any.
 compare_digests() {

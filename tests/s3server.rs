@@ -78,6 +78,12 @@ impl S3Server {
         panic!("s3s-fs did not start:\n{}", failures.join("\n"));
     }
 
+    /// Kills the server at once (SIGKILL), as a crash would; its directory stays until it is dropped.
+    pub fn kill(&self) {
+        let pid = nix::unistd::Pid::from_raw(self._process.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.host_port())
@@ -939,4 +945,33 @@ fn s3_percona_control_byte_pipes_are_accepted() {
     assert_same_tree(&src, &out);
     let list = list_json(&storage);
     assert_eq!(listed(&list, "percona")["complete"], true, "{list:?}");
+}
+
+#[test]
+fn s3_a_server_that_dies_mid_put_fails_the_put_and_leaves_no_index() {
+    let server = S3Server::start();
+    let storage = server.storage_args(BUCKET).join(" ");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_tree(&src, &[("big", pseudo_random_bytes(4 << 20, 22))]);
+    let pipeline = format!(
+        "{} --source {} --stream=xbstream --read-buffer-size 64K --throttle 20 | {} put dies --object-size 256K \
+         --max-retries 2 --max-backoff 200 {storage}",
+        env!("CARGO_BIN_EXE_producer"),
+        src.display(),
+        env!("CARGO_BIN_EXE_consumer")
+    );
+    let mut put = spawn(Command::new("bash").args(["-o", "pipefail", "-c", &pipeline]).stderr(Stdio::piped()));
+    let first_pack = server.root().join(BUCKET).join("dies/0/0000000000.xbs");
+    wait_until(SHORT, "the first stored pack", || first_pack.is_file());
+    server.kill();
+    let started = Instant::now();
+    let status = put.wait(LONG);
+    let output = put.wait_output(SHORT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("did not complete") && stderr.contains("consumer delete dies"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "a dead server took {:?} to give up on", started.elapsed());
+    let index = server.root().join(BUCKET).join("dies/index.json");
+    assert!(first_pack.is_file() && !index.exists(), "no index may mark the backup complete");
 }

@@ -4,6 +4,7 @@ mod util;
 
 mod compression;
 mod consumer;
+mod faults;
 mod pages;
 mod producer;
 mod proof;

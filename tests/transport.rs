@@ -186,8 +186,9 @@ fn nc_a_stream_whose_digest_differs_fails_both_sides_even_if_the_consumer_succee
     fs::write(fake.join("sha1sum"), "#!/bin/sh\ncat > /dev/null\necho 0123456789012345678901234567890123456789  -\n")
         .unwrap();
     Command::new("chmod").arg("+x").arg(fake.join("sha1sum")).status().unwrap();
-    let out_s = out.to_str().unwrap().to_string();
-    let run = nc_run(2, &["extract", "-C", &out_s], &src, &[], Some(&fake), true, |_| {});
+    // A put receiver hashes with tee | sha1sum (an extract receiver hashes in the consumer itself).
+    let storage = format!("file://{}", out.display());
+    let run = nc_run(2, &["put", "NIGHTLY", "--storage", &storage], &src, &[], Some(&fake), true, |_| {});
     assert!(!run.receiver.status.success(), "{}", stderr(&run.receiver));
     assert!(!run.sender.status.success(), "{}", stderr(&run.sender));
     assert!(stderr(&run.receiver).contains("SHA-1 mismatch"), "{}", stderr(&run.receiver));

@@ -89,11 +89,13 @@ pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<S
         .map_err(|e| {
             // Whether anything was stored decides the advice (a refused existing NAME is not ours to delete).
             let exists = e.to_string().contains("already exists");
-            let stored = !exists && store.list(&config.name).is_ok_and(|objects| !objects.is_empty());
-            let advice = if stored {
-                format!("; remove what it stored with `consumer delete {} --storage {}`", config.name, store.describe())
-            } else {
-                String::new()
+            let delete = format!("`consumer delete {} --storage {}`", config.name, store.describe());
+            let advice = match store.list(&config.name) {
+                _ if exists => String::new(),
+                Ok(objects) if objects.is_empty() => String::new(),
+                Ok(_) => format!("; remove what it stored with {delete}"),
+                // The store cannot say (it is down): it may hold some objects.
+                Err(_) => format!("; once the store answers again, remove what it may have stored with {delete}"),
             };
             e.context(format!(
                 "the put of {} to {} did not complete and is not listed as complete{advice}",

@@ -64,6 +64,8 @@ pub struct Config {
     pub buffers: usize,
     /// Per-file checksums.
     pub digest: Digest,
+    /// Whether every stream's bytes are hashed (SHA-1) for `--stats-json` (`--digest sha1` or `stream-sha1`).
+    pub stream_sha1: bool,
     /// Whether to call posix_fadvise.
     pub fadvise: bool,
     /// Chunk reads per second, if limited.
@@ -191,9 +193,10 @@ impl Config {
             compress_level: args.compress.map(|_| args.compress_level),
             buffers,
             digest: match args.digest {
-                DigestArg::Crc32 => Digest::Crc32,
+                DigestArg::Crc32 | DigestArg::StreamSha1 => Digest::Crc32,
                 DigestArg::Sha1 => Digest::Sha1,
             },
+            stream_sha1: args.digest != DigestArg::Crc32,
             fadvise: !args.no_fadvise,
             throttle: args.throttle.filter(|&n| n > 0),
             strict: args.strict,

@@ -454,7 +454,7 @@ type Outputs = (Vec<Box<dyn Sink>>, Option<FifoSet>);
 /// Opens every output; for pipes, waits (in parallel, each up to --fifo-timeout) for the consumer to open them.
 /// Stream outputs get the `--idle-timeout` deadline and listen to `cancel` while they wait for the consumer.
 fn open_outputs(config: &Config, cancel: &Cancel) -> Result<Outputs> {
-    let hash = config.digest == Digest::Sha1;
+    let hash = config.stream_sha1;
     match &config.output {
         Output::Directory(dir) => Ok((vec![Box::new(DirectorySink::create(dir, config.fadvise)?)], None)),
         Output::Stdout => {
@@ -551,8 +551,22 @@ struct StreamCount {
 }
 
 impl Router {
+    /// The stream a file's next chunk goes to: its own with file binding; with chunk binding the stream with the
+    /// shortest queue, looking from the next one in turn. Plain round-robin would tie every pipe to the slowest:
+    /// a pipe whose reader falls behind for a moment (a capped or congested connection) fills its queue, the
+    /// pool runs dry and every other pipe waits. Measured over 8 connections capped at 200 Mbit/s each: 150 MB/s
+    /// round-robin, against 190 MB/s for 8 independent `nc`s.
     fn pick(&self, file: &FileState) -> usize {
-        file.stream.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.counts.len())
+        if let Some(stream) = file.stream {
+            return stream;
+        }
+        let count = self.counts.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let senders = self.senders.read().unwrap_or_else(|e| e.into_inner());
+        (0..count)
+            .map(|k| (start + k) % count)
+            .min_by_key(|&i| senders[i].as_ref().map_or(usize::MAX, |sender| sender.len()))
+            .expect("at least one stream")
     }
 
     fn count(&self, stream: usize, path: &[u8], payload_chunks: u64, payload_bytes: u64) {

@@ -40,7 +40,11 @@ impl Signals {
         for signal in STOP_SIGNALS {
             set.add(signal);
         }
-        if let Err(e) = set.thread_block() {
+        // SIGXFSZ too, though no one waits for it: a write past RLIMIT_FSIZE then fails with EFBIG ("File too
+        // large", an error naming the file) instead of the signal killing the process without a word.
+        let mut blocked = set;
+        blocked.add(Signal::SIGXFSZ);
+        if let Err(e) = blocked.thread_block() {
             log::warn!("cannot block stop signals ({e}); SIGINT/SIGTERM will end the process without cleanup");
             return signals;
         }

@@ -1,0 +1,298 @@
+//! The fault suite: a full disk (a small tmpfs, and RLIMIT_FSIZE) under extract, the producer's `--target-dir`
+//! and the `file://` store; an unreadable source directory; a source file replaced by a symlink after the scan;
+//! and a few hundred seeded kinds of damage to a stream. Each asserts the exit status, the message, and that
+//! nothing on disk claims to be complete.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::util::*;
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped: a disk that fills up. Needs root (CI
+/// runs as root; never skipped).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        assert!(nix::unistd::geteuid().is_root(), "the disk-full tests mount a tmpfs: run them as root (.ci/run does)");
+        let dir = tempfile::tempdir().unwrap();
+        run_ok(
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()),
+            SHORT,
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// A 12 MiB source tree: too big for a 4 MiB disk.
+fn big_source() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(
+        src.path(),
+        &[
+            ("ibdata1", pseudo_random_bytes(6 << 20, 31)),
+            ("db/t1.ibd", pseudo_random_bytes(5 << 20, 32)),
+            ("db/t1.frm", b"frm".to_vec()),
+            ("small", pseudo_random_bytes(1000, 33)),
+        ],
+    );
+    src
+}
+
+/// The producer's stream of `src` (asserting it succeeds).
+fn stream_of(src: &Path, extra: &[&str]) -> Vec<u8> {
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src).arg("--stream=xbstream").args(extra),
+        LONG,
+    )
+}
+
+/// `consumer ARGS` with `stream` on STDIN.
+fn consume(args: &[&str], stream: &[u8]) -> Output {
+    let mut child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let feeder = child.feed_stdin(stream.to_vec());
+    let output = child.wait_output(LONG);
+    // A write error only means the consumer stopped reading; its exit status is the verdict.
+    let _ = join_within(feeder, SHORT);
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Every regular file under `root`.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    list_tree(root)
+}
+
+#[test]
+fn extract_onto_a_full_disk_fails_and_leaves_nothing_that_looks_complete() {
+    let src = big_source();
+    let stream = stream_of(src.path(), &[]);
+    let disk = SmallDisk::new("4m");
+    let out = disk.path().join("out");
+    let output = consume(&["extract", "-C", out.to_str().unwrap()], &stream);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("No space left on device"), "{}", stderr(&output));
+    // The staging directory is removed: no file, and no manifest, in OUT.
+    assert!(files_under(&out).is_empty(), "left behind: {:?}", files_under(&out));
+}
+
+#[test]
+fn the_producers_target_dir_on_a_full_disk_fails_without_a_manifest() {
+    let src = big_source();
+    let disk = SmallDisk::new("4m");
+    let target = disk.path().join("copy");
+    let output = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .arg("--target-dir")
+            .arg(&target)
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("No space left on device"), "{}", stderr(&output));
+    assert!(!target.join(proto::MANIFEST_NAME).exists(), "a manifest claims a copy that did not fit");
+}
+
+#[test]
+fn put_onto_a_full_file_store_fails_and_get_refuses_the_backup() {
+    let src = big_source();
+    let stream = stream_of(src.path(), &[]);
+    // Room for the first pack (8M objects), not the second.
+    let disk = SmallDisk::new("10m");
+    let storage = format!("file://{}", disk.path().join("store").display());
+    let output = consume(&["put", "NIGHTLY", "--storage", &storage], &stream);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("No space left on device") && message.contains("consumer delete NIGHTLY"), "{message}");
+    assert!(!disk.path().join("store/NIGHTLY/index.json").exists(), "an index marks a backup that did not fit");
+    let out = tempfile::tempdir().unwrap();
+    let get = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(["get", "NIGHTLY", "--storage", &storage, "-C"])
+            .arg(out.path().join("restore"))
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    assert_eq!(get.status.code(), Some(1));
+    assert!(stderr(&get).contains("is incomplete"), "{}", stderr(&get));
+}
+
+#[test]
+fn a_file_size_limit_is_a_clear_error_not_a_signal() {
+    // RLIMIT_FSIZE: a write past it raises SIGXFSZ, which would kill the process without a word; the consumer
+    // blocks it, so the write fails with EFBIG and the run says which file.
+    let src = big_source();
+    let stream = stream_of(src.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("restore");
+    let mut child = spawn(
+        Command::new("prlimit")
+            .arg("--fsize=2000000")
+            .arg(env!("CARGO_BIN_EXE_consumer"))
+            .args(["extract", "-C"])
+            .arg(&target)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let feeder = child.feed_stdin(stream);
+    let output = child.wait_output(LONG);
+    let _ = join_within(feeder, SHORT);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr(&output).contains("File too large"), "{}", stderr(&output));
+    assert!(files_under(&target).is_empty(), "left behind: {:?}", files_under(&target));
+}
+
+#[test]
+fn an_unreadable_source_directory_is_an_error_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = big_source();
+    fs::set_permissions(src.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.path().join("db"), fs::Permissions::from_mode(0o000)).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+    if nix::unistd::geteuid().is_root() {
+        // Root reads anything: run as nobody, for whom the directory is closed.
+        command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_producer")]);
+    }
+    let output = spawn(
+        command.arg("--source").arg(src.path()).arg("--stream=xbstream").stdout(Stdio::null()).stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    fs::set_permissions(src.path().join("db"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("db") && message.contains("Permission denied"), "{message}");
+}
+
+#[test]
+fn a_source_file_replaced_by_a_symlink_after_the_scan_is_never_followed() {
+    let src = tempfile::tempdir().unwrap();
+    // A few small files first, read slowly (5 chunks a second, one reader): the last one is scanned (its job
+    // queued) at once, and opened only after about 2 s, long after it has been replaced.
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..10).map(|i| (format!("a{i:03}"), pseudo_random_bytes(10_000, i))).collect();
+    files.push(("z-last".into(), b"the real content".to_vec()));
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    write_tree(src.path(), &refs);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("secret");
+    fs::write(&secret, b"must never be in the backup").unwrap();
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(src.path())
+            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "5", "--parallel", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    fs::remove_file(src.path().join("z-last")).unwrap();
+    std::os::unix::fs::symlink(&secret, src.path().join("z-last")).unwrap();
+    let output = producer.wait_output(LONG);
+    let message = stderr(&output);
+    assert!(!output.stdout.windows(11).any(|w| w == b"must never "), "the symlink's target was streamed");
+    // Refused by O_NOFOLLOW at open: an error naming the file.
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.contains("z-last"), "{message}");
+}
+
+/// Seeded damage to a stream: (what, damaged bytes).
+fn damage(stream: &[u8], seed: u64) -> (String, Vec<u8>) {
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |bound: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % bound.max(1) as u64) as usize
+    };
+    let mut bytes = stream.to_vec();
+    let n = bytes.len();
+    match seed % 6 {
+        0 | 1 => {
+            // Bit flips: in the first 2 KiB (marker and headers) or anywhere.
+            let at = if seed % 6 == 0 { next(2048.min(n)) } else { next(n) };
+            bytes[at] ^= 1 << next(8);
+            (format!("bit flip at {at}"), bytes)
+        }
+        2 => {
+            let (a, len) = (next(n), 1 + next(70_000));
+            let b = (a + len).min(n);
+            let copy = bytes[a..b].to_vec();
+            bytes.splice(b..b, copy);
+            (format!("bytes {a}..{b} duplicated"), bytes)
+        }
+        3 => {
+            let (a, len) = (next(n), 1 + next(70_000));
+            let b = (a + len).min(n);
+            bytes.drain(a..b);
+            (format!("bytes {a}..{b} dropped"), bytes)
+        }
+        4 => {
+            let at = next(n);
+            bytes.truncate(at);
+            (format!("cut at {at}"), bytes)
+        }
+        _ => {
+            // A run of bytes overwritten with garbage.
+            let (a, len) = (next(n), 1 + next(300));
+            let b = (a + len).min(n);
+            for byte in &mut bytes[a..b] {
+                *byte = next(256) as u8;
+            }
+            (format!("bytes {a}..{b} overwritten"), bytes)
+        }
+    }
+}
+
+#[test]
+fn three_hundred_kinds_of_damage_never_extract_wrong_or_missing_bytes_with_success() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &sample_files(64 << 10));
+    let stream = stream_of(src.path(), &["--read-buffer-size", "64K"]);
+    let work = tempfile::tempdir().unwrap();
+    let mut refused = 0;
+    for seed in 0..300u64 {
+        let (what, damaged) = damage(&stream, seed);
+        let out = work.path().join(format!("out{seed}"));
+        let output = consume(&["extract", "-C", out.to_str().unwrap()], &damaged);
+        match output.status.code() {
+            // Success is allowed only when every byte still arrived intact (a flip in a bit the format ignores).
+            Some(0) => assert_same_tree(src.path(), &out),
+            Some(1) => {
+                refused += 1;
+                assert!(stderr(&output).contains("error:"), "seed {seed} ({what}): {}", stderr(&output));
+                let left: Vec<_> =
+                    files_under(&out).into_iter().filter(|p| p.as_os_str() == proto::MANIFEST_NAME).collect();
+                assert!(left.is_empty(), "seed {seed} ({what}): a manifest was left in OUT");
+            }
+            other => panic!("seed {seed} ({what}): exit {other:?} (a crash?): {}", stderr(&output)),
+        }
+        let _ = fs::remove_dir_all(&out);
+    }
+    // Nearly every kind of damage is refused; the test is not vacuous.
+    assert!(refused >= 280, "only {refused} of 300 damaged streams were refused");
+}
