@@ -51,7 +51,29 @@ def on_signal(signum, _frame):
 
 
 def sh(command, check=True, **kw):
-    return subprocess.run(["bash", "-o", "pipefail", "-c", command], check=check, **kw)
+    """Runs COMMAND with bash in a session of its own; if the benchmark is interrupted, the whole process group
+    (the producer, the consumer, the recipes' nc) is stopped with it, not only bash."""
+    process = subprocess.Popen(["bash", "-o", "pipefail", "-c", command], start_new_session=True,
+                               stdout=kw.get("stdout"), stderr=kw.get("stderr"), env=kw.get("env"),
+                               text=kw.get("text", False))
+    try:
+        out, err = process.communicate()
+    except BaseException:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(3)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        raise
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    if check and process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command, out, err)
+    return result
 
 
 def log(message):

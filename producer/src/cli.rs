@@ -30,8 +30,8 @@ pub struct Args {
     #[command(flatten)]
     pub fifo: runtime::args::FifoArgs,
 
-    /// How chunks are spread over pipes: `chunk` sends each chunk to the next pipe (a file may span pipes; our
-    /// consumer reassembles it); `file` keeps each file whole and in order on one pipe, so every pipe alone is a
+    /// How chunks are spread over pipes: `chunk` sends each chunk to the pipe with the shortest queue, so a slow
+    /// pipe gets fewer (a file may span pipes; our consumer reassembles it); `file` keeps each file whole and in order on one pipe, so every pipe alone is a
     /// valid xbstream for `mbstream -x` (what xtrabackup does).
     #[arg(long, value_enum, default_value_t = Binding::Chunk)]
     pub fifo_binding: Binding,
@@ -121,7 +121,7 @@ pub enum StreamFormat {
 /// `--fifo-binding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Binding {
-    /// Each chunk goes to the next pipe.
+    /// Each chunk goes to the pipe with the shortest queue (from the next one in turn).
     Chunk,
     /// Each file goes whole to one pipe.
     File,
