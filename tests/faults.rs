@@ -215,9 +215,18 @@ fn a_source_file_replaced_by_a_symlink_after_the_scan_is_never_followed() {
     let output = producer.wait_output(LONG);
     let message = stderr(&output);
     assert!(!output.stdout.windows(11).any(|w| w == b"must never "), "the symlink's target was streamed");
-    // Refused by O_NOFOLLOW at open: an error naming the file.
-    assert_eq!(output.status.code(), Some(1), "{message}");
     assert!(message.contains("z-last"), "{message}");
+    match output.status.code() {
+        // Usually: scanned as a file, refused by O_NOFOLLOW when opened — an error naming it.
+        Some(1) => assert!(message.contains("cannot open"), "{message}"),
+        // On a slow machine the replacement can come before the scan reaches it: skipped as a symlink, with a
+        // warning, and absent from the stream.
+        Some(0) => {
+            assert!(message.contains("is no longer a regular file"), "{message}");
+            assert!(!output.stdout.windows(16).any(|w| w == b"the real content"), "{message}");
+        }
+        other => panic!("exit {other:?}: {message}"),
+    }
 }
 
 /// Seeded damage to a stream: (what, damaged bytes).

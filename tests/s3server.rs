@@ -165,6 +165,8 @@ pub struct FaultyProxy {
 struct ProxyShared {
     upstream: SocketAddr,
     fault_every: u64,
+    /// Milliseconds to wait before forwarding each request (a slow server).
+    delay_ms: AtomicU64,
     stop: AtomicBool,
     requests: AtomicU64,
     faults: AtomicU64,
@@ -188,6 +190,7 @@ impl FaultyProxy {
         let shared = Arc::new(ProxyShared {
             upstream,
             fault_every: fault_every.max(1),
+            delay_ms: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             faults: AtomicU64::new(0),
@@ -204,6 +207,12 @@ impl FaultyProxy {
     /// `http://127.0.0.1:PORT` of the proxy.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// From now on, every request waits `delay` before it is forwarded: a slow (or, beyond the client's
+    /// timeout, a stalled) server.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests received so far (faulted ones included).
@@ -332,6 +341,10 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
         return Ok(());
     }
 
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        thread::sleep(Duration::from_millis(delay));
+    }
     let upstream = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(10))
         .map_err(|e| format!("connect to {}: {e}", shared.upstream))?;
     upstream.set_read_timeout(Some(PROXY_IO_TIMEOUT)).map_err(context("upstream timeout"))?;
@@ -974,4 +987,95 @@ fn s3_a_server_that_dies_mid_put_fails_the_put_and_leaves_no_index() {
     assert!(started.elapsed() < Duration::from_secs(60), "a dead server took {:?} to give up on", started.elapsed());
     let index = server.root().join(BUCKET).join("dies/index.json");
     assert!(first_pack.is_file() && !index.exists(), "no index may mark the backup complete");
+}
+
+#[test]
+fn s3_a_server_that_dies_mid_get_fails_the_get_and_poisons_the_stream_it_wrote() {
+    let server = S3Server::start();
+    let storage = server.storage_args(BUCKET);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_tree(&src, &[("big", pseudo_random_bytes(24 << 20, 23)), ("small", b"y".to_vec())]);
+    let stream = work.path().join("stream.xbs");
+    fs::write(
+        &stream,
+        run_ok(Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).arg("--stream=xbstream"), LONG),
+    )
+    .unwrap();
+    let put = run_consumer(&["put", "big", "--object-size", "256K"], &storage, Some(&stream));
+    assert_success(&put, "put big");
+
+    // The get writes to a pipe this test reads slowly: after the first MiB, the server dies.
+    let mut get = spawn(
+        consumer_command(&["get", "big", "--parallel", "1", "--max-retries", "1", "--max-backoff", "100"], &storage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
+    let mut from_get = get.stdout();
+    let mut got = vec![0u8; 1 << 20];
+    from_get.read_exact(&mut got).unwrap();
+    server.kill();
+    let reader = spawn_named("rest of the get", move || {
+        let mut rest = Vec::new();
+        let _ = from_get.read_to_end(&mut rest);
+        rest
+    });
+    let status = get.wait(LONG);
+    got.extend(join_within(reader, SHORT));
+    let output = get.wait_output(SHORT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "get exited 0 with its server dead: {stderr}");
+    assert!(stderr.contains("error:"), "{stderr}");
+    assert!(got.len() < fs::metadata(&stream).unwrap().len() as usize + 1024, "more bytes than were stored");
+    // What it wrote is never a valid backup: our consumer refuses it.
+    let out = work.path().join("out");
+    let mut extract = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let feeder = extract.feed_stdin(got);
+    let extracted = extract.wait_output(LONG);
+    let _ = join_within(feeder, SHORT);
+    assert_eq!(extracted.status.code(), Some(1), "{}", String::from_utf8_lossy(&extracted.stderr));
+}
+
+#[test]
+fn s3_slow_responses_are_waited_for_and_a_stalled_server_is_a_timeout_error() {
+    let server = S3Server::start();
+    let proxy = FaultyProxy::start(&server.host_port(), u64::MAX);
+    let storage = storage_args(&proxy.endpoint(), BUCKET, server.access_key(), server.secret_key());
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_tree(&src, &[("data", pseudo_random_bytes(1 << 20, 24)), ("small", b"z".to_vec())]);
+    let stream = work.path().join("stream.xbs");
+    let producer = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).args([
+            "--stream=xbstream",
+            "--read-buffer-size",
+            "64K",
+        ]),
+        LONG,
+    );
+    fs::write(&stream, producer).unwrap();
+    // Slow: every request waits 300 ms. Everything still arrives.
+    proxy.set_delay(Duration::from_millis(300));
+    assert_success(&run_consumer(&["put", "slow", "--object-size", "256K"], &storage, Some(&stream)), "slow put");
+    let out = work.path().join("out");
+    assert_success(&run_consumer(&["get", "slow", "-C", out.to_str().unwrap()], &storage, None), "slow get");
+    assert_same_tree(&src, &out);
+    // Stalled: 5 s per request against a 1 s request timeout: a clear error, after a bounded number of tries.
+    proxy.set_delay(Duration::from_secs(5));
+    let started = Instant::now();
+    let out = work.path().join("out-stalled");
+    let args =
+        ["get", "slow", "-C", out.to_str().unwrap(), "--timeout", "1", "--max-retries", "1", "--max-backoff", "100"];
+    let stalled = run_consumer(&args, &storage, None);
+    let stderr = String::from_utf8_lossy(&stalled.stderr).to_lowercase();
+    assert_eq!(stalled.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("timed out") || stderr.contains("timeout"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "a stalled server held the get for {:?}", started.elapsed());
 }

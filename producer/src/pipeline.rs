@@ -63,6 +63,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let backup_id = proto::marker::new_backup_id();
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
+    let scan_started = SystemTime::now();
     let want_total = config.progress != runtime::progress::ProgressMode::Quiet;
     let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
     let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(cancel.check()?))?;
@@ -143,7 +144,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                 .spawn_scoped(scope, move || {
                     failure.run_stage("scanner", move || {
                         let mut file_number = 0usize;
-                        let pass = scan::Pass::Stream { strict: config.strict };
+                        let pass = scan::Pass::Stream { strict: config.strict, changed_since: scan_started };
                         scan::walk(&config.source, pass, suffix, |scanned| {
                             let stream = match binding {
                                 Binding::File => Some(file_number % stream_count),

@@ -48,11 +48,15 @@ pub enum Pass {
         /// Whether to stat each file.
         stat: bool,
     },
-    /// The streaming scan: every field filled, no warnings about skipped entries (the pre-scan gave them). A file
-    /// that vanished since it was listed is a warning, or an error with `strict`.
+    /// The streaming scan: every field filled, no warnings about entries the pre-scan already warned about. A
+    /// file that vanished since it was listed, or an entry that became a symlink or special file after
+    /// `changed_since` (the pre-scan's start: it was a file the pre-scan counted), is a warning naming it, or an
+    /// error with `strict`.
     Stream {
         /// `--strict`.
         strict: bool,
+        /// When the pre-scan started.
+        changed_since: std::time::SystemTime,
     },
 }
 
@@ -82,8 +86,10 @@ pub fn walk(
                     // A directory dropped while the walk ran (DROP DATABASE on a live datadir).
                     totals.skipped += 1;
                     match pass {
-                        Pass::Stream { strict: true } => bail!("{path} vanished before it could be read (--strict)"),
-                        Pass::Stream { strict: false } => {
+                        Pass::Stream { strict: true, .. } => {
+                            bail!("{path} vanished before it could be read (--strict)")
+                        }
+                        Pass::Stream { strict: false, .. } => {
                             log::warn!("{path} vanished before it could be read; it is not in the backup")
                         }
                         Pass::Check { .. } => {}
@@ -100,6 +106,25 @@ pub fn walk(
         let relative = entry.path().strip_prefix(root).expect("walkdir yields paths under its root");
         if !kind.is_file() {
             totals.skipped += 1;
+            // In the streaming scan: an entry that changed (ctime) since the pre-scan began was a regular file the
+            // pre-scan counted, and is now left out: say so, naming it.
+            if let Pass::Stream { strict, changed_since } = pass {
+                let ctime = entry.path().symlink_metadata().ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().clamp(0, 999_999_999) as u32)
+                });
+                if ctime.is_some_and(|t| t >= changed_since) {
+                    let message = format!(
+                        "{} is no longer a regular file (it changed since the scan): it is not in the backup",
+                        relative.display()
+                    );
+                    if strict {
+                        bail!("{message} (--strict)");
+                    }
+                    log::warn!("{message}");
+                }
+            }
             if warn {
                 let what = if kind.is_symlink() {
                     match std::fs::read_link(entry.path()) {
@@ -149,10 +174,10 @@ pub fn walk(
                     // opened (see `file`), reported the same way.
                     totals.skipped += 1;
                     match pass {
-                        Pass::Stream { strict: true } => {
+                        Pass::Stream { strict: true, .. } => {
                             bail!("{} vanished before it could be read (--strict)", entry.path().display())
                         }
-                        Pass::Stream { strict: false } => log::warn!(
+                        Pass::Stream { strict: false, .. } => log::warn!(
                             "{} vanished before it could be read; it is not in the backup",
                             entry.path().display()
                         ),
@@ -196,11 +221,12 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut seen = Vec::new();
-        let totals = walk(root, Pass::Stream { strict: false }, "", |f| {
-            seen.push((String::from_utf8(f.wire).unwrap(), f.size));
-            Ok(())
-        })
-        .unwrap();
+        let totals =
+            walk(root, Pass::Stream { strict: false, changed_since: std::time::SystemTime::UNIX_EPOCH }, "", |f| {
+                seen.push((String::from_utf8(f.wire).unwrap(), f.size));
+                Ok(())
+            })
+            .unwrap();
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["z", "b/backup-manifest.json", "b/y", "b/c/x"]);
         assert_eq!((totals.files, totals.bytes, totals.skipped), (4, 1 + 19 + 2 + 3, 4));
