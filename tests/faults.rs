@@ -305,3 +305,86 @@ fn three_hundred_kinds_of_damage_never_extract_wrong_or_missing_bytes_with_succe
     // Nearly every kind of damage is refused; the test is not vacuous.
     assert!(refused >= 280, "only {refused} of 300 damaged streams were refused");
 }
+
+/// A file whose reads fail with EIO from `fail_at` on, as a dying disk's would: a qcow2 image behind qemu's
+/// `blkdebug` error injection, exported as a regular file over FUSE by `qemu-storage-daemon` (no device-mapper
+/// needed). Unmounted and stopped when dropped.
+struct FailingFile {
+    _daemon: Running,
+    path: PathBuf,
+}
+
+impl FailingFile {
+    fn new(dir: &Path, path: PathBuf, contents: &[u8], fail_at: u64) -> FailingFile {
+        let (raw, image) = (dir.join("disk.raw"), dir.join("disk.qcow2"));
+        fs::write(&raw, contents).unwrap();
+        run_ok(
+            Command::new(tool("qemu-img")).args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&image),
+            SHORT,
+        );
+        // Where the image keeps the file's data: the sector that holds offset `fail_at`.
+        let map = run_ok(Command::new(tool("qemu-img")).args(["map", "--output=json"]).arg(&image), SHORT);
+        let map: serde_json::Value = serde_json::from_slice(&map).unwrap();
+        let data_offset = map[0]["offset"].as_u64().expect("the image maps its data");
+        let sector = (data_offset + fail_at) / 512;
+        fs::write(&path, b"").unwrap(); // the FUSE mount point: a regular file
+        let file = serde_json::json!({"driver": "file", "node-name": "f", "filename": image});
+        let faulty = serde_json::json!({"driver": "blkdebug", "node-name": "bad", "image": "f",
+            "inject-error": [{"event": "read_aio", "errno": 5, "sector": sector, "once": false, "immediately": true}]});
+        let qcow2 = serde_json::json!({"driver": "qcow2", "node-name": "q", "file": "bad"});
+        let export =
+            serde_json::json!({"type": "fuse", "id": "e", "node-name": "q", "mountpoint": path, "writable": false});
+        let daemon = spawn(
+            Command::new(tool("qemu-storage-daemon"))
+                .args(["--blockdev", &file.to_string(), "--blockdev", &faulty.to_string()])
+                .args(["--blockdev", &qcow2.to_string(), "--export", &export.to_string()])
+                .stderr(Stdio::piped()),
+        );
+        let deadline = std::time::Instant::now() + SHORT;
+        while fs::metadata(&path).map(|m| m.len()).unwrap_or(0) != contents.len() as u64 {
+            assert!(std::time::Instant::now() < deadline, "qemu-storage-daemon did not export {}", path.display());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        FailingFile { _daemon: daemon, path }
+    }
+}
+
+impl Drop for FailingFile {
+    fn drop(&mut self) {
+        // The daemon unmounts on SIGTERM (Running's drop); a lazy unmount covers a daemon that could not.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn an_io_error_in_the_middle_of_a_read_fails_naming_file_and_offset() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a-small"), b"fine").unwrap();
+    let contents = pseudo_random_bytes(4 << 20, 41);
+    let failing = FailingFile::new(work.path(), src.join("ibdata1"), &contents, 2 << 20);
+    // Reading it: the first 2 MiB, then EIO.
+    let mut head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut fs::File::open(&failing.path).unwrap(), &mut head).unwrap();
+    assert_eq!(head, contents[..1 << 20]);
+    let output = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(&src)
+            .args(["--stream=xbstream", "--read-buffer-size", "1M"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("cannot read") && message.contains("ibdata1") && message.contains("Input/output error"),
+        "{message}"
+    );
+    assert!(message.contains("offset 2097152"), "the offset of the failed read: {message}");
+    // The stream it wrote is never taken for complete.
+    let extract = consume(&["extract", "-C", work.path().join("out").to_str().unwrap()], &output.stdout);
+    assert_eq!(extract.status.code(), Some(1), "{}", stderr(&extract));
+}
