@@ -7,41 +7,10 @@
 set -euo pipefail
 work=${1:?usage: mariadb-backup-stream.sh WORKDIR OUT.xbstream}
 out=${2:?usage: mariadb-backup-stream.sh WORKDIR OUT.xbstream}
-for tool in mariadbd mariadb-install-db mariadb mariadb-backup; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install mariadb-server mariadb-backup" >&2; exit 1; }
-done
-mkdir -p "$work"
+source "$(dirname "$0")/mariadb-lib.sh"
+command -v mariadb-backup >/dev/null || { echo "missing mariadb-backup: apt-get install mariadb-backup" >&2; exit 1; }
+start_mariadb "$work"
 work=$(cd "$work" && pwd)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cnf="$work/my.cnf"
-cat > "$cnf" <<CNF
-[mysqld]
-datadir=$work/data
-socket=$work/mysqld.sock
-port=$port
-bind-address=127.0.0.1
-user=root
-pid-file=$work/mysqld.pid
-log-error=$work/mysqld.err
-innodb_buffer_pool_size=64M
-innodb_log_file_size=16M
-skip-name-resolve
-[client]
-socket=$work/mysqld.sock
-user=root
-[mariadb-backup]
-socket=$work/mysqld.sock
-user=root
-CNF
-pid=""
-stop() { if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "$pid"; for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi; }
-trap stop EXIT
-mariadb-install-db --defaults-file="$cnf" --auth-root-authentication-method=socket > "$work/install.log" 2>&1 \
-  || { tail -20 "$work/install.log" >&2; exit 1; }
-mariadbd --defaults-file="$cnf" > "$work/mysqld.log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do mariadb --defaults-file="$cnf" -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-mariadb --defaults-file="$cnf" -e 'select 1' >/dev/null || { tail -20 "$work/mysqld.err" >&2; exit 1; }
 mariadb --defaults-file="$cnf" <<'SQL'
 CREATE DATABASE vec;
 CREATE TABLE vec.t1 (id BIGINT AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL) ENGINE=InnoDB;

@@ -7,39 +7,10 @@
 # cleanly (every page written) and leaves the datadir in WORKDIR/data. Used by the --validate-pages tests.
 set -euo pipefail
 work=${1:?usage: mariadb-tablespaces.sh WORKDIR}
-for tool in mariadbd mariadb-install-db mariadb mariadb-admin; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install mariadb-server" >&2; exit 1; }
-done
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cnf="$work/my.cnf"
-cat > "$cnf" <<CNF
-[mysqld]
-datadir=$work/data
-socket=$work/mysqld.sock
-port=$port
-bind-address=127.0.0.1
-user=root
-pid-file=$work/mysqld.pid
-log-error=$work/mysqld.err
-innodb_buffer_pool_size=32M
-innodb_log_file_size=16M
-innodb_fast_shutdown=0
-skip-name-resolve
-[client]
-socket=$work/mysqld.sock
-user=root
-CNF
-pid=""
-stop() { if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "$pid"; for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi; }
-trap stop EXIT
-mariadb-install-db --defaults-file="$cnf" --auth-root-authentication-method=socket > "$work/install.log" 2>&1 \
-  || { tail -20 "$work/install.log" >&2; exit 1; }
-mariadbd --defaults-file="$cnf" > "$work/mysqld.log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do mariadb --defaults-file="$cnf" -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-mariadb --defaults-file="$cnf" -e 'select 1' >/dev/null || { tail -20 "$work/mysqld.err" >&2; exit 1; }
+source "$(dirname "$0")/mariadb-lib.sh"
+command -v mariadb-admin >/dev/null || { echo "missing mariadb-admin: apt-get install mariadb-server" >&2; exit 1; }
+# A slow shutdown writes every page back, so the tablespaces are complete on disk.
+start_mariadb "$work" "innodb_fast_shutdown=0"
 fill() { # fill TABLE: 2^11 rows of ~300 bytes, so the tablespace has data pages beyond its first few
   local t=$1
   echo "INSERT INTO $t (k, c) VALUES (1, REPEAT(MD5(1), 8));"
