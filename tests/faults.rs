@@ -388,3 +388,34 @@ fn an_io_error_in_the_middle_of_a_read_fails_naming_file_and_offset() {
     let extract = consume(&["extract", "-C", work.path().join("out").to_str().unwrap()], &output.stdout);
     assert_eq!(extract.status.code(), Some(1), "{}", stderr(&extract));
 }
+
+#[test]
+fn a_file_that_becomes_a_symlink_between_the_two_scans_is_named_never_silently_dropped() {
+    // The producer scans, then waits for the consumer to open its pipes: the file changes in that gap, and the
+    // streaming scan meets a symlink where the pre-scan counted a file.
+    for strict in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        write_tree(&src, &[("keep", b"kept".to_vec()), ("swapped", b"was a file".to_vec())]);
+        let fifo = work.path().join("fifo");
+        let args: &[&str] = if strict { &["--strict"] } else { &[] };
+        let producer = producer_on_pipes(&src, 1, &fifo, args);
+        wait_for_path(&fifo.join("thread_0"), SHORT);
+        fs::remove_file(src.join("swapped")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", src.join("swapped")).unwrap();
+        let out = work.path().join("out");
+        let consumer = consumer_on_pipes(&["extract", "-C", out.to_str().unwrap()], 1, &fifo);
+        let (produced, consumed) = (producer.wait_output(LONG), consumer.wait_output(LONG));
+        let message = stderr(&produced);
+        assert!(message.contains("swapped is no longer a regular file"), "strict={strict}: {message}");
+        if strict {
+            assert_eq!(produced.status.code(), Some(1), "{message}");
+            assert_eq!(consumed.status.code(), Some(1), "{}", stderr(&consumed));
+        } else {
+            assert!(produced.status.success(), "{message}");
+            assert!(consumed.status.success(), "{}", stderr(&consumed));
+            assert_eq!(fs::read(out.join("keep")).unwrap(), b"kept");
+            assert!(!out.join("swapped").exists(), "the symlink's target was restored");
+        }
+    }
+}

@@ -227,3 +227,19 @@ fn validate_pages_refuses_a_chunk_size_that_would_split_pages() {
     assert!(!output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("multiple of 64K"));
 }
+
+#[test]
+fn a_file_named_like_a_tablespace_that_is_not_one_is_copied_unchecked_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    // Flags 0xFFFFFFFF give no page size; 10 bytes is not even a header.
+    write_tree(&src, &[("junk.ibd", vec![0xFF; 65536]), ("tiny.ibd", b"0123456789".to_vec())]);
+    let (ok, stderr, stats) = validate(&src, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("junk.ibd: pages not validated: not an InnoDB tablespace"), "{stderr}");
+    assert!(
+        stderr.contains("tiny.ibd: pages not validated") && stderr.contains("shorter than a tablespace header"),
+        "{stderr}"
+    );
+    assert_eq!(stats["pages"]["checked"], 0, "{stats}");
+}

@@ -110,8 +110,9 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
     // the budget is not for packs. The manifest says how large its producer made chunks (compressed ones a little
     // larger).
     let merge_reserve = manifest.as_ref().map_or(0, |manifest| {
-        let chunk = manifest.chunk_size + manifest.chunk_size / 128 + 4096;
-        streams as u64 * (chunk.min(config.max_chunk as u64) + crate::source::READ_BUFFER as u64)
+        // Saturating: the manifest is data from the store, and a damaged one must not overflow the sum.
+        let chunk = manifest.chunk_size.saturating_add(manifest.chunk_size / 128).saturating_add(4096);
+        (streams as u64).saturating_mul(chunk.min(config.max_chunk as u64) + crate::source::READ_BUFFER as u64)
     });
     let for_packs = config.memory_limit.saturating_sub(merge_reserve);
     // Each stream gets its own window of pack buffers, so a merge waiting on one stream never starves another.

@@ -55,16 +55,16 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
 /// Warns about every file the producer copied with InnoDB pages that were corrupt at the source
 /// (`--validate-pages --log-page-corruption`): the restore is faithful, and so are those pages.
 pub fn report_corrupt_pages(manifest: &Manifest) {
-    for record in manifest.files.iter().filter(|r| !r.corrupt_pages.is_empty()) {
+    for record in manifest.files.iter().filter(|r| !r.corrupt_pages.is_empty() || r.corrupt_pages_total > 0) {
         let pages = &record.corrupt_pages;
+        let total = record.corrupt_pages_total.max(pages.len() as u64);
         let shown: Vec<String> = pages.iter().take(20).map(u64::to_string).collect();
         log::warn!(
-            "{}: {} page(s) were corrupt at the source and are copied as they were (the producer's \
+            "{}: {total} page(s) were corrupt at the source and are copied as they were (the producer's \
              --log-page-corruption): {}{}",
             record.path.display(),
-            pages.len(),
             shown.join(", "),
-            if pages.len() > 20 { ", …" } else { "" }
+            if total > shown.len() as u64 { ", …" } else { "" }
         );
     }
 }

@@ -31,8 +31,8 @@ pub struct Args {
     pub fifo: runtime::args::FifoArgs,
 
     /// How chunks are spread over pipes: `chunk` sends each chunk to the pipe with the shortest queue, so a slow
-    /// pipe gets fewer (a file may span pipes; our consumer reassembles it); `file` keeps each file whole and in order on one pipe, so every pipe alone is a
-    /// valid xbstream for `mbstream -x` (what xtrabackup does).
+    /// pipe gets fewer (a file may span pipes; our consumer reassembles it); `file` keeps each file whole and in
+    /// order on one pipe, so every pipe alone is a valid xbstream for `mbstream -x` (what xtrabackup does).
     #[arg(long, value_enum, default_value_t = Binding::Chunk)]
     pub fifo_binding: Binding,
 

@@ -67,8 +67,19 @@ pub struct FileState {
 #[derive(Debug, Default)]
 struct PageState {
     tablespace: OnceLock<Option<innodb::Tablespace>>,
-    corrupt: Mutex<Vec<u64>>,
+    corrupt: Mutex<CorruptPages>,
 }
+
+/// Pages recorded corrupt (`--log-page-corruption`): the first [`MAX_LISTED_CORRUPT_PAGES`] numbers and the
+/// count, so a tablespace damaged from end to end cannot make the manifest (and memory) grow with its size.
+#[derive(Debug, Default)]
+struct CorruptPages {
+    listed: Vec<u64>,
+    total: u64,
+}
+
+/// How many corrupt page numbers a file's manifest record lists; beyond that only the count grows.
+pub const MAX_LISTED_CORRUPT_PAGES: usize = 1024;
 
 #[derive(Debug)]
 enum Handle {
@@ -147,8 +158,10 @@ impl FileState {
         if compressed {
             wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
         }
-        let name = scanned.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let pages = (validate_pages && innodb::is_tablespace_name(&name)).then(PageState::default);
+        let pages = validate_pages
+            .then(|| scanned.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .filter(|name| innodb::is_tablespace_name(name))
+            .map(|_| PageState::default());
         Arc::new(FileState {
             number,
             pages,
@@ -308,8 +321,20 @@ impl FileState {
     /// Records pages found corrupt (`--log-page-corruption`), for the file's manifest record.
     pub fn record_corrupt_pages(&self, pages: &[u64]) {
         if let Some(state) = &self.pages {
-            lock(&state.corrupt).extend_from_slice(pages);
+            let mut corrupt = lock(&state.corrupt);
+            corrupt.total += pages.len() as u64;
+            let room = MAX_LISTED_CORRUPT_PAGES.saturating_sub(corrupt.listed.len());
+            corrupt.listed.extend(pages.iter().take(room));
         }
+    }
+
+    /// The pages recorded corrupt, sorted (at most [`MAX_LISTED_CORRUPT_PAGES`]), and how many there were.
+    fn corrupt_pages(&self) -> (Vec<u64>, u64) {
+        let Some(pages) = &self.pages else { return (Vec::new(), 0) };
+        let corrupt = lock(&pages.corrupt);
+        let mut listed = corrupt.listed.clone();
+        listed.sort_unstable();
+        (listed, corrupt.total)
     }
 
     fn open(&self, fadvise: bool) -> Result<Option<Arc<File>>> {
@@ -429,7 +454,7 @@ impl FileState {
         }
         let sha1 = sequence.sha1.take().map(|h| hex::encode(h.finalize()));
         debug_assert_eq!(sha1.is_some(), self.sha1);
-        let record = FileRecord {
+        let mut record = FileRecord {
             path: WirePath(self.scanned.wire.clone()),
             size: sequence.copied,
             mode: self.scanned.mode,
@@ -438,16 +463,10 @@ impl FileState {
             crc32: sequence.crc.crc,
             sha1,
             stored: None,
-            corrupt_pages: self
-                .pages
-                .as_ref()
-                .map(|p| {
-                    let mut pages = lock(&p.corrupt).clone();
-                    pages.sort_unstable();
-                    pages
-                })
-                .unwrap_or_default(),
+            corrupt_pages: Vec::new(),
+            corrupt_pages_total: 0,
         };
+        (record.corrupt_pages, record.corrupt_pages_total) = self.corrupt_pages();
         outlet.end(self, sequence.chunks, record)
     }
 
@@ -460,4 +479,36 @@ impl FileState {
 /// Locks a mutex; a poisoned one (a thread panicked) is still usable for our plain-data state.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tablespace(validate: bool) -> Arc<FileState> {
+        let scanned = ScannedFile {
+            source: PathBuf::from("/nonexistent/db/t1.ibd"),
+            wire: b"db/t1.ibd".to_vec(),
+            size: 0,
+            mode: 0o640,
+            mtime: 0,
+        };
+        FileState::new(0, scanned, 1 << 20, Some(0), false, false, false, validate)
+    }
+
+    #[test]
+    fn corrupt_pages_are_listed_up_to_the_cap_and_all_counted() {
+        let file = tablespace(true);
+        let pages: Vec<u64> = (0..3000).rev().collect();
+        file.record_corrupt_pages(&pages[..1000]);
+        file.record_corrupt_pages(&pages[1000..]);
+        let (listed, total) = file.corrupt_pages();
+        assert_eq!(total, 3000);
+        assert_eq!(listed.len(), MAX_LISTED_CORRUPT_PAGES);
+        assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted");
+        // Without --validate-pages nothing is recorded.
+        let plain = tablespace(false);
+        plain.record_corrupt_pages(&[1, 2]);
+        assert_eq!(plain.corrupt_pages(), (Vec::new(), 0));
+    }
 }

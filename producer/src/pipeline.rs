@@ -421,6 +421,7 @@ fn build_documents(
             sha1: Some(hex::encode(Sha1::digest(&list))),
             stored: None,
             corrupt_pages: Vec::new(),
+            corrupt_pages_total: 0,
         });
         // Count it on stream 0 now, so the manifest's stream totals include it.
         router.count(0, &name, chunks, list.len() as u64);

@@ -107,8 +107,16 @@ pub struct FileRecord {
     pub stored: Option<StoredForm>,
     /// InnoDB pages found corrupt while copying and still corrupt after every re-read, recorded with
     /// `producer --validate-pages --log-page-corruption` (the copy is faithful: these pages were bad at the source).
+    /// (At most the first 1024 such pages are listed; `corrupt_pages_total` counts them all.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrupt_pages: Vec<u64>,
+    /// How many pages were recorded corrupt, listed or not (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrupt_pages_total: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The on-the-wire form of a file whose payload was transformed.
@@ -233,6 +241,7 @@ mod tests {
                     sha1: Some("aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into()),
                     stored: None,
                     corrupt_pages: vec![3, 9],
+                    corrupt_pages_total: 2,
                 },
                 FileRecord {
                     path: WirePath(b"bad\xffname".to_vec()),
@@ -244,6 +253,7 @@ mod tests {
                     sha1: None,
                     stored: None,
                     corrupt_pages: Vec::new(),
+                    corrupt_pages_total: 0,
                 },
             ],
         }
