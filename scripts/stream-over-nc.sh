@@ -121,14 +121,8 @@ receive() {
   fi
   control_write "$to" "ready" || die "the sender went away before the transfer"
 
-  wait "$consumer_pid" || rc_consumer=$?
-  # A consumer that failed may never have opened its pipes, or left them: stop the streams rather than wait.
-  [ $rc_consumer -eq 0 ] || stop_jobs "${stream_pids[@]}"
-  local failed_streams=()
-  for ((i = 0; i < streams; i++)); do
-    rc=0; wait "${stream_pids[$i]}" || rc=$?
-    [ $rc -eq 0 ] || failed_streams+=("$i")
-  done
+  finish_streams "$consumer_pid" "${stream_pids[@]}"
+  rc_consumer=$main_rc
   jobs_to_stop=()
   # The sender's report: its producer's exit status and what it wrote on each stream.
   local sender_rc="" got_end=""
@@ -188,14 +182,8 @@ send() {
     stream_pids+=($!)
     jobs_to_stop+=($!)
   done
-  wait "$producer_pid" || rc_producer=$?
-  # A producer that failed may never have opened its pipes: stop the streams rather than wait for them.
-  [ $rc_producer -eq 0 ] || stop_jobs "${stream_pids[@]}"
-  local failed_streams=()
-  for ((i = 0; i < streams; i++)); do
-    rc=0; wait "${stream_pids[$i]}" || rc=$?
-    [ $rc -eq 0 ] || failed_streams+=("$i")
-  done
+  finish_streams "$producer_pid" "${stream_pids[@]}"
+  rc_producer=$main_rc
   jobs_to_stop=()
   local report_rc=$rc_producer
   [ ${#failed_streams[@]} -eq 0 ] || report_rc=1

@@ -91,14 +91,8 @@ for ((i = 0; i < streams; i++)); do
   jobs_to_stop+=($!)
 done
 
-rc_producer=0; wait "$producer_pid" || rc_producer=$?
-# A producer that failed may never have opened its pipes: stop the streams rather than wait for them.
-[ $rc_producer -eq 0 ] || stop_jobs "${stream_pids[@]}"
-failed_streams=()
-for ((i = 0; i < streams; i++)); do
-  rc=0; wait "${stream_pids[$i]}" || rc=$?
-  [ $rc -eq 0 ] || failed_streams+=("$i")
-done
+finish_streams "$producer_pid" "${stream_pids[@]}"
+rc_producer=$main_rc
 # Streams that failed leave the consumer waiting for bytes that will not come: stop it.
 [ ${#failed_streams[@]} -eq 0 ] && [ $rc_producer -eq 0 ] ||
   remote_ssh "pkill -TERM -f -- '[-]-fifo-dir $remote_dir/fifo'" < /dev/null || true

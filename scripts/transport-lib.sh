@@ -65,5 +65,23 @@ stop_jobs() {
   for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
 }
 
+# finish_streams MAIN_PID STREAM_PID...: waits for the main program (the producer or the consumer); if it failed,
+# stops the stream jobs first (they may wait forever on a pipe it never opened); then waits for each stream job.
+# Sets main_rc, and failed_streams to the numbers of the stream jobs that failed.
+finish_streams() {
+  local main=$1 rc i
+  shift
+  local pids=("$@")
+  main_rc=0
+  wait "$main" || main_rc=$?
+  [ $main_rc -eq 0 ] || stop_jobs "${pids[@]}"
+  failed_streams=()
+  for ((i = 0; i < ${#pids[@]}; i++)); do
+    rc=0
+    wait "${pids[$i]}" || rc=$?
+    [ $rc -eq 0 ] || failed_streams+=("$i")
+  done
+}
+
 # rate_limit RATE: `pv -q -L RATE` when RATE is set, else `cat`.
 rate_limit() { if [ -n "$1" ]; then pv -q -L "$1"; else cat; fi; }

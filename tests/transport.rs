@@ -56,6 +56,15 @@ fn wait_for_process(pattern: &str, timeout: Duration) -> Vec<String> {
     }
 }
 
+/// Waits until an extraction into `out` has staged a file: the transfer is under way.
+fn wait_until_staged(out: &Path) {
+    let deadline = Instant::now() + SHORT;
+    while !has_staged_a_file(out) {
+        assert!(Instant::now() < deadline, "nothing arrived in {} within {SHORT:?}", out.display());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // nc
 
@@ -162,11 +171,7 @@ fn nc_a_connection_cut_mid_stream_fails_both_sides() {
     let run = nc_run(2, &["extract", "-C", &out_s], &src, &["--rate", "2M"], None, false, |port| {
         let listener = format!("nc -d -l 127.0.0.1 {}", port + 2);
         let pids = wait_for_process(&listener, SHORT);
-        let deadline = Instant::now() + SHORT;
-        while !has_staged_a_file(&out) {
-            assert!(Instant::now() < deadline, "nothing arrived");
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_staged(&out);
         Command::new("kill").arg("-KILL").args(&pids).status().unwrap();
     });
     assert!(!run.receiver.status.success(), "receiver exited 0 after a cut: {}", stderr(&run.receiver));
@@ -307,6 +312,15 @@ impl Sshd {
     }
 }
 
+/// An sshd, a scratch directory with a source tree in `src`, and `out` for the remote side.
+fn ssh_fixture() -> (Sshd, tempfile::TempDir, PathBuf, PathBuf) {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+    source_tree(&src);
+    (sshd, dir, src, out)
+}
+
 fn ssh_recipe(sshd: &Sshd, remote: &str, src: &Path, extra: &[&str]) -> Running {
     let (ssh, to) = (sshd.ssh_command(), sshd.destination());
     spawn(&mut recipe(
@@ -322,10 +336,7 @@ fn ssh_recipe(sshd: &Sshd, remote: &str, src: &Path, extra: &[&str]) -> Running 
 
 #[test]
 fn ssh_four_connections_into_a_remote_extract_arrive_whole() {
-    let sshd = Sshd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
-    source_tree(&src);
+    let (sshd, _dir, src, out) = ssh_fixture();
     let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
     let output = ssh_recipe(&sshd, &remote, &src, &[]).wait_output(LONG);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -334,18 +345,11 @@ fn ssh_four_connections_into_a_remote_extract_arrive_whole() {
 }
 
 #[test]
-fn ssh_a_remote_consumer_that_dies_mid_stream_fails_the_recipe_and_is_cleaned_up() {
-    let sshd = Sshd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (src, out) = (dir.path().join("src"), dir.path().join("out"));
-    source_tree(&src);
+fn ssh_a_remote_consumer_that_dies_mid_stream_fails_the_recipe() {
+    let (sshd, _dir, src, out) = ssh_fixture();
     let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
     let running = ssh_recipe(&sshd, &remote, &src, &["--rate", "2M"]);
-    let deadline = Instant::now() + SHORT;
-    while !has_staged_a_file(&out) {
-        assert!(Instant::now() < deadline, "nothing arrived");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_staged(&out);
     let pids = wait_for_process(&format!("extract -C {} --fifo-dir", out.display()), SHORT);
     Command::new("kill").arg("-KILL").args(&pids).status().unwrap();
     let output = running.wait_output(LONG);
@@ -356,10 +360,7 @@ fn ssh_a_remote_consumer_that_dies_mid_stream_fails_the_recipe_and_is_cleaned_up
 
 #[test]
 fn ssh_a_remote_consumer_that_refuses_to_start_fails_the_recipe_quickly() {
-    let sshd = Sshd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    source_tree(&src);
+    let (sshd, dir, src, _) = ssh_fixture();
     // The target is a regular file: extract refuses it at once.
     let target = dir.path().join("a-file");
     fs::write(&target, b"x").unwrap();
