@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# bench-smallfiles.sh [DIR] [FILES] [RUNS]
+# bench-smallfiles.sh [FILES] [RUNS]
 #
-# Per-file overhead: FILES (default 100,000) small files of 1..8 KiB in 1,000 directories, streamed into a pipe
-# drained by cat, against tar -c | cat and mbstream -c | cat; and the round trip producer | consumer extract against
-# tar | tar into tmpfs. Medians of RUNS (default 3).
+# Per-file overhead: FILES (default 100,000) small files of 1..8 KiB in 1,000 directories, in tmpfs (so that the
+# page cache's moods do not decide the result), streamed into a pipe drained by cat, against tar -c | cat and
+# mbstream -c | cat; and the round trips producer | consumer extract, tar | tar and mbstream -c | mbstream -x into
+# tmpfs. Medians of RUNS (default 5). Needs about 2 x 0.5 GB of /dev/shm for the default size.
 source "$(dirname "$0")/bench-lib.sh"
-dir=${1:-/tmp/xbkit-bench/small100k}
-files=${2:-100000}
-runs=${3:-3}
+files=${1:-100000}
+runs=${2:-5}
+dir=/dev/shm/xbkit-small-$files
 need hyperfine mbstream python3
 build
 if [ ! -d "$dir" ]; then
@@ -24,15 +25,17 @@ PY
 fi
 bytes=$(tree_bytes "$dir")
 out=/dev/shm/xbkit-small-out
-json=/tmp/xbkit-bench/smallfiles.json
-bench "$json" "$runs" "rm -rf $out; mkdir -p $out; $(warm_cmd "$dir")" \
+json=${BENCH_OUT:-/tmp/xbkit-bench}/smallfiles.json
+mkdir -p "$(dirname "$json")"
+bench "$json" "$runs" "rm -rf $out; mkdir -p $out" \
   "tar -c | cat" "tar -C $dir -cf - . | cat > /dev/null" \
   "mbstream -c | cat" "cd $dir && $(mbstream_files) | xargs -d '\\n' mbstream -c | cat > /dev/null" \
   "producer | cat" "$bin/producer -q --source $dir --stream=xbstream | cat > /dev/null" \
-  "tar -c | tar -x (tmpfs)" "tar -C $dir -cf - . | tar -C $out -xf -" \
-  "producer | consumer (tmpfs)" "$bin/producer -q --source $dir --stream=xbstream | $bin/consumer -q extract --no-fsync -C $out"
+  "tar -c | tar -x" "tar -C $dir -cf - . | tar -C $out -xf -" \
+  "mbstream -c | mbstream -x" "cd $dir && $(mbstream_files) | xargs -d '\\n' mbstream -c | mbstream -x -C $out" \
+  "producer | consumer extract" "$bin/producer -q --source $dir --stream=xbstream | $bin/consumer -q extract --no-fsync -C $out"
 rm -rf "$out"
 echo
-echo "$(find "$dir" -type f | wc -l) small files, $((bytes / 1000000)) MB ($dir), medians of $runs runs; $(machine); $(date -u +%F)"
+echo "$(find "$dir" -type f | wc -l) small files, $((bytes / 1000000)) MB in tmpfs ($dir), into tmpfs; medians of $runs runs; $(machine); $(date -u +%F)"
 echo
-table "$json" "$bytes" "tar -c | cat" "mbstream -c | cat"
+table "$json" "$bytes" "tar -c | cat" "tar -c | tar -x" "mbstream -c | mbstream -x"

@@ -60,22 +60,6 @@ fn stream_of(src: &Path, extra: &[&str]) -> Vec<u8> {
     )
 }
 
-/// `consumer ARGS` with `stream` on STDIN.
-fn consume(args: &[&str], stream: &[u8]) -> Output {
-    let mut child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let feeder = child.feed_stdin(stream.to_vec());
-    let output = child.wait_output(LONG);
-    // A write error only means the consumer stopped reading; its exit status is the verdict.
-    let _ = join_within(feeder, SHORT);
-    output
-}
-
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -191,10 +175,11 @@ fn an_unreadable_source_directory_is_an_error_naming_it() {
 #[test]
 fn a_source_file_replaced_by_a_symlink_after_the_scan_is_never_followed() {
     let src = tempfile::tempdir().unwrap();
-    // A few small files first, read slowly (5 chunks a second, one reader): the last one is scanned (its job
-    // queued) at once, and opened only after about 2 s, long after it has been replaced.
+    // Ten files of two chunks first, read slowly (5 chunks a second, one reader): the last one is scanned (its
+    // job queued) at once, and opened only after about 4 s, long after it has been replaced. (They are larger than
+    // a batch's files: a batch of small files is one read.)
     let mut files: Vec<(String, Vec<u8>)> =
-        (0..10).map(|i| (format!("a{i:03}"), pseudo_random_bytes(10_000, i))).collect();
+        (0..10).map(|i| (format!("a{i:03}"), pseudo_random_bytes(70_000, i))).collect();
     files.push(("z-last".into(), b"the real content".to_vec()));
     let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
     write_tree(src.path(), &refs);

@@ -11,5 +11,6 @@ mod proof;
 mod proto_format;
 mod proto_interop;
 mod s3server;
+mod smallfiles;
 mod store;
 mod transport;

@@ -589,3 +589,19 @@ pub fn free_port_run(count: u16) -> u16 {
     }
     panic!("no {} consecutive free ports on 127.0.0.1", count + 1);
 }
+
+/// `consumer ARGS` with `stream` on STDIN.
+pub fn consume(args: &[&str], stream: &[u8]) -> Output {
+    let mut child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let feeder = child.feed_stdin(stream.to_vec());
+    let output = child.wait_output(LONG);
+    // A write error only means the consumer stopped reading; its exit status is the verdict.
+    let _ = join_within(feeder, SHORT);
+    output
+}

@@ -18,10 +18,11 @@
 //!
 //! Any failure removes every partial file; the manifest never appears in an unproven tree.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -41,6 +42,7 @@ use runtime::stats::{peak_rss_bytes, StreamStats};
 use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 
+use crate::batch::{BatchedChunk, ChunkBatch, Destination};
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
 use crate::input::{open_inputs, InputStream};
@@ -87,7 +89,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                 thread::Builder::new()
                     .name(name.clone())
                     .spawn_scoped(scope, move || {
-                        let mut writer = Writer::new(target, single_stream, config, hash_files);
+                        let mut writer = Writer::new(index, target, single_stream, config, hash_files);
                         failure.run_stage(&name, || writer.serve(&receiver, cancel));
                     })
                     .expect("spawn writer")
@@ -286,77 +288,182 @@ struct Decoded {
 
 impl ChunkMessage {
     fn writer(&self, writers: usize) -> usize {
-        CrcPiece::of(&self.key).crc as usize % writers
+        owner(&self.key, writers)
     }
 }
 
-/// The manifest's records by path, and compressed files' paths by their stored (`.zst`) path.
+/// The writer (of `writers`) that owns the file `key`: every chunk of a file goes to the same one.
+fn owner(key: &[u8], writers: usize) -> usize {
+    CrcPiece::of(key).crc as usize % writers
+}
+
+/// The manifest's records by path (each marked once a writer has verified its file), and compressed files' paths
+/// by their stored (`.zst`) path. Built by moving the records out of the manifest: never a second copy.
 struct Lookup {
-    by_path: HashMap<Vec<u8>, FileRecord>,
+    by_path: HashMap<Vec<u8>, Expected>,
     by_stored: HashMap<Vec<u8>, Vec<u8>>,
 }
 
+/// One file the manifest lists (its record's path is the key).
+struct Expected {
+    record: FileRecord,
+    /// A writer verified the file.
+    seen: AtomicBool,
+}
+
 impl Lookup {
-    fn new(manifest: &Manifest) -> Lookup {
-        let by_stored = manifest
-            .files
+    /// Takes the manifest's file records; a path listed twice is an error (a hostile or damaged manifest).
+    fn new(files: Vec<FileRecord>) -> Result<Lookup> {
+        let mut by_path = HashMap::with_capacity(files.len());
+        let mut by_stored = HashMap::new();
+        for mut record in files {
+            let path = std::mem::take(&mut record.path.0);
+            if let Some(stored) = &record.stored {
+                by_stored.insert(stored.path.0.clone(), path.clone());
+            }
+            match by_path.entry(path) {
+                Entry::Occupied(twice) => {
+                    bail!("the manifest lists {} twice: refusing it", String::from_utf8_lossy(twice.key()))
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(Expected { record, seen: AtomicBool::new(false) });
+                }
+            }
+        }
+        Ok(Lookup { by_path, by_stored })
+    }
+
+    /// The paths no writer verified: listed in the manifest, never arrived.
+    fn missing(&self) -> Vec<String> {
+        let mut missing: Vec<String> = self
+            .by_path
             .iter()
-            .filter_map(|record| record.stored.as_ref().map(|stored| (stored.path.0.clone(), record.path.0.clone())))
+            .filter(|(_, expected)| !expected.seen.load(Ordering::Relaxed))
+            .map(|(path, _)| String::from_utf8_lossy(path).into_owned())
             .collect();
-        let by_path = manifest.files.iter().map(|record| (record.path.0.clone(), record.clone())).collect();
-        Lookup { by_path, by_stored }
+        missing.sort();
+        missing
     }
 }
 
 /// The manifest, looked up (`None`: the stream had no manifest).
 type Records = Arc<Option<Lookup>>;
 
-/// Path and size of each file a writer verified.
-type Verified = Vec<(Vec<u8>, u64)>;
+/// Files and bytes a writer verified.
+#[derive(Debug, Default, Clone, Copy)]
+struct Verified {
+    files: u64,
+    bytes: u64,
+}
 
 /// What a writer thread is asked to do: write a chunk, or take part in one of the closing phases.
 enum WriterMessage {
     Chunk(ChunkMessage),
+    Batch(Arc<ChunkBatch>),
     EndOfStreams(Sender<Option<Vec<u8>>>),
     Verify(Records, Sender<Result<Verified>>),
 }
 
-/// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads).
+/// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads). Small
+/// chunks go in batches ([`crate::batch`]), except with `--decompress`.
 fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<StreamEnd> {
-    let Readers { config, writers, decompressors, pool, cancel, counters, hash_files } = *shared;
+    let Readers { config, writers, pool, cancel, counters, hash_files, .. } = *shared;
     let index = source.index();
+    let mut own: Option<PooledBuffer> = None;
+    let mut batch: Option<ChunkBatch> = None;
+    // Hands the batch gathered so far to its writers (every writer gets the same shared batch and takes its own
+    // chunks); an empty batch's buffer goes back to the pool.
+    let flush = |batch: &mut Option<ChunkBatch>| -> Result<()> {
+        let Some(batch) = batch.take().filter(|b| !b.chunks.is_empty()) else { return Ok(()) };
+        let batch = Arc::new(batch);
+        let mut owners = vec![false; writers.len()];
+        for chunk in &batch.chunks {
+            owners[chunk.writer] = true;
+        }
+        for (writer, _) in owners.iter().enumerate().filter(|(_, owns)| **owns) {
+            send(&writers[writer], WriterMessage::Batch(Arc::clone(&batch)), cancel)?;
+        }
+        Ok(())
+    };
     loop {
-        let mut data = pool.take(cancel)?;
-        let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut data)? else { break };
+        if own.is_none() {
+            own = Some(match pool.try_take() {
+                Some(buffer) => buffer,
+                None => {
+                    // About to wait on the pool: what is held back goes first (and may be what frees a buffer).
+                    flush(&mut batch)?;
+                    pool.take(cancel)?
+                }
+            });
+        }
+        if batch.is_none() && !config.decompress {
+            batch = pool.try_take().map(|data| ChunkBatch::new(index, data));
+        }
+        let mut destination = Destination::new(own.as_mut().expect("taken above"), batch.as_mut());
+        let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut destination)? else { break };
+        let in_batch = destination.in_batch();
         if source.marker().is_some_and(|marker| marker.digest == Digest::Sha1) {
             // The producer announced SHA-1s: hash files as they arrive rather than re-read them at the end.
             hash_files.store(true, Ordering::SeqCst);
         }
         counters.bytes_done.fetch_add(header.payload_len, Ordering::Relaxed);
-        let original = if config.decompress { compressed::strip_zstd_suffix(&header.path) } else { None };
-        let Some(original) = original.map(<[u8]>::to_vec) else {
-            let key = header.path.clone();
-            let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None };
-            send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
-            continue;
-        };
-        let relative = proto::safe_relative_path(&original)?;
-        let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None };
-        if chunk.header.kind == ChunkKind::Eof {
-            send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
-        } else if compressed::parse_offset_frame(&chunk.data).is_none() {
-            bail!(
-                "{}: {} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
-                 without --decompress, then run `consumer decompress`",
-                source.describe(),
-                chunk.header.display_path(),
-                chunk.header.stream_offset
-            );
-        } else {
-            send(decompressors, chunk, cancel)?;
+        let writer = owner(&header.path, writers.len());
+        match (&mut batch, in_batch) {
+            (Some(gathering), Some(range)) => {
+                gathering.chunks.push(BatchedChunk { writer, header, relative, range });
+            }
+            (Some(gathering), None) if header.kind == ChunkKind::Eof => {
+                gathering.chunks.push(BatchedChunk { writer, header, relative, range: 0..0 });
+            }
+            _ => {
+                // A chunk on its own: the batch goes first, so each file's chunks reach its writer in order.
+                flush(&mut batch)?;
+                let data = own.take().expect("taken above");
+                forward_chunk(&source, header, relative, data, shared)?;
+            }
+        }
+        if batch.as_ref().is_some_and(ChunkBatch::is_full) || !source.next_chunk_is_buffered() {
+            flush(&mut batch)?;
         }
     }
+    flush(&mut batch)?;
     Ok(source.finish())
+}
+
+/// Sends one chunk in its own buffer to the writer that owns its file, or (compressed, with `--decompress`) to the
+/// decompress threads.
+fn forward_chunk(
+    source: &StreamSource,
+    header: ChunkHeader,
+    relative: PathBuf,
+    data: PooledBuffer,
+    shared: &Readers,
+) -> Result<()> {
+    let Readers { config, writers, decompressors, cancel, .. } = *shared;
+    let index = source.index();
+    let original = if config.decompress { compressed::strip_zstd_suffix(&header.path) } else { None };
+    let Some(original) = original.map(<[u8]>::to_vec) else {
+        let key = header.path.clone();
+        let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None };
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+        return Ok(());
+    };
+    let relative = proto::safe_relative_path(&original)?;
+    let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None };
+    if chunk.header.kind == ChunkKind::Eof {
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+    } else if compressed::parse_offset_frame(&chunk.data).is_none() {
+        bail!(
+            "{}: {} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
+             without --decompress, then run `consumer decompress`",
+            source.describe(),
+            chunk.header.display_path(),
+            chunk.header.stream_offset
+        );
+    } else {
+        send(decompressors, chunk, cancel)?;
+    }
+    Ok(())
 }
 
 /// One decompress thread (`--decompress`): a reused zstd context and one pool buffer as scratch, swapped with each
@@ -425,7 +532,7 @@ fn prove_and_commit(
         }
     }
     {
-        let manifest = match &manifest_bytes {
+        let mut manifest = match &manifest_bytes {
             Some(bytes) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
             None if ours.is_some() => return Err(missing_manifest(streams, ours.as_deref().unwrap_or_default())),
             None if config.require_manifest => {
@@ -439,6 +546,8 @@ fn prove_and_commit(
                 None
             }
         };
+        // Its bytes are parsed: they need not stay in memory (with a million files, a hundred megabytes).
+        drop(manifest_bytes);
         // 2. Verify every file, then check none is missing.
         if let Some(manifest) = &manifest {
             if manifest.backup_id != ours {
@@ -449,28 +558,19 @@ fn prove_and_commit(
                 );
             }
             crate::verify::report_corrupt_pages(manifest);
-            let mut seen = HashSet::new();
-            for record in &manifest.files {
-                if !seen.insert(record.path.0.as_slice()) {
-                    bail!("the manifest lists {} twice: refusing it", record.path.display());
-                }
-            }
         }
-        let records = Arc::new(manifest.as_ref().map(Lookup::new));
-        let mut found: Vec<(Vec<u8>, u64)> = Vec::new();
+        let lookup = manifest.as_mut().map(|manifest| Lookup::new(std::mem::take(&mut manifest.files))).transpose()?;
+        let records = Arc::new(lookup);
+        let mut found = Verified::default();
         for writer in writers {
             let (reply, answer) = crossbeam_channel::bounded(1);
             send(writer, WriterMessage::Verify(Arc::clone(&records), reply), cancel)?;
-            found.extend(recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??);
+            let verified = recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??;
+            found.files += verified.files;
+            found.bytes += verified.bytes;
         }
-        if let Some(manifest) = &manifest {
-            let seen: HashSet<&[u8]> = found.iter().map(|(path, _)| path.as_slice()).collect();
-            let missing: Vec<String> = manifest
-                .files
-                .iter()
-                .filter(|r| !seen.contains(r.path.0.as_slice()))
-                .map(|r| r.path.display())
-                .collect();
+        if let (Some(manifest), Some(lookup)) = (&manifest, records.as_ref()) {
+            let missing = lookup.missing();
             if !missing.is_empty() {
                 bail!(
                     "{} file(s) listed in the manifest never arrived: {}{}",
@@ -482,15 +582,15 @@ fn prove_and_commit(
             check_streams(manifest, streams)?;
         }
 
-        log::info!("verified {} files in {:.2} s", found.len(), phase.elapsed().as_secs_f64());
+        log::info!("verified {} files in {:.2} s", found.files, phase.elapsed().as_secs_f64());
         let phase = Instant::now();
         // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
         let last = manifest.as_ref().map(|_| std::ffi::OsStr::new(MANIFEST_NAME));
         target.commit(last, config.fsync)?;
         log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
         Ok(Outcome {
-            files: found.len() as u64,
-            bytes: found.iter().map(|(_, size)| size).sum(),
+            files: found.files,
+            bytes: found.bytes,
             proven: manifest.is_some(),
             streams: streams
                 .iter()
@@ -535,8 +635,13 @@ pub(crate) fn check_streams(manifest: &Manifest, streams: &[StreamEnd]) -> Resul
 
 /// One writer's files.
 struct Writer<'a> {
+    /// Its number: the chunks of a batch it owns carry it.
+    index: usize,
     target: &'a Target,
+    /// Files still being written, or ended with bytes out of order, decompressed, or the manifest.
     files: HashMap<Vec<u8>, Slot>,
+    /// Files ended with every byte in order, closed: a few dozen bytes each, so a million small files fit.
+    ended: HashMap<Vec<u8>, Ended>,
     single_stream: bool,
     fadvise: bool,
     /// Largest manifest accepted: it is held in memory to be parsed, so it counts against --memory-limit.
@@ -544,6 +649,16 @@ struct Writer<'a> {
     /// Hash each file as its bytes arrive in order, so its SHA-1 need not be re-read (`--digest sha1`, or the
     /// streams' markers announced SHA-1s; read when a file's first chunk arrives).
     hash_files: &'a AtomicBool,
+}
+
+/// A file whose end-of-file chunk came after all its bytes, in order, and is closed: what its final check needs.
+/// Its name and path for messages come back from its key ([`Target::partial`]).
+struct Ended {
+    dir: Arc<std::os::fd::OwnedFd>,
+    got: CrcPiece,
+    stream: usize,
+    /// The SHA-1 of its bytes, when files are hashed as they arrive.
+    sha1: Option<[u8; 20]>,
 }
 
 /// A file being extracted.
@@ -565,10 +680,18 @@ struct Slot {
 }
 
 impl<'a> Writer<'a> {
-    fn new(target: &'a Target, single_stream: bool, config: &ExtractConfig, hash_files: &'a AtomicBool) -> Writer<'a> {
+    fn new(
+        index: usize,
+        target: &'a Target,
+        single_stream: bool,
+        config: &ExtractConfig,
+        hash_files: &'a AtomicBool,
+    ) -> Writer<'a> {
         Writer {
+            index,
             target,
             files: HashMap::new(),
+            ended: HashMap::new(),
             single_stream,
             fadvise: config.fadvise,
             manifest_limit: config.manifest_limit,
@@ -580,10 +703,17 @@ impl<'a> Writer<'a> {
         while let Some(message) = recv(receiver, cancel)? {
             match message {
                 WriterMessage::Chunk(chunk) => {
-                    let (stream, offset, path) =
-                        (chunk.stream, chunk.header.stream_offset, chunk.header.display_path());
-                    self.write(chunk)
-                        .with_context(|| format!("{path} (chunk at stream {stream}, offset {offset:#x})"))?;
+                    let ChunkMessage { header, key, relative, data, decoded, stream } = chunk;
+                    self.write(stream, &header, &key, &relative, &data, decoded)
+                        .with_context(|| chunk_context(&header, stream))?;
+                }
+                WriterMessage::Batch(batch) => {
+                    let me = self.index;
+                    for chunk in batch.chunks.iter().filter(|chunk| chunk.writer == me) {
+                        let (header, data) = (&chunk.header, &batch.data[chunk.range.clone()]);
+                        self.write(batch.stream, header, &header.path, &chunk.relative, data, None)
+                            .with_context(|| chunk_context(header, batch.stream))?;
+                    }
                 }
                 WriterMessage::EndOfStreams(reply) => {
                     let manifest = match self.files.remove(MANIFEST_NAME.as_bytes()) {
@@ -600,10 +730,34 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn write(&mut self, chunk: ChunkMessage) -> Result<()> {
-        let ChunkMessage { header, key, relative, data, decoded, stream } = chunk;
-        if !self.files.contains_key(&key) {
-            let (partial, file) = self.target.create(&relative)?;
+    /// Writes one chunk of file `key` (at `relative`), its payload `data` (original bytes if `decoded`).
+    fn write(
+        &mut self,
+        stream: usize,
+        header: &ChunkHeader,
+        key: &[u8],
+        relative: &Path,
+        data: &[u8],
+        decoded: Option<Decoded>,
+    ) -> Result<()> {
+        if let Some(ended) = self.ended.remove(key) {
+            // More of a file that had ended (chunks of one file on several streams arrive in any order).
+            let mut coverage = Coverage::default();
+            coverage.insert(0, ended.got).map_err(|overlap| anyhow!("{overlap}"))?;
+            let slot = Slot {
+                partial: self.target.partial(ended.dir, relative)?,
+                file: None,
+                coverage,
+                stored: None,
+                ended: true,
+                capture: None,
+                stream: ended.stream,
+                sha1: None,
+            };
+            self.files.insert(key.to_vec(), slot);
+        }
+        if !self.files.contains_key(key) {
+            let (partial, file) = self.target.create(relative)?;
             let capture = (key == MANIFEST_NAME.as_bytes()).then(Vec::new);
             let slot = Slot {
                 partial,
@@ -615,9 +769,9 @@ impl<'a> Writer<'a> {
                 stream,
                 sha1: self.hash_files.load(Ordering::SeqCst).then(Sha1::new),
             };
-            self.files.insert(key.clone(), slot);
+            self.files.insert(key.to_vec(), slot);
         }
-        let slot = self.files.get_mut(&key).expect("inserted above");
+        let slot = self.files.get_mut(key).expect("inserted above");
         slot.stream = stream;
         match header.kind {
             ChunkKind::Eof => {
@@ -626,6 +780,16 @@ impl<'a> Writer<'a> {
                 }
                 slot.ended = true;
                 close(slot.file.take(), &slot.partial)?;
+                if slot.coverage.is_contiguous() && slot.stored.is_none() && slot.capture.is_none() {
+                    let slot = self.files.remove(key).expect("looked up above");
+                    let ended = Ended {
+                        dir: slot.partial.into_dir(),
+                        got: slot.coverage.prefix(),
+                        stream: slot.stream,
+                        sha1: slot.sha1.map(|sha1| sha1.finalize().into()),
+                    };
+                    self.ended.insert(key.to_vec(), ended);
+                }
             }
             ChunkKind::Payload => {
                 // Decompressed chunks pass through a parallel stage, so their `E` may overtake them.
@@ -646,7 +810,7 @@ impl<'a> Writer<'a> {
                 let in_order = offset == slot.coverage.prefix().len;
                 slot.coverage.insert(offset, piece).map_err(|overlap| anyhow!("{overlap}"))?;
                 match &mut slot.sha1 {
-                    Some(sha1) if in_order => sha1.update(&data[..]),
+                    Some(sha1) if in_order => sha1.update(data),
                     _ => slot.sha1 = None,
                 }
                 if let Some(capture) = &mut slot.capture {
@@ -659,15 +823,16 @@ impl<'a> Writer<'a> {
                             human(self.manifest_limit)
                         );
                     }
-                    capture.extend_from_slice(&data);
+                    capture.extend_from_slice(data);
                 }
                 if slot.file.is_none() {
                     slot.file = Some(slot.partial.reopen_for_write()?);
                 }
                 let file = slot.file.as_ref().expect("opened above");
-                file.write_all_at(&data, offset)
+                file.write_all_at(data, offset)
                     .with_context(|| format!("cannot write {}", slot.partial.display().display()))?;
-                if self.fadvise {
+                // Dropping a small file's pages from the cache costs a system call and saves nothing.
+                if self.fadvise && data.len() > crate::batch::BATCH_PAYLOAD_MAX {
                     let _ = nix::fcntl::posix_fadvise(
                         file,
                         offset as i64,
@@ -687,62 +852,89 @@ impl<'a> Writer<'a> {
         Ok(slot.capture.unwrap_or_default())
     }
 
-    /// Checks every file this writer holds; returns (path, size) of each.
+    /// Checks every file this writer holds; returns how many and their bytes.
     fn verify(&mut self, lookup: Option<&Lookup>) -> Result<Verified> {
-        let mut found = Vec::with_capacity(self.files.len());
+        let mut found = Verified::default();
         for (key, slot) in &mut self.files {
             close(slot.file.take(), &slot.partial)?;
-            let display = slot.partial.display().display().to_string();
+            let display = || slot.partial.display().display().to_string();
             if !slot.ended {
-                bail!("{display}: the stream ended without its end-of-file chunk (cut short?)");
+                bail!("{}: the stream ended without its end-of-file chunk (cut short?)", display());
             }
             if let Some((start, end)) = slot.coverage.first_gap() {
-                bail!("{display}: bytes {start}..{end} never arrived");
+                bail!("{}: bytes {start}..{end} never arrived", display());
             }
-            let got = slot.coverage.prefix();
-            let Some(lookup) = lookup else {
-                slot.partial.set_metadata(0o640, None)?;
-                found.push((key.clone(), got.len));
-                continue;
-            };
-            let (record, expected, is_original) = if let Some(record) = lookup.by_path.get(key) {
-                (record, CrcPiece { crc: record.crc32, len: record.size }, true)
-            } else if let Some(record) = lookup.by_stored.get(key).and_then(|path| lookup.by_path.get(path)) {
-                // A hostile manifest may list a path twice, so the record found may lack the stored form.
-                let stored =
-                    record.stored.as_ref().ok_or_else(|| anyhow!("{display}: the manifest is inconsistent"))?;
-                (record, CrcPiece { crc: stored.crc32, len: stored.size }, false)
-            } else {
-                bail!("{display} is in the stream but not in the manifest");
-            };
-            check_piece(&display, got, expected)?;
-            if let Some(stored_coverage) = &slot.stored {
-                // Decompressed: the compressed bytes that travelled must match the manifest's stored form too.
-                let stored = record
-                    .stored
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("{display}: decompressed, but the manifest says it was not compressed"))?;
-                if let Some((start, end)) = stored_coverage.first_gap() {
-                    bail!("{display}: compressed bytes {start}..{end} never arrived");
-                }
-                let expected = CrcPiece { crc: stored.crc32, len: stored.size };
-                check_piece(&format!("{display} (compressed)"), stored_coverage.prefix(), expected)?;
-            }
-            if let (true, Some(expected)) = (is_original, &record.sha1) {
-                let actual = match slot.sha1.take() {
-                    Some(sha1) => hex::encode(sha1.finalize()),
-                    None => sha1_of(&slot.partial.reopen_for_read()?)
-                        .with_context(|| format!("cannot read back {display}"))?,
-                };
-                if &actual != expected {
-                    bail!("{display}: SHA-1 {actual} does not match the manifest's {expected}");
-                }
-            }
-            slot.partial.set_metadata(record.mode, Some(record.mtime))?;
-            found.push((record.path.0.clone(), got.len));
+            let sha1 = slot.sha1.take().map(|sha1| sha1.finalize().into());
+            check_file(lookup, key, &slot.partial, slot.coverage.prefix(), slot.stored.as_ref(), sha1)?;
+            found.files += 1;
+            found.bytes += slot.coverage.prefix().len;
+        }
+        for (key, ended) in self.ended.drain() {
+            let partial = self.target.partial(ended.dir, &proto::safe_relative_path(&key)?)?;
+            check_file(lookup, &key, &partial, ended.got, None, ended.sha1)?;
+            found.files += 1;
+            found.bytes += ended.got.len;
         }
         Ok(found)
     }
+}
+
+/// Checks one extracted file against its manifest record (if there is a manifest) and sets its mode and mtime:
+/// `got` is what arrived, `stored` (decompressed files) the compressed bytes that travelled, `sha1` the SHA-1
+/// taken as it arrived (else, if the manifest has one, the file is read back).
+fn check_file(
+    lookup: Option<&Lookup>,
+    key: &[u8],
+    partial: &PartialFile,
+    got: CrcPiece,
+    stored: Option<&Coverage>,
+    sha1: Option<[u8; 20]>,
+) -> Result<()> {
+    let display = || partial.display().display().to_string();
+    let Some(lookup) = lookup else {
+        return partial.set_metadata(0o640, None);
+    };
+    let (expected, piece, is_original) = if let Some(expected) = lookup.by_path.get(key) {
+        (expected, CrcPiece { crc: expected.record.crc32, len: expected.record.size }, true)
+    } else if let Some(expected) = lookup.by_stored.get(key).and_then(|path| lookup.by_path.get(path)) {
+        // A hostile manifest may list a path twice, so the record found may lack the stored form.
+        let stored =
+            expected.record.stored.as_ref().ok_or_else(|| anyhow!("{}: the manifest is inconsistent", display()))?;
+        (expected, CrcPiece { crc: stored.crc32, len: stored.size }, false)
+    } else {
+        bail!("{} is in the stream but not in the manifest", display());
+    };
+    let record = &expected.record;
+    check_piece(&display(), got, piece)?;
+    if let Some(stored_coverage) = stored {
+        // Decompressed: the compressed bytes that travelled must match the manifest's stored form too.
+        let stored = record
+            .stored
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: decompressed, but the manifest says it was not compressed", display()))?;
+        if let Some((start, end)) = stored_coverage.first_gap() {
+            bail!("{}: compressed bytes {start}..{end} never arrived", display());
+        }
+        let expected = CrcPiece { crc: stored.crc32, len: stored.size };
+        check_piece(&format!("{} (compressed)", display()), stored_coverage.prefix(), expected)?;
+    }
+    if let (true, Some(expected)) = (is_original, &record.sha1) {
+        let actual = match sha1 {
+            Some(sha1) => hex::encode(sha1),
+            None => sha1_of(&partial.reopen_for_read()?).with_context(|| format!("cannot read back {}", display()))?,
+        };
+        if &actual != expected {
+            bail!("{}: SHA-1 {actual} does not match the manifest's {expected}", display());
+        }
+    }
+    partial.set_metadata(record.mode, Some(record.mtime))?;
+    expected.seen.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Where a chunk came from, for a writer's error messages (made only when there is an error).
+fn chunk_context(header: &ChunkHeader, stream: usize) -> String {
+    format!("{} (chunk at stream {stream}, offset {:#x})", header.display_path(), header.stream_offset)
 }
 
 /// Closes a file explicitly, so that a failed close (an I/O error the kernel reports only then, e.g. on NFS) is an

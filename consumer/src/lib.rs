@@ -9,6 +9,7 @@ bytes of a file arrived), [`list`] (`--list`), [`verify`] (re-checking an extrac
 tree back into originals).
 */
 
+pub mod batch;
 pub mod catalog;
 pub mod cli;
 pub mod config;

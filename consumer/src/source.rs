@@ -152,6 +152,13 @@ impl StreamSource {
         format!("stream {} ({})", self.index, self.name)
     }
 
+    /// Whether the next chunk is already whole in the read-ahead buffer, so reading it will not wait on the input:
+    /// a reader holding chunks back hands them on before a read that may wait.
+    pub fn next_chunk_is_buffered(&self) -> bool {
+        let buffered = self.reader.get_ref().buffer();
+        proto::chunk::encoded_len_at(buffered).is_some_and(|len| len <= buffered.len() as u64)
+    }
+
     /// The start marker, once the first chunk has been read.
     pub fn marker(&self) -> Option<&StreamMarker> {
         self.marker.as_ref()

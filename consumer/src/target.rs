@@ -107,6 +107,12 @@ impl Target {
         Ok((PartialFile { dir, name, display }, File::from(fd)))
     }
 
+    /// A staged file again from what [`PartialFile::into_dir`] kept: its directory and its relative path.
+    pub fn partial(&self, dir: Arc<OwnedFd>, relative: &Path) -> Result<PartialFile> {
+        let name = relative.file_name().context("a checked path has a file name")?.to_os_string();
+        Ok(PartialFile { dir, name, display: self.root_path.join(relative) })
+    }
+
     /// The staging descriptor of directory `relative_dir`, creating it and its parents as needed.
     fn directory(&self, relative_dir: &Path, file: &Path) -> Result<Arc<OwnedFd>> {
         if let Some(fd) = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(relative_dir) {
@@ -314,6 +320,12 @@ impl PartialFile {
         // Permission bits only: a manifest (which may be hostile) never sets setuid, setgid or sticky.
         fchmodat(&*self.dir, name, Mode::from_bits_truncate(mode & 0o777), FchmodatFlags::FollowSymlink)
             .with_context(|| format!("cannot set the mode of {}", self.display.display()))
+    }
+
+    /// Its staging directory: all a closed file needs to keep (a few bytes, where the whole `PartialFile` costs a
+    /// hundred or more); [`Target::partial`] makes it again from its relative path.
+    pub fn into_dir(self) -> Arc<OwnedFd> {
+        self.dir
     }
 
     /// The file's final path, for messages.

@@ -79,7 +79,8 @@ pub struct Args {
     #[arg(long)]
     pub no_fadvise: bool,
 
-    /// Limit reads to N chunks per second (xtrabackup's unit: with 1 MiB chunks, N MiB/s).
+    /// Limit reads to N chunks per second (xtrabackup's unit: with 1 MiB chunks, N MiB/s); a batch of small files,
+    /// at most one chunk's size, counts as one read.
     #[arg(long, value_name = "N")]
     pub throttle: Option<u32>,
 

@@ -24,7 +24,7 @@ use proto::manifest::{FileRecord, StoredForm, WirePath};
 use proto::pool::PooledBuffer;
 use proto::CrcPiece;
 
-use crate::file::{FileState, Outlet};
+use crate::file::{FileState, Outlet, ReadBatch};
 
 /// Pool buffer size that holds a compressed chunk of `chunk_size` bytes in the worst case.
 pub fn buffer_size(chunk_size: usize) -> usize {
@@ -99,6 +99,11 @@ impl Outlet for CompressStage<'_> {
 
     fn vanished(&self, file: &Arc<FileState>) {
         self.next.vanished(file);
+    }
+
+    /// Batched files are never compressed (the scanner batches only without `--compress`): straight on.
+    fn batch(&self, batch: ReadBatch) -> Result<()> {
+        self.next.batch(batch)
     }
 }
 

@@ -11,6 +11,11 @@
 //! so what is streamed is always a contiguous prefix, and the record says exactly what was copied. A file that grows
 //! is copied up to its scanned size. Both are warnings, or errors with `--strict`. A file that vanishes before it is
 //! first opened is left out of the backup with a warning.
+//!
+//! Small files (up to [`BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the scanner groups
+//! them into a [`Job::Batch`], one reader reads them whole into one pool buffer, a process thread takes their CRCs,
+//! and the batch reaches a stream writer as one item — one hand-off per stage for hundreds of files, where chunks
+//! cost one each. On the wire nothing changes: each file is still its own `P` and `E` chunks, in order.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -36,6 +41,85 @@ pub trait Outlet: Sync {
     fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
     /// The file vanished before it could be read: nothing of it goes out, and it is done.
     fn vanished(&self, file: &Arc<FileState>);
+    /// Small files read whole into one buffer, their CRCs taken: each is concluded
+    /// ([`FileState::conclude_batched`]) and the batch goes out as one item. Never holds a compressed file.
+    fn batch(&self, batch: ReadBatch) -> Result<()>;
+}
+
+/// Largest file that travels in a batch ([`Job::Batch`]): one reader reads many such files into one buffer, and
+/// the batch crosses every stage as one hand-off. Larger files are cut into chunks read in parallel.
+pub const BATCH_FILE_MAX: u64 = 64 << 10;
+
+/// Most files in one batch, so a batch of empty files still goes out promptly.
+pub const BATCH_FILES_MAX: usize = 512;
+
+/// Work for a read thread.
+#[derive(Debug)]
+pub enum Job {
+    /// One chunk of a file.
+    Chunk(ChunkJob),
+    /// Small files (single-job, uncompressed, not page-validated), each read whole, one after another, into one
+    /// pool buffer: the sum of their sizes plus one probe byte each fits in the buffer.
+    Batch(Vec<Arc<FileState>>),
+}
+
+/// What a read thread hands the process threads.
+#[derive(Debug)]
+pub enum Read {
+    /// One chunk.
+    Chunk(ReadChunk),
+    /// A batch of small files.
+    Batch(ReadBatch),
+}
+
+/// Small files read into one pool buffer, one after another.
+#[derive(Debug)]
+pub struct ReadBatch {
+    /// The files' bytes, back to back.
+    pub data: PooledBuffer,
+    /// Each file's place in `data`, in the order read.
+    pub files: Vec<BatchedFile>,
+}
+
+/// One file of a [`ReadBatch`].
+#[derive(Debug)]
+pub struct BatchedFile {
+    /// The file.
+    pub file: Arc<FileState>,
+    /// Where its bytes start in the batch buffer.
+    pub start: usize,
+    /// How many bytes were read (fewer than scanned if it shrank; at most the scanned size).
+    pub len: usize,
+    /// The file was gone when opened.
+    pub vanished: bool,
+    /// The file had more bytes than scanned (the probe byte was read).
+    pub grew: bool,
+    /// CRC-32 of its bytes, filled in by a process thread.
+    pub crc: u32,
+}
+
+impl ReadBatch {
+    /// Reads each of `files` whole into `data`, back to back (see [`Job::Batch`]).
+    pub fn read(files: Vec<Arc<FileState>>, mut data: PooledBuffer) -> Result<ReadBatch> {
+        data.set_len(0);
+        let mut read = Vec::with_capacity(files.len());
+        for file in files {
+            let start = data.len();
+            let (len, vanished, grew) = file.read_whole(&mut data)?;
+            read.push(BatchedFile { file, start, len, vanished, grew, crc: 0 });
+        }
+        Ok(ReadBatch { data, files: read })
+    }
+
+    /// The bytes of `file` (one of [`ReadBatch::files`]).
+    pub fn bytes(&self, file: &BatchedFile) -> &[u8] {
+        &self.data[file.start..file.start + file.len]
+    }
+}
+
+/// Whether `scanned` is checked page by page under `--validate-pages` (a file named like an InnoDB tablespace).
+pub fn validates_pages(scanned: &ScannedFile, validate: bool) -> bool {
+    validate && scanned.source.file_name().is_some_and(|name| innodb::is_tablespace_name(&name.to_string_lossy()))
 }
 
 /// A file being backed up.
@@ -158,10 +242,7 @@ impl FileState {
         if compressed {
             wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
         }
-        let pages = validate_pages
-            .then(|| scanned.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-            .filter(|name| innodb::is_tablespace_name(name))
-            .map(|_| PageState::default());
+        let pages = validates_pages(&scanned, validate_pages).then(PageState::default);
         Arc::new(FileState {
             number,
             pages,
@@ -252,6 +333,35 @@ impl FileState {
             vanished,
             grew: (last && probe == 1).then_some(grew),
         })
+    }
+
+    /// Reads the whole file (at most its scanned size, plus one probe byte) onto the end of `data`, for a batch:
+    /// opened without following a symlink and closed at once. Returns (bytes kept, vanished, grew). The caller
+    /// leaves room for `size + 1` bytes.
+    fn read_whole(&self, data: &mut PooledBuffer) -> Result<(usize, bool, bool)> {
+        let start = data.len();
+        let size = self.scanned.size as usize;
+        let opened =
+            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&self.scanned.source);
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, true, false)),
+            Err(e) => bail!("cannot open {}: {e}", self.scanned.source.display()),
+        };
+        data.set_len(start + size + 1);
+        let mut filled = 0;
+        while filled < size + 1 {
+            match file.read_at(&mut data[start + filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => bail!("cannot read {} at offset {filled}: {e}", self.scanned.source.display()),
+            }
+        }
+        let grew = filled > size;
+        let kept = filled.min(size);
+        data.set_len(start + kept);
+        Ok((kept, false, grew))
     }
 
     /// The file's tablespace format when its pages are to be validated: read from page 0 (from `chunk` itself
@@ -422,14 +532,46 @@ impl FileState {
     }
 
     fn finish(self: &Arc<Self>, sequence: &mut Sequence, outlet: &dyn Outlet) -> Result<()> {
+        match self.conclude(sequence)? {
+            Some(record) => outlet.end(self, sequence.chunks, record),
+            None => {
+                outlet.vanished(self);
+                Ok(())
+            }
+        }
+    }
+
+    /// Concludes a file read whole in a batch: `got` is what was read, `crc` its CRC-32. Returns its record, or
+    /// `None` if it vanished (warned about; an error with `--strict`, as a file that shrank or grew).
+    pub fn conclude_batched(&self, got: &[u8], crc: u32, vanished: bool, grew: bool) -> Result<Option<FileRecord>> {
+        let mut sequence = lock(&self.sequence);
+        sequence.next = self.jobs;
+        sequence.vanished = vanished;
+        if !vanished {
+            sequence.grew = Some(grew);
+            sequence.shrank = (got.len() as u64) < self.scanned.size;
+            if !got.is_empty() {
+                sequence.crc = CrcPiece { crc, len: got.len() as u64 };
+                if let Some(sha1) = &mut sequence.sha1 {
+                    sha1.update(got);
+                }
+                sequence.copied = got.len() as u64;
+                sequence.chunks = 1;
+            }
+        }
+        self.conclude(&mut sequence)
+    }
+
+    /// The file's record once every chunk is released: warns about (or, with `--strict`, fails on) a file that
+    /// vanished, shrank or grew. `None`: it vanished, and nothing of it is in the backup.
+    fn conclude(&self, sequence: &mut Sequence) -> Result<Option<FileRecord>> {
         let path = self.scanned.source.display();
         if sequence.vanished {
             if self.strict {
                 bail!("{path} vanished before it could be read (--strict)");
             }
             log::warn!("{path} vanished before it could be read; it is not in the backup");
-            outlet.vanished(self);
-            return Ok(());
+            return Ok(None);
         }
         let grew = match sequence.grew {
             Some(grew) => grew,
@@ -467,7 +609,7 @@ impl FileState {
             corrupt_pages_total: 0,
         };
         (record.corrupt_pages, record.corrupt_pages_total) = self.corrupt_pages();
-        outlet.end(self, sequence.chunks, record)
+        Ok(Some(record))
     }
 
     /// The path the file came from, for messages.

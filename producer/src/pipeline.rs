@@ -33,9 +33,9 @@ use sha1::{Digest as _, Sha1};
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
-use crate::file::{ChunkJob, FileState, Outlet, ReadChunk};
+use crate::file::{FileState, Job, Outlet, Read, ReadBatch, BATCH_FILES_MAX, BATCH_FILE_MAX};
 use crate::scan;
-use crate::sink::{DirectorySink, Sink, SinkReport, StreamItem, StreamSink};
+use crate::sink::{BatchEntry, DirectorySink, Sink, SinkReport, StreamItem, StreamSink};
 use crate::stats::Stats;
 use runtime::failure::Failure;
 use runtime::progress::{Counters, Progress};
@@ -63,7 +63,11 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let backup_id = proto::marker::new_backup_id();
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
-    let scan_started = SystemTime::now();
+    // Inode ctimes come from the kernel's coarse clock, which lags `SystemTime::now()` by up to a timer tick
+    // (4-10 ms): an entry changed just after this instant can carry a ctime just before it. The margin keeps such a
+    // change from passing unnoticed; its cost is that an entry changed within it before the backup began is
+    // reported as changed too.
+    let scan_started = SystemTime::now() - Duration::from_millis(100);
     let want_total = config.progress != runtime::progress::ProgressMode::Quiet;
     let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
     let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(cancel.check()?))?;
@@ -84,8 +88,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     counters.bytes_total.store(pre.bytes, Ordering::Relaxed);
     let progress = Progress::start(config.progress, Arc::clone(&counters), "backup");
 
-    let (job_sender, job_receiver) = crossbeam_channel::bounded::<ChunkJob>(config.buffers);
-    let (read_sender, read_receiver) = crossbeam_channel::bounded::<ReadChunk>(config.buffers);
+    let (job_sender, job_receiver) = crossbeam_channel::bounded::<Job>(config.buffers);
+    let (read_sender, read_receiver) = crossbeam_channel::bounded::<Read>(config.buffers);
     let (stream_senders, stream_receivers): (Vec<_>, Vec<_>) =
         (0..stream_count).map(|_| crossbeam_channel::bounded::<StreamItem>(config.buffers)).unzip();
     let router = Router {
@@ -144,9 +148,19 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                 .spawn_scoped(scope, move || {
                     failure.run_stage("scanner", move || {
                         let mut file_number = 0usize;
+                        // Small files gather here until the next one would not fit in a buffer; `batches` counts
+                        // the batches sent, so file binding spreads them over the streams.
+                        let mut batch = Batch::default();
                         let pass = scan::Pass::Stream { strict: config.strict, changed_since: scan_started };
                         scan::walk(&config.source, pass, suffix, |scanned| {
+                            let small = config.compress_level.is_none()
+                                && scanned.size < BATCH_FILE_MAX.min(config.chunk_size as u64)
+                                && !crate::file::validates_pages(&scanned, config.validate_pages.is_some());
+                            if small && !batch.has_room(scanned.size, config.chunk_size) {
+                                batch.send(&job_sender, cancel)?;
+                            }
                             let stream = match binding {
+                                Binding::File if small => Some(batch.sent % stream_count),
                                 Binding::File => Some(file_number % stream_count),
                                 Binding::Chunk => None,
                             };
@@ -162,11 +176,16 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                             );
                             file_number += 1;
                             router.started(&state);
+                            if small {
+                                batch.push(state);
+                                return Ok(());
+                            }
                             for job in state.chunk_jobs(config.chunk_size as u64) {
-                                send(&job_sender, job, cancel)?;
+                                send(&job_sender, Job::Chunk(job), cancel)?;
                             }
                             Ok(())
-                        })
+                        })?;
+                        batch.send(&job_sender, cancel)
                         // The job sender goes with this closure, on success, error or panic alike: readers see
                         // the end of the jobs.
                     });
@@ -188,10 +207,17 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                         if let Some(throttle) = throttle {
                             throttle.wait(cancel)?;
                         }
-                        let chunk = job.file.read(&job, buffer, config.fadvise)?;
-                        counters.bytes_done.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
-                        reads.fetch_add(1, Ordering::Relaxed);
-                        send(&read, chunk, cancel)?;
+                        let done = match job {
+                            Job::Chunk(job) => Read::Chunk(job.file.read(&job, buffer, config.fadvise)?),
+                            Job::Batch(files) => Read::Batch(ReadBatch::read(files, buffer)?),
+                        };
+                        let (bytes, chunks) = match &done {
+                            Read::Chunk(chunk) => (chunk.data.len(), 1),
+                            Read::Batch(batch) => (batch.data.len(), batch.files.len()),
+                        };
+                        counters.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
+                        reads.fetch_add(chunks as u64, Ordering::Relaxed);
+                        send(&read, done, cancel)?;
                     }
                 });
             });
@@ -206,7 +232,17 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
             let name = format!("process-{thread_index}");
             let handle = thread::Builder::new().name(name.clone()).spawn_scoped(scope, move || {
                 failure.run_stage(&name, || -> Result<()> {
-                    while let Some(mut chunk) = recv(&read, cancel)? {
+                    while let Some(done) = recv(&read, cancel)? {
+                        let mut chunk = match done {
+                            Read::Chunk(chunk) => chunk,
+                            Read::Batch(mut batch) => {
+                                for index in 0..batch.files.len() {
+                                    batch.files[index].crc = proto::CrcPiece::of(batch.bytes(&batch.files[index])).crc;
+                                }
+                                outlet.batch(batch)?;
+                                continue;
+                            }
+                        };
                         // Pages first: a re-read may replace the bytes the CRC is taken of.
                         if let Some(validation) = &config.validate_pages {
                             crate::validate::validate_chunk(&mut chunk, validation, page_counters, cancel)?;
@@ -637,6 +673,68 @@ impl Outlet for Router {
 
     fn vanished(&self, file: &Arc<FileState>) {
         self.finished(file);
+    }
+
+    /// The whole batch goes to one stream, as one item.
+    fn batch(&self, batch: ReadBatch) -> Result<()> {
+        let Some(first) = batch.files.first() else { return Ok(()) };
+        let stream = self.pick(&first.file);
+        let mut entries = Vec::with_capacity(batch.files.len());
+        let mut records = Vec::with_capacity(batch.files.len());
+        for file in &batch.files {
+            let Some(record) = file.file.conclude_batched(batch.bytes(file), file.crc, file.vanished, file.grew)?
+            else {
+                continue;
+            };
+            self.count(stream, file.file.wire(), record.chunks, record.size);
+            entries.push(BatchEntry {
+                file: Arc::clone(&file.file),
+                range: file.start..file.start + file.len,
+                crc: file.crc,
+            });
+            records.push(record);
+        }
+        let ReadBatch { data, files } = batch;
+        self.send(stream, StreamItem::Batch { data, files: entries })?;
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).extend(records);
+        for file in &files {
+            self.finished(&file.file);
+        }
+        Ok(())
+    }
+}
+
+/// Small files the scanner is gathering into one [`Job::Batch`].
+#[derive(Default)]
+struct Batch {
+    files: Vec<Arc<FileState>>,
+    /// Buffer bytes the files need: each its size plus a probe byte.
+    bytes: usize,
+    /// Batches sent so far.
+    sent: usize,
+}
+
+impl Batch {
+    /// Whether a file of `size` bytes still fits in a buffer of `capacity` with the files gathered so far.
+    fn has_room(&self, size: u64, capacity: usize) -> bool {
+        // Each file takes its size plus a probe byte.
+        self.files.len() < BATCH_FILES_MAX && self.bytes + (size as usize) < capacity
+    }
+
+    fn push(&mut self, file: Arc<FileState>) {
+        self.bytes += file.scanned.size as usize + 1;
+        self.files.push(file);
+    }
+
+    /// Hands the gathered files to the readers as one job (nothing if there are none).
+    fn send(&mut self, jobs: &Sender<Job>, cancel: &Cancel) -> Result<()> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        self.sent += 1;
+        send(jobs, Job::Batch(std::mem::take(&mut self.files)), cancel)?;
+        Ok(())
     }
 }
 

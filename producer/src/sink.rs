@@ -37,6 +37,14 @@ pub enum StreamItem {
         /// The file.
         file: Arc<FileState>,
     },
+    /// Small files read whole into one buffer ([`crate::file::ReadBatch`]): for each, a payload chunk (unless it
+    /// is empty) and an `E`.
+    Batch {
+        /// The files' bytes, back to back.
+        data: PooledBuffer,
+        /// Each file and its place in `data`.
+        files: Vec<BatchEntry>,
+    },
     /// A whole small file the producer made itself (the manifest, the SHA-1 list), written as payload chunks of at
     /// most `chunk_size` and an `E`.
     Document {
@@ -47,6 +55,17 @@ pub enum StreamItem {
         /// Largest payload per chunk.
         chunk_size: usize,
     },
+}
+
+/// One file of a [`StreamItem::Batch`].
+#[derive(Debug)]
+pub struct BatchEntry {
+    /// The file.
+    pub file: Arc<FileState>,
+    /// Where its bytes are in the batch buffer.
+    pub range: std::ops::Range<usize>,
+    /// CRC-32 of those bytes.
+    pub crc: u32,
 }
 
 /// What a finished sink reports.
@@ -124,6 +143,16 @@ impl Sink for StreamSink {
             StreamItem::Eof { file } => {
                 self.writer.write_eof(file.wire())?;
                 self.chunks += 1;
+            }
+            StreamItem::Batch { data, files } => {
+                for entry in files {
+                    if !entry.range.is_empty() {
+                        self.writer.write_payload_with_checksum(entry.file.wire(), 0, &data[entry.range], entry.crc)?;
+                        self.chunks += 1;
+                    }
+                    self.writer.write_eof(entry.file.wire())?;
+                    self.chunks += 1;
+                }
             }
             StreamItem::Document { path, bytes, chunk_size } => {
                 for (i, piece) in bytes.chunks(chunk_size.max(1)).enumerate() {
@@ -294,6 +323,18 @@ impl Sink for DirectorySink {
             StreamItem::Eof { file } => {
                 self.close(file.wire(), Some(file.scanned.mode))?;
                 self.chunks += 1;
+            }
+            StreamItem::Batch { data, files } => {
+                for entry in files {
+                    let wire = entry.file.wire();
+                    let target = self.file(wire)?;
+                    target
+                        .write_all_at(&data[entry.range.clone()], 0)
+                        .with_context(|| format!("cannot write {}", String::from_utf8_lossy(wire)))?;
+                    self.close(wire, Some(entry.file.scanned.mode))?;
+                    self.bytes += entry.range.len() as u64;
+                    self.chunks += 1 + u64::from(!entry.range.is_empty());
+                }
             }
             StreamItem::Document { path, bytes, .. } => {
                 if path == proto::MANIFEST_NAME.as_bytes() {

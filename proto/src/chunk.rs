@@ -100,6 +100,20 @@ pub fn encoded_header_len(kind: ChunkKind, path_len: usize) -> usize {
     }
 }
 
+/// The encoded length of the chunk that starts `bytes`, if its header is all there (`None`: too few bytes to
+/// tell). Lets a reader with buffered input know whether reading the next chunk would wait on its input. The
+/// header is not validated here: a damaged one is found (and named) when it is read.
+pub fn encoded_len_at(bytes: &[u8]) -> Option<u64> {
+    let prefix = bytes.get(..PREFIX_LEN)?;
+    let path_len = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]) as usize;
+    if ChunkKind::from_type_byte(prefix[9]) != Some(ChunkKind::Payload) {
+        return Some((PREFIX_LEN + path_len) as u64);
+    }
+    let fields = bytes.get(PREFIX_LEN + path_len..PREFIX_LEN + path_len + PAYLOAD_FIELDS_LEN)?;
+    let payload_len = u64::from_le_bytes(fields[0..8].try_into().expect("8 bytes"));
+    Some(((PREFIX_LEN + path_len + PAYLOAD_FIELDS_LEN) as u64).saturating_add(payload_len))
+}
+
 /// Appends the encoded header of a payload chunk to `out`. The caller guarantees `path.len() <= MAX_PATH_LEN`
 /// (the [`crate::ChunkWriter`] checks it).
 pub fn encode_payload_header(out: &mut Vec<u8>, path: &[u8], file_offset: u64, payload_len: u64, checksum: u32) {
@@ -167,5 +181,19 @@ mod tests {
                 assert_eq!(kind.type_byte(), byte);
             }
         }
+    }
+
+    #[test]
+    fn encoded_len_at_needs_the_whole_header_and_counts_the_payload() {
+        let mut bytes = Vec::new();
+        encode_payload_header(&mut bytes, b"db/t.frm", 0, 5, 0);
+        bytes.extend_from_slice(b"hello");
+        encode_eof(&mut bytes, b"db/t.frm");
+        let first = encoded_header_len(ChunkKind::Payload, 8) as u64 + 5;
+        for cut in 0..encoded_header_len(ChunkKind::Payload, 8) {
+            assert_eq!(encoded_len_at(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(encoded_len_at(&bytes), Some(first));
+        assert_eq!(encoded_len_at(&bytes[first as usize..]), Some(encoded_header_len(ChunkKind::Eof, 8) as u64));
     }
 }

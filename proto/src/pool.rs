@@ -79,6 +79,13 @@ impl BufferPool {
         self.inner.peak_in_use.load(Ordering::Relaxed)
     }
 
+    /// Takes a free buffer if one is free now, without waiting: a stage that holds work back (a batch being
+    /// gathered) hands it on before it waits.
+    pub fn try_take(&self) -> Option<PooledBuffer> {
+        self.inner.tokens.try_recv().ok()?;
+        Some(self.loan())
+    }
+
     /// Takes a free buffer, waiting while none is free, unless cancelled. It comes back with length 0; its bytes
     /// beyond that are stale, and [`PooledBuffer::set_len`] exposes them without clearing.
     pub fn take(&self, cancel: &Cancel) -> Result<PooledBuffer, Cancelled> {
@@ -87,12 +94,17 @@ impl BufferPool {
             recv(self.inner.tokens) -> token => token.expect("the pool owns a sender, so its channel stays open"),
             recv(cancel.receiver()) -> _ => return Err(Cancelled),
         };
+        Ok(self.loan())
+    }
+
+    /// Lends the buffer of a token just received.
+    fn loan(&self) -> PooledBuffer {
         // A token is only sent after its buffer was pushed, so the stack holds one for us.
         let storage = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("one buffer per token");
         let in_use = self.inner.in_use.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.peak_in_use.fetch_max(in_use, Ordering::Relaxed);
         let start = storage.as_ptr().align_offset(BUFFER_ALIGN).min(BUFFER_ALIGN);
-        Ok(PooledBuffer { storage: Some(storage), start, len: 0, pool: Arc::clone(&self.inner) })
+        PooledBuffer { storage: Some(storage), start, len: 0, pool: Arc::clone(&self.inner) }
     }
 }
 

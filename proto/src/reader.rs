@@ -169,6 +169,11 @@ impl<R: Read> ChunkReader<R> {
         self.position
     }
 
+    /// The wrapped reader, borrowed (to look at what a buffered reader holds).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The wrapped reader.
     pub fn into_inner(self) -> R {
         self.inner

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# bench-scale.sh [FILES ...]
+#
+# File-count scale: for each FILES (default 1000000), that many files of 16 bytes in 1,000 directories in tmpfs;
+# producer | consumer extract against tar | tar into tmpfs, RUNS times (default 3, env RUNS), printing the median
+# time and each side's peak RSS (GNU time's maximum resident set size). Files in tmpfs cost about 1 KiB of kernel
+# memory each, twice (source and copy): 10,000,000 files need about 25 GiB of /dev/shm, so that size runs on
+# disk instead (env SCALE_DIR, e.g. SCALE_DIR=/var/tmp).
+source "$(dirname "$0")/bench-lib.sh"
+[ $# -gt 0 ] || set -- 1000000
+runs=${RUNS:-3}
+base=${SCALE_DIR:-/dev/shm}
+need python3 /usr/bin/time
+build
+echo "| files | case | median s | x tar \\| tar | producer peak RSS | consumer peak RSS |"
+echo "|---|---|---|---|---|---|"
+for files in "$@"; do
+  dir=$base/xbkit-scale-$files
+  out=$base/xbkit-scale-out
+  if [ ! -d "$dir" ]; then
+    python3 - "$dir" "$files" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, "db%04d" % (i % 1000))
+    if i < 1000:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "t%08d.frm" % i), "wb") as f:
+        f.write(b"0123456789abcdef")
+PY
+  fi
+  tmp=$(mktemp -d)
+  for run in $(seq "$runs"); do
+    rm -rf "$out"; mkdir -p "$out"
+    start=$(date +%s.%N)
+    tar -C "$dir" -cf - . | tar -C "$out" -xf -
+    echo "$(date +%s.%N) - $start" | bc >> "$tmp/tar"
+    rm -rf "$out"; mkdir -p "$out"
+    start=$(date +%s.%N)
+    /usr/bin/time -f %M -o "$tmp/p.$run" "$bin/producer" -q --source "$dir" --stream=xbstream |
+      /usr/bin/time -f %M -o "$tmp/c.$run" "$bin/consumer" -q extract --no-fsync -C "$out"
+    echo "$(date +%s.%N) - $start" | bc >> "$tmp/ours"
+  done
+  rm -rf "$out"
+  python3 - "$tmp" "$files" "$runs" <<'PY'
+import statistics, sys
+tmp, files, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+read = lambda name: [float(x) for x in open(f"{tmp}/{name}").read().split()]
+tar, ours = statistics.median(read("tar")), statistics.median(read("ours"))
+rss = lambda side: max(int(open(f"{tmp}/{side}.{r}").read().split()[-1]) for r in range(1, runs + 1)) / 1024
+print(f"| {files:,} | tar \\| tar | {tar:.1f} | 1.00 | | |")
+print(f"| {files:,} | producer \\| consumer extract | {ours:.1f} | {tar / ours:.2f} | {rss('p'):.0f} MiB | {rss('c'):.0f} MiB |")
+PY
+  rm -rf "$tmp"
+done
+echo
+echo "files of 16 bytes in $base, medians of $runs runs, peak RSS the largest of the runs; $(machine); $(date -u +%F)"
