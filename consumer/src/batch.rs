@@ -132,25 +132,25 @@ mod tests {
         let cancel = Cancel::new();
         let mut own = pool.take(&cancel).unwrap();
         let mut batch = ChunkBatch::new(0, pool.take(&cancel).unwrap());
-        let mut destination = Destination::new(&mut own, Some(&mut batch));
-        destination.clear();
-        destination.slot(3).copy_from_slice(b"abc");
-        assert_eq!(destination.in_batch(), Some(0..3));
-        assert_eq!(&destination[..], b"abc");
-        destination.clear();
-        destination.slot(BATCH_PAYLOAD_MAX + 1);
-        assert_eq!(destination.in_batch(), None, "too large for a batch");
-        assert_eq!(destination.len(), BATCH_PAYLOAD_MAX + 1);
-        drop(destination);
+        {
+            let mut destination = Destination::new(&mut own, Some(&mut batch));
+            destination.clear();
+            destination.slot(3).copy_from_slice(b"abc");
+            assert_eq!(destination.in_batch(), Some(0..3));
+            assert_eq!(&destination[..], b"abc");
+            destination.clear();
+            destination.slot(BATCH_PAYLOAD_MAX + 1);
+            assert_eq!(destination.in_batch(), None, "too large for a batch");
+            assert_eq!(destination.len(), BATCH_PAYLOAD_MAX + 1);
+        }
         assert_eq!(batch.data.len(), 3, "the large payload left the batch alone");
         // The batch fills up to BATCH_BYTES, and says so before a small payload could not fit.
-        let mut destination = Destination::new(&mut own, Some(&mut batch));
-        while destination.batch.as_ref().is_some_and(|b| !b.is_full()) {
+        while !batch.is_full() {
+            let mut destination = Destination::new(&mut own, Some(&mut batch));
             destination.clear();
             destination.slot(BATCH_PAYLOAD_MAX);
             assert!(destination.in_batch().is_some());
         }
-        drop(destination);
         assert!(batch.data.len() <= BATCH_BYTES);
         assert!(batch.room() < BATCH_PAYLOAD_MAX);
     }
