@@ -161,3 +161,32 @@ fn a_small_file_that_changes_before_its_batch_is_read_is_named() {
         }
     }
 }
+
+/// Batches of small files take longer to read than one chunk of a big file, but files still first appear on the
+/// stream in scan order (a directory's files before its subdirectories'), which `mbstream -x` needs: it creates only
+/// a file's immediate parent directory. Here `db/` holds 300 small files (one batch) and `db/sub/` a big file whose
+/// first chunk, read by another thread, is ready long before the batch.
+#[test]
+fn files_first_appear_in_scan_order_so_mbstream_creates_every_directory() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut files: Vec<(String, Vec<u8>)> = (0..300).map(|i| (format!("db/t{i:03}.frm"), vec![b'x'; 2000])).collect();
+    files.push(("db/sub/big.ibd".into(), pseudo_random_bytes(3 << 20, 5)));
+    write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    for run in 0..5 {
+        let stream = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).args([
+                "--stream=xbstream",
+                "--read-buffer-size",
+                "1M",
+            ]),
+            LONG,
+        );
+        let out = work.path().join(format!("out{run}"));
+        fs::create_dir(&out).unwrap();
+        mbstream_extract(&stream, &out);
+        for (path, data) in &files {
+            assert_eq!(&fs::read(out.join(path)).unwrap(), data, "run {run}: {path}");
+        }
+    }
+}

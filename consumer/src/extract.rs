@@ -18,7 +18,6 @@
 //!
 //! Any failure removes every partial file; the manifest never appears in an unproven tree.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -31,7 +30,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use proto::cancel::{recv, send, Cancel};
-use proto::manifest::{Digest, FileRecord, Manifest, MANIFEST_NAME};
+use proto::manifest::{Digest, FileRecord, Manifest, StreamingError, MANIFEST_NAME};
 use proto::pool::{BufferPool, PooledBuffer};
 use proto::{compressed, ChunkHeader, ChunkKind, CrcPiece};
 use runtime::failure::Failure;
@@ -297,71 +296,36 @@ fn owner(key: &[u8], writers: usize) -> usize {
     CrcPiece::of(key).crc as usize % writers
 }
 
-/// The manifest's records by path (each marked once a writer has verified its file), and compressed files' paths
-/// by their stored (`.zst`) path. Built by moving the records out of the manifest: never a second copy.
-struct Lookup {
-    by_path: HashMap<Vec<u8>, Expected>,
-    by_stored: HashMap<Vec<u8>, Vec<u8>>,
-}
+/// Manifest records on their way to the writer that owns their files, each with the key the file is held under
+/// (its path, or its stored `.zst` path when a compressed file is extracted as it travelled).
+type Records = Vec<(Vec<u8>, FileRecord)>;
 
-/// One file the manifest lists (its record's path is the key).
-struct Expected {
-    record: FileRecord,
-    /// A writer verified the file.
-    seen: AtomicBool,
-}
+/// How many records go to a writer at once.
+const RECORDS_PER_MESSAGE: usize = 1024;
 
-impl Lookup {
-    /// Takes the manifest's file records; a path listed twice is an error (a hostile or damaged manifest).
-    fn new(files: Vec<FileRecord>) -> Result<Lookup> {
-        let mut by_path = HashMap::with_capacity(files.len());
-        let mut by_stored = HashMap::new();
-        for mut record in files {
-            let path = std::mem::take(&mut record.path.0);
-            if let Some(stored) = &record.stored {
-                by_stored.insert(stored.path.0.clone(), path.clone());
-            }
-            match by_path.entry(path) {
-                Entry::Occupied(twice) => {
-                    bail!("the manifest lists {} twice: refusing it", String::from_utf8_lossy(twice.key()))
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(Expected { record, seen: AtomicBool::new(false) });
-                }
-            }
-        }
-        Ok(Lookup { by_path, by_stored })
-    }
-
-    /// The paths no writer verified: listed in the manifest, never arrived.
-    fn missing(&self) -> Vec<String> {
-        let mut missing: Vec<String> = self
-            .by_path
-            .iter()
-            .filter(|(_, expected)| !expected.seen.load(Ordering::Relaxed))
-            .map(|(path, _)| String::from_utf8_lossy(path).into_owned())
-            .collect();
-        missing.sort();
-        missing
-    }
-}
-
-/// The manifest, looked up (`None`: the stream had no manifest).
-type Records = Arc<Option<Lookup>>;
-
-/// Files and bytes a writer verified.
-#[derive(Debug, Default, Clone, Copy)]
+/// What a writer verified, and what the manifest lists that it does not hold.
+#[derive(Debug, Default)]
 struct Verified {
     files: u64,
     bytes: u64,
+    /// Manifest files that never arrived: how many, and the first few paths.
+    missing: u64,
+    missing_examples: Vec<String>,
 }
+
+/// How many missing files an error names.
+const MISSING_EXAMPLES: usize = 10;
 
 /// What a writer thread is asked to do: write a chunk, or take part in one of the closing phases.
 enum WriterMessage {
     Chunk(ChunkMessage),
     Batch(Arc<ChunkBatch>),
-    EndOfStreams(Sender<Option<Vec<u8>>>),
-    Verify(Records, Sender<Result<Verified>>),
+    /// Hand over the manifest (opened for reading) if this writer holds it.
+    EndOfStreams(Sender<Option<File>>),
+    /// Check these files against their records.
+    Check(Records),
+    /// Every record has been sent (`true`; `false`: there is no manifest): finish and report.
+    Verify(bool, Sender<Result<Verified>>),
 }
 
 /// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads). Small
@@ -523,17 +487,17 @@ fn prove_and_commit(
     let ours = check_markers(streams)?;
     // 1. End of streams: collect the manifest.
     let phase = Instant::now();
-    let mut manifest_bytes = None;
+    let mut manifest_file = None;
     for writer in writers {
         let (reply, answer) = crossbeam_channel::bounded(1);
         send(writer, WriterMessage::EndOfStreams(reply), cancel)?;
         if let Some(found) = recv(&answer, cancel)?.flatten() {
-            manifest_bytes = Some(found);
+            manifest_file = Some(found);
         }
     }
     {
-        let mut manifest = match &manifest_bytes {
-            Some(bytes) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
+        let head = match manifest_file {
+            Some(file) => Some(check_against_manifest(config, writers, ours.as_deref(), file, cancel)?),
             None if ours.is_some() => return Err(missing_manifest(streams, ours.as_deref().unwrap_or_default())),
             None if config.require_manifest => {
                 bail!("the stream carries no {MANIFEST_NAME} (--require-manifest): completeness cannot be proven")
@@ -546,52 +510,46 @@ fn prove_and_commit(
                 None
             }
         };
-        // Its bytes are parsed: they need not stay in memory (with a million files, a hundred megabytes).
-        drop(manifest_bytes);
-        // 2. Verify every file, then check none is missing.
-        if let Some(manifest) = &manifest {
-            if manifest.backup_id != ours {
-                bail!(
-                    "the manifest is from backup {}, but the streams' markers say backup {}: refusing it",
-                    manifest.backup_id.as_deref().unwrap_or("(none)"),
-                    ours.as_deref().unwrap_or("(none: a foreign stream)")
-                );
-            }
-            crate::verify::report_corrupt_pages(manifest);
-        }
-        let lookup = manifest.as_mut().map(|manifest| Lookup::new(std::mem::take(&mut manifest.files))).transpose()?;
-        let records = Arc::new(lookup);
-        let mut found = Verified::default();
+        let proven = head.is_some();
+        // 2. Verify: every writer finishes its checks at the same time.
+        let mut answers = Vec::with_capacity(writers.len());
         for writer in writers {
             let (reply, answer) = crossbeam_channel::bounded(1);
-            send(writer, WriterMessage::Verify(Arc::clone(&records), reply), cancel)?;
+            send(writer, WriterMessage::Verify(proven, reply), cancel)?;
+            answers.push(answer);
+        }
+        let mut found = Verified::default();
+        for answer in answers {
             let verified = recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??;
             found.files += verified.files;
             found.bytes += verified.bytes;
+            found.missing += verified.missing;
+            found.missing_examples.extend(verified.missing_examples);
         }
-        if let (Some(manifest), Some(lookup)) = (&manifest, records.as_ref()) {
-            let missing = lookup.missing();
-            if !missing.is_empty() {
-                bail!(
-                    "{} file(s) listed in the manifest never arrived: {}{}",
-                    missing.len(),
-                    missing.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
-                    if missing.len() > 10 { ", …" } else { "" }
-                );
-            }
-            check_streams(manifest, streams)?;
+        if found.missing > 0 {
+            found.missing_examples.sort();
+            found.missing_examples.truncate(MISSING_EXAMPLES);
+            bail!(
+                "{} file(s) listed in the manifest never arrived: {}{}",
+                found.missing,
+                found.missing_examples.join(", "),
+                if found.missing > found.missing_examples.len() as u64 { ", …" } else { "" }
+            );
+        }
+        if let Some(head) = &head {
+            check_streams(head, streams)?;
         }
 
         log::info!("verified {} files in {:.2} s", found.files, phase.elapsed().as_secs_f64());
         let phase = Instant::now();
         // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
-        let last = manifest.as_ref().map(|_| std::ffi::OsStr::new(MANIFEST_NAME));
+        let last = proven.then(|| std::ffi::OsStr::new(MANIFEST_NAME));
         target.commit(last, config.fsync)?;
         log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
         Ok(Outcome {
             files: found.files,
             bytes: found.bytes,
-            proven: manifest.is_some(),
+            proven,
             streams: streams
                 .iter()
                 .map(|end| StreamStats {
@@ -604,6 +562,55 @@ fn prove_and_commit(
                 .collect(),
         })
     }
+}
+
+/// Phase 2's first half: reads the manifest from its staged file record by record (it is never all in memory, so
+/// its size, a hundred bytes a file, does not count against the budget), checks that it belongs to the streams'
+/// backup (`ours`: their markers' id), and sends each record to the writer that owns its file, which checks the
+/// file then. Returns the manifest without its files.
+fn check_against_manifest(
+    config: &ExtractConfig,
+    writers: &[Sender<WriterMessage>],
+    ours: Option<&str>,
+    file: File,
+    cancel: &Cancel,
+) -> Result<Manifest> {
+    let mut pending: Vec<Records> = (0..writers.len()).map(|_| Vec::new()).collect();
+    let head = Manifest::read_streaming(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        |head: &Manifest| -> Result<()> {
+            if head.backup_id.as_deref() != ours {
+                bail!(
+                    "the manifest is from backup {}, but the streams' markers say backup {}: refusing it",
+                    head.backup_id.as_deref().unwrap_or("(none)"),
+                    ours.unwrap_or("(none: a foreign stream)")
+                );
+            }
+            Ok(())
+        },
+        |record| -> Result<()> {
+            crate::verify::report_corrupt_record(&record);
+            // The file is held under the name it was written as: its `.zst` name when it is not decompressed.
+            let key = match &record.stored {
+                Some(stored) if !config.decompress => stored.path.0.clone(),
+                _ => record.path.0.clone(),
+            };
+            let writer = owner(&key, writers.len());
+            pending[writer].push((key, record));
+            if pending[writer].len() >= RECORDS_PER_MESSAGE {
+                send(&writers[writer], WriterMessage::Check(std::mem::take(&mut pending[writer])), cancel)?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| match e {
+        StreamingError::Manifest(e) => anyhow::Error::new(e).context("cannot read the stream's manifest"),
+        StreamingError::Stopped(e) => e,
+    })?;
+    for (writer, records) in pending.into_iter().enumerate().filter(|(_, records)| !records.is_empty()) {
+        send(&writers[writer], WriterMessage::Check(records), cancel)?;
+    }
+    Ok(head)
 }
 
 /// Every stream carried exactly what the manifest says it was sent.
@@ -641,11 +648,13 @@ struct Writer<'a> {
     /// Files still being written, or ended with bytes out of order, decompressed, or the manifest.
     files: HashMap<Vec<u8>, Slot>,
     /// Files ended with every byte in order, closed: a few dozen bytes each, so a million small files fit.
-    ended: HashMap<Vec<u8>, Ended>,
+    ended: HashMap<Box<[u8]>, Ended>,
+    /// The staging directory files were last created in (files of one directory come one after another).
+    last_dir: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
+    /// What the checks found so far.
+    found: Verified,
     single_stream: bool,
     fadvise: bool,
-    /// Largest manifest accepted: it is held in memory to be parsed, so it counts against --memory-limit.
-    manifest_limit: u64,
     /// Hash each file as its bytes arrive in order, so its SHA-1 need not be re-read (`--digest sha1`, or the
     /// streams' markers announced SHA-1s; read when a file's first chunk arrives).
     hash_files: &'a AtomicBool,
@@ -656,9 +665,11 @@ struct Writer<'a> {
 struct Ended {
     dir: Arc<std::os::fd::OwnedFd>,
     got: CrcPiece,
-    stream: usize,
-    /// The SHA-1 of its bytes, when files are hashed as they arrive.
-    sha1: Option<[u8; 20]>,
+    stream: u32,
+    /// Checked against its manifest record.
+    verified: bool,
+    /// The SHA-1 of its bytes, when files are hashed as they arrive (boxed: most backups do not hash files).
+    sha1: Option<Box<[u8; 20]>>,
 }
 
 /// A file being extracted.
@@ -670,8 +681,8 @@ struct Slot {
     /// For a decompressed file, its compressed bytes as they travelled (checked against the manifest's stored form).
     stored: Option<Coverage>,
     ended: bool,
-    /// The manifest's bytes, kept in memory as well (only for the manifest file).
-    capture: Option<Vec<u8>>,
+    /// Checked against its manifest record.
+    verified: bool,
     /// The stream the file's latest chunk came on, for messages.
     stream: usize,
     /// With `--digest sha1`: the SHA-1 of the bytes so far, while they arrive in order (dropped at the first chunk
@@ -692,9 +703,10 @@ impl<'a> Writer<'a> {
             target,
             files: HashMap::new(),
             ended: HashMap::new(),
+            last_dir: None,
+            found: Verified::default(),
             single_stream,
             fadvise: config.fadvise,
-            manifest_limit: config.manifest_limit,
             hash_files,
         }
     }
@@ -709,24 +721,69 @@ impl<'a> Writer<'a> {
                 }
                 WriterMessage::Batch(batch) => {
                     let me = self.index;
-                    for chunk in batch.chunks.iter().filter(|chunk| chunk.writer == me) {
+                    let mut chunks = batch.chunks.iter().filter(|chunk| chunk.writer == me).peekable();
+                    while let Some(chunk) = chunks.next() {
                         let (header, data) = (&chunk.header, &batch.data[chunk.range.clone()]);
-                        self.write(batch.stream, header, &header.path, &chunk.relative, data, None)
-                            .with_context(|| chunk_context(header, batch.stream))?;
+                        let whole = header.kind == ChunkKind::Payload
+                            && header.file_offset == 0
+                            && chunks.peek().is_some_and(|next| {
+                                next.header.kind == ChunkKind::Eof && next.header.path == header.path
+                            });
+                        let result = if whole && self.is_new(&header.path) {
+                            chunks.next();
+                            self.write_whole(batch.stream, header, &chunk.relative, data)
+                        } else {
+                            self.write(batch.stream, header, &header.path, &chunk.relative, data, None)
+                        };
+                        result.with_context(|| chunk_context(header, batch.stream))?;
                     }
                 }
                 WriterMessage::EndOfStreams(reply) => {
-                    let manifest = match self.files.remove(MANIFEST_NAME.as_bytes()) {
-                        Some(slot) => Some(Self::take_manifest(slot)?),
-                        None => None,
-                    };
+                    let manifest = self.take_manifest()?;
                     let _ = reply.send(manifest);
                 }
-                WriterMessage::Verify(records, reply) => {
-                    let _ = reply.send(self.verify(records.as_ref().as_ref()));
+                WriterMessage::Check(records) => {
+                    for (key, record) in records {
+                        self.check(&key, &record)?;
+                    }
+                }
+                WriterMessage::Verify(proven, reply) => {
+                    let _ = reply.send(self.verify(proven));
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Whether nothing of file `key` has arrived yet.
+    fn is_new(&self, key: &[u8]) -> bool {
+        !self.files.contains_key(key) && !self.ended.contains_key(key)
+    }
+
+    /// Creates `relative` in the staging directory, looking its directory up only when it changes.
+    fn create(&mut self, relative: &Path) -> Result<(PartialFile, File)> {
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        let dir = match &self.last_dir {
+            Some((last, dir)) if last.as_os_str() == parent.as_os_str() => Arc::clone(dir),
+            _ => {
+                let dir = self.target.directory_of(relative)?;
+                self.last_dir = Some((parent.to_path_buf(), Arc::clone(&dir)));
+                dir
+            }
+        };
+        self.target.create_in(dir, relative)
+    }
+
+    /// A whole small file, new to this writer: its one payload (`header`, at offset 0, `data`) and its `E`, which
+    /// came next. Created, written, closed and recorded as ended at once.
+    fn write_whole(&mut self, stream: usize, header: &ChunkHeader, relative: &Path, data: &[u8]) -> Result<()> {
+        let (partial, file) = self.create(relative)?;
+        file.write_all_at(data, 0).with_context(|| format!("cannot write {}", partial.display().display()))?;
+        close(Some(file), &partial)?;
+        let sha1 = self.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
+        let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
+        let ended = Ended { dir: partial.into_dir(), got, stream: stream as u32, sha1, verified: false };
+        self.ended.insert(header.path.as_slice().into(), ended);
         Ok(())
     }
 
@@ -750,22 +807,21 @@ impl<'a> Writer<'a> {
                 coverage,
                 stored: None,
                 ended: true,
-                capture: None,
-                stream: ended.stream,
+                verified: false,
+                stream: ended.stream as usize,
                 sha1: None,
             };
             self.files.insert(key.to_vec(), slot);
         }
         if !self.files.contains_key(key) {
-            let (partial, file) = self.target.create(relative)?;
-            let capture = (key == MANIFEST_NAME.as_bytes()).then(Vec::new);
+            let (partial, file) = self.create(relative)?;
             let slot = Slot {
                 partial,
                 file: Some(file),
                 coverage: Coverage::default(),
                 stored: None,
                 ended: false,
-                capture,
+                verified: false,
                 stream,
                 sha1: self.hash_files.load(Ordering::SeqCst).then(Sha1::new),
             };
@@ -780,15 +836,16 @@ impl<'a> Writer<'a> {
                 }
                 slot.ended = true;
                 close(slot.file.take(), &slot.partial)?;
-                if slot.coverage.is_contiguous() && slot.stored.is_none() && slot.capture.is_none() {
+                if slot.coverage.is_contiguous() && slot.stored.is_none() {
                     let slot = self.files.remove(key).expect("looked up above");
                     let ended = Ended {
                         dir: slot.partial.into_dir(),
                         got: slot.coverage.prefix(),
-                        stream: slot.stream,
-                        sha1: slot.sha1.map(|sha1| sha1.finalize().into()),
+                        stream: slot.stream as u32,
+                        sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
+                        verified: false,
                     };
-                    self.ended.insert(key.to_vec(), ended);
+                    self.ended.insert(key.into(), ended);
                 }
             }
             ChunkKind::Payload => {
@@ -813,18 +870,6 @@ impl<'a> Writer<'a> {
                     Some(sha1) if in_order => sha1.update(data),
                     _ => slot.sha1 = None,
                 }
-                if let Some(capture) = &mut slot.capture {
-                    if offset != capture.len() as u64 {
-                        bail!("manifest chunks out of order");
-                    }
-                    if offset + piece.len > self.manifest_limit {
-                        bail!(
-                            "the manifest is larger than {} (--memory-limit): it must be held in memory to be read",
-                            human(self.manifest_limit)
-                        );
-                    }
-                    capture.extend_from_slice(data);
-                }
                 if slot.file.is_none() {
                     slot.file = Some(slot.partial.reopen_for_write()?);
                 }
@@ -845,17 +890,31 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn take_manifest(slot: Slot) -> Result<Vec<u8>> {
-        if !slot.ended || !slot.coverage.is_contiguous() {
-            bail!("stream {}: {MANIFEST_NAME} is incomplete: the stream was cut short", slot.stream);
-        }
-        Ok(slot.capture.unwrap_or_default())
+    /// The manifest, if this writer holds it: complete, and opened for reading (it is not checked against
+    /// itself).
+    fn take_manifest(&mut self) -> Result<Option<File>> {
+        let key = MANIFEST_NAME.as_bytes();
+        let partial = match (self.files.remove(key), self.ended.remove(key)) {
+            (Some(slot), _) => {
+                close(slot.file, &slot.partial)?;
+                if !slot.ended || !slot.coverage.is_contiguous() {
+                    bail!("stream {}: {MANIFEST_NAME} is incomplete: the stream was cut short", slot.stream);
+                }
+                slot.partial
+            }
+            (None, Some(ended)) => self.target.partial(ended.dir, Path::new(MANIFEST_NAME))?,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(partial.reopen_for_read()?))
     }
 
-    /// Checks every file this writer holds; returns how many and their bytes.
-    fn verify(&mut self, lookup: Option<&Lookup>) -> Result<Verified> {
-        let mut found = Verified::default();
-        for (key, slot) in &mut self.files {
+    /// Checks the file `key` against its manifest `record`: the stream brought it whole, as the record says. A
+    /// file that never arrived is counted (and named) at the end, with all the others.
+    fn check(&mut self, key: &[u8], record: &FileRecord) -> Result<()> {
+        if let Some(slot) = self.files.get_mut(key) {
+            if std::mem::replace(&mut slot.verified, true) {
+                bail!("the manifest lists {} twice: refusing it", record.path.display());
+            }
             close(slot.file.take(), &slot.partial)?;
             let display = || slot.partial.display().display().to_string();
             if !slot.ended {
@@ -865,47 +924,83 @@ impl<'a> Writer<'a> {
                 bail!("{}: bytes {start}..{end} never arrived", display());
             }
             let sha1 = slot.sha1.take().map(|sha1| sha1.finalize().into());
-            check_file(lookup, key, &slot.partial, slot.coverage.prefix(), slot.stored.as_ref(), sha1)?;
-            found.files += 1;
-            found.bytes += slot.coverage.prefix().len;
+            let got = slot.coverage.prefix();
+            check_file(key, record, &slot.partial, got, slot.stored.as_ref(), sha1)?;
+            self.found.files += 1;
+            self.found.bytes += got.len;
+        } else if let Some(ended) = self.ended.get_mut(key) {
+            if std::mem::replace(&mut ended.verified, true) {
+                bail!("the manifest lists {} twice: refusing it", record.path.display());
+            }
+            let partial = self.target.partial(Arc::clone(&ended.dir), &proto::safe_relative_path(key)?)?;
+            check_file(key, record, &partial, ended.got, None, ended.sha1.as_deref().copied())?;
+            self.found.files += 1;
+            self.found.bytes += ended.got.len;
+        } else {
+            self.found.missing += 1;
+            if self.found.missing_examples.len() < MISSING_EXAMPLES {
+                self.found.missing_examples.push(record.path.display());
+            }
         }
-        for (key, ended) in self.ended.drain() {
-            let partial = self.target.partial(ended.dir, &proto::safe_relative_path(&key)?)?;
-            check_file(lookup, &key, &partial, ended.got, None, ended.sha1)?;
-            found.files += 1;
-            found.bytes += ended.got.len;
+        Ok(())
+    }
+
+    /// After every record (`proven`), any file not checked is in the stream but not in the manifest. Without a
+    /// manifest, every file must have ended whole; it gets mode 0640. Reports what was checked.
+    fn verify(&mut self, proven: bool) -> Result<Verified> {
+        for slot in self.files.values_mut() {
+            if slot.verified {
+                continue;
+            }
+            close(slot.file.take(), &slot.partial)?;
+            let display = slot.partial.display().display().to_string();
+            if proven {
+                bail!("{display} is in the stream but not in the manifest");
+            }
+            if !slot.ended {
+                bail!("{display}: the stream ended without its end-of-file chunk (cut short?)");
+            }
+            if let Some((start, end)) = slot.coverage.first_gap() {
+                bail!("{display}: bytes {start}..{end} never arrived");
+            }
+            slot.partial.set_metadata(0o640, None)?;
+            self.found.files += 1;
+            self.found.bytes += slot.coverage.prefix().len;
         }
-        Ok(found)
+        for (key, ended) in self.ended.iter().filter(|(_, ended)| !ended.verified) {
+            let partial = self.target.partial(Arc::clone(&ended.dir), &proto::safe_relative_path(key)?)?;
+            if proven {
+                bail!("{} is in the stream but not in the manifest", partial.display().display());
+            }
+            partial.set_metadata(0o640, None)?;
+            self.found.files += 1;
+            self.found.bytes += ended.got.len;
+        }
+        Ok(std::mem::take(&mut self.found))
     }
 }
 
-/// Checks one extracted file against its manifest record (if there is a manifest) and sets its mode and mtime:
+/// Checks one extracted file, held under `key`, against its manifest `record`, and sets its mode and mtime:
 /// `got` is what arrived, `stored` (decompressed files) the compressed bytes that travelled, `sha1` the SHA-1
-/// taken as it arrived (else, if the manifest has one, the file is read back).
+/// taken as it arrived (else, if the record has one, the file is read back). `key` is the record's path, or its
+/// stored (`.zst`) path for a compressed file extracted as it travelled.
 fn check_file(
-    lookup: Option<&Lookup>,
     key: &[u8],
+    record: &FileRecord,
     partial: &PartialFile,
     got: CrcPiece,
     stored: Option<&Coverage>,
     sha1: Option<[u8; 20]>,
 ) -> Result<()> {
     let display = || partial.display().display().to_string();
-    let Some(lookup) = lookup else {
-        return partial.set_metadata(0o640, None);
-    };
-    let (expected, piece, is_original) = if let Some(expected) = lookup.by_path.get(key) {
-        (expected, CrcPiece { crc: expected.record.crc32, len: expected.record.size }, true)
-    } else if let Some(expected) = lookup.by_stored.get(key).and_then(|path| lookup.by_path.get(path)) {
-        // A hostile manifest may list a path twice, so the record found may lack the stored form.
-        let stored =
-            expected.record.stored.as_ref().ok_or_else(|| anyhow!("{}: the manifest is inconsistent", display()))?;
-        (expected, CrcPiece { crc: stored.crc32, len: stored.size }, false)
+    let is_original = key == record.path.0.as_slice();
+    let expected = if is_original {
+        CrcPiece { crc: record.crc32, len: record.size }
     } else {
-        bail!("{} is in the stream but not in the manifest", display());
+        let stored = record.stored.as_ref().ok_or_else(|| anyhow!("{}: the manifest is inconsistent", display()))?;
+        CrcPiece { crc: stored.crc32, len: stored.size }
     };
-    let record = &expected.record;
-    check_piece(&display(), got, piece)?;
+    check_piece(&display(), got, expected)?;
     if let Some(stored_coverage) = stored {
         // Decompressed: the compressed bytes that travelled must match the manifest's stored form too.
         let stored = record
@@ -927,9 +1022,7 @@ fn check_file(
             bail!("{}: SHA-1 {actual} does not match the manifest's {expected}", display());
         }
     }
-    partial.set_metadata(record.mode, Some(record.mtime))?;
-    expected.seen.store(true, Ordering::Relaxed);
-    Ok(())
+    partial.set_metadata(record.mode, Some(record.mtime))
 }
 
 /// Where a chunk came from, for a writer's error messages (made only when there is an error).

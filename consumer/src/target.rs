@@ -93,11 +93,22 @@ impl Target {
     /// Creates `relative` (a checked relative path) as a new, empty file in the staging directory and returns it
     /// opened for writing. A second file of the same name in one stream is an error.
     pub fn create(&self, relative: &Path) -> Result<(PartialFile, File)> {
+        let dir = self.directory_of(relative)?;
+        self.create_in(dir, relative)
+    }
+
+    /// The staging directory that `relative` (a checked relative path to a file) goes in, created as needed: for
+    /// [`Target::create_in`], so that a caller creating many files in one directory looks it up once.
+    pub fn directory_of(&self, relative: &Path) -> Result<Arc<OwnedFd>> {
+        self.directory(relative.parent().unwrap_or(Path::new("")), relative)
+    }
+
+    /// [`Target::create`] in `dir`, the staging directory of `relative` ([`Target::directory_of`]).
+    pub fn create_in(&self, dir: Arc<OwnedFd>, relative: &Path) -> Result<(PartialFile, File)> {
         let name = relative.file_name().context("a checked path has a file name")?.to_os_string();
         if relative.components().next().map(|c| c.as_os_str()) == self.staging_path.file_name() {
             bail!("refusing {}: it collides with this run's staging directory", relative.display());
         }
-        let dir = self.directory(relative.parent().unwrap_or(Path::new("")), relative)?;
         let display = self.root_path.join(relative);
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = match openat(&*dir, name.as_os_str(), flags, Mode::from_bits_truncate(0o600)) {

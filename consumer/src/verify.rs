@@ -55,7 +55,15 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
 /// Warns about every file the producer copied with InnoDB pages that were corrupt at the source
 /// (`--validate-pages --log-page-corruption`): the restore is faithful, and so are those pages.
 pub fn report_corrupt_pages(manifest: &Manifest) {
-    for record in manifest.files.iter().filter(|r| !r.corrupt_pages.is_empty() || r.corrupt_pages_total > 0) {
+    manifest.files.iter().for_each(report_corrupt_record);
+}
+
+/// [`report_corrupt_pages`] for one record: a warning if the producer recorded corrupt pages in it.
+pub fn report_corrupt_record(record: &FileRecord) {
+    if record.corrupt_pages.is_empty() && record.corrupt_pages_total == 0 {
+        return;
+    }
+    {
         let pages = &record.corrupt_pages;
         let total = record.corrupt_pages_total.max(pages.len() as u64);
         let shown: Vec<String> = pages.iter().take(20).map(u64::to_string).collect();

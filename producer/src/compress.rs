@@ -97,8 +97,8 @@ impl Outlet for CompressStage<'_> {
         self.send(CompressJob::End { file: Arc::clone(file), index: chunks, record })
     }
 
-    fn vanished(&self, file: &Arc<FileState>) {
-        self.next.vanished(file);
+    fn vanished(&self, file: &Arc<FileState>) -> Result<()> {
+        self.next.vanished(file)
     }
 
     /// Batched files are never compressed (the scanner batches only without `--compress`): straight on.

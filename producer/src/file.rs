@@ -40,7 +40,7 @@ pub trait Outlet: Sync {
     /// The file is complete after `chunks` payload chunks; `record` describes its original content.
     fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
     /// The file vanished before it could be read: nothing of it goes out, and it is done.
-    fn vanished(&self, file: &Arc<FileState>);
+    fn vanished(&self, file: &Arc<FileState>) -> Result<()>;
     /// Small files read whole into one buffer, their CRCs taken: each is concluded
     /// ([`FileState::conclude_batched`]) and the batch goes out as one item. Never holds a compressed file.
     fn batch(&self, batch: ReadBatch) -> Result<()>;
@@ -534,10 +534,7 @@ impl FileState {
     fn finish(self: &Arc<Self>, sequence: &mut Sequence, outlet: &dyn Outlet) -> Result<()> {
         match self.conclude(sequence)? {
             Some(record) => outlet.end(self, sequence.chunks, record),
-            None => {
-                outlet.vanished(self);
-                Ok(())
-            }
+            None => outlet.vanished(self),
         }
     }
 

@@ -98,6 +98,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         counts: (0..stream_count).map(|_| StreamCount::default()).collect(),
         records: Mutex::new(Vec::new()),
         in_flight: Mutex::new(HashMap::new()),
+        order: Mutex::default(),
         cancel: cancel.clone(),
     };
     if !matches!(config.output, Output::Directory(_)) {
@@ -156,7 +157,9 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                             let small = config.compress_level.is_none()
                                 && scanned.size < BATCH_FILE_MAX.min(config.chunk_size as u64)
                                 && !crate::file::validates_pages(&scanned, config.validate_pages.is_some());
-                            if small && !batch.has_room(scanned.size, config.chunk_size) {
+                            // A batch holds consecutive files: it goes before a file that is not batched, so
+                            // jobs stay in scan order (see `FirstAppearance`).
+                            if !small || !batch.has_room(scanned.size, config.chunk_size) {
                                 batch.send(&job_sender, cancel)?;
                             }
                             let stream = match binding {
@@ -298,6 +301,11 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                 failure.record(anyhow::anyhow!(
                     "{} was scanned but never finished (an internal error): refusing to write the manifest",
                     source.display()
+                ));
+            } else if let Some(number) = router.held() {
+                failure.record(anyhow::anyhow!(
+                    "chunks of file {number} were held back and never sent (an internal error): refusing to write \
+                     the manifest"
                 ));
             }
         }
@@ -578,8 +586,32 @@ struct Router {
     records: Mutex<Vec<FileRecord>>,
     /// Files handed out by the scanner that have neither ended nor vanished yet, by file number. Bounded: the
     /// scanner runs at most a channel's length ahead of the readers.
-    in_flight: Mutex<HashMap<u64, PathBuf>>,
+    in_flight: Mutex<HashMap<u64, Arc<FileState>>>,
+    /// Files' first chunks go out in scan order.
+    order: Mutex<FirstAppearance>,
     cancel: Cancel,
+}
+
+/// Holds each file's chunks back until every file scanned before it has put its first chunk on a stream, so files
+/// first appear on the streams in scan order, whichever thread read them first: a directory's own files before
+/// those of its subdirectories, which `mbstream -x` needs to create them (it creates only a file's immediate parent
+/// directory). Held chunks keep their pool buffers, so they are bounded by the pool; no deadlock, because jobs are
+/// taken in scan order by readers that hold a buffer first, so the earliest file still to appear is always being
+/// read.
+#[derive(Default)]
+struct FirstAppearance {
+    /// The lowest file number whose first chunk has not gone out.
+    next: u64,
+    /// Chunks of later files, by the first file number they account for.
+    waiting: std::collections::BTreeMap<u64, Waiting>,
+}
+
+/// Held chunks of one file (or one batch of files).
+#[derive(Default)]
+struct Waiting {
+    items: Vec<(usize, StreamItem)>,
+    /// The file number after the last one these account for.
+    through: u64,
 }
 
 #[derive(Default)]
@@ -620,6 +652,31 @@ impl Router {
         Ok(())
     }
 
+    /// Sends `item` (if any) for files `first..through` to `stream` once every earlier file has appeared (see
+    /// [`FirstAppearance`]); with no item, files `first..through` are done without appearing (vanished).
+    fn release(&self, first: u64, through: u64, item: Option<(usize, StreamItem)>) -> Result<()> {
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        if first < order.next {
+            // Its first chunk went out (and whatever was held with it): the rest follows freely.
+            drop(order);
+            return match item {
+                Some((stream, item)) => self.send(stream, item),
+                None => Ok(()),
+            };
+        }
+        let waiting = order.waiting.entry(first).or_default();
+        waiting.through = waiting.through.max(through);
+        waiting.items.extend(item);
+        while order.waiting.first_key_value().is_some_and(|(&number, _)| number == order.next) {
+            let (_, waiting) = order.waiting.pop_first().expect("just looked");
+            for (stream, item) in waiting.items {
+                self.send(stream, item)?;
+            }
+            order.next = waiting.through;
+        }
+        Ok(())
+    }
+
     /// Sends a producer-made document to stream 0; `counted` says whether it belongs in the stream totals (those
     /// were already added by [`Router::count`]).
     fn send_document(&self, item: StreamItem, _counted: bool) -> Result<()> {
@@ -627,8 +684,8 @@ impl Router {
     }
 
     /// The scanner hands `file` out.
-    fn started(&self, file: &FileState) {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(file.number, file.source().clone());
+    fn started(&self, file: &Arc<FileState>) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(file.number, Arc::clone(file));
     }
 
     /// `file` has ended (its `E` is on its way) or vanished.
@@ -636,10 +693,15 @@ impl Router {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&file.number);
     }
 
+    /// The first file whose chunks are still held back (see [`FirstAppearance`]), if any.
+    fn held(&self) -> Option<u64> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner()).waiting.keys().next().copied()
+    }
+
     /// A file that was handed out and never finished, if any.
     fn unfinished(&self) -> Option<PathBuf> {
         let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        in_flight.iter().min_by_key(|(number, _)| **number).map(|(_, source)| source.clone())
+        in_flight.iter().min_by_key(|(number, _)| **number).map(|(_, file)| file.source().clone())
     }
 
     fn close(&self, stream: usize) {
@@ -656,7 +718,8 @@ impl Outlet for Router {
         self.counts[stream]
             .bytes
             .fetch_add((encoded_header_len(ChunkKind::Payload, path_len) + data.len()) as u64, Ordering::Relaxed);
-        self.send(stream, StreamItem::Payload { file: Arc::clone(file), offset, data, crc })
+        let item = StreamItem::Payload { file: Arc::clone(file), offset, data, crc };
+        self.release(file.number, file.number + 1, Some((stream, item)))
     }
 
     fn end(&self, file: &Arc<FileState>, _chunks: u64, record: FileRecord) -> Result<()> {
@@ -665,20 +728,23 @@ impl Outlet for Router {
         self.counts[stream]
             .bytes
             .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
-        self.send(stream, StreamItem::Eof { file: Arc::clone(file) })?;
+        self.release(file.number, file.number + 1, Some((stream, StreamItem::Eof { file: Arc::clone(file) })))?;
         self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
         self.finished(file);
         Ok(())
     }
 
-    fn vanished(&self, file: &Arc<FileState>) {
+    fn vanished(&self, file: &Arc<FileState>) -> Result<()> {
+        self.release(file.number, file.number + 1, None)?;
         self.finished(file);
+        Ok(())
     }
 
     /// The whole batch goes to one stream, as one item.
     fn batch(&self, batch: ReadBatch) -> Result<()> {
         let Some(first) = batch.files.first() else { return Ok(()) };
         let stream = self.pick(&first.file);
+        let first = first.file.number;
         let mut entries = Vec::with_capacity(batch.files.len());
         let mut records = Vec::with_capacity(batch.files.len());
         for file in &batch.files {
@@ -695,7 +761,8 @@ impl Outlet for Router {
             records.push(record);
         }
         let ReadBatch { data, files } = batch;
-        self.send(stream, StreamItem::Batch { data, files: entries })?;
+        let through = files.last().expect("not empty").file.number + 1;
+        self.release(first, through, Some((stream, StreamItem::Batch { data, files: entries })))?;
         self.records.lock().unwrap_or_else(|e| e.into_inner()).extend(records);
         for file in &files {
             self.finished(&file.file);

@@ -183,10 +183,51 @@ pub enum ManifestError {
     },
 }
 
+/// Compact JSON with a line break before each element of the top-level arrays (`streams`, `files`): a million
+/// file records cost no indentation to write, send and parse (pretty JSON is half whitespace), and each file is
+/// still one line for `grep` (`jq .` shows the rest).
+struct RecordPerLine {
+    depth: usize,
+}
+
+impl serde_json::ser::Formatter for RecordPerLine {
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        writer.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(b"}")
+    }
+
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        writer.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(if self.depth == 1 { b"\n]" } else { b"]" })
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            writer.write_all(b",")?;
+        }
+        if self.depth == 2 {
+            writer.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
 impl Manifest {
-    /// Serialises to pretty JSON with a trailing newline.
+    /// Serialises to JSON, one line per file record, with a trailing newline.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        let mut out = Vec::with_capacity(256 + self.files.len() * 128);
+        let mut serializer = serde_json::Serializer::with_formatter(&mut out, RecordPerLine { depth: 0 });
+        self.serialize(&mut serializer).expect("a manifest always serialises");
         out.push(b'\n');
         out
     }
@@ -213,6 +254,180 @@ impl Manifest {
             }
         }
         out
+    }
+}
+
+/// Why [`Manifest::read_streaming`] stopped.
+#[derive(Debug)]
+pub enum StreamingError<E> {
+    /// The manifest is not valid (or not this format).
+    Manifest(ManifestError),
+    /// A callback stopped the read with this error.
+    Stopped(E),
+}
+
+/// The most bytes of manifest [`Manifest::read_streaming`] holds at once: the head (every field but the files), or
+/// one file record. Ours are a few hundred bytes (a record lists at most 1,024 corrupt pages); a larger one is a
+/// hostile or damaged manifest, refused before it can make the reader allocate without bound.
+pub const MAX_MANIFEST_PIECE: u64 = 1 << 20;
+
+/// A reader that fails once more than [`MAX_MANIFEST_PIECE`] bytes have been read since the last mark.
+struct PieceLimit<R> {
+    inner: R,
+    since_mark: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for PieceLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.since_mark.get() + n as u64;
+        self.since_mark.set(total);
+        if total > MAX_MANIFEST_PIECE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a manifest field or file record is larger than {MAX_MANIFEST_PIECE} bytes"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// What [`Manifest::read_streaming`] calls, and the first error a callback returned.
+struct RecordSink<H, F, E> {
+    on_head: H,
+    on_file: F,
+    stopped: Option<StreamingError<E>>,
+    /// The [`PieceLimit`]'s count: reset before each record.
+    since_mark: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<H, F, E> RecordSink<H, F, E> {
+    /// Keeps `error` for the caller; serde gets a placeholder that ends the parse.
+    fn stop<D: serde::de::Error>(&mut self, error: StreamingError<E>) -> D {
+        self.stopped = Some(error);
+        D::custom("stopped")
+    }
+}
+
+/// Visits the manifest object: every field but `files` into a small map (the head), then `files` one record at a
+/// time.
+struct ManifestVisitor<'s, H, F, E> {
+    sink: &'s mut RecordSink<H, F, E>,
+}
+
+/// The head as a manifest without files.
+fn head_of(head: &serde_json::Map<String, serde_json::Value>) -> Result<Manifest, serde_json::Error> {
+    let mut head = head.clone();
+    head.insert("files".into(), serde_json::Value::Array(Vec::new()));
+    serde_json::from_value(serde_json::Value::Object(head))
+}
+
+impl<'de, H, F, E> serde::de::Visitor<'de> for ManifestVisitor<'_, H, F, E>
+where
+    H: FnMut(&Manifest) -> Result<(), E>,
+    F: FnMut(FileRecord) -> Result<(), E>,
+{
+    type Value = Manifest;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a manifest object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Manifest, A::Error> {
+        use serde::de::Error as _;
+        let mut head = serde_json::Map::new();
+        let mut files_seen = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "files" {
+                let value = map.next_value::<serde_json::Value>()?;
+                if head.insert(key.clone(), value).is_some() {
+                    return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                }
+                continue;
+            }
+            if std::mem::replace(&mut files_seen, true) {
+                return Err(A::Error::duplicate_field("files"));
+            }
+            // Every field but the files comes first (the producer writes them so): the head is checked before
+            // the first record.
+            let manifest = head_of(&head).map_err(A::Error::custom)?;
+            if manifest.format != MANIFEST_FORMAT {
+                let error = ManifestError::UnsupportedFormat { found: manifest.format };
+                return Err(self.sink.stop(StreamingError::Manifest(error)));
+            }
+            if let Err(e) = (self.sink.on_head)(&manifest) {
+                return Err(self.sink.stop(StreamingError::Stopped(e)));
+            }
+            map.next_value_seed(FilesSeed { sink: &mut *self.sink })?;
+        }
+        if !files_seen {
+            return Err(A::Error::missing_field("files"));
+        }
+        head_of(&head).map_err(A::Error::custom)
+    }
+}
+
+/// The `files` array, handed over record by record.
+struct FilesSeed<'s, H, F, E> {
+    sink: &'s mut RecordSink<H, F, E>,
+}
+
+impl<'de, H, F, E> serde::de::DeserializeSeed<'de> for FilesSeed<'_, H, F, E>
+where
+    F: FnMut(FileRecord) -> Result<(), E>,
+{
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, H, F, E> serde::de::Visitor<'de> for FilesSeed<'_, H, F, E>
+where
+    F: FnMut(FileRecord) -> Result<(), E>,
+{
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a list of file records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(record) = {
+            self.sink.since_mark.set(0);
+            seq.next_element::<FileRecord>()?
+        } {
+            if let Err(e) = (self.sink.on_file)(record) {
+                return Err(self.sink.stop(StreamingError::Stopped(e)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// Reads a manifest from `reader` without ever holding its file list, so its size does not count against
+    /// memory: `on_head` gets the manifest without files (every other field, format checked) before the first
+    /// record, and `on_file` each file record, in the manifest's order. A callback's error stops the read and is
+    /// returned as [`StreamingError::Stopped`]. Returns the manifest without files. Memory is bounded whatever the
+    /// manifest says: a head or a record over [`MAX_MANIFEST_PIECE`] bytes is an error. (Give it a buffered
+    /// reader: it reads a byte at a time.)
+    pub fn read_streaming<R: std::io::Read, E>(
+        reader: R,
+        on_head: impl FnMut(&Manifest) -> Result<(), E>,
+        on_file: impl FnMut(FileRecord) -> Result<(), E>,
+    ) -> Result<Manifest, StreamingError<E>> {
+        let since_mark = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut sink = RecordSink { on_head, on_file, stopped: None, since_mark: std::rc::Rc::clone(&since_mark) };
+        let mut deserializer = serde_json::Deserializer::from_reader(PieceLimit { inner: reader, since_mark });
+        let parsed = serde::Deserializer::deserialize_map(&mut deserializer, ManifestVisitor { sink: &mut sink })
+            .and_then(|manifest| deserializer.end().map(|()| manifest));
+        match (sink.stopped, parsed) {
+            (Some(stopped), _) => Err(stopped),
+            (None, Ok(manifest)) => Ok(manifest),
+            (None, Err(e)) => Err(StreamingError::Manifest(ManifestError::Json(e))),
+        }
     }
 }
 
@@ -264,9 +479,66 @@ mod tests {
         let manifest = sample();
         let json = manifest.to_json();
         let text = String::from_utf8(json.clone()).unwrap();
-        assert!(text.contains("\"path\": \"db/t1.ibd\""), "{text}");
-        assert!(text.contains("\"hex\": \"626164ff6e616d65\""), "{text}");
+        assert!(text.contains("\"path\":\"db/t1.ibd\""), "{text}");
+        assert!(text.contains("\"hex\":\"626164ff6e616d65\""), "{text}");
         assert_eq!(Manifest::from_json(&json).unwrap(), manifest);
+        // One line per file record (and per stream), nothing indented.
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.iter().filter(|line| line.starts_with("{\"path\":")).count(), 2, "{text}");
+        assert!(lines.iter().any(|line| line.starts_with("{\"index\":0,")), "{text}");
+        assert!(!text.contains("  "), "{text}");
+    }
+
+    #[test]
+    fn read_streaming_hands_over_every_record_after_the_head() {
+        let manifest = sample();
+        let json = manifest.to_json();
+        let (mut heads, mut files) = (Vec::new(), Vec::new());
+        let head = Manifest::read_streaming(
+            &json[..],
+            |head: &Manifest| -> Result<(), String> {
+                heads.push(head.clone());
+                Ok(())
+            },
+            |record| {
+                files.push(record);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(files, manifest.files);
+        assert_eq!(heads, vec![Manifest { files: Vec::new(), ..manifest.clone() }]);
+        assert_eq!(head, Manifest { files: Vec::new(), ..manifest.clone() });
+        // A callback's error stops the read and comes back as it was.
+        let stopped =
+            Manifest::read_streaming(&json[..], |_: &Manifest| Ok(()), |_| Err("no".to_string())).unwrap_err();
+        assert!(matches!(stopped, StreamingError::Stopped(ref e) if e == "no"), "{stopped:?}");
+        // Another format version is refused before any record; garbage and a cut document are errors.
+        let mut other = manifest.clone();
+        other.format = 99;
+        let refused = Manifest::read_streaming(
+            &other.to_json()[..],
+            |_: &Manifest| Ok::<(), String>(()),
+            |_| panic!("no record of an unknown format is handed over"),
+        )
+        .unwrap_err();
+        assert!(matches!(refused, StreamingError::Manifest(ManifestError::UnsupportedFormat { found: 99 })));
+        // A field or a record past the limit is refused (the parser never holds it whole).
+        let mut padded = manifest.clone();
+        padded.tool = "x".repeat(MAX_MANIFEST_PIECE as usize + 1);
+        let mut huge = manifest.clone();
+        huge.files[1].path = WirePath(vec![b'a'; MAX_MANIFEST_PIECE as usize + 1]);
+        for oversized in [padded, huge] {
+            let error =
+                Manifest::read_streaming(&oversized.to_json()[..], |_: &Manifest| Ok::<(), String>(()), |_| Ok(()))
+                    .unwrap_err();
+            let StreamingError::Manifest(error) = error else { panic!("{error:?}") };
+            assert!(error.to_string().contains("larger than 1048576 bytes"), "{error}");
+        }
+        for broken in [&json[..json.len() / 2], b"{\"format\": 1}".as_slice(), b"[]".as_slice()] {
+            let error = Manifest::read_streaming(broken, |_: &Manifest| Ok::<(), String>(()), |_| Ok(())).unwrap_err();
+            assert!(matches!(error, StreamingError::Manifest(ManifestError::Json(_))), "{error:?}");
+        }
     }
 
     #[test]
