@@ -26,6 +26,7 @@ pub mod compress;
 pub mod config;
 pub mod file;
 pub mod pipeline;
+pub mod records;
 pub mod scan;
 pub mod sink;
 pub mod stats;

@@ -25,7 +25,7 @@ use proto::cancel::{recv, send, Cancel, Cancelled};
 use proto::chunk::{encoded_header_len, ChunkKind};
 use proto::fifo::{self, End, FifoSet};
 use proto::idle::{Activity, IdlePipe};
-use proto::manifest::{self, Compression, Digest, FileRecord, Manifest, StreamRecord, WirePath};
+use proto::manifest::{self, Compression, Digest, FileRecord, Manifest, ManifestWriter, StreamRecord, WirePath};
 use proto::marker::StreamMarker;
 use proto::pool::{BufferPool, PooledBuffer};
 use sha1::{Digest as _, Sha1};
@@ -34,6 +34,7 @@ use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
 use crate::file::{FileState, Job, Outlet, Read, ReadBatch, BATCH_FILES_MAX, BATCH_FILE_MAX};
+use crate::records::RecordLog;
 use crate::scan;
 use crate::sink::{BatchEntry, DirectorySink, Sink, SinkReport, StreamItem, StreamSink};
 use crate::stats::Stats;
@@ -96,7 +97,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         senders: RwLock::new(stream_senders.into_iter().map(Some).collect()),
         next: AtomicUsize::new(0),
         counts: (0..stream_count).map(|_| StreamCount::default()).collect(),
-        records: Mutex::new(Vec::new()),
+        records: Mutex::default(),
         in_flight: Mutex::new(HashMap::new()),
         order: Mutex::default(),
         cancel: cancel.clone(),
@@ -310,16 +311,9 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
             }
         }
         if !failure.failed() {
-            let mut files = std::mem::take(&mut *router.records.lock().unwrap_or_else(|e| e.into_inner()));
-            let documents = build_documents(config, &router, &mut files, created_unix, &backup_id);
-            for (path, bytes, counted) in documents {
-                let item = StreamItem::Document { path, bytes: Arc::new(bytes), chunk_size: config.chunk_size };
-                if let Err(e) = router.send_document(item, counted) {
-                    failure.record(e);
-                    break;
-                }
+            if let Err(e) = send_documents(config, &router, &pool, created_unix, &backup_id) {
+                failure.record(e);
             }
-            *router.records.lock().unwrap_or_else(|e| e.into_inner()) = files;
         }
         router.close(0);
         reports[0] = failure.joined(first.join(), "writer").flatten();
@@ -339,8 +333,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     }
     let records = router.records.into_inner().unwrap_or_else(|e| e.into_inner());
     let elapsed = started.elapsed().as_secs_f64();
-    let bytes: u64 = records.iter().filter(|r| !is_meta(r)).map(|r| r.size).sum();
-    let files = records.iter().filter(|r| !is_meta(r)).count() as u64;
+    // The SHA-1 list is not counted among the files (it is recorded after the stats were taken).
+    let (files, bytes) = (records.files(), records.bytes());
     let stats = Stats {
         files,
         bytes,
@@ -425,22 +419,46 @@ fn compression(config: &Config) -> Compression {
     }
 }
 
-fn is_meta(record: &FileRecord) -> bool {
-    record.path.0 == manifest::SHA1SUMS_NAME.as_bytes()
-}
-
-/// The closing documents, in order: the SHA-1 list (with `--digest sha1`; counted in the stream totals and listed
-/// in the manifest) and the manifest itself (never counted). `files` gets the SHA-1 list's record.
-fn build_documents(
+/// The closing documents, written on stream 0 as they are made, a pool buffer at a time (never whole in memory,
+/// whatever the number of files): the SHA-1 list (with `--digest sha1`; counted in the stream totals and listed in
+/// the manifest), then the manifest (never counted).
+fn send_documents(
     config: &Config,
     router: &Router,
-    files: &mut Vec<FileRecord>,
+    pool: &BufferPool,
     created_unix: u64,
     backup_id: &str,
-) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut documents = Vec::new();
-    let mut manifest = Manifest {
+) -> Result<()> {
+    let mut records = std::mem::take(&mut *router.records.lock().unwrap_or_else(|e| e.into_inner()));
+    if records.spilled() > 0 {
+        log::info!("{} of {} manifest records were kept in a temporary file", records.spilled(), records.files());
+    }
+    if config.digest == Digest::Sha1 {
+        let name = manifest::SHA1SUMS_NAME.as_bytes().to_vec();
+        let mut list = DocumentPieces::new(router, pool, name.clone(), config.chunk_size, true);
+        let mut line = Vec::new();
+        records.for_each(|record| {
+            line.clear();
+            record.sha1sums_line(&mut line);
+            Ok(std::io::Write::write_all(&mut list, &line)?)
+        })?;
+        let written = list.finish()?;
+        // Counted on stream 0 now, so the manifest's stream totals include it.
+        router.count(0, &name, written.chunks, written.len);
+        records.push_uncounted(FileRecord {
+            path: WirePath(name),
+            size: written.len,
+            mode: 0o644,
+            mtime: created_unix as i64,
+            chunks: written.chunks,
+            crc32: written.crc,
+            sha1: written.sha1,
+            stored: None,
+            corrupt_pages: Vec::new(),
+            corrupt_pages_total: 0,
+        })?;
+    }
+    let head = Manifest {
         format: manifest::MANIFEST_FORMAT,
         tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
         created_unix,
@@ -448,42 +466,107 @@ fn build_documents(
         chunk_size: config.chunk_size as u64,
         compression: compression(config),
         digest: config.digest,
-        streams: Vec::new(),
-        files: std::mem::take(files),
+        streams: router
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(index, count)| StreamRecord {
+                index: index as u32,
+                chunks: count.chunks.load(Ordering::Relaxed),
+                bytes: count.bytes.load(Ordering::Relaxed),
+            })
+            .collect(),
+        files: Vec::new(),
     };
-    if config.digest == Digest::Sha1 {
-        let list = manifest.sha1sums();
-        let name = manifest::SHA1SUMS_NAME.as_bytes().to_vec();
-        let chunks = list.len().div_ceil(config.chunk_size) as u64;
-        manifest.files.push(FileRecord {
-            path: WirePath(name.clone()),
-            size: list.len() as u64,
-            mode: 0o644,
-            mtime: created_unix as i64,
-            chunks,
-            crc32: proto::CrcPiece::of(&list).crc,
-            sha1: Some(hex::encode(Sha1::digest(&list))),
-            stored: None,
-            corrupt_pages: Vec::new(),
-            corrupt_pages_total: 0,
-        });
-        // Count it on stream 0 now, so the manifest's stream totals include it.
-        router.count(0, &name, chunks, list.len() as u64);
-        documents.push((name, list, true));
+    let pieces =
+        DocumentPieces::new(router, pool, manifest::MANIFEST_NAME.as_bytes().to_vec(), config.chunk_size, false);
+    let mut manifest = ManifestWriter::new(pieces, &head)?;
+    records.for_each(|record| Ok(manifest.record(record)?))?;
+    manifest.finish()?.finish()?;
+    *router.records.lock().unwrap_or_else(|e| e.into_inner()) = records;
+    Ok(())
+}
+
+/// A document written to stream 0 as it is made, one chunk (in a pool buffer) at a time.
+struct DocumentPieces<'r> {
+    router: &'r Router,
+    pool: &'r BufferPool,
+    path: Vec<u8>,
+    chunk_size: usize,
+    piece: Option<PooledBuffer>,
+    written: Written,
+    crc: proto::CrcPiece,
+    sha1: Option<Sha1>,
+}
+
+/// What a [`DocumentPieces`] wrote.
+#[derive(Debug, Default)]
+struct Written {
+    len: u64,
+    chunks: u64,
+    crc: u32,
+    sha1: Option<String>,
+}
+
+impl<'r> DocumentPieces<'r> {
+    fn new(router: &'r Router, pool: &'r BufferPool, path: Vec<u8>, chunk_size: usize, sha1: bool) -> Self {
+        DocumentPieces {
+            router,
+            pool,
+            path,
+            chunk_size,
+            piece: None,
+            written: Written::default(),
+            crc: proto::CrcPiece::default(),
+            sha1: sha1.then(Sha1::new),
+        }
     }
-    manifest.streams = router
-        .counts
-        .iter()
-        .enumerate()
-        .map(|(index, count)| StreamRecord {
-            index: index as u32,
-            chunks: count.chunks.load(Ordering::Relaxed),
-            bytes: count.bytes.load(Ordering::Relaxed),
-        })
-        .collect();
-    documents.push((manifest::MANIFEST_NAME.as_bytes().to_vec(), manifest.to_json(), false));
-    *files = manifest.files;
-    documents
+
+    /// Sends the piece filled so far (nothing if it is empty).
+    fn send_piece(&mut self) -> Result<()> {
+        let Some(piece) = self.piece.take().filter(|piece| !piece.is_empty()) else { return Ok(()) };
+        self.crc = self.crc.append(proto::CrcPiece::of(&piece));
+        if let Some(sha1) = &mut self.sha1 {
+            sha1.update(&piece[..]);
+        }
+        let (offset, len) = (self.written.len, piece.len() as u64);
+        self.router.send(0, StreamItem::DocumentPiece { path: self.path.clone(), offset, data: piece })?;
+        self.written.len += len;
+        self.written.chunks += 1;
+        Ok(())
+    }
+
+    /// Sends the last piece and the document's end; reports what was written.
+    fn finish(mut self) -> Result<Written> {
+        self.send_piece()?;
+        self.router.send(0, StreamItem::DocumentEnd { path: self.path.clone() })?;
+        self.written.crc = self.crc.crc;
+        self.written.sha1 = self.sha1.take().map(|sha1| hex::encode(sha1.finalize()));
+        Ok(self.written)
+    }
+}
+
+impl std::io::Write for DocumentPieces<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.piece.is_none() {
+            let mut piece = self.pool.take(&self.router.cancel).map_err(std::io::Error::other)?;
+            piece.set_len(0);
+            self.piece = Some(piece);
+        }
+        let piece = self.piece.as_mut().expect("taken above");
+        let start = piece.len();
+        let n = buf.len().min(self.chunk_size - start);
+        piece.set_len(start + n);
+        piece[start..].copy_from_slice(&buf[..n]);
+        if piece.len() == self.chunk_size {
+            self.send_piece().map_err(std::io::Error::other)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn stream_name(config: &Config, index: usize) -> String {
@@ -582,8 +665,8 @@ struct Router {
     senders: RwLock<Vec<Option<Sender<StreamItem>>>>,
     next: AtomicUsize,
     counts: Vec<StreamCount>,
-    /// Every completed file's record, for the manifest.
-    records: Mutex<Vec<FileRecord>>,
+    /// Every completed file's record, for the manifest (beyond a bound, in a temporary file).
+    records: Mutex<RecordLog>,
     /// Files handed out by the scanner that have neither ended nor vanished yet, by file number. Bounded: the
     /// scanner runs at most a channel's length ahead of the readers.
     in_flight: Mutex<HashMap<u64, Arc<FileState>>>,
@@ -677,12 +760,6 @@ impl Router {
         Ok(())
     }
 
-    /// Sends a producer-made document to stream 0; `counted` says whether it belongs in the stream totals (those
-    /// were already added by [`Router::count`]).
-    fn send_document(&self, item: StreamItem, _counted: bool) -> Result<()> {
-        self.send(0, item)
-    }
-
     /// The scanner hands `file` out.
     fn started(&self, file: &Arc<FileState>) {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(file.number, Arc::clone(file));
@@ -729,7 +806,7 @@ impl Outlet for Router {
             .bytes
             .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
         self.release(file.number, file.number + 1, Some((stream, StreamItem::Eof { file: Arc::clone(file) })))?;
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record)?;
         self.finished(file);
         Ok(())
     }
@@ -763,7 +840,11 @@ impl Outlet for Router {
         let ReadBatch { data, files } = batch;
         let through = files.last().expect("not empty").file.number + 1;
         self.release(first, through, Some((stream, StreamItem::Batch { data, files: entries })))?;
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).extend(records);
+        let mut log = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            log.push(record)?;
+        }
+        drop(log);
         for file in &files {
             self.finished(&file.file);
         }

@@ -45,6 +45,21 @@ pub enum StreamItem {
         /// Each file and its place in `data`.
         files: Vec<BatchEntry>,
     },
+    /// A piece of a document the producer writes as it makes it (the manifest, the SHA-1 list): one payload
+    /// chunk at `offset`, in a pool buffer.
+    DocumentPiece {
+        /// Wire path.
+        path: Vec<u8>,
+        /// Offset of these bytes in the document.
+        offset: u64,
+        /// The bytes.
+        data: PooledBuffer,
+    },
+    /// The end of a document sent in pieces.
+    DocumentEnd {
+        /// Wire path.
+        path: Vec<u8>,
+    },
     /// A whole small file the producer made itself (the manifest, the SHA-1 list), written as payload chunks of at
     /// most `chunk_size` and an `E`.
     Document {
@@ -153,6 +168,14 @@ impl Sink for StreamSink {
                     self.writer.write_eof(entry.file.wire())?;
                     self.chunks += 1;
                 }
+            }
+            StreamItem::DocumentPiece { path, offset, data } => {
+                self.writer.write_payload(&path, offset, &data)?;
+                self.chunks += 1;
+            }
+            StreamItem::DocumentEnd { path } => {
+                self.writer.write_eof(&path)?;
+                self.chunks += 1;
             }
             StreamItem::Document { path, bytes, chunk_size } => {
                 for (i, piece) in bytes.chunks(chunk_size.max(1)).enumerate() {
@@ -285,6 +308,12 @@ impl DirectorySink {
         Ok(&self.open[wire])
     }
 
+    /// Makes every file written so far durable (`syncfs`).
+    fn sync_all_files(&self) -> Result<()> {
+        let root = File::open(&self.root).with_context(|| format!("cannot open {}", self.root.display()))?;
+        nix::unistd::syncfs(&root).with_context(|| format!("cannot sync {}", self.root.display()))
+    }
+
     fn close(&mut self, wire: &[u8], mode: Option<u32>) -> Result<()> {
         self.file(wire)?;
         let file = self.open.remove(wire).expect("just opened");
@@ -336,12 +365,27 @@ impl Sink for DirectorySink {
                     self.chunks += 1 + u64::from(!entry.range.is_empty());
                 }
             }
+            StreamItem::DocumentPiece { path, offset, data } => {
+                if path == proto::MANIFEST_NAME.as_bytes() && offset == 0 {
+                    // The manifest says the copy is complete: make everything else durable first.
+                    self.sync_all_files()?;
+                }
+                let file = self.file(&path)?;
+                file.write_all_at(&data, offset)
+                    .with_context(|| format!("cannot write {}", String::from_utf8_lossy(&path)))?;
+                self.bytes += data.len() as u64;
+                self.chunks += 1;
+            }
+            StreamItem::DocumentEnd { path } => {
+                let file = self.file(&path)?;
+                file.sync_all().with_context(|| format!("cannot sync {}", String::from_utf8_lossy(&path)))?;
+                self.close(&path, Some(0o644))?;
+                self.chunks += 1;
+            }
             StreamItem::Document { path, bytes, .. } => {
                 if path == proto::MANIFEST_NAME.as_bytes() {
                     // The manifest says the copy is complete: make everything else durable first.
-                    let root =
-                        File::open(&self.root).with_context(|| format!("cannot open {}", self.root.display()))?;
-                    nix::unistd::syncfs(&root).with_context(|| format!("cannot sync {}", self.root.display()))?;
+                    self.sync_all_files()?;
                 }
                 let file = self.file(&path)?;
                 file.write_all_at(&bytes, 0)?;

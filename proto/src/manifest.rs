@@ -223,15 +223,16 @@ impl serde_json::ser::Formatter for RecordPerLine {
 }
 
 impl Manifest {
-    /// Serialises to JSON, one line per file record, with a trailing newline.
+    /// Serialises to JSON, one line per file record, with a trailing newline (what [`ManifestWriter`] writes).
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.files.len() * 128);
-        let mut serializer = serde_json::Serializer::with_formatter(&mut out, RecordPerLine { depth: 0 });
-        self.serialize(&mut serializer).expect("a manifest always serialises");
-        out.push(b'\n');
-        out
+        let head = Manifest { files: Vec::new(), ..self.clone() };
+        let mut writer = ManifestWriter::new(Vec::with_capacity(256 + self.files.len() * 128), &head)
+            .expect("writing to memory cannot fail");
+        for record in &self.files {
+            writer.record(record).expect("writing to memory cannot fail");
+        }
+        writer.finish().expect("writing to memory cannot fail")
     }
-
     /// Parses and checks the format version.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let manifest: Manifest = serde_json::from_slice(bytes)?;
@@ -246,14 +247,58 @@ impl Manifest {
     pub fn sha1sums(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for file in &self.files {
-            if let Some(sha1) = &file.sha1 {
-                out.extend_from_slice(sha1.as_bytes());
-                out.extend_from_slice(b"  ");
-                out.extend_from_slice(&file.path.0);
-                out.push(b'\n');
-            }
+            file.sha1sums_line(&mut out);
         }
         out
+    }
+}
+
+impl FileRecord {
+    /// Appends this file's line of the `sha1sum -c` list (`<hex>  <path>`), if it carries a SHA-1.
+    pub fn sha1sums_line(&self, out: &mut Vec<u8>) {
+        if let Some(sha1) = &self.sha1 {
+            out.extend_from_slice(sha1.as_bytes());
+            out.extend_from_slice(b"  ");
+            out.extend_from_slice(&self.path.0);
+            out.push(b'\n');
+        }
+    }
+}
+
+/// Writes a manifest piece by piece — the head, then one file record at a time — so that a producer with
+/// millions of files never holds the whole document (or every record) in memory. The bytes are exactly
+/// [`Manifest::to_json`]'s.
+pub struct ManifestWriter<W> {
+    out: W,
+    records: u64,
+}
+
+impl<W: std::io::Write> ManifestWriter<W> {
+    /// Starts the manifest `head` (its `files` must be empty: they follow with [`ManifestWriter::record`]).
+    pub fn new(mut out: W, head: &Manifest) -> std::io::Result<ManifestWriter<W>> {
+        assert!(head.files.is_empty(), "the head of a manifest carries no files");
+        let mut bytes = Vec::new();
+        let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, RecordPerLine { depth: 0 });
+        head.serialize(&mut serializer).map_err(std::io::Error::other)?;
+        // `files` is the last field: the head ends with its empty list, which the records fill.
+        let open = bytes.strip_suffix(b"\n]}").expect("the files list closes the manifest");
+        out.write_all(open)?;
+        Ok(ManifestWriter { out, records: 0 })
+    }
+
+    /// Appends one file record, on its own line.
+    pub fn record(&mut self, record: &FileRecord) -> std::io::Result<()> {
+        self.out.write_all(if self.records == 0 { b"\n" } else { b",\n" })?;
+        self.records += 1;
+        // At the depth of the files list, so nested lists stay on the record's line.
+        let mut serializer = serde_json::Serializer::with_formatter(&mut self.out, RecordPerLine { depth: 2 });
+        record.serialize(&mut serializer).map_err(std::io::Error::other)
+    }
+
+    /// Closes the manifest (with a trailing newline) and returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out.write_all(b"\n]}\n")?;
+        Ok(self.out)
     }
 }
 
