@@ -190,3 +190,73 @@ fn files_first_appear_in_scan_order_so_mbstream_creates_every_directory() {
         }
     }
 }
+
+/// Past its bound on ended files kept in memory (an eighth of `--memory-limit`, at least 1,024 files a writer: that at 2M), the
+/// consumer forgets whole small files and checks each from disk when its manifest record comes: 10,000 files
+/// restore exactly; a file missing from the stream is named; a file in the stream but not in the manifest is an
+/// error — whether it was forgotten or not.
+#[test]
+fn files_beyond_the_memory_bound_are_checked_from_disk() {
+    const FILES: usize = 10_000;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tiny_files(&src, FILES);
+    let stream = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).args([
+            "--stream=xbstream",
+            "--digest",
+            "sha1",
+            "--read-buffer-size",
+            "1M",
+        ]),
+        LONG,
+    );
+    let extract = |stream: &[u8], name: &str| {
+        let out = work.path().join(name);
+        let output = consume(
+            &[
+                "-v",
+                "extract",
+                "--no-fsync",
+                "--memory-limit",
+                "2M",
+                "--max-chunk-size",
+                "1M",
+                "-C",
+                out.to_str().unwrap(),
+            ],
+            stream,
+        );
+        (out, output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (out, ok, message) = extract(&stream, "whole");
+    assert!(ok && message.contains("all verified against backup-manifest.json"), "{message}");
+    assert!(message.contains("checked from disk"), "the bound was reached: {message}");
+    assert_same_tree(&src, &out);
+
+    // Without the chunks of two files: one early (kept in memory), one late (forgotten by then).
+    let chunks: Vec<_> = proto::ChunkReader::new(&stream[..]).collect::<Result<_, _>>().unwrap();
+    let rebuild = |keep: &dyn Fn(&[u8]) -> bool, extra: bool| {
+        let mut writer = proto::ChunkWriter::new(Vec::new());
+        for (header, payload) in chunks.iter().filter(|(header, _)| keep(&header.path)) {
+            let manifest_starts = header.kind == proto::ChunkKind::Payload && header.file_offset == 0;
+            if header.path == proto::MANIFEST_NAME.as_bytes() && manifest_starts && extra {
+                writer.write_payload(b"db00/zz-extra.frm", 0, b"not in the manifest").unwrap();
+                writer.write_eof(b"db00/zz-extra.frm").unwrap();
+            }
+            match header.kind {
+                proto::ChunkKind::Payload => writer.write_payload(&header.path, header.file_offset, payload).unwrap(),
+                proto::ChunkKind::Eof => writer.write_eof(&header.path).unwrap(),
+            }
+        }
+        writer.into_inner()
+    };
+    let (_, ok, message) = extract(&rebuild(&|p| p != b"db00/t000000.frm" && p != b"db99/t009999.frm", false), "cut");
+    assert!(!ok, "{message}");
+    assert!(message.contains("2 file(s) listed in the manifest never arrived"), "{message}");
+    assert!(message.contains("db00/t000000.frm") && message.contains("db99/t009999.frm"), "{message}");
+    let (out, ok, message) = extract(&rebuild(&|_| true, true), "extra");
+    assert!(!ok, "{message}");
+    assert!(message.contains("not in the manifest"), "{message}");
+    assert!(!out.join("backup-manifest.json").exists());
+}

@@ -347,15 +347,18 @@ fn ssh_four_connections_into_a_remote_extract_arrive_whole() {
 #[test]
 fn ssh_a_remote_consumer_that_dies_mid_stream_fails_the_recipe() {
     let (sshd, _dir, src, out) = ssh_fixture();
+    // More than the connections, ssh and the pipes can hold (a few MiB each), so the kill lands mid-stream even
+    // when the remote consumer starts late and finds what was buffered meanwhile.
+    fs::File::create(src.join("huge.ibd")).unwrap().set_len(48 << 20).unwrap();
     let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
-    let running = ssh_recipe(&sshd, &remote, &src, &["--rate", "2M"]);
+    let running = ssh_recipe(&sshd, &remote, &src, &["--rate", "8M"]);
     wait_until_staged(&out);
     let pids = wait_for_process(&format!("extract -C {} --fifo-dir", out.display()), SHORT);
     Command::new("kill").arg("-KILL").args(&pids).status().unwrap();
     let output = running.wait_output(LONG);
     assert!(!output.status.success(), "exited 0 although the remote consumer was killed: {}", stderr(&output));
     assert!(stderr(&output).contains("error:"), "{}", stderr(&output));
-    assert!(!out.join("big.ibd").exists());
+    assert!(!out.join("big.ibd").exists() && !out.join("huge.ibd").exists());
 }
 
 #[test]

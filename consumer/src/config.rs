@@ -24,8 +24,9 @@ pub struct ExtractConfig {
     pub writers: usize,
     /// Buffers in the pool.
     pub buffers: usize,
-    /// Largest manifest accepted (it is held in memory): the --memory-limit.
-    pub manifest_limit: u64,
+    /// The --memory-limit: the pool's cap, the largest manifest `--list` holds in memory, and (an eighth of it)
+    /// the writers' bound on ended files kept in memory.
+    pub memory_limit: u64,
     /// Size of each buffer = the largest payload accepted.
     pub buffer_size: usize,
     /// Replace existing files.
@@ -107,7 +108,7 @@ impl ExtractConfig {
             idle_timeout: args.fifo.idle_timeout(),
             writers: args.parallel,
             buffers,
-            manifest_limit: memory_limit,
+            memory_limit,
             buffer_size: buffer_size as usize,
             overwrite: args.overwrite,
             fsync: !args.no_fsync,
@@ -227,7 +228,7 @@ pub fn get_config(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Res
                 idle_timeout: None,
                 writers: args.writers,
                 buffers,
-                manifest_limit: memory_limit,
+                memory_limit,
                 buffer_size: max_chunk as usize,
                 overwrite: args.overwrite,
                 fsync: !args.no_fsync,

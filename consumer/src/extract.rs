@@ -69,7 +69,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
     let pool = BufferPool::new(config.buffers, config.buffer_size);
     let failure = Failure::new(cancel.clone());
     // Whether writers hash files as they arrive: asked for (--digest sha1), or announced by the streams' markers.
-    let hash_files = AtomicBool::new(config.stream_sha1);
+    let announced = Announced { hash_files: AtomicBool::new(config.stream_sha1), marked: AtomicBool::new(false) };
     let same_backup = Arc::new(SameBackup::default());
     let counters = Arc::new(Counters::default());
     let progress = Progress::start(config.progress, Arc::clone(&counters), "extract");
@@ -82,13 +82,13 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
             .into_iter()
             .enumerate()
             .map(|(index, receiver)| {
-                let (target, cancel, failure, hash_files) = (&target, &cancel, &failure, &hash_files);
+                let (target, cancel, failure, announced) = (&target, &cancel, &failure, &announced);
                 let single_stream = stream_count == 1;
                 let name = format!("writer-{index}");
                 thread::Builder::new()
                     .name(name.clone())
                     .spawn_scoped(scope, move || {
-                        let mut writer = Writer::new(index, target, single_stream, config, hash_files);
+                        let mut writer = Writer::new(index, target, single_stream, config, announced);
                         failure.run_stage(&name, || writer.serve(&receiver, cancel));
                     })
                     .expect("spawn writer")
@@ -123,7 +123,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
             .enumerate()
             .map(|(index, input)| {
                 let (senders, decompress_sender) = (senders.clone(), decompress_sender.clone());
-                let (pool, cancel, failure, counters, hash_files) = (&pool, &cancel, &failure, &counters, &hash_files);
+                let (pool, cancel, failure, counters, announced) = (&pool, &cancel, &failure, &counters, &announced);
                 let name = format!("reader-{index}");
                 let same_backup = Arc::clone(&same_backup);
                 thread::Builder::new()
@@ -144,7 +144,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                             pool,
                             cancel,
                             counters,
-                            hash_files,
+                            announced,
                         };
                         failure.run_stage(&name, || read_stream(source, &readers))
                     })
@@ -259,7 +259,16 @@ struct Readers<'a> {
     pool: &'a BufferPool,
     cancel: &'a Cancel,
     counters: &'a Counters,
-    hash_files: &'a AtomicBool,
+    announced: &'a Announced,
+}
+
+/// What the streams' markers announced, shared by readers (who learn it from the first chunk) and writers.
+struct Announced {
+    /// Hash files as they arrive: `--digest sha1`, or the producer recorded SHA-1s.
+    hash_files: AtomicBool,
+    /// The streams are ours (marked): a manifest must follow, so ended small files may be forgotten and checked
+    /// from disk against it (see [`Writer::check`]).
+    marked: AtomicBool,
 }
 
 /// A chunk on its way to the writer that owns its file.
@@ -331,7 +340,7 @@ enum WriterMessage {
 /// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads). Small
 /// chunks go in batches ([`crate::batch`]), except with `--decompress`.
 fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<StreamEnd> {
-    let Readers { config, writers, pool, cancel, counters, hash_files, .. } = *shared;
+    let Readers { config, writers, pool, cancel, counters, announced, .. } = *shared;
     let index = source.index();
     let mut own: Option<PooledBuffer> = None;
     let mut batch: Option<ChunkBatch> = None;
@@ -366,9 +375,12 @@ fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<StreamEnd> 
         let mut destination = Destination::new(own.as_mut().expect("taken above"), batch.as_mut());
         let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut destination)? else { break };
         let in_batch = destination.in_batch();
-        if source.marker().is_some_and(|marker| marker.digest == Digest::Sha1) {
-            // The producer announced SHA-1s: hash files as they arrive rather than re-read them at the end.
-            hash_files.store(true, Ordering::SeqCst);
+        if let Some(marker) = source.marker() {
+            announced.marked.store(true, Ordering::SeqCst);
+            if marker.digest == Digest::Sha1 {
+                // The producer announced SHA-1s: hash files as they arrive rather than re-read them at the end.
+                announced.hash_files.store(true, Ordering::SeqCst);
+            }
         }
         counters.bytes_done.fetch_add(header.payload_len, Ordering::Relaxed);
         let writer = owner(&header.path, writers.len());
@@ -647,18 +659,28 @@ struct Writer<'a> {
     target: &'a Target,
     /// Files still being written, or ended with bytes out of order, decompressed, or the manifest.
     files: HashMap<Vec<u8>, Slot>,
-    /// Files ended with every byte in order, closed: a few dozen bytes each, so a million small files fit.
+    /// Files ended with every byte in order, closed: ~150 bytes each with the map's overhead, up to
+    /// `ended_limit` of them.
     ended: HashMap<Box<[u8]>, Ended>,
+    /// How many ended files are kept in memory; further whole small files of a marked stream are forgotten.
+    ended_limit: usize,
+    /// Whole small files written and forgotten: each is checked from disk against its record ([`Writer::check`]).
+    forgotten: u64,
+    /// Records checked against a forgotten file.
+    recalled: u64,
     /// The staging directory files were last created in (files of one directory come one after another).
     last_dir: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
     /// What the checks found so far.
     found: Verified,
     single_stream: bool,
     fadvise: bool,
-    /// Hash each file as its bytes arrive in order, so its SHA-1 need not be re-read (`--digest sha1`, or the
-    /// streams' markers announced SHA-1s; read when a file's first chunk arrives).
-    hash_files: &'a AtomicBool,
+    /// What the markers announced: whether to hash files as they arrive, so a SHA-1 need not be re-read (read
+    /// when a file's first chunk arrives), and whether a manifest must follow.
+    announced: &'a Announced,
 }
+
+/// Memory per ended file kept by a writer, for [`Writer::ended_limit`]: its key, its record and the map's share.
+const ENDED_BYTES: u64 = 200;
 
 /// A file whose end-of-file chunk came after all its bytes, in order, and is closed: what its final check needs.
 /// Its name and path for messages come back from its key ([`Target::partial`]).
@@ -696,18 +718,23 @@ impl<'a> Writer<'a> {
         target: &'a Target,
         single_stream: bool,
         config: &ExtractConfig,
-        hash_files: &'a AtomicBool,
+        announced: &'a Announced,
     ) -> Writer<'a> {
+        // An eighth of the budget, shared by the writers, holds ended files (at 256M: 167,000 of them).
+        let ended_limit = (config.memory_limit / 8 / ENDED_BYTES / config.writers as u64).max(1024) as usize;
         Writer {
             index,
             target,
             files: HashMap::new(),
             ended: HashMap::new(),
+            ended_limit,
+            forgotten: 0,
+            recalled: 0,
             last_dir: None,
             found: Verified::default(),
             single_stream,
             fadvise: config.fadvise,
-            hash_files,
+            announced,
         }
     }
 
@@ -780,7 +807,12 @@ impl<'a> Writer<'a> {
         let (partial, file) = self.create(relative)?;
         file.write_all_at(data, 0).with_context(|| format!("cannot write {}", partial.display().display()))?;
         close(Some(file), &partial)?;
-        let sha1 = self.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
+        if self.ended.len() >= self.ended_limit && self.announced.marked.load(Ordering::SeqCst) {
+            // Over the bound: the manifest that must follow will name it, and it is checked from disk then.
+            self.forgotten += 1;
+            return Ok(());
+        }
+        let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
         let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
         let ended = Ended { dir: partial.into_dir(), got, stream: stream as u32, sha1, verified: false };
         self.ended.insert(header.path.as_slice().into(), ended);
@@ -823,7 +855,7 @@ impl<'a> Writer<'a> {
                 ended: false,
                 verified: false,
                 stream,
-                sha1: self.hash_files.load(Ordering::SeqCst).then(Sha1::new),
+                sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
             };
             self.files.insert(key.to_vec(), slot);
         }
@@ -936,6 +968,9 @@ impl<'a> Writer<'a> {
             check_file(key, record, &partial, ended.got, None, ended.sha1.as_deref().copied())?;
             self.found.files += 1;
             self.found.bytes += ended.got.len;
+        } else if let Some(got) = self.recall(key, record)? {
+            self.found.files += 1;
+            self.found.bytes += got;
         } else {
             self.found.missing += 1;
             if self.found.missing_examples.len() < MISSING_EXAMPLES {
@@ -943,6 +978,36 @@ impl<'a> Writer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Checks `record` against a forgotten file, read back from the staging directory: `None` if this writer
+    /// forgot no file, or there is no such file (it never arrived). Returns its size.
+    fn recall(&mut self, key: &[u8], record: &FileRecord) -> Result<Option<u64>> {
+        if self.forgotten == 0 {
+            return Ok(None);
+        }
+        let relative = proto::safe_relative_path(key)?;
+        let partial = self.target.partial(self.target.directory_of(&relative)?, &relative)?;
+        let Some(file) = partial.try_reopen_for_read()? else { return Ok(None) };
+        let is_original = key == record.path.0.as_slice();
+        let mut sha1 = (is_original && record.sha1.is_some()).then(Sha1::new);
+        let mut got = CrcPiece::default();
+        let mut buffer = vec![0u8; 64 << 10];
+        loop {
+            let n = file
+                .read_at(&mut buffer, got.len)
+                .with_context(|| format!("cannot read back {}", partial.display().display()))?;
+            if n == 0 {
+                break;
+            }
+            got = got.append(CrcPiece::of(&buffer[..n]));
+            if let Some(sha1) = &mut sha1 {
+                sha1.update(&buffer[..n]);
+            }
+        }
+        check_file(key, record, &partial, got, None, sha1.map(|sha1| sha1.finalize().into()))?;
+        self.recalled += 1;
+        Ok(Some(got.len))
     }
 
     /// After every record (`proven`), any file not checked is in the stream but not in the manifest. Without a
@@ -966,6 +1031,21 @@ impl<'a> Writer<'a> {
             slot.partial.set_metadata(0o640, None)?;
             self.found.files += 1;
             self.found.bytes += slot.coverage.prefix().len;
+        }
+        if self.forgotten > 0 {
+            log::info!(
+                "writer {}: {} files over the memory bound were checked from disk against their records",
+                self.index,
+                self.forgotten
+            );
+        }
+        // Forgotten files were each checked by name when their record came: as many records as files, or some
+        // file came without a record (or a record came twice).
+        if self.recalled > self.forgotten {
+            bail!("the manifest lists a file twice: refusing it");
+        }
+        if self.recalled < self.forgotten {
+            bail!("{} file(s) in the stream are not in the manifest", self.forgotten - self.recalled);
         }
         for (key, ended) in self.ended.iter().filter(|(_, ended)| !ended.verified) {
             let partial = self.target.partial(Arc::clone(&ended.dir), &proto::safe_relative_path(key)?)?;

@@ -84,7 +84,7 @@ pub fn run(config: &ExtractConfig, signals: &runtime::signals::Signals) -> Resul
                 let seen = &seen;
                 let source =
                     StreamSource::new(index, input, config.buffer_size as u64, false, stream_count, Arc::clone(&same));
-                scope.spawn(move || list_stream(source, config.manifest_limit, seen))
+                scope.spawn(move || list_stream(source, config.memory_limit, seen))
             })
             .collect();
         handles

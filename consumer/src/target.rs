@@ -309,6 +309,16 @@ impl PartialFile {
         self.reopen(OFlag::O_RDONLY)
     }
 
+    /// Reopens the file for reading if it exists (`None`: no such file was staged).
+    pub fn try_reopen_for_read(&self) -> Result<Option<File>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(&*self.dir, self.name.as_os_str(), flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot reopen {} (staged)", self.display.display())),
+        }
+    }
+
     fn reopen(&self, mode: OFlag) -> Result<File> {
         let fd = openat(&*self.dir, self.name.as_os_str(), mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
             .with_context(|| format!("cannot reopen {} (staged)", self.display.display()))?;
