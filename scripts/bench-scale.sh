@@ -1,32 +1,37 @@
 #!/usr/bin/env bash
 # bench-scale.sh [FILES ...]
 #
-# File-count scale: for each FILES (default 1000000), that many files of 16 bytes in 1,000 directories in tmpfs;
-# producer | consumer extract against tar | tar into tmpfs, RUNS times (default 3, env RUNS), printing the median
-# time and each side's peak RSS (GNU time's maximum resident set size). Files in tmpfs cost about 1 KiB of kernel
-# memory each, twice (source and copy): 10,000,000 files need about 25 GiB of /dev/shm, so that size runs on
-# disk instead (env SCALE_DIR, e.g. SCALE_DIR=/var/tmp).
+# File-count scale: for each FILES (default 1000000), that many files of SCALE_BYTES bytes (default 16) in 1,000
+# directories under SCALE_DIR (default /dev/shm); producer | consumer extract against tar | tar into SCALE_OUT
+# (default SCALE_DIR/xbkit-scale-out), RUNS times (default 3), printing the median time and each side's peak RSS
+# (GNU time's maximum resident set size). A file in tmpfs costs a page of memory and an inode (/dev/shm allows about
+# 3 million): 10,000,000 files run with empty files on disk, extracted into a file system with enough inodes, e.g.
+#   truncate -s 8G /var/tmp/scale.img && mkfs.ext4 -q -N 10500000 /var/tmp/scale.img &&
+#   mkdir -p /mnt/scale && mount -o loop /var/tmp/scale.img /mnt/scale &&
+#   SCALE_DIR=/var/tmp SCALE_OUT=/mnt/scale/out SCALE_BYTES=0 RUNS=1 bash scripts/bench-scale.sh 10000000
 source "$(dirname "$0")/bench-lib.sh"
 [ $# -gt 0 ] || set -- 1000000
 runs=${RUNS:-3}
 base=${SCALE_DIR:-/dev/shm}
+bytes=${SCALE_BYTES:-16}
 need python3 /usr/bin/time
 build
 echo "| files | case | median s | x tar \\| tar | producer peak RSS | consumer peak RSS |"
 echo "|---|---|---|---|---|---|"
 for files in "$@"; do
-  dir=$base/xbkit-scale-$files
-  out=$base/xbkit-scale-out
+  dir=$base/xbkit-scale-$files-$bytes
+  out=${SCALE_OUT:-$base/xbkit-scale-out}
   if [ ! -d "$dir" ]; then
-    python3 - "$dir" "$files" <<'PY'
+    python3 - "$dir" "$files" "$bytes" <<'PY'
 import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+content = (b"0123456789abcdef" * (size // 16 + 1))[:size]
 for i in range(n):
     d = os.path.join(root, "db%04d" % (i % 1000))
     if i < 1000:
         os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "t%08d.frm" % i), "wb") as f:
-        f.write(b"0123456789abcdef")
+        f.write(content)
 PY
   fi
   tmp=$(mktemp -d)
@@ -54,4 +59,4 @@ PY
   rm -rf "$tmp"
 done
 echo
-echo "files of 16 bytes in $base, medians of $runs runs, peak RSS the largest of the runs; $(machine); $(date -u +%F)"
+echo "files of $bytes bytes in $base, extracted into $(dirname "${SCALE_OUT:-$base/x}"); medians of $runs runs, peak RSS the largest of the runs; $(machine); $(date -u +%F)"
