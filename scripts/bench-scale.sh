@@ -38,7 +38,7 @@ PY
   for run in $(seq "$runs"); do
     rm -rf "$out"; mkdir -p "$out"
     start=$(date +%s.%N)
-    tar -C "$dir" -cf - . | tar -C "$out" -xf -
+    tar -C "$dir" -cf - . | tar -C "$out" -xf - 2>"$tmp/tar.err" || { tail -3 "$tmp/tar.err" >&2; exit 1; }
     echo "$(date +%s.%N) - $start" | bc >> "$tmp/tar"
     rm -rf "$out"; mkdir -p "$out"
     start=$(date +%s.%N)

@@ -73,14 +73,19 @@ impl Progress {
                         if last.elapsed() >= Duration::from_secs(5) {
                             last = Instant::now();
                             let done = counters.bytes_done.load(Ordering::Relaxed);
-                            let total = counters.bytes_total.load(Ordering::Relaxed).max(1);
+                            let total = counters.bytes_total.load(Ordering::Relaxed);
                             let rate = done as f64 / started.elapsed().as_secs_f64() / 1e6;
-                            log::info!(
-                                "{label}: {} of {} ({:.1}%), {rate:.0} MB/s",
-                                human(done),
-                                human(total),
-                                done as f64 * 100.0 / total as f64
-                            );
+                            // Without a known total (the consumer cannot know one), bytes and rate only.
+                            if total == 0 {
+                                log::info!("{label}: {}, {rate:.0} MB/s", human(done));
+                            } else {
+                                log::info!(
+                                    "{label}: {} of {} ({:.1}%), {rate:.0} MB/s",
+                                    human(done),
+                                    human(total),
+                                    done as f64 * 100.0 / total as f64
+                                );
+                            }
                         }
                     }
                 }))
