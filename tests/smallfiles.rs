@@ -260,3 +260,23 @@ fn files_beyond_the_memory_bound_are_checked_from_disk() {
     assert!(message.contains("not in the manifest"), "{message}");
     assert!(!out.join("backup-manifest.json").exists());
 }
+
+/// Past the bound, over 4 pipes with chunks spread over them (the default binding, 4 KiB chunks): a forgotten file
+/// may still get a chunk from another pipe after its `E`, and is then taken up again from disk; empty files (a lone
+/// `E`) are forgotten too. Everything restores exactly.
+#[test]
+fn forgotten_files_taken_up_again_by_a_late_chunk_and_empty_ones_restore_exactly() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    for i in 0..3000 {
+        let dir = src.join(format!("db{}", i % 10));
+        fs::create_dir_all(&dir).unwrap();
+        let data = if i % 3 == 0 { Vec::new() } else { pseudo_random_bytes(12 << 10, i) };
+        fs::write(dir.join(format!("t{i:05}.frm")), data).unwrap();
+    }
+    let out = work.path().join("out");
+    let consumer_args = ["--memory-limit", "2M", "--max-chunk-size", "64K", "--no-fsync", "-v"];
+    let message = round_trip(&src, &out, 4, &["--read-buffer-size", "4K"], &consumer_args);
+    assert!(message.contains("checked from disk"), "the bound was reached: {message}");
+    assert_same_tree(&src, &out);
+}

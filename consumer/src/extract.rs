@@ -8,13 +8,20 @@
 //!
 //! One reader thread per stream parses chunks into pool buffers (CRC checked) and validates each path; chunks are
 //! dispatched to a writer chosen by a hash of the path, so one writer owns each file's state and no locks are
-//! needed, while chunks of one file may come from any stream in any order. When every stream has ended cleanly the
-//! run proves the result in phases, so that nothing unproven ever looks complete:
+//! needed, while chunks of one file may come from any stream in any order. Small chunks travel in batches
+//! ([`crate::batch`]): one pool buffer and one message for many files. When every stream has ended cleanly the run
+//! proves the result in phases, so that nothing unproven ever looks complete:
 //!
-//! 1. *end of streams*: the writer that holds the manifest hands it over;
-//! 2. *verify*: each writer checks its files (ended, contiguous, size, CRC-32, SHA-1) against the manifest; then the
-//!    run checks that no manifest file is missing and that every stream carried what the manifest says;
+//! 1. *end of streams*: the writer that holds the manifest hands it over (as its staged file);
+//! 2. *verify*: the manifest is read a record at a time and each record goes to the writer that owns its file,
+//!    which checks it (ended, contiguous, size, CRC-32, SHA-1) and sets its mode and mtime; then every writer
+//!    reports what it holds that no record named, and the run checks that no record went unmatched and that every
+//!    stream carried what the manifest says;
 //! 3. *commit*: partial files are renamed into place, the filesystem is synced, and the manifest is renamed last.
+//!
+//! Per-file memory is bounded: a writer keeps a few dozen bytes for each ended file, up to an eighth of
+//! `--memory-limit`, and beyond that (for streams of ours, where a manifest must follow) forgets whole small files
+//! and checks each from disk when its record comes.
 //!
 //! Any failure removes every partial file; the manifest never appears in an unproven tree.
 
@@ -789,6 +796,14 @@ impl<'a> Writer<'a> {
 
     /// Creates `relative` in the staging directory, looking its directory up only when it changes.
     fn create(&mut self, relative: &Path) -> Result<(PartialFile, File)> {
+        match self.create_or_existing(relative)? {
+            Ok(created) => Ok(created),
+            Err(existing) => bail!("{} appears twice in the stream", existing.display().display()),
+        }
+    }
+
+    /// [`Writer::create`], or (`Err`) the file already staged under that name.
+    fn create_or_existing(&mut self, relative: &Path) -> Result<Result<(PartialFile, File), PartialFile>> {
         let parent = relative.parent().unwrap_or(Path::new(""));
         let dir = match &self.last_dir {
             Some((last, dir)) if last.as_os_str() == parent.as_os_str() => Arc::clone(dir),
@@ -798,7 +813,28 @@ impl<'a> Writer<'a> {
                 dir
             }
         };
-        self.target.create_in(dir, relative)
+        self.target.create_new_in(dir, relative)
+    }
+
+    /// Whether an ended file (`key`, `got`) is forgotten rather than kept: over the bound, a stream of ours (a
+    /// manifest will name it), small enough to read back cheaply, and not the manifest itself.
+    fn forgets(&self, key: &[u8], got: CrcPiece) -> bool {
+        self.ended.len() >= self.ended_limit
+            && key != MANIFEST_NAME.as_bytes()
+            && got.len <= crate::batch::BATCH_PAYLOAD_MAX as u64
+            && self.announced.marked.load(Ordering::SeqCst)
+    }
+
+    /// A chunk came for a file this writer forgot (chunks of one file on several streams arrive in any order):
+    /// it is taken up again from disk, as ended, with the bytes it holds.
+    fn take_up(&mut self, partial: PartialFile, stream: usize) -> Result<Slot> {
+        let mut coverage = Coverage::default();
+        coverage
+            .insert(0, crc_of_file(&partial.reopen_for_read()?, &partial)?)
+            .map_err(|overlap| anyhow!("{overlap}"))?;
+        let file = partial.reopen_for_write()?;
+        self.forgotten -= 1;
+        Ok(Slot { partial, file: Some(file), coverage, stored: None, ended: true, verified: false, stream, sha1: None })
     }
 
     /// A whole small file, new to this writer: its one payload (`header`, at offset 0, `data`) and its `E`, which
@@ -807,13 +843,13 @@ impl<'a> Writer<'a> {
         let (partial, file) = self.create(relative)?;
         file.write_all_at(data, 0).with_context(|| format!("cannot write {}", partial.display().display()))?;
         close(Some(file), &partial)?;
-        if self.ended.len() >= self.ended_limit && self.announced.marked.load(Ordering::SeqCst) {
+        let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
+        if self.forgets(&header.path, got) {
             // Over the bound: the manifest that must follow will name it, and it is checked from disk then.
             self.forgotten += 1;
             return Ok(());
         }
         let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
-        let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
         let ended = Ended { dir: partial.into_dir(), got, stream: stream as u32, sha1, verified: false };
         self.ended.insert(header.path.as_slice().into(), ended);
         Ok(())
@@ -846,16 +882,19 @@ impl<'a> Writer<'a> {
             self.files.insert(key.to_vec(), slot);
         }
         if !self.files.contains_key(key) {
-            let (partial, file) = self.create(relative)?;
-            let slot = Slot {
-                partial,
-                file: Some(file),
-                coverage: Coverage::default(),
-                stored: None,
-                ended: false,
-                verified: false,
-                stream,
-                sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
+            let slot = match self.create_or_existing(relative)? {
+                Ok((partial, file)) => Slot {
+                    partial,
+                    file: Some(file),
+                    coverage: Coverage::default(),
+                    stored: None,
+                    ended: false,
+                    verified: false,
+                    stream,
+                    sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
+                },
+                Err(existing) if self.forgotten > 0 => self.take_up(existing, stream)?,
+                Err(existing) => bail!("{} appears twice in the stream", existing.display().display()),
             };
             self.files.insert(key.to_vec(), slot);
         }
@@ -869,7 +908,13 @@ impl<'a> Writer<'a> {
                 slot.ended = true;
                 close(slot.file.take(), &slot.partial)?;
                 if slot.coverage.is_contiguous() && slot.stored.is_none() {
+                    let got = slot.coverage.prefix();
+                    let forget = self.forgets(key, got);
                     let slot = self.files.remove(key).expect("looked up above");
+                    if forget {
+                        self.forgotten += 1;
+                        return Ok(());
+                    }
                     let ended = Ended {
                         dir: slot.partial.into_dir(),
                         got: slot.coverage.prefix(),
@@ -989,23 +1034,9 @@ impl<'a> Writer<'a> {
         let relative = proto::safe_relative_path(key)?;
         let partial = self.target.partial(self.target.directory_of(&relative)?, &relative)?;
         let Some(file) = partial.try_reopen_for_read()? else { return Ok(None) };
-        let is_original = key == record.path.0.as_slice();
-        let mut sha1 = (is_original && record.sha1.is_some()).then(Sha1::new);
-        let mut got = CrcPiece::default();
-        let mut buffer = vec![0u8; 64 << 10];
-        loop {
-            let n = file
-                .read_at(&mut buffer, got.len)
-                .with_context(|| format!("cannot read back {}", partial.display().display()))?;
-            if n == 0 {
-                break;
-            }
-            got = got.append(CrcPiece::of(&buffer[..n]));
-            if let Some(sha1) = &mut sha1 {
-                sha1.update(&buffer[..n]);
-            }
-        }
-        check_file(key, record, &partial, got, None, sha1.map(|sha1| sha1.finalize().into()))?;
+        let got = crc_of_file(&file, &partial)?;
+        // With a SHA-1 in the record, `check_file` reads the file back for it.
+        check_file(key, record, &partial, got, None, None)?;
         self.recalled += 1;
         Ok(Some(got.len))
     }
@@ -1108,6 +1139,21 @@ fn check_file(
 /// Where a chunk came from, for a writer's error messages (made only when there is an error).
 fn chunk_context(header: &ChunkHeader, stream: usize) -> String {
     format!("{} (chunk at stream {stream}, offset {:#x})", header.display_path(), header.stream_offset)
+}
+
+/// Size and CRC-32 of a staged file's bytes, read back (a forgotten file: at most a small file's size).
+fn crc_of_file(file: &File, partial: &PartialFile) -> Result<CrcPiece> {
+    let mut got = CrcPiece::default();
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        let n = file
+            .read_at(&mut buffer, got.len)
+            .with_context(|| format!("cannot read back {}", partial.display().display()))?;
+        if n == 0 {
+            return Ok(got);
+        }
+        got = got.append(CrcPiece::of(&buffer[..n]));
+    }
 }
 
 /// Closes a file explicitly, so that a failed close (an I/O error the kernel reports only then, e.g. on NFS) is an

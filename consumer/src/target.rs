@@ -105,6 +105,19 @@ impl Target {
 
     /// [`Target::create`] in `dir`, the staging directory of `relative` ([`Target::directory_of`]).
     pub fn create_in(&self, dir: Arc<OwnedFd>, relative: &Path) -> Result<(PartialFile, File)> {
+        match self.create_new_in(dir, relative)? {
+            Ok(created) => Ok(created),
+            Err(existing) => bail!("{} appears twice in the stream", existing.display().display()),
+        }
+    }
+
+    /// [`Target::create_in`], or (`Err`) the file already staged under that name: a caller that forgot a file it
+    /// wrote (see `extract`) takes it up again.
+    pub fn create_new_in(
+        &self,
+        dir: Arc<OwnedFd>,
+        relative: &Path,
+    ) -> Result<Result<(PartialFile, File), PartialFile>> {
         let name = relative.file_name().context("a checked path has a file name")?.to_os_string();
         if relative.components().next().map(|c| c.as_os_str()) == self.staging_path.file_name() {
             bail!("refusing {}: it collides with this run's staging directory", relative.display());
@@ -112,10 +125,10 @@ impl Target {
         let display = self.root_path.join(relative);
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = match openat(&*dir, name.as_os_str(), flags, Mode::from_bits_truncate(0o600)) {
-            Err(Errno::EEXIST) => bail!("{} appears twice in the stream", display.display()),
+            Err(Errno::EEXIST) => return Ok(Err(PartialFile { dir, name, display })),
             other => other.with_context(|| format!("cannot create {} (staged)", display.display()))?,
         };
-        Ok((PartialFile { dir, name, display }, File::from(fd)))
+        Ok(Ok((PartialFile { dir, name, display }, File::from(fd))))
     }
 
     /// A staged file again from what [`PartialFile::into_dir`] kept: its directory and its relative path.

@@ -7,10 +7,13 @@
 //!                                                            Router ──stream i──► writer i (one per stream)
 //! ```
 //!
-//! Every channel is bounded by the pool size and carries handles; chunk bytes live only in pool buffers. Any
-//! thread's error is recorded in `Failure` and fires the shared [`Cancel`], which wakes every blocked wait, so the
-//! run stops promptly and reports the first real error. On success the manifest goes last: streams 1..N are closed
-//! and their writers joined first, then the manifest is written to stream 0.
+//! Every channel is bounded by the pool size and carries handles; chunk bytes live only in pool buffers. Small
+//! files go as batches (one job, one buffer, one item per stage for many files: [`crate::file::Job::Batch`]). The
+//! Router holds each file's chunks until every file scanned before it has appeared (`FirstAppearance`), so files
+//! first appear on the streams in scan order. Any thread's error is recorded in `Failure` and fires the shared
+//! [`Cancel`], which wakes every blocked wait, so the run stops promptly and reports the first real error. On
+//! success the manifest goes last: streams 1..N are closed and their writers joined first, then the manifest is
+//! written to stream 0 as it is made, from the records kept in memory and in a temporary file ([`RecordLog`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
