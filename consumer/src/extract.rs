@@ -675,6 +675,8 @@ struct Writer<'a> {
     forgotten: u64,
     /// Records checked against a forgotten file.
     recalled: u64,
+    /// The buffer forgotten files are read back through.
+    read_back: Vec<u8>,
     /// The staging directory files were last created in (files of one directory come one after another).
     last_dir: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
     /// What the checks found so far.
@@ -737,6 +739,7 @@ impl<'a> Writer<'a> {
             ended_limit,
             forgotten: 0,
             recalled: 0,
+            read_back: Vec::new(),
             last_dir: None,
             found: Verified::default(),
             single_stream,
@@ -804,16 +807,22 @@ impl<'a> Writer<'a> {
 
     /// [`Writer::create`], or (`Err`) the file already staged under that name.
     fn create_or_existing(&mut self, relative: &Path) -> Result<Result<(PartialFile, File), PartialFile>> {
-        let parent = relative.parent().unwrap_or(Path::new(""));
-        let dir = match &self.last_dir {
-            Some((last, dir)) if last.as_os_str() == parent.as_os_str() => Arc::clone(dir),
-            _ => {
-                let dir = self.target.directory_of(relative)?;
-                self.last_dir = Some((parent.to_path_buf(), Arc::clone(&dir)));
-                dir
-            }
-        };
+        let dir = self.directory_of(relative)?;
         self.target.create_new_in(dir, relative)
+    }
+
+    /// The staging directory of `relative`, looked up only when it changes (files of one directory come one after
+    /// another, in the stream and in the manifest).
+    fn directory_of(&mut self, relative: &Path) -> Result<Arc<std::os::fd::OwnedFd>> {
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        if let Some((last, dir)) = &self.last_dir {
+            if last.as_os_str() == parent.as_os_str() {
+                return Ok(Arc::clone(dir));
+            }
+        }
+        let dir = self.target.directory_of(relative)?;
+        self.last_dir = Some((parent.to_path_buf(), Arc::clone(&dir)));
+        Ok(dir)
     }
 
     /// Whether an ended file (`key`, `got`) is forgotten rather than kept: over the bound, a stream of ours (a
@@ -829,9 +838,8 @@ impl<'a> Writer<'a> {
     /// it is taken up again from disk, as ended, with the bytes it holds.
     fn take_up(&mut self, partial: PartialFile, stream: usize) -> Result<Slot> {
         let mut coverage = Coverage::default();
-        coverage
-            .insert(0, crc_of_file(&partial.reopen_for_read()?, &partial)?)
-            .map_err(|overlap| anyhow!("{overlap}"))?;
+        let got = crc_of_file(&partial.reopen_for_read()?, &partial, &mut self.read_back)?;
+        coverage.insert(0, got).map_err(|overlap| anyhow!("{overlap}"))?;
         let file = partial.reopen_for_write()?;
         self.forgotten -= 1;
         Ok(Slot { partial, file: Some(file), coverage, stored: None, ended: true, verified: false, stream, sha1: None })
@@ -1032,9 +1040,9 @@ impl<'a> Writer<'a> {
             return Ok(None);
         }
         let relative = proto::safe_relative_path(key)?;
-        let partial = self.target.partial(self.target.directory_of(&relative)?, &relative)?;
+        let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
         let Some(file) = partial.try_reopen_for_read()? else { return Ok(None) };
-        let got = crc_of_file(&file, &partial)?;
+        let got = crc_of_file(&file, &partial, &mut self.read_back)?;
         // With a SHA-1 in the record, `check_file` reads the file back for it.
         check_file(key, record, &partial, got, None, None)?;
         self.recalled += 1;
@@ -1141,13 +1149,14 @@ fn chunk_context(header: &ChunkHeader, stream: usize) -> String {
     format!("{} (chunk at stream {stream}, offset {:#x})", header.display_path(), header.stream_offset)
 }
 
-/// Size and CRC-32 of a staged file's bytes, read back (a forgotten file: at most a small file's size).
-fn crc_of_file(file: &File, partial: &PartialFile) -> Result<CrcPiece> {
+/// Size and CRC-32 of a staged file's bytes, read back through `buffer` (a forgotten file: at most a small
+/// file's size).
+fn crc_of_file(file: &File, partial: &PartialFile, buffer: &mut Vec<u8>) -> Result<CrcPiece> {
     let mut got = CrcPiece::default();
-    let mut buffer = vec![0u8; 64 << 10];
+    buffer.resize(64 << 10, 0);
     loop {
         let n = file
-            .read_at(&mut buffer, got.len)
+            .read_at(buffer, got.len)
             .with_context(|| format!("cannot read back {}", partial.display().display()))?;
         if n == 0 {
             return Ok(got);
