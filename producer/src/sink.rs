@@ -60,8 +60,8 @@ pub enum StreamItem {
         /// Wire path.
         path: Vec<u8>,
     },
-    /// A whole small file the producer made itself (the manifest, the SHA-1 list), written as payload chunks of at
-    /// most `chunk_size` and an `E`.
+    /// A whole small file the producer made itself (a stream's start marker), written as payload chunks of at most
+    /// `chunk_size` and an `E`. (The manifest and the SHA-1 list go in pieces: [`StreamItem::DocumentPiece`].)
     Document {
         /// Wire path.
         path: Vec<u8>,
@@ -383,10 +383,6 @@ impl Sink for DirectorySink {
                 self.chunks += 1;
             }
             StreamItem::Document { path, bytes, .. } => {
-                if path == proto::MANIFEST_NAME.as_bytes() {
-                    // The manifest says the copy is complete: make everything else durable first.
-                    self.sync_all_files()?;
-                }
                 let file = self.file(&path)?;
                 file.write_all_at(&bytes, 0)?;
                 file.sync_all().with_context(|| format!("cannot sync {}", String::from_utf8_lossy(&path)))?;
