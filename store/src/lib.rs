@@ -1,18 +1,23 @@
 /*!
 Object storage for backups, behind one small synchronous trait, [`Store`].
 
-Three backends:
+The backends:
 - [`local::LocalStore`] (`file:///var/backups`, the default): a directory laid out like a bucket; every object is
   written to a temporary name, synced and renamed, so an object either exists whole or not at all;
-- [`s3::S3Store`] (`s3://bucket/prefix`): any S3-compatible service (AWS, MinIO, Ceph RGW) through the
-  `object_store` crate, which signs (SigV4), retries (capped exponential backoff with jitter, only what is
-  retryable: 5xx, 408, 429, resets, timeouts) and parses; it runs on a private tokio runtime behind the trait;
+- the clouds, one [`cloud::CloudStore`] each, through the `object_store` crate, which signs, retries (capped
+  exponential backoff with jitter, only what is retryable: 5xx, 408, 429, resets, timeouts) and parses; it runs on
+  private tokio runtimes behind the trait: [`s3::S3Store`] (`s3://bucket/prefix`: AWS, MinIO, Ceph RGW, any
+  S3-compatible service), [`gcs::GcsStore`] (`gs://bucket/prefix`: Google Cloud Storage) and
+  [`azure::AzureStore`] (`az://container/prefix`: Azure Blob Storage);
 - [`memory::MemoryStore`]: objects in memory, with faults injected on demand, for tests.
 
 Keys are `/`-separated relative names (`NIGHTLY/0/0000000000.xbs`); each backend maps them below its root (a
 directory, or a bucket and prefix). What is stored where — the backup layout — is the consumer's business.
 */
 
+pub mod azure;
+pub mod cloud;
+pub mod gcs;
 pub mod local;
 pub mod memory;
 pub mod s3;
