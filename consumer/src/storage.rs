@@ -1,19 +1,22 @@
-//! `--storage` and the S3 options (xbcloud's names where it has them), turned into a [`store::Store`].
+//! `--storage` and each cloud's options (xbcloud's names where it has them), turned into a [`store::Store`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
+use store::azure::{Azure, AzureOptions};
+use store::cloud::{Cloud, CloudStore, RequestOptions};
+use store::gcs::{Gcs, GcsOptions};
 use store::local::LocalStore;
-use store::s3::{BucketLookup, S3Options, S3Store};
+use store::s3::{BucketLookup, S3Options, S3};
 use store::Store;
 
 /// Where backups are kept, and how to reach them.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct StorageArgs {
-    /// `file:///PATH` (a local directory laid out like a bucket) or `s3://BUCKET[/PREFIX]` (any S3-compatible
-    /// service).
+    /// `file:///PATH` (a local directory laid out like a bucket), `s3://BUCKET[/PREFIX]` (any S3-compatible
+    /// service), `gs://BUCKET[/PREFIX]` (Google Cloud Storage) or `az://CONTAINER[/PREFIX]` (Azure Blob Storage).
     #[arg(long, default_value = "file:///var/backups/xbkit", value_name = "URL")]
     pub storage: String,
 
@@ -45,6 +48,46 @@ pub struct StorageArgs {
     /// --s3-endpoint, DNS style on AWS).
     #[arg(long, value_enum, default_value_t = LookupArg::Auto)]
     pub s3_bucket_lookup: LookupArg,
+
+    /// Google: a service-account key file (JSON; default: `GOOGLE_SERVICE_ACCOUNT`, else
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, else the instance's metadata server).
+    #[arg(long, value_name = "FILE")]
+    pub google_service_account: Option<PathBuf>,
+
+    /// Google: the service's URL (default: `https://storage.googleapis.com`, or the key file's `gcs_base_url`).
+    #[arg(long, value_name = "URL")]
+    pub google_endpoint: Option<String>,
+
+    /// Google: the bucket, when `--storage gs://` names none.
+    #[arg(long, value_name = "BUCKET")]
+    pub google_bucket: Option<String>,
+
+    /// Google: the project a missing bucket is created in (default: `GOOGLE_CLOUD_PROJECT`, else the key file's
+    /// `project_id`).
+    #[arg(long, value_name = "ID")]
+    pub google_project: Option<String>,
+
+    /// Azure: the storage account (default: `AZURE_STORAGE_ACCOUNT_NAME`).
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT", value_name = "NAME")]
+    pub azure_storage_account: Option<String>,
+
+    /// Azure: the container, when `--storage az://` names none.
+    #[arg(long, env = "AZURE_CONTAINER_NAME", value_name = "NAME")]
+    pub azure_container_name: Option<String>,
+
+    /// Azure: the account's access key (default: `AZURE_STORAGE_ACCOUNT_KEY`; without one, a SAS token, a client
+    /// secret or a managed identity from the standard `AZURE_*` variables).
+    #[arg(long, env = "AZURE_ACCESS_KEY", hide_env_values = true, value_name = "KEY")]
+    pub azure_access_key: Option<String>,
+
+    /// Azure: the account's blob URL (default: `https://ACCOUNT.blob.core.windows.net`).
+    #[arg(long, env = "AZURE_ENDPOINT", value_name = "URL")]
+    pub azure_endpoint: Option<String>,
+
+    /// Azure: an emulator (Azurite) — its well-known account, key and endpoint (127.0.0.1:10000) for whatever
+    /// is not given.
+    #[arg(long)]
+    pub azure_development_storage: bool,
 
     /// Retries of a request that failed in a retryable way (5xx, 408, 429, a reset, a timeout); any other error
     /// fails at once.
@@ -80,13 +123,13 @@ impl StorageArgs {
             }
             return Ok(Box::new(LocalStore::new(PathBuf::from(path))));
         }
+        let requests = RequestOptions {
+            max_retries: self.max_retries,
+            max_backoff: Duration::from_millis(self.max_backoff),
+            request_timeout: Duration::from_secs(self.timeout.max(1)),
+        };
         if let Some(rest) = self.storage.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let bucket = match (bucket, &self.s3_bucket) {
-                ("", Some(bucket)) => bucket.as_str(),
-                ("", None) => bail!("--storage s3:// names no bucket: use s3://BUCKET[/PREFIX] or --s3-bucket"),
-                (bucket, _) => bucket,
-            };
+            let (bucket, prefix) = self.container(rest, &self.s3_bucket, "--s3-bucket")?;
             let options = S3Options {
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
@@ -98,14 +141,53 @@ impl StorageArgs {
                     LookupArg::Dns => BucketLookup::Dns,
                     LookupArg::Path => BucketLookup::Path,
                 },
-                max_retries: self.max_retries,
-                max_backoff: Duration::from_millis(self.max_backoff),
-                request_timeout: Duration::from_secs(self.timeout.max(1)),
             };
-            let store = S3Store::new(bucket, prefix, &options)
-                .with_context(|| format!("cannot use --storage {}", self.storage))?;
-            return Ok(Box::new(store));
+            return self.cloud(Ok(S3::new(bucket, &options, &requests)), prefix);
         }
-        bail!("--storage {}: use file:///PATH or s3://BUCKET[/PREFIX]", self.storage)
+        if let Some(rest) = self.storage.strip_prefix("gs://") {
+            let (bucket, prefix) = self.container(rest, &self.google_bucket, "--google-bucket")?;
+            let options = GcsOptions {
+                service_account: self.google_service_account.clone(),
+                endpoint: self.google_endpoint.clone(),
+                project: self.google_project.clone(),
+            };
+            return self.cloud(Gcs::new(bucket, &options, &requests), prefix);
+        }
+        if let Some(rest) = self.storage.strip_prefix("az://") {
+            let (container, prefix) = self.container(rest, &self.azure_container_name, "--azure-container-name")?;
+            let options = AzureOptions {
+                account: self.azure_storage_account.clone(),
+                access_key: self.azure_access_key.clone(),
+                endpoint: self.azure_endpoint.clone(),
+                development_storage: self.azure_development_storage,
+            };
+            return self.cloud(Azure::new(container, &options, &requests), prefix);
+        }
+        bail!(
+            "--storage {}: use file:///PATH, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX]",
+            self.storage
+        )
+    }
+
+    /// The bucket and prefix of `rest` (what follows `s3://`), the bucket from `flag`'s value when `rest` names
+    /// none.
+    fn container<'a>(&self, rest: &'a str, flag_value: &'a Option<String>, flag: &str) -> Result<(&'a str, &'a str)> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        match (bucket, flag_value) {
+            ("", Some(bucket)) => Ok((bucket.as_str(), prefix)),
+            ("", None) => {
+                let scheme = self.storage.split("://").next().unwrap_or_default();
+                bail!("--storage {scheme}:// names no bucket: use {scheme}://BUCKET[/PREFIX] or {flag}")
+            }
+            (bucket, _) => Ok((bucket, prefix)),
+        }
+    }
+
+    /// The store of a cloud, or why it cannot be used.
+    fn cloud<C: Cloud>(&self, cloud: anyhow::Result<C>, prefix: &str) -> Result<Box<dyn Store>> {
+        let store = cloud
+            .and_then(|cloud| CloudStore::new(cloud, prefix))
+            .with_context(|| format!("cannot use --storage {}", self.storage))?;
+        Ok(Box::new(store))
     }
 }
