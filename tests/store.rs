@@ -129,6 +129,39 @@ fn four_pipes_put_and_get_every_way() {
     assert!(String::from_utf8_lossy(&wrong.get_output().stderr).contains("get it with --fifo-streams 4"));
 }
 
+/// A backup stored from 4 pipes, merged by `get` to STDOUT, is restored whole by the real `mbstream -x`, which
+/// creates only a file's immediate parent directory: the merge puts a file out only once its directory can be
+/// created, while another stream has a chunk due. The tree is 6 levels deep, every level with a file of its own,
+/// the deeper ones small (batched, so they travel early), the shallower ones big (chunks spread over the pipes).
+#[test]
+fn get_merged_to_stdout_puts_out_no_file_before_mbstream_can_create_its_directory() {
+    let src = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for branch in 0..3 {
+        let mut dir = format!("b{branch}");
+        for level in 0..6 {
+            let size = if level < 2 { (600 << 10) + level * 7 } else { 100 + level };
+            files.push((format!("{dir}/f{level}"), pseudo_random_bytes(size, (branch * 10 + level) as u64)));
+            dir = format!("{dir}/d{level}");
+        }
+    }
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
+    write_tree(src.path(), &files);
+    let work = tempfile::tempdir().unwrap();
+    let url = storage(&work.path().join("store"));
+    let fifo = work.path().join("put-fifos");
+    let put = consumer_on_pipes(&["put", "deep", "--storage", &url, "--object-size", "256K"], 4, &fifo);
+    let produced = producer_on_pipes(src.path(), 4, &fifo, &["--read-buffer-size", "64K"]).wait_output(LONG);
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let put = put.wait_output(LONG);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+
+    let merged = consumer().args(["get", "deep", "--storage", &url]).assert().success().get_output().stdout.clone();
+    let mb = work.path().join("mb");
+    mbstream_extract(&merged, &mb);
+    assert_same_tree(src.path(), &mb);
+}
+
 /// A stream of ours cut short is never stored as complete: the put fails saying how to clean up, list says
 /// incomplete, get refuses; --allow-partial gives back what is there, which extract refuses in turn.
 #[test]

@@ -14,7 +14,10 @@
 //! chunk k+1 to any stream, so on every stream a file's chunks are in order and some stream's next chunk is always
 //! the next one its file needs (an end-of-file chunk is due once the manifest's count of payload chunks for that
 //! file has gone out). Files the manifest does not list (a foreign multi-pipe backup, where files never span pipes)
-//! are emitted in their stream's order.
+//! are emitted in their stream's order. Among the chunks that are due, one that `mbstream -x` can place goes first:
+//! a file's first chunk waits while its directory cannot be created yet (`mbstream` creates only a file's immediate
+//! parent), as long as another stream has a chunk due; when none has, it goes anyway (the stored order leaves no
+//! other: that is the producer's ordering to fix).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Read, Write};
@@ -481,6 +484,34 @@ impl Drop for PoisonOnDrop {
     }
 }
 
+/// The directories `mbstream -x` has created for the files the merge has put out so far. It creates only a file's
+/// immediate parent (`../shared/xbstream-spec.md` §2), and exits 0 after failing to: a file can go out safely once
+/// its directory exists, or that directory's parent does (the top directory always exists).
+#[derive(Default)]
+struct MadeDirectories(std::collections::HashSet<Vec<u8>>);
+
+impl MadeDirectories {
+    /// Whether `mbstream -x` could create `path` now.
+    fn can_place(&self, path: &[u8]) -> bool {
+        let dir = parent_directory(path);
+        let up = parent_directory(dir);
+        dir.is_empty() || self.0.contains(dir) || up.is_empty() || self.0.contains(up)
+    }
+
+    /// Notes that a chunk of `path` went out (and so its directory was created).
+    fn placed(&mut self, path: &[u8]) {
+        let dir = parent_directory(path);
+        if !dir.is_empty() && !self.0.contains(dir) {
+            self.0.insert(dir.to_vec());
+        }
+    }
+}
+
+/// The directory part of a wire path (empty at the top).
+fn parent_directory(path: &[u8]) -> &[u8] {
+    path.iter().rposition(|&b| b == b'/').map_or(&[][..], |slash| &path[..slash])
+}
+
 /// What the merge knows of a file the manifest lists.
 struct Due {
     /// Payload chunks the file has.
@@ -530,6 +561,7 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
         })
         .collect();
     let mut pending: VecDeque<usize> = (0..count).collect();
+    let mut made = MadeDirectories::default();
     loop {
         // Refill empty heads.
         for (i, source) in sources.iter_mut().enumerate() {
@@ -547,8 +579,9 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
         if heads.iter().all(Option::is_none) {
             break;
         }
-        // The first head that is due.
-        let pick = heads.iter().position(|head| {
+        // The first head that is due, preferring one that `mbstream -x` can place: a file's first chunk waits while
+        // its directory cannot be created yet and another stream has a chunk due.
+        let is_due = |head: &Option<(ChunkHeader, Vec<u8>)>| {
             let Some((header, _)) = head else { return false };
             if header.path == MANIFEST_NAME.as_bytes() {
                 return true;
@@ -558,7 +591,14 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
                 (Some(file), ChunkKind::Payload) => header.file_offset == file.next_offset,
                 (Some(file), ChunkKind::Eof) => file.emitted == file.chunks,
             }
-        });
+        };
+        let placeable = |head: &Option<(ChunkHeader, Vec<u8>)>| {
+            let Some((header, _)) = head else { return false };
+            let starts_file = due.get(&header.path).is_some_and(|file| file.emitted == 0);
+            !starts_file || made.can_place(&header.path)
+        };
+        let pick =
+            heads.iter().position(|head| is_due(head) && placeable(head)).or_else(|| heads.iter().position(is_due));
         let Some(i) = pick else {
             bail!("the stored streams cannot be merged in order (is the backup damaged?)");
         };
@@ -567,6 +607,7 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
             // The stream's own manifest (last on stream 0) is replaced by the rewritten one below.
             continue;
         }
+        made.placed(&header.path);
         match header.kind {
             ChunkKind::Payload => {
                 writer.write_payload_with_checksum(&header.path, header.file_offset, &payload, header.checksum)?;
