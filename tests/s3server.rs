@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -28,60 +28,29 @@ const BUCKET: &str = "backups";
 /// A running `s3s-fs` on 127.0.0.1 (a free port, a temporary root directory, fixed throwaway keys), killed and
 /// reaped when dropped.
 pub struct S3Server {
-    // Declared first so that it is dropped (killed) before its directory is removed.
-    _process: Running,
-    port: u16,
-    /// Holds `data/` (the server's root) and `s3s-fs.log` (its output).
-    dir: tempfile::TempDir,
+    server: LocalServer,
 }
 
 impl S3Server {
-    /// Starts the server and waits (polling a connect, with a deadline) until it accepts connections. The port is
-    /// picked by binding port 0 and releasing it; if another process takes it meanwhile the server exits, and it is
-    /// started again on another port (a few times).
+    /// Starts the server and waits until it accepts connections (see [`LocalServer::start`]).
     pub fn start() -> S3Server {
-        let mut failures = Vec::new();
-        for _attempt in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let (root, log_path) = (dir.path().join("data"), dir.path().join("s3s-fs.log"));
-            fs::create_dir(&root).unwrap();
-            let log = fs::File::create(&log_path).unwrap();
-            let port = free_port();
-            let process = spawn(
-                Command::new(tool("s3s-fs"))
-                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                    .arg(&root)
-                    .env_remove("RUST_LOG")
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log),
-            );
-            let address = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let ready = loop {
-                if has_exited(process.id()) {
-                    break false;
-                }
-                if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                    // Connected: to our server, unless it lost the port to someone else and is exiting.
-                    break !has_exited(process.id());
-                }
-                assert!(Instant::now() < deadline, "s3s-fs did not accept connections on {address} within 20 s");
-                thread::sleep(Duration::from_millis(10));
-            };
-            if ready {
-                return S3Server { _process: process, port, dir };
-            }
-            failures.push(format!("port {port}: {}", fs::read_to_string(&log_path).unwrap_or_default()));
-        }
-        panic!("s3s-fs did not start:\n{}", failures.join("\n"));
+        let server = LocalServer::start("s3s-fs", |port, dir| {
+            let root = dir.join("data");
+            fs::create_dir_all(&root).unwrap();
+            let mut command = Command::new(tool("s3s-fs"));
+            command
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(&root)
+                .env_remove("RUST_LOG");
+            command
+        });
+        S3Server { server }
     }
 
     /// Kills the server at once (SIGKILL), as a crash would; its directory stays until it is dropped.
     pub fn kill(&self) {
-        let pid = nix::unistd::Pid::from_raw(self._process.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        self.server.kill();
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -91,7 +60,7 @@ impl S3Server {
 
     /// `127.0.0.1:PORT`.
     pub fn host_port(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port)
     }
 
     /// The access key it accepts.
@@ -106,7 +75,7 @@ impl S3Server {
 
     /// The directory it stores buckets in (bucket `B`'s object `K` is the file `root/B/K`).
     pub fn root(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.server.dir.path().join("data")
     }
 
     /// `--storage s3://BUCKET_PREFIX --s3-endpoint … --s3-access-key … --s3-secret-key …` for the consumer.
@@ -129,18 +98,6 @@ fn storage_args(endpoint: &str, bucket_prefix: &str, access_key: &str, secret_ke
     ]
     .map(str::to_owned)
     .to_vec()
-}
-
-/// Whether process `pid` (a child not yet reaped) has exited: a zombie, or gone. Reaping is left to its owner.
-fn has_exited(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S …`: the state follows the last ')' (comm may hold anything).
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_none_or(|state| state == 'Z' || state == 'X'),
-        Err(_) => true,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -475,54 +432,6 @@ fn copy_body(from: &mut impl BufRead, to: &mut impl Write, body: &Body) -> io::R
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers of the tests.
 
-/// A `consumer` command (std, for running beside another process) with its STDERR piped.
-fn consumer_command(args: &[&str], storage: &[String]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
-    command.args(args).args(storage).stderr(Stdio::piped());
-    command
-}
-
-/// Runs `consumer ARGS STORAGE` with STDIN from `stdin` (or nothing) to completion; returns its output.
-fn run_consumer(args: &[&str], storage: &[String], stdin: Option<&Path>) -> Output {
-    let mut command = consumer_command(args, storage);
-    command.stdout(Stdio::piped());
-    match stdin {
-        Some(path) => command.stdin(fs::File::open(path).unwrap()),
-        None => command.stdin(Stdio::null()),
-    };
-    spawn(&mut command).wait_output(LONG)
-}
-
-/// Asserts that `output` is a success; returns its STDERR.
-fn assert_success(output: &Output, what: &str) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{what} failed with {}\nstderr:\n{stderr}", output.status);
-    stderr
-}
-
-/// Asserts that `output` is exit 1; returns its STDERR.
-fn assert_failure(output: &Output, what: &str) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{what} must fail with exit 1\nstderr:\n{stderr}");
-    stderr
-}
-
-/// `consumer list --json`: the backups in the store.
-fn list_json(storage: &[String]) -> Vec<serde_json::Value> {
-    let output = run_consumer(&["list", "--json"], storage, None);
-    assert_success(&output, "consumer list --json");
-    serde_json::from_slice::<serde_json::Value>(&output.stdout)
-        .unwrap_or_else(|e| panic!("list --json is not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
-        .as_array()
-        .expect("list --json is an array")
-        .clone()
-}
-
-/// The entry for backup `name` in a `list --json`.
-fn listed<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
-    list.iter().find(|b| b["name"] == name).unwrap_or_else(|| panic!("{name} is not listed: {list:?}"))
-}
-
 /// The regular files the server holds for `bucket_prefix` (relative paths under its root).
 fn stored_objects(server: &S3Server, bucket_prefix: &str) -> Vec<PathBuf> {
     let dir = server.root().join(bucket_prefix);
@@ -833,44 +742,10 @@ fn s3_a_producer_killed_mid_put_is_never_complete() {
 fn s3_put_and_get_survive_a_fifth_of_requests_failing() {
     let server = S3Server::start();
     let proxy = FaultyProxy::start(&server.host_port(), 5);
-    let mut storage = storage_args(&proxy.endpoint(), BUCKET, server.access_key(), server.secret_key());
-    storage.extend(["--max-backoff", "200"].map(str::to_owned));
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    let names: Vec<String> = (0..4).map(|i| format!("db/t{i}.ibd")).collect();
-    let mut files: Vec<(&str, Vec<u8>)> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| (name.as_str(), pseudo_random_bytes((5 << 20) / 4 + i * 999, 30 + i as u64)))
-        .collect();
-    files.push(("ibdata1", b"ib".to_vec()));
-    write_tree(&src, &files);
-    let stream_file = work.path().join("stream.xbs");
-    fs::write(&stream_file, produce(&src, &["--read-buffer-size", "64K"])).unwrap();
-
-    let started = Instant::now();
-    let put = run_consumer(&["put", "flaky", "--object-size", "256K"], &storage, Some(&stream_file));
-    let stderr = assert_success(&put, "put through the faulty proxy");
-    assert!(stderr.contains("proven against its manifest"), "{stderr}");
+    let storage = storage_args(&proxy.endpoint(), BUCKET, server.access_key(), server.secret_key());
+    crate::clouds::survives_a_fifth_of_requests_failing(&storage, &proxy);
     let packs = stored_objects(&server, &format!("{BUCKET}/flaky/0"));
     assert!(packs.len() >= 18, "about 20 packs: {packs:?}");
-    let put_faults = proxy.faults();
-
-    let out = work.path().join("out");
-    let got = run_consumer(&["get", "flaky", "-C", out.to_str().unwrap()], &storage, None);
-    assert_success(&got, "get -C through the faulty proxy");
-    assert_same_tree(&src, &out);
-    eprintln!(
-        "{} requests ({} with chunked bodies), {} faulted ({put_faults} during the put), in {:.1} s",
-        proxy.requests(),
-        proxy.chunked_requests(),
-        proxy.faults(),
-        started.elapsed().as_secs_f64()
-    );
-    // Faults 1, 3, … are 503s and 2, 4, … resets: both kinds happened, in the put and in the get.
-    assert!(put_faults >= 2 && proxy.faults() > put_faults + 1, "faults: {put_faults}, then {}", proxy.faults());
-    assert_eq!(proxy.faults(), proxy.requests() / 5);
-    assert_eq!(proxy.problems(), Vec::<String>::new());
 }
 
 /// A wrong secret key: the put fails at once with the service's own error, after a handful of requests (a 403 is

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod clouds;
 mod compression;
 mod consumer;
 mod faults;

