@@ -119,8 +119,8 @@ fn source(root: &Path) {
 }
 
 /// The whole round trip on one cloud: put through four pipes (the bucket does not exist yet: put creates it),
-/// get into four pipes and extract, get merged to STDOUT for `mbstream -x`, list (complete and proven), delete
-/// (no object left).
+/// get into four pipes and extract, get merged to STDOUT for `mbstream -x`; one stream put and got back byte for
+/// byte; list (complete and proven), delete (no object left).
 fn round_trip_through_four_pipes(storage: &[String]) {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
@@ -173,14 +173,28 @@ fn round_trip_through_four_pipes(storage: &[String]) {
     mbstream_extract(&merged.stdout, &out);
     assert_same_tree(&src, &out);
 
-    let list = list_json(storage);
-    assert_eq!(list.len(), 1, "{list:?}");
-    let backup = listed(&list, "nightly");
-    assert_eq!((&backup["complete"], &backup["proven"], &backup["files"]), (&true.into(), &true.into(), &5.into()));
+    // One stream, stored and fetched back: the producer's bytes, byte for byte.
+    let stream = work.path().join("single.xbs");
+    std::fs::write(&stream, run_ok(producer_command(&src).args(["--read-buffer-size", "256K"]), LONG)).unwrap();
+    let put = run_consumer(&["put", "single", "--object-size", "1M"], storage, Some(&stream));
+    assert_success(&put, "put of one stream");
+    let got = run_consumer(&["get", "single"], storage, None);
+    assert_success(&got, "get of one stream");
+    assert!(got.stdout == std::fs::read(&stream).unwrap(), "get returns the producer's stream byte for byte");
 
-    let deleted = run_consumer(&["delete", "nightly"], storage, None);
-    let stderr = assert_success(&deleted, "delete");
-    assert!(stderr.contains("deleted nightly"), "{stderr}");
+    let list = list_json(storage);
+    assert_eq!(list.len(), 2, "{list:?}");
+    for name in ["nightly", "single"] {
+        let backup = listed(&list, name);
+        let facts = (&backup["complete"], &backup["proven"], &backup["files"]);
+        assert_eq!(facts, (&true.into(), &true.into(), &5.into()), "{name}");
+    }
+
+    for name in ["nightly", "single"] {
+        let deleted = run_consumer(&["delete", name], storage, None);
+        let stderr = assert_success(&deleted, "delete");
+        assert!(stderr.contains(&format!("deleted {name}")), "{stderr}");
+    }
     assert_eq!(list_json(storage), Vec::<serde_json::Value>::new(), "nothing is listed after the delete");
     assert_eq!(raw_objects(storage), Vec::<String>::new(), "no object is left");
 }
