@@ -5,6 +5,7 @@ mod util;
 mod clouds;
 mod compression;
 mod consumer;
+mod directories;
 mod faults;
 mod pages;
 mod producer;

@@ -557,6 +557,8 @@ fn prove_and_commit(
         }
         if let Some(head) = &head {
             check_streams(head, streams)?;
+            // Placeholders are not part of the backed-up tree: not counted among its files.
+            found.files -= target.stage_directories(&head.directories)?;
         }
 
         log::info!("verified {} files in {:.2} s", found.files, phase.elapsed().as_secs_f64());
@@ -564,6 +566,9 @@ fn prove_and_commit(
         // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
         let last = proven.then(|| std::ffi::OsStr::new(MANIFEST_NAME));
         target.commit(last, config.fsync)?;
+        if let Some(head) = &head {
+            target.restore_directories(&head.directories)?;
+        }
         log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
         Ok(Outcome {
             files: found.files,

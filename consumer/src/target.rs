@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+use proto::manifest::{DirectoryRecord, PLACEHOLDER_NAME};
 
 /// Prefix of the staging directory's name inside OUT.
 pub const STAGING_PREFIX: &str = ".xbkit-partial-";
@@ -168,6 +169,56 @@ impl Target {
             };
         }
         Ok(current)
+    }
+
+    /// Before the commit: every directory the manifest lists exists in the staging directory (an empty one is made
+    /// there, so the commit checks its place like any other entry's), and the placeholders that `producer
+    /// --dir-placeholders` put in the stream are gone. Paths pass the same checks as files'. Returns how many
+    /// placeholders were removed.
+    pub fn stage_directories(&self, directories: &[DirectoryRecord]) -> Result<u64> {
+        let mut removed = 0;
+        for record in directories {
+            let relative = proto::safe_relative_path(&record.path.0)
+                .with_context(|| format!("the manifest lists directory {}", record.path.display()))?;
+            let dir = self.directory(&relative, &relative)?;
+            if record.placeholder {
+                let compressed = format!("{PLACEHOLDER_NAME}{}", proto::compressed::ZSTD_SUFFIX);
+                for name in [PLACEHOLDER_NAME, compressed.as_str()] {
+                    match nix::unistd::unlinkat(&*dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                        Ok(()) => removed += 1,
+                        Err(Errno::ENOENT) => {}
+                        Err(e) => bail!("cannot remove {}: {e}", self.root_path.join(&relative).join(name).display()),
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// After the commit: each listed directory gets its permission bits (never setuid, setgid or sticky: the
+    /// manifest may be hostile) and its mtime, last, once nothing more is created in it. Each is reached from OUT
+    /// one component at a time, never following a symlink.
+    pub fn restore_directories(&self, directories: &[DirectoryRecord]) -> Result<()> {
+        use nix::sys::stat::{fchmod, futimens};
+        use nix::sys::time::TimeSpec;
+        for record in directories.iter().filter(|record| record.mode != 0) {
+            let relative = proto::safe_relative_path(&record.path.0)
+                .with_context(|| format!("the manifest lists directory {}", record.path.display()))?;
+            let display = self.root_path.join(&relative);
+            let mut current: Option<OwnedFd> = None;
+            for component in relative.components() {
+                let parent: &OwnedFd = current.as_ref().unwrap_or(&self.root);
+                let next = openat(parent, component.as_os_str(), DIR_FLAGS, Mode::empty())
+                    .with_context(|| format!("cannot open directory {}", display.display()))?;
+                current = Some(next);
+            }
+            let fd = current.with_context(|| format!("directory {} has an empty path", record.path.display()))?;
+            fchmod(&fd, Mode::from_bits_truncate(record.mode & 0o777))
+                .with_context(|| format!("cannot set the mode of {}", display.display()))?;
+            futimens(&fd, &TimeSpec::UTIME_OMIT, &TimeSpec::new(record.mtime, 0))
+                .with_context(|| format!("cannot set the mtime of {}", display.display()))?;
+        }
+        Ok(())
     }
 
     /// Moves every staged entry but `last` into OUT (after checking every conflict first), syncs the file system

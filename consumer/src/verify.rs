@@ -21,6 +21,8 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
     report_corrupt_pages(&manifest);
     let root_fd = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .with_context(|| format!("cannot open {}", root.display()))?;
+    // Placeholders are not part of the tree (our extract removes them; mbstream -x leaves them): not checked.
+    let placeholders = manifest.placeholder_paths();
     let (sender, receiver) = crossbeam_channel::bounded::<&FileRecord>(64);
     let problems = Mutex::new(Vec::<String>::new());
     std::thread::scope(|scope| {
@@ -34,7 +36,7 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
                 }
             });
         }
-        for record in &manifest.files {
+        for record in manifest.files.iter().filter(|record| !placeholders.contains(&record.path.0)) {
             if sender.send(record).is_err() {
                 break;
             }
@@ -48,8 +50,21 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
         }
         bail!("{} of {} files do not match the manifest; first: {}", problems.len(), manifest.files.len(), problems[0]);
     }
+    // Every listed directory is there (an empty one included).
+    for directory in &manifest.directories {
+        let relative = proto::safe_relative_path(&directory.path.0)
+            .with_context(|| format!("the manifest lists directory {}", directory.path.display()))?;
+        let path = root.join(relative);
+        if !std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir()) {
+            bail!("directory {} of the manifest is missing (or not a directory)", path.display());
+        }
+    }
+    let files = manifest.files.len() - placeholders.len().min(manifest.files.len());
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
-    Ok(format!("verified {} files, {} bytes, against {MANIFEST_NAME}", manifest.files.len(), bytes))
+    Ok(format!(
+        "verified {files} files, {bytes} bytes, and {} directories against {MANIFEST_NAME}",
+        manifest.directories.len()
+    ))
 }
 
 /// Warns about every file the producer copied with InnoDB pages that were corrupt at the source

@@ -88,6 +88,13 @@ pub struct Args {
     #[arg(long)]
     pub strict: bool,
 
+    /// Put an empty file (`xbkit-directory-placeholder`) in each directory that holds no file of its own, so that
+    /// `mbstream -x` / `xbstream -x` create it (they create a directory only for a file in it, and lose the files
+    /// below a directory they could not create). `consumer extract` removes the placeholders; the real tools leave
+    /// them. Without it, such directories are named in a warning, and only `consumer` restores them.
+    #[arg(long)]
+    pub dir_placeholders: bool,
+
     /// Write run statistics as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,

@@ -72,6 +72,8 @@ pub struct Config {
     pub throttle: Option<u32>,
     /// Fail on files that change while copied.
     pub strict: bool,
+    /// `--dir-placeholders`: an empty file in each directory without a file of its own.
+    pub dir_placeholders: bool,
     /// Where to write statistics.
     pub stats_json: Option<PathBuf>,
     /// `--validate-pages`: how InnoDB pages are checked (`None`: not at all).
@@ -200,6 +202,7 @@ impl Config {
             fadvise: !args.no_fadvise,
             throttle: args.throttle.filter(|&n| n > 0),
             strict: args.strict,
+            dir_placeholders: args.dir_placeholders,
             stats_json: args.stats_json.clone(),
             validate_pages: args.validate_pages.then(|| crate::validate::PageValidation {
                 log_corruption: args.log_page_corruption,

@@ -631,6 +631,7 @@ mod tests {
             size: 0,
             mode: 0o640,
             mtime: 0,
+            placeholder: false,
         };
         FileState::new(0, scanned, 1 << 20, Some(0), false, false, false, validate)
     }

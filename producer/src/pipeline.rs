@@ -28,7 +28,9 @@ use proto::cancel::{recv, send, Cancel, Cancelled};
 use proto::chunk::{encoded_header_len, ChunkKind};
 use proto::fifo::{self, End, FifoSet};
 use proto::idle::{Activity, IdlePipe};
-use proto::manifest::{self, Compression, Digest, FileRecord, Manifest, ManifestWriter, StreamRecord, WirePath};
+use proto::manifest::{
+    self, Compression, Digest, DirectoryRecord, FileRecord, Manifest, ManifestWriter, StreamRecord, WirePath,
+};
 use proto::marker::StreamMarker;
 use proto::pool::{BufferPool, PooledBuffer};
 use sha1::{Digest as _, Sha1};
@@ -74,9 +76,22 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let scan_started = SystemTime::now() - Duration::from_millis(100);
     let want_total = config.progress != runtime::progress::ProgressMode::Quiet;
     let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
-    let pre = scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, |_| Ok(cancel.check()?))?;
+    let pre =
+        scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, false, |_| Ok(cancel.check()?))?;
     if want_total {
         log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
+    }
+    if let (Some(example), false, false) =
+        (&pre.fileless_example, config.dir_placeholders, matches!(config.output, Output::Directory(_)))
+    {
+        log::warn!(
+            "{} of {} directories hold no file of their own (e.g. {}): mbstream -x / xbstream -x cannot create them \
+             and lose every file below them; consumer extract restores them from the manifest; --dir-placeholders \
+             puts an empty file in each so the real tools can",
+            pre.fileless,
+            pre.directories,
+            example.display()
+        );
     }
 
     let (sinks, _fifos) = open_outputs(config, cancel)?;
@@ -101,6 +116,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         next: AtomicUsize::new(0),
         counts: (0..stream_count).map(|_| StreamCount::default()).collect(),
         records: Mutex::default(),
+        directories: Mutex::default(),
         in_flight: Mutex::new(HashMap::new()),
         order: Mutex::default(),
         cancel: cancel.clone(),
@@ -157,7 +173,14 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                         // the batches sent, so file binding spreads them over the streams.
                         let mut batch = Batch::default();
                         let pass = scan::Pass::Stream { strict: config.strict, changed_since: scan_started };
-                        scan::walk(&config.source, pass, suffix, |scanned| {
+                        scan::walk(&config.source, pass, suffix, config.dir_placeholders, |found| {
+                            let scanned = match found {
+                                scan::Found::File(scanned) => scanned,
+                                scan::Found::Directory(directory) => {
+                                    router.directory(directory);
+                                    return Ok(());
+                                }
+                            };
                             let small = config.compress_level.is_none()
                                 && scanned.size < BATCH_FILE_MAX.min(config.chunk_size as u64)
                                 && !crate::file::validates_pages(&scanned, config.validate_pages.is_some());
@@ -337,7 +360,10 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let records = router.records.into_inner().unwrap_or_else(|e| e.into_inner());
     let elapsed = started.elapsed().as_secs_f64();
     // The SHA-1 list is not counted among the files (it is recorded after the stats were taken).
-    let (files, bytes) = (records.files(), records.bytes());
+    // Nor are the placeholders of `--dir-placeholders`: they are not in the source.
+    let directories = router.directories.lock().unwrap_or_else(|e| e.into_inner());
+    let placeholders = directories.iter().filter(|directory| directory.placeholder).count() as u64;
+    let (files, bytes) = (records.files() - placeholders, records.bytes());
     let stats = Stats {
         files,
         bytes,
@@ -388,8 +414,12 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         Some(pages) => format!("; {} InnoDB pages checked, all intact", pages.checked),
         None => String::new(),
     };
+    let placeholders = match placeholders {
+        0 => String::new(),
+        n => format!(" (and {n} directory placeholders)"),
+    };
     Ok(format!(
-        "backed up {files} files, {} in {elapsed:.2} s ({:.0} MB/s) to {destination}; {} lists them{pages}",
+        "backed up {files} files{placeholders}, {} in {elapsed:.2} s ({:.0} MB/s) to {destination}; {} lists them{pages}",
         human(bytes),
         stats.mb_per_second,
         manifest::MANIFEST_NAME
@@ -480,11 +510,15 @@ fn send_documents(
             })
             .collect(),
         files: Vec::new(),
+        directories: Vec::new(),
     };
     let pieces =
         DocumentPieces::new(router, pool, manifest::MANIFEST_NAME.as_bytes().to_vec(), config.chunk_size, false);
     let mut manifest = ManifestWriter::new(pieces, &head)?;
     records.for_each(|record| Ok(manifest.record(record)?))?;
+    for directory in router.directories.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        manifest.directory(directory)?;
+    }
     manifest.finish()?.finish()?;
     *router.records.lock().unwrap_or_else(|e| e.into_inner()) = records;
     Ok(())
@@ -670,6 +704,8 @@ struct Router {
     counts: Vec<StreamCount>,
     /// Every completed file's record, for the manifest (beyond a bound, in a temporary file).
     records: Mutex<RecordLog>,
+    /// Every directory's record, for the manifest (in memory: one per directory, not per file).
+    directories: Mutex<Vec<DirectoryRecord>>,
     /// Files handed out by the scanner that have neither ended nor vanished yet, by file number. Bounded: the
     /// scanner runs at most a channel's length ahead of the readers.
     in_flight: Mutex<HashMap<u64, Arc<FileState>>>,
@@ -764,6 +800,17 @@ impl Router {
     }
 
     /// The scanner hands `file` out.
+    /// Records a directory the scanner has left, for the manifest.
+    fn directory(&self, directory: scan::ScannedDirectory) {
+        let record = DirectoryRecord {
+            path: WirePath(directory.wire),
+            mode: directory.mode,
+            mtime: directory.mtime,
+            placeholder: directory.placeholder,
+        };
+        self.directories.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+    }
+
     fn started(&self, file: &Arc<FileState>) {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(file.number, Arc::clone(file));
     }

@@ -1,17 +1,24 @@
-//! The source walk: regular files only, never following a symlink, in a stable order (each directory's files
-//! before its subdirectories, names sorted). Streaming: nothing is kept per file.
+//! The source walk: regular files and directories, never following a symlink, in a stable order (each directory's
+//! files before its subdirectories, names sorted). Streaming: nothing is kept per file, and one entry per directory
+//! on the path being walked.
 //!
-//! What is not a regular file is skipped with a warning: symlinks (xbstream cannot carry them, and following one
-//! could leave the source), sockets, FIFOs and devices. Empty directories are not carried either (xbstream has no
-//! directory entries). A top-level file named like the manifest or like a stream marker (`backup-stream-<i>.json`,
-//! left by `mbstream -x`) is skipped with a warning: it is taken to be part of the backup this tree was restored
-//! from, and the new backup writes its own.
+//! What is neither is skipped with a warning: symlinks (xbstream cannot carry them, and following one could leave
+//! the source), sockets, FIFOs and devices. A top-level file named like the manifest or like a stream marker
+//! (`backup-stream-<i>.json`, left by `mbstream -x`) is skipped with a warning: it is taken to be part of the
+//! backup this tree was restored from, and the new backup writes its own.
+//!
+//! Directories are handed over once the walk has left them (children before parents), for the manifest: xbstream
+//! has no directory entries, and `mbstream -x` creates a directory only for a file in it, and only if its parent
+//! exists. So a directory without a file of its own (an empty one, or one that holds only directories) cannot be
+//! restored by the real tools, and the files below it are lost. The walk counts such directories; with
+//! placeholders it also hands over, for each, an empty file ([`PLACEHOLDER_NAME`]) in it, in scan order (before
+//! anything in its subdirectories), so that `mbstream -x` creates it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use proto::manifest::{MANIFEST_NAME, SHA1SUMS_NAME};
+use proto::manifest::{MANIFEST_NAME, PLACEHOLDER_NAME, SHA1SUMS_NAME};
 
 /// One regular file found by the walk.
 #[derive(Debug, Clone)]
@@ -26,17 +33,58 @@ pub struct ScannedFile {
     pub mode: u32,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// A `--dir-placeholders` file: not in the source, empty, read from `/dev/null`.
+    pub placeholder: bool,
+}
+
+/// One directory below the root, handed over once the walk has left it.
+#[derive(Debug, Clone)]
+pub struct ScannedDirectory {
+    /// The relative path as it goes in the manifest (validated).
+    pub wire: Vec<u8>,
+    /// Permission bits (0 without `stat`).
+    pub mode: u32,
+    /// Modification time, seconds since the epoch (0 without `stat`).
+    pub mtime: i64,
+    /// Whether it holds a regular file of its own.
+    pub has_files: bool,
+    /// Whether a placeholder file was handed over for it.
+    pub placeholder: bool,
+}
+
+/// What a walk hands over, in scan order.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A regular file (or a placeholder).
+    File(ScannedFile),
+    /// A directory the walk has left.
+    Directory(ScannedDirectory),
 }
 
 /// What a walk found.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ScanTotals {
-    /// Regular files visited.
+    /// Regular files visited (placeholders not counted).
     pub files: u64,
     /// Their total size.
     pub bytes: u64,
     /// Entries skipped (symlinks, special files, a stale manifest).
     pub skipped: u64,
+    /// Directories below the root.
+    pub directories: u64,
+    /// Of those, directories without a regular file of their own (which `mbstream -x` cannot create).
+    pub fileless: u64,
+    /// The first of them, for messages.
+    pub fileless_example: Option<PathBuf>,
+}
+
+/// A directory on the path being walked.
+struct OpenDirectory {
+    depth: usize,
+    relative: PathBuf,
+    found: ScannedDirectory,
+    /// Gone while the walk read it (it is not recorded).
+    vanished: bool,
 }
 
 /// How a walk is used.
@@ -60,7 +108,8 @@ pub enum Pass {
     },
 }
 
-/// Walks `root`, calling `visit` for each regular file. The producer walks twice — a checking pre-scan, so that
+/// Walks `root`, calling `visit` for each regular file and directory (and, with `placeholders`, a placeholder
+/// file for each directory without a file of its own). The producer walks twice — a checking pre-scan, so that
 /// every path is validated before a byte is written, and the streaming scan. A path that cannot go on the wire
 /// with `suffix` appended (`.zst` when compressing; over 511 bytes) or a directory that cannot be read is an error
 /// naming it.
@@ -68,11 +117,54 @@ pub fn walk(
     root: &Path,
     pass: Pass,
     suffix: &str,
-    mut visit: impl FnMut(ScannedFile) -> Result<()>,
+    placeholders: bool,
+    mut visit: impl FnMut(Found) -> Result<()>,
 ) -> Result<ScanTotals> {
     let warn = matches!(pass, Pass::Check { .. });
     let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream { .. });
     let mut totals = ScanTotals::default();
+    let mut open: Vec<OpenDirectory> = Vec::new();
+    let wire_of = |relative: &Path, full: &Path| -> Result<Vec<u8>> {
+        proto::path::wire_path(relative)
+            .and_then(|wire| {
+                let mut stored = wire.clone();
+                stored.extend_from_slice(suffix.as_bytes());
+                proto::safe_relative_path(&stored).map(|_| wire)
+            })
+            .with_context(|| format!("cannot back up {}", full.display()))
+    };
+    // Hands over the placeholder of `directory` (once).
+    let placeholder = |directory: &mut OpenDirectory, visit: &mut dyn FnMut(Found) -> Result<()>| -> Result<()> {
+        if !placeholders || directory.found.placeholder {
+            return Ok(());
+        }
+        directory.found.placeholder = true;
+        let relative = directory.relative.join(PLACEHOLDER_NAME);
+        let wire = wire_of(&relative, &root.join(&relative))?;
+        let (mode, mtime) = (0o644, directory.found.mtime);
+        visit(Found::File(ScannedFile { source: "/dev/null".into(), wire, size: 0, mode, mtime, placeholder: true }))
+    };
+    // Finishes the directories the walk has left (deeper than `depth`).
+    let leave = |open: &mut Vec<OpenDirectory>,
+                 depth: usize,
+                 totals: &mut ScanTotals,
+                 visit: &mut dyn FnMut(Found) -> Result<()>|
+     -> Result<()> {
+        while open.last().is_some_and(|directory| directory.depth >= depth) {
+            let mut directory = open.pop().expect("checked");
+            if directory.vanished {
+                continue;
+            }
+            totals.directories += 1;
+            if !directory.found.has_files {
+                totals.fileless += 1;
+                totals.fileless_example.get_or_insert_with(|| directory.relative.clone());
+                placeholder(&mut directory, visit)?;
+            }
+            visit(Found::Directory(directory.found))?;
+        }
+        Ok(())
+    };
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .min_depth(1)
@@ -85,6 +177,11 @@ pub fn walk(
                 if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) && e.depth() > 0 {
                     // A directory dropped while the walk ran (DROP DATABASE on a live datadir).
                     totals.skipped += 1;
+                    if let Some(gone) =
+                        open.iter_mut().find(|directory| Some(root.join(&directory.relative).as_path()) == e.path())
+                    {
+                        gone.vanished = true;
+                    }
                     match pass {
                         Pass::Stream { strict: true, .. } => {
                             bail!("{path} vanished before it could be read (--strict)")
@@ -99,11 +196,24 @@ pub fn walk(
                 bail!("cannot read {path}: {}", e.io_error().map_or(e.to_string(), |io| io.to_string()));
             }
         };
+        leave(&mut open, entry.depth(), &mut totals, &mut visit)?;
         let kind = entry.file_type();
+        let relative = entry.path().strip_prefix(root).expect("walkdir yields paths under its root");
         if kind.is_dir() {
+            // Its parent's files are all behind: a parent without one gets its placeholder before anything below.
+            if let Some(parent) = open.last_mut().filter(|parent| !parent.found.has_files) {
+                placeholder(parent, &mut visit)?;
+            }
+            let wire = wire_of(relative, entry.path())?;
+            let (mode, mtime) = match stat.then(|| entry.metadata()) {
+                Some(Ok(meta)) => (meta.mode() & 0o7777, meta.mtime()),
+                // Gone since it was listed: reading it will say so.
+                Some(Err(_)) | None => (0, 0),
+            };
+            let found = ScannedDirectory { wire, mode, mtime, has_files: false, placeholder: false };
+            open.push(OpenDirectory { depth: entry.depth(), relative: relative.to_path_buf(), found, vanished: false });
             continue;
         }
-        let relative = entry.path().strip_prefix(root).expect("walkdir yields paths under its root");
         if !kind.is_file() {
             totals.skipped += 1;
             // In the streaming scan: an entry that changed (ctime) since the pre-scan began was a regular file the
@@ -159,13 +269,7 @@ pub fn walk(
             }
             continue;
         }
-        let wire = proto::path::wire_path(relative)
-            .and_then(|wire| {
-                let mut stored = wire.clone();
-                stored.extend_from_slice(suffix.as_bytes());
-                proto::safe_relative_path(&stored).map(|_| wire)
-            })
-            .with_context(|| format!("cannot back up {}", entry.path().display()))?;
+        let wire = wire_of(relative, entry.path())?;
         let (size, mode, mtime) = if stat {
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
@@ -197,8 +301,13 @@ pub fn walk(
         };
         totals.files += 1;
         totals.bytes += size;
-        visit(ScannedFile { source: entry.path().to_path_buf(), wire, size, mode, mtime })?;
+        if let Some(parent) = open.last_mut() {
+            parent.found.has_files = true;
+        }
+        let source = entry.path().to_path_buf();
+        visit(Found::File(ScannedFile { source, wire, size, mode, mtime, placeholder: false }))?;
     }
+    leave(&mut open, 0, &mut totals, &mut visit)?;
     Ok(totals)
 }
 
@@ -221,15 +330,78 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut seen = Vec::new();
-        let totals =
-            walk(root, Pass::Stream { strict: false, changed_since: std::time::SystemTime::UNIX_EPOCH }, "", |f| {
+        let totals = walk(root, stream_pass(), "", false, |found| {
+            if let Found::File(f) = found {
                 seen.push((String::from_utf8(f.wire).unwrap(), f.size));
-                Ok(())
-            })
-            .unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["z", "b/backup-manifest.json", "b/y", "b/c/x"]);
         assert_eq!((totals.files, totals.bytes, totals.skipped), (4, 1 + 19 + 2 + 3, 4));
+        assert_eq!((totals.directories, totals.fileless), (2, 0));
+    }
+
+    fn stream_pass() -> Pass {
+        Pass::Stream { strict: false, changed_since: std::time::SystemTime::UNIX_EPOCH }
+    }
+
+    /// Directories come once the walk has left them, with their modes; those without a file of their own are
+    /// counted, and with placeholders each gets one, in scan order: before anything below it.
+    #[test]
+    fn directories_are_handed_over_and_fileless_ones_get_a_placeholder_before_their_children() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::create_dir_all(root.join("e")).unwrap();
+        fs::create_dir_all(root.join("f/g")).unwrap();
+        fs::write(root.join("a/b/c/x"), b"x").unwrap();
+        fs::write(root.join("f/y"), b"y").unwrap();
+        fs::set_permissions(root.join("a"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(root.join("e"), fs::Permissions::from_mode(0o750)).unwrap();
+        for placeholders in [false, true] {
+            let mut seen = Vec::new();
+            let totals = walk(root, stream_pass(), "", placeholders, |found| {
+                seen.push(match found {
+                    Found::File(f) => format!(
+                        "file {}{}",
+                        String::from_utf8(f.wire).unwrap(),
+                        if f.placeholder { " (placeholder)" } else { "" }
+                    ),
+                    Found::Directory(d) => format!(
+                        "dir {} {:o}{}",
+                        String::from_utf8(d.wire).unwrap(),
+                        d.mode,
+                        if d.has_files { "" } else { " fileless" }
+                    ),
+                });
+                Ok(())
+            })
+            .unwrap();
+            let p = |dir: &str| format!("file {dir}/{PLACEHOLDER_NAME} (placeholder)");
+            let mut expected = vec![
+                p("a"),
+                p("a/b"),
+                "file a/b/c/x".into(),
+                "dir a/b/c 755".into(),
+                "dir a/b 755 fileless".into(),
+                "dir a 700 fileless".into(),
+                p("e"),
+                "dir e 750 fileless".into(),
+                "file f/y".into(),
+                p("f/g"),
+                "dir f/g 755 fileless".into(),
+                "dir f 755".into(),
+            ];
+            if !placeholders {
+                expected.retain(|line| !line.ends_with("(placeholder)"));
+            }
+            assert_eq!(seen, expected);
+            assert_eq!((totals.files, totals.directories, totals.fileless), (2, 6, 4));
+            assert_eq!(totals.fileless_example.as_deref(), Some(Path::new("a/b")));
+        }
     }
 
     #[test]
@@ -241,9 +413,10 @@ mod tests {
         }
         fs::create_dir_all(&deep).unwrap();
         fs::write(deep.join("f"), b"x").unwrap();
-        let err = walk(dir.path(), Pass::Check { stat: false }, "", |_| Ok(())).unwrap_err();
+        let err = walk(dir.path(), Pass::Check { stat: false }, "", false, |_| Ok(())).unwrap_err();
         let message = format!("{err:#}");
         assert!(message.starts_with("cannot back up "), "{message}");
-        assert!(message.contains("is 604 bytes long (at most 511)"), "{message}");
+        // The deepest directory is already too long for the manifest.
+        assert!(message.contains("is 602 bytes long (at most 511)"), "{message}");
     }
 }

@@ -23,6 +23,12 @@ pub const MANIFEST_NAME: &str = "backup-manifest.json";
 /// File name of the `sha1sum -c` list streamed with `--digest sha1`.
 pub const SHA1SUMS_NAME: &str = "backup-manifest.sha1";
 
+/// Name of the empty file `producer --dir-placeholders` puts in each directory that holds no file of its own, so
+/// that `mbstream -x` (which creates a directory only for a file in it) creates the directory. The manifest marks
+/// such directories ([`DirectoryRecord::placeholder`]); our consumer removes the placeholder after the proof. No
+/// leading `.`: `mbstream -x` refuses such names.
+pub const PLACEHOLDER_NAME: &str = "xbkit-directory-placeholder";
+
 /// Version of the manifest layout; a consumer refuses versions it does not know.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -48,6 +54,26 @@ pub struct Manifest {
     pub streams: Vec<StreamRecord>,
     /// Every file in the backup except the manifest itself, in the order they were completed.
     pub files: Vec<FileRecord>,
+    /// Every directory below the top of the backup, parents before children, with its mode and mtime: xbstream
+    /// carries only files, so this is how empty directories and directory modes come back. (Absent in manifests
+    /// written before directories were recorded.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directories: Vec<DirectoryRecord>,
+}
+
+/// One backed-up directory (the top of the backup is not one: it is the consumer's `-C OUT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryRecord {
+    /// Relative path, as [`FileRecord::path`].
+    pub path: WirePath,
+    /// Unix permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Whether the stream carries a [`PLACEHOLDER_NAME`] file in it (`--dir-placeholders`), which is not part of
+    /// the backed-up tree.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placeholder: bool,
 }
 
 /// Payload transformation.
@@ -223,13 +249,17 @@ impl serde_json::ser::Formatter for RecordPerLine {
 }
 
 impl Manifest {
-    /// Serialises to JSON, one line per file record, with a trailing newline (what [`ManifestWriter`] writes).
+    /// Serialises to JSON, one line per file and directory record, with a trailing newline (what
+    /// [`ManifestWriter`] writes).
     pub fn to_json(&self) -> Vec<u8> {
-        let head = Manifest { files: Vec::new(), ..self.clone() };
+        let head = Manifest { files: Vec::new(), directories: Vec::new(), ..self.clone() };
         let mut writer = ManifestWriter::new(Vec::with_capacity(256 + self.files.len() * 128), &head)
             .expect("writing to memory cannot fail");
         for record in &self.files {
             writer.record(record).expect("writing to memory cannot fail");
+        }
+        for record in &self.directories {
+            writer.directory(record).expect("writing to memory cannot fail");
         }
         writer.finish().expect("writing to memory cannot fail")
     }
@@ -240,6 +270,16 @@ impl Manifest {
             return Err(ManifestError::UnsupportedFormat { found: manifest.format });
         }
         Ok(manifest)
+    }
+
+    /// The wire paths of the placeholder files of `--dir-placeholders` ([`PLACEHOLDER_NAME`] in each directory
+    /// marked [`DirectoryRecord::placeholder`]): in the stream, not in the backed-up tree.
+    pub fn placeholder_paths(&self) -> std::collections::HashSet<Vec<u8>> {
+        self.directories
+            .iter()
+            .filter(|directory| directory.placeholder)
+            .map(|directory| [&directory.path.0[..], b"/", PLACEHOLDER_NAME.as_bytes()].concat())
+            .collect()
     }
 
     /// The `sha1sum -c` list of the files that carry a SHA-1 (`<hex>  <path>` lines). Non-UTF-8 paths are written
@@ -265,32 +305,47 @@ impl FileRecord {
     }
 }
 
-/// Writes a manifest piece by piece — the head, then one file record at a time — so that a producer with
-/// millions of files never holds the whole document (or every record) in memory. The bytes are exactly
-/// [`Manifest::to_json`]'s.
+/// Writes a manifest piece by piece — the head, then one file record at a time, then the directory records — so
+/// that a producer with millions of files never holds the whole document (or every record) in memory. The bytes are
+/// exactly [`Manifest::to_json`]'s.
 pub struct ManifestWriter<W> {
     out: W,
     records: u64,
+    directories: u64,
 }
 
 impl<W: std::io::Write> ManifestWriter<W> {
     /// Starts the manifest `head` (its `files` must be empty: they follow with [`ManifestWriter::record`]).
     pub fn new(mut out: W, head: &Manifest) -> std::io::Result<ManifestWriter<W>> {
-        assert!(head.files.is_empty(), "the head of a manifest carries no files");
+        assert!(head.files.is_empty() && head.directories.is_empty(), "the head of a manifest carries no records");
         let mut bytes = Vec::new();
         let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, RecordPerLine { depth: 0 });
         head.serialize(&mut serializer).map_err(std::io::Error::other)?;
         // `files` is the last field: the head ends with its empty list, which the records fill.
         let open = bytes.strip_suffix(b"\n]}").expect("the files list closes the manifest");
         out.write_all(open)?;
-        Ok(ManifestWriter { out, records: 0 })
+        Ok(ManifestWriter { out, records: 0, directories: 0 })
     }
 
-    /// Appends one file record, on its own line.
+    /// Appends one file record, on its own line (every file comes before the first directory).
     pub fn record(&mut self, record: &FileRecord) -> std::io::Result<()> {
+        assert_eq!(self.directories, 0, "files come before directories");
         self.out.write_all(if self.records == 0 { b"\n" } else { b",\n" })?;
         self.records += 1;
         // At the depth of the files list, so nested lists stay on the record's line.
+        let mut serializer = serde_json::Serializer::with_formatter(&mut self.out, RecordPerLine { depth: 2 });
+        record.serialize(&mut serializer).map_err(std::io::Error::other)
+    }
+
+    /// Appends one directory record, on its own line, after every file record.
+    pub fn directory(&mut self, record: &DirectoryRecord) -> std::io::Result<()> {
+        if self.directories == 0 {
+            // The files list closes, the directories list opens.
+            self.out.write_all(b"\n],\"directories\":[\n")?;
+        } else {
+            self.out.write_all(b",\n")?;
+        }
+        self.directories += 1;
         let mut serializer = serde_json::Serializer::with_formatter(&mut self.out, RecordPerLine { depth: 2 });
         record.serialize(&mut serializer).map_err(std::io::Error::other)
     }
@@ -382,7 +437,15 @@ where
         use serde::de::Error as _;
         let mut head = serde_json::Map::new();
         let mut files_seen = false;
+        let mut directories = None;
         while let Some(key) = map.next_key::<String>()? {
+            if key == "directories" {
+                if directories.is_some() {
+                    return Err(A::Error::duplicate_field("directories"));
+                }
+                directories = Some(map.next_value_seed(DirectoriesSeed { since_mark: &self.sink.since_mark })?);
+                continue;
+            }
             if key != "files" {
                 let value = map.next_value::<serde_json::Value>()?;
                 if head.insert(key.clone(), value).is_some() {
@@ -408,7 +471,42 @@ where
         if !files_seen {
             return Err(A::Error::missing_field("files"));
         }
-        head_of(&head).map_err(A::Error::custom)
+        let mut manifest = head_of(&head).map_err(A::Error::custom)?;
+        manifest.directories = directories.unwrap_or_default();
+        Ok(manifest)
+    }
+}
+
+/// The `directories` array, read record by record (each within [`MAX_MANIFEST_PIECE`]) into memory: directories
+/// are kept, files are not.
+struct DirectoriesSeed<'s> {
+    since_mark: &'s std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DirectoriesSeed<'_> {
+    type Value = Vec<DirectoryRecord>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DirectoriesSeed<'_> {
+    type Value = Vec<DirectoryRecord>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a list of directory records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut directories = Vec::new();
+        while let Some(record) = {
+            self.since_mark.set(0);
+            seq.next_element::<DirectoryRecord>()?
+        } {
+            directories.push(record);
+        }
+        Ok(directories)
     }
 }
 
@@ -455,8 +553,9 @@ impl Manifest {
     /// Reads a manifest from `reader` without ever holding its file list, so its size does not count against
     /// memory: `on_head` gets the manifest without files (every other field, format checked) before the first
     /// record, and `on_file` each file record, in the manifest's order. A callback's error stops the read and is
-    /// returned as [`StreamingError::Stopped`]. Returns the manifest without files. Memory is bounded whatever the
-    /// manifest says: a head or a record over [`MAX_MANIFEST_PIECE`] bytes is an error. (Give it a buffered
+    /// returned as [`StreamingError::Stopped`]. Returns the manifest without files (its directories are kept: the
+    /// one list that stays in memory). Memory per piece is bounded whatever the manifest says: a head or a record
+    /// over [`MAX_MANIFEST_PIECE`] bytes is an error. (Give it a buffered
     /// reader: it reads a byte at a time.)
     pub fn read_streaming<R: std::io::Read, E>(
         reader: R,
@@ -516,6 +615,10 @@ mod tests {
                     corrupt_pages_total: 0,
                 },
             ],
+            directories: vec![
+                DirectoryRecord { path: WirePath(b"db".to_vec()), mode: 0o750, mtime: 3, placeholder: false },
+                DirectoryRecord { path: WirePath(b"db/empty".to_vec()), mode: 0o700, mtime: 4, placeholder: true },
+            ],
         }
     }
 
@@ -529,7 +632,10 @@ mod tests {
         assert_eq!(Manifest::from_json(&json).unwrap(), manifest);
         // One line per file record (and per stream), nothing indented.
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.iter().filter(|line| line.starts_with("{\"path\":")).count(), 2, "{text}");
+        // Two files, then two directories.
+        assert_eq!(lines.iter().filter(|line| line.starts_with("{\"path\":")).count(), 4, "{text}");
+        assert!(text.contains("\n],\"directories\":[\n{\"path\":\"db\",\"mode\":488,\"mtime\":3}"), "{text}");
+        assert!(text.ends_with("\"placeholder\":true}\n]}\n"), "{text}");
         assert!(lines.iter().any(|line| line.starts_with("{\"index\":0,")), "{text}");
         assert!(!text.contains("  "), "{text}");
     }
@@ -552,7 +658,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(files, manifest.files);
-        assert_eq!(heads, vec![Manifest { files: Vec::new(), ..manifest.clone() }]);
+        // The head comes before the records (so without directories, which follow the files); the manifest
+        // returned has its directories.
+        assert_eq!(heads, vec![Manifest { files: Vec::new(), directories: Vec::new(), ..manifest.clone() }]);
         assert_eq!(head, Manifest { files: Vec::new(), ..manifest.clone() });
         // A callback's error stops the read and comes back as it was.
         let stopped =
@@ -573,7 +681,9 @@ mod tests {
         padded.tool = "x".repeat(MAX_MANIFEST_PIECE as usize + 1);
         let mut huge = manifest.clone();
         huge.files[1].path = WirePath(vec![b'a'; MAX_MANIFEST_PIECE as usize + 1]);
-        for oversized in [padded, huge] {
+        let mut huge_directory = manifest.clone();
+        huge_directory.directories[1].path = WirePath(vec![b'a'; MAX_MANIFEST_PIECE as usize + 1]);
+        for oversized in [padded, huge, huge_directory] {
             let error =
                 Manifest::read_streaming(&oversized.to_json()[..], |_: &Manifest| Ok::<(), String>(()), |_| Ok(()))
                     .unwrap_err();

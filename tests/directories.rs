@@ -1,0 +1,135 @@
+//! Directories are part of the backup: empty ones and directory modes and mtimes come back through `consumer
+//! extract`, and with `--dir-placeholders` the real `mbstream -x` restores every file and every directory too.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+/// The tree of every test here: directories holding only directories (`a`, `a/b`, `deep/x`), an empty one, files at
+/// every level of `d1`, and directory modes 0700/0750/0755 with old mtimes.
+fn tree() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path();
+    write_tree(
+        root,
+        &[
+            ("top", b"top".to_vec()),
+            ("a/b/c/f", b"under two file-less directories".to_vec()),
+            ("deep/f", b"d".to_vec()),
+            ("deep/x/y/f", b"y".to_vec()),
+            ("d1/f", pseudo_random_bytes(300 << 10, 1)),
+            ("d1/d2/f", pseudo_random_bytes(5000, 2)),
+            ("d1/d2/d3/f", pseudo_random_bytes(70 << 10, 3)),
+        ],
+    );
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::create_dir_all(root.join("deep/x/also-empty")).unwrap();
+    for (dir, mode) in [("a", 0o700), ("empty", 0o750), ("d1", 0o755), ("d1/d2", 0o700), ("deep/x/also-empty", 0o750)] {
+        fs::set_permissions(root.join(dir), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // mtimes last (creating entries changes them), deepest first.
+    for (n, dir) in ["deep/x/also-empty", "d1/d2/d3", "d1/d2", "empty", "a/b", "a"].iter().enumerate() {
+        let status = Command::new("touch")
+            .args(["-d", &format!("2020-01-0{} 10:00:00 UTC", n + 1)])
+            .arg(root.join(dir))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    src
+}
+
+/// Every directory under `root` (relative, sorted) with its permission bits and mtime.
+fn directories(root: &Path) -> Vec<(String, u32, i64)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                let meta = entry.metadata().unwrap();
+                let relative = entry.path().strip_prefix(root).unwrap().display().to_string();
+                found.push((relative, meta.mode() & 0o7777, meta.mtime()));
+                stack.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn produce(src: &Path, extra: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .arg("--source")
+        .arg(src)
+        .arg("--stream=xbstream")
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// Without placeholders: the producer warns (count and an example), and `consumer extract` restores the whole
+/// tree: files, empty directories, directory modes and mtimes; `consumer verify` checks the directories too.
+#[test]
+fn extract_restores_empty_directories_and_directory_modes_and_mtimes() {
+    let src = tree();
+    let produced = produce(src.path(), &[]);
+    let stderr = String::from_utf8_lossy(&produced.stderr);
+    assert!(
+        stderr.contains("5 of 11 directories hold no file of their own (e.g. a/b)")
+            && stderr.contains("--dir-placeholders"),
+        "{stderr}"
+    );
+    let manifest: proto::Manifest = {
+        let out = tempfile::tempdir().unwrap();
+        let extracted = consume(&["extract", "-C", out.path().to_str().unwrap()], &produced.stdout);
+        assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
+        assert_same_tree(src.path(), out.path());
+        assert_eq!(directories(out.path()), directories(src.path()), "every directory, its mode and mtime");
+        run_ok(Command::new(env!("CARGO_BIN_EXE_consumer")).arg("verify").arg(out.path()), SHORT);
+        fs::remove_dir(out.path().join("empty")).unwrap();
+        let verify = Command::new(env!("CARGO_BIN_EXE_consumer")).arg("verify").arg(out.path()).output().unwrap();
+        assert_eq!(verify.status.code(), Some(1), "a missing empty directory is found by verify");
+        read_manifest(out.path())
+    };
+    assert_eq!(manifest.directories.len(), 11);
+    assert!(manifest.directories.iter().all(|d| !d.placeholder));
+}
+
+/// With `--dir-placeholders`: the real `mbstream -x` restores every file and every directory (an empty one holds a
+/// placeholder) and fails nowhere; `consumer extract` of the same stream restores the tree without placeholders.
+#[test]
+fn with_placeholders_mbstream_restores_every_file_and_directory() {
+    let src = tree();
+    let produced = produce(src.path(), &["--dir-placeholders"]);
+    let stderr = String::from_utf8_lossy(&produced.stderr);
+    assert!(!stderr.contains("hold no file of their own"), "{stderr}");
+    assert!(stderr.contains("(and 5 directory placeholders)"), "{stderr}");
+
+    let work = tempfile::tempdir().unwrap();
+    let mb = work.path().join("mb");
+    mbstream_extract(&produced.stdout, &mb);
+    let placeholder = proto::manifest::PLACEHOLDER_NAME;
+    let placeholders: Vec<_> =
+        list_tree(&mb).into_iter().filter(|p| p.file_name().is_some_and(|n| n == placeholder)).collect();
+    assert_eq!(placeholders.len(), 5, "{placeholders:?}");
+    for path in &placeholders {
+        fs::remove_file(mb.join(path)).unwrap();
+    }
+    assert_same_tree(src.path(), &mb);
+    let names = |dirs: Vec<(String, u32, i64)>| dirs.into_iter().map(|(name, ..)| name).collect::<Vec<_>>();
+    assert_eq!(names(directories(&mb)), names(directories(src.path())), "every directory, the empty ones too");
+
+    let ours = work.path().join("ours");
+    let extracted = consume(&["extract", "-C", ours.to_str().unwrap()], &produced.stdout);
+    let stderr = String::from_utf8_lossy(&extracted.stderr);
+    assert!(extracted.status.success(), "{stderr}");
+    assert!(stderr.contains("extracted 7 files"), "placeholders are not counted: {stderr}");
+    assert_same_tree(src.path(), &ours);
+    assert_eq!(directories(&ours), directories(src.path()), "no placeholder left, modes and mtimes restored");
+}
