@@ -99,6 +99,16 @@ fn extract_restores_empty_directories_and_directory_modes_and_mtimes() {
     };
     assert_eq!(manifest.directories.len(), 11);
     assert!(manifest.directories.iter().all(|d| !d.placeholder));
+
+    // A plain copy (--target-dir) gets them too.
+    let copy = tempfile::tempdir().unwrap();
+    let target = copy.path().join("copy");
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src.path()).arg("--target-dir").arg(&target),
+        SHORT,
+    );
+    assert_same_tree(src.path(), &target);
+    assert_eq!(directories(&target), directories(src.path()), "the copy's directories, modes and mtimes");
 }
 
 /// With `--dir-placeholders`: the real `mbstream -x` restores every file and every directory (an empty one holds a
@@ -132,4 +142,55 @@ fn with_placeholders_mbstream_restores_every_file_and_directory() {
     assert!(stderr.contains("extracted 7 files"), "placeholders are not counted: {stderr}");
     assert_same_tree(src.path(), &ours);
     assert_eq!(directories(&ours), directories(src.path()), "no placeholder left, modes and mtimes restored");
+}
+
+/// `--fifo-binding file`: every pipe alone extracts with the real `mbstream -x`, which fails nowhere, and the
+/// pipes together hold every file — for a deep tree whose every directory holds a file, and (with
+/// `--dir-placeholders`) for the tree with file-less and empty directories. Files directly in a top-level
+/// directory still spread over every pipe (a datadir's tables keep their parallelism).
+#[test]
+fn with_file_binding_every_pipe_alone_extracts_with_mbstream() {
+    let deep = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for top in 0..3 {
+        for table in 0..8 {
+            files.push((format!("db{top}/t{table}.ibd"), pseudo_random_bytes((100 << 10) + table * 100, table as u64)));
+        }
+        let mut dir = format!("db{top}");
+        for level in 0..5 {
+            dir = format!("{dir}/sub{level}");
+            files.push((format!("{dir}/f{level}"), pseudo_random_bytes(200 << (level * 2), level as u64)));
+        }
+    }
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
+    write_tree(deep.path(), &files);
+    let placeholders = tree();
+    for (src, extra) in [(deep.path(), &[][..]), (placeholders.path(), &["--dir-placeholders"][..])] {
+        let mut args = vec!["--fifo-binding", "file", "--read-buffer-size", "64K"];
+        args.extend(extra);
+        let pipes = produce_pipes(src, 4, &args);
+        let work = tempfile::tempdir().unwrap();
+        let all = work.path().join("all");
+        let mut spread = Vec::new();
+        for (i, bytes) in pipes.iter().enumerate() {
+            let out = work.path().join(format!("pipe{i}"));
+            mbstream_extract(bytes, &out);
+            let restored = read_tree(&out);
+            spread.push(
+                restored
+                    .iter()
+                    .filter(|(path, _)| path.starts_with("db0") && path.parent() == Some(Path::new("db0")))
+                    .count(),
+            );
+            for (path, data) in restored {
+                if path.file_name().is_some_and(|name| name != proto::manifest::PLACEHOLDER_NAME) {
+                    write_tree(&all, &[(path.to_str().unwrap(), data)]);
+                }
+            }
+        }
+        assert_same_tree(src, &all);
+        if src == deep.path() {
+            assert!(spread.iter().all(|&n| n >= 1), "db0's tables are on every pipe: {spread:?}");
+        }
+    }
 }

@@ -449,33 +449,6 @@ fn produce(src: &Path, extra: &[&str]) -> Vec<u8> {
     )
 }
 
-/// Runs the producer on `src` into `count` pipes and returns what each pipe carried (read all at once).
-fn produce_pipes(src: &Path, count: usize, extra: &[&str]) -> Vec<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo_dir = dir.path().join("fifos");
-    let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src)
-            .args(["--stream=xbstream", "--fifo-timeout", "30", "--fifo-streams", &count.to_string(), "--fifo-dir"])
-            .arg(&fifo_dir)
-            .args(extra)
-            .stderr(Stdio::piped()),
-    );
-    let readers: Vec<_> = (0..count)
-        .map(|i| {
-            let path = fifo_dir.join(format!("thread_{i}"));
-            spawn_named("pipe reader", move || {
-                wait_for_path(&path, SHORT);
-                fs::read(&path).unwrap()
-            })
-        })
-        .collect();
-    let output = producer.wait_output(LONG);
-    assert!(output.status.success(), "producer: {}", String::from_utf8_lossy(&output.stderr));
-    readers.into_iter().map(|r| join_within(r, SHORT)).collect()
-}
-
 /// Polls `condition` every 10 ms until it holds, failing the test after `limit`.
 fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -540,6 +540,26 @@ pub fn producer_on_pipes(src: &Path, count: usize, fifo_dir: &Path, extra: &[&st
     )
 }
 
+/// Runs the producer on `src` into `count` pipes (`extra` arguments) and returns what each pipe carried (each read
+/// whole by a thread of its own).
+pub fn produce_pipes(src: &Path, count: usize, extra: &[&str]) -> Vec<Vec<u8>> {
+    let work = tempfile::tempdir().unwrap();
+    let fifo_dir = work.path().join("fifos");
+    let producer = producer_on_pipes(src, count, &fifo_dir, extra);
+    let readers: Vec<_> = (0..count)
+        .map(|i| {
+            let path = fifo_dir.join(format!("thread_{i}"));
+            spawn_named("pipe reader", move || {
+                wait_for_path(&path, SHORT);
+                std::fs::read(&path).unwrap()
+            })
+        })
+        .collect();
+    let output = producer.wait_output(LONG);
+    assert!(output.status.success(), "producer: {}", String::from_utf8_lossy(&output.stderr));
+    readers.into_iter().map(|reader| join_within(reader, SHORT)).collect()
+}
+
 /// `consumer ARGS…` (e.g. `extract -C OUT`, `put NAME --storage URL`) reading or writing `count` pipes in
 /// `fifo_dir` (30 s open timeout), STDERR piped: the consumer half of a pipe test.
 pub fn consumer_on_pipes<S: AsRef<std::ffi::OsStr>>(args: &[S], count: usize, fifo_dir: &Path) -> Running {

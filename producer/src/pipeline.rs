@@ -172,6 +172,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                         // Small files gather here until the next one would not fit in a buffer; `batches` counts
                         // the batches sent, so file binding spreads them over the streams.
                         let mut batch = Batch::default();
+                        let mut homes = HomeStreams::default();
                         let pass = scan::Pass::Stream { strict: config.strict, changed_since: scan_started };
                         scan::walk(&config.source, pass, suffix, config.dir_placeholders, |found| {
                             let scanned = match found {
@@ -184,14 +185,23 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                             let small = config.compress_level.is_none()
                                 && scanned.size < BATCH_FILE_MAX.min(config.chunk_size as u64)
                                 && !crate::file::validates_pages(&scanned, config.validate_pages.is_some());
+                            let home = homes.place(&scanned.wire, stream_count);
                             // A batch holds consecutive files: it goes before a file that is not batched, so
-                            // jobs stay in scan order (see `FirstAppearance`).
-                            if !small || !batch.has_room(scanned.size, config.chunk_size) {
+                            // jobs stay in scan order (see `FirstAppearance`), and before a file that must go to
+                            // another stream than the batch.
+                            let elsewhere =
+                                binding == Binding::File && home.is_some_and(|home| batch.stream(stream_count) != home);
+                            if !small || !batch.has_room(scanned.size, config.chunk_size) || elsewhere {
                                 batch.send(&job_sender, cancel)?;
                             }
                             let stream = match binding {
-                                Binding::File if small => Some(batch.sent % stream_count),
-                                Binding::File => Some(file_number % stream_count),
+                                Binding::File if small => {
+                                    if batch.files.is_empty() {
+                                        batch.home = home;
+                                    }
+                                    Some(batch.stream(stream_count))
+                                }
+                                Binding::File => Some(home.unwrap_or(file_number % stream_count)),
                                 Binding::Chunk => None,
                             };
                             let state = FileState::new(
@@ -357,6 +367,9 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     if let Some(index) = reports.iter().position(Option::is_none) {
         anyhow::bail!("stream {index} reported nothing (an internal error): the backup is not complete");
     }
+    if let Output::Directory(root) = &config.output {
+        copy_directories(root, &router.directories.lock().unwrap_or_else(|e| e.into_inner()))?;
+    }
     let records = router.records.into_inner().unwrap_or_else(|e| e.into_inner());
     let elapsed = started.elapsed().as_secs_f64();
     // The SHA-1 list is not counted among the files (it is recorded after the stats were taken).
@@ -424,6 +437,29 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         stats.mb_per_second,
         manifest::MANIFEST_NAME
     ))
+}
+
+/// A plain copy (`--target-dir`) gets the source's directories as they were: the empty ones made, then every
+/// one's permission bits and mtime set (after all are made: making one changes its parent's mtime).
+fn copy_directories(root: &std::path::Path, directories: &[DirectoryRecord]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let paths = directories
+        .iter()
+        .map(|directory| Ok(root.join(proto::safe_relative_path(&directory.path.0)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for path in &paths {
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    }
+    // Mode 0: it could not be read (it vanished during the walk); left as made.
+    for (directory, path) in directories.iter().zip(&paths).filter(|(directory, _)| directory.mode != 0) {
+        let mode = std::fs::Permissions::from_mode(directory.mode & 0o777);
+        std::fs::set_permissions(path, mode).with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(directory.mtime.max(0) as u64);
+        std::fs::File::open(path)
+            .and_then(|dir| dir.set_modified(mtime))
+            .with_context(|| format!("cannot set the mtime of {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The start marker of stream `index`: its wire path and contents.
@@ -910,9 +946,57 @@ struct Batch {
     bytes: usize,
     /// Batches sent so far.
     sent: usize,
+    /// The stream its first file must go to, if it must (see [`HomeStreams`]).
+    home: Option<usize>,
+}
+
+/// With `--fifo-binding file`, which stream a file must go to so that every stream alone extracts with
+/// `mbstream -x`, which creates only a file's immediate parent directory, and only if that one's parent exists.
+/// Files at the top and files directly in a top-level directory go anywhere (round-robin: the top always exists,
+/// so `mbstream` can create a top-level directory on any stream): that is a whole MySQL datadir, so nothing
+/// there loses parallelism. Each top-level directory has a home stream (the top-level directories take them in
+/// turn): its first file (or its placeholder) goes there, and so does every file deeper in it. On its home
+/// stream a deep file's directory chain was then created earlier in scan order (files first appear in scan
+/// order), as long as every directory on the way has a file of its own or a placeholder.
+#[derive(Default)]
+struct HomeStreams {
+    /// The top-level directory being walked (its name), and its home.
+    current: Option<(Vec<u8>, usize)>,
+    /// Top-level directories seen so far.
+    seen: usize,
+    /// Whether the current one's first file has been placed.
+    first_placed: bool,
+}
+
+impl HomeStreams {
+    /// The stream the file at `wire` must go to (`None`: any), for `streams` streams.
+    fn place(&mut self, wire: &[u8], streams: usize) -> Option<usize> {
+        let mut parts = wire.split(|&b| b == b'/');
+        let top = parts.next().unwrap_or_default();
+        let depth = parts.count();
+        if depth == 0 {
+            return None;
+        }
+        if self.current.as_ref().is_none_or(|(name, _)| name.as_slice() != top) {
+            self.current = Some((top.to_vec(), self.seen % streams));
+            self.seen += 1;
+            self.first_placed = false;
+        }
+        let home = self.current.as_ref().map(|(_, home)| *home);
+        if depth >= 2 || !std::mem::replace(&mut self.first_placed, true) {
+            home
+        } else {
+            None
+        }
+    }
 }
 
 impl Batch {
+    /// The stream the batch goes to: its first file's home, or the next in turn.
+    fn stream(&self, streams: usize) -> usize {
+        self.home.unwrap_or(self.sent % streams)
+    }
+
     /// Whether a file of `size` bytes still fits in a buffer of `capacity` with the files gathered so far.
     fn has_room(&self, size: u64, capacity: usize) -> bool {
         // Each file takes its size plus a probe byte.
@@ -931,6 +1015,7 @@ impl Batch {
         }
         self.bytes = 0;
         self.sent += 1;
+        self.home = None;
         send(jobs, Job::Batch(std::mem::take(&mut self.files)), cancel)?;
         Ok(())
     }
