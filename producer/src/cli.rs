@@ -32,8 +32,8 @@ pub struct Args {
 
     /// How chunks are spread over pipes: `chunk` sends each chunk to the pipe with the shortest queue, so a slow
     /// pipe gets fewer (a file may span pipes; our consumer reassembles it); `file` keeps each file whole and in
-    /// order on one pipe, and everything below a top-level directory's first level on that directory's home pipe,
-    /// so every pipe alone extracts with `mbstream -x` (what xtrabackup does) when every directory holds a file or
+    /// order on one pipe — the least loaded on which `mbstream -x` can already create its directory — so every pipe
+    /// alone extracts with `mbstream -x` (what xtrabackup does) when every directory holds a file or
     /// `--dir-placeholders` is given.
     #[arg(long, value_enum, default_value_t = Binding::Chunk)]
     pub fifo_binding: Binding,

@@ -172,7 +172,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                         // Small files gather here until the next one would not fit in a buffer; `batches` counts
                         // the batches sent, so file binding spreads them over the streams.
                         let mut batch = Batch::default();
-                        let mut homes = HomeStreams::default();
+                        let mut places = DirectoryPlaces::new(stream_count);
+                        let mut loads = StreamLoads(vec![0; stream_count]);
                         let pass = scan::Pass::Stream { strict: config.strict, changed_since: scan_started };
                         scan::walk(&config.source, pass, suffix, config.dir_placeholders, |found| {
                             let scanned = match found {
@@ -185,25 +186,27 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                             let small = config.compress_level.is_none()
                                 && scanned.size < BATCH_FILE_MAX.min(config.chunk_size as u64)
                                 && !crate::file::validates_pages(&scanned, config.validate_pages.is_some());
-                            let home = homes.place(&scanned.wire, stream_count);
                             // A batch holds consecutive files: it goes before a file that is not batched, so
-                            // jobs stay in scan order (see `FirstAppearance`), and before a file that must go to
-                            // another stream than the batch.
-                            let elsewhere =
-                                binding == Binding::File && home.is_some_and(|home| batch.stream(stream_count) != home);
+                            // jobs stay in scan order (see `FirstAppearance`), and, with file binding, before a
+                            // file that may not go to the batch's stream.
+                            let elsewhere = binding == Binding::File
+                                && batch.stream.is_some_and(|stream| !places.allows(&scanned.wire, stream));
                             if !small || !batch.has_room(scanned.size, config.chunk_size) || elsewhere {
                                 batch.send(&job_sender, cancel)?;
                             }
+                            // File binding: the least loaded stream the file may go to (`DirectoryPlaces`); a
+                            // batch goes where its first file goes.
                             let stream = match binding {
                                 Binding::File if small => {
-                                    if batch.files.is_empty() {
-                                        batch.home = home;
-                                    }
-                                    Some(batch.stream(stream_count))
+                                    Some(*batch.stream.get_or_insert_with(|| places.choose(&scanned.wire, &loads)))
                                 }
-                                Binding::File => Some(home.unwrap_or(file_number % stream_count)),
+                                Binding::File => Some(places.choose(&scanned.wire, &loads)),
                                 Binding::Chunk => None,
                             };
+                            if let Some(stream) = stream {
+                                loads.add(stream, scanned.size);
+                                places.placed(&scanned.wire, stream);
+                            }
                             let state = FileState::new(
                                 file_number as u64,
                                 scanned,
@@ -944,59 +947,87 @@ struct Batch {
     files: Vec<Arc<FileState>>,
     /// Buffer bytes the files need: each its size plus a probe byte.
     bytes: usize,
-    /// Batches sent so far.
-    sent: usize,
-    /// The stream its first file must go to, if it must (see [`HomeStreams`]).
-    home: Option<usize>,
+    /// With file binding, the stream its files go to (set by the first one).
+    stream: Option<usize>,
 }
 
-/// With `--fifo-binding file`, which stream a file must go to so that every stream alone extracts with
-/// `mbstream -x`, which creates only a file's immediate parent directory, and only if that one's parent exists.
-/// Files at the top and files directly in a top-level directory go anywhere (round-robin: the top always exists,
-/// so `mbstream` can create a top-level directory on any stream): that is a whole MySQL datadir, so nothing
-/// there loses parallelism. Each top-level directory has a home stream (the top-level directories take them in
-/// turn): its first file (or its placeholder) goes there, and so does every file deeper in it. On its home
-/// stream a deep file's directory chain was then created earlier in scan order (files first appear in scan
-/// order), as long as every directory on the way has a file of its own or a placeholder.
-#[derive(Default)]
-struct HomeStreams {
-    /// The top-level directory being walked (its name), and its home.
-    current: Option<(Vec<u8>, usize)>,
-    /// Top-level directories seen so far.
-    seen: usize,
-    /// Whether the current one's first file has been placed.
-    first_placed: bool,
+/// With file binding, the bytes given to each stream so far: a file goes to the least loaded stream it may go to,
+/// so one big file (an `ibdata1`) does not leave its stream behind the others.
+struct StreamLoads(Vec<u64>);
+
+impl StreamLoads {
+    fn add(&mut self, stream: usize, bytes: u64) {
+        self.0[stream] += bytes;
+    }
 }
 
-impl HomeStreams {
-    /// The stream the file at `wire` must go to (`None`: any), for `streams` streams.
-    fn place(&mut self, wire: &[u8], streams: usize) -> Option<usize> {
-        let mut parts = wire.split(|&b| b == b'/');
-        let top = parts.next().unwrap_or_default();
-        let depth = parts.count();
-        if depth == 0 {
-            return None;
+/// With `--fifo-binding file`, the streams a file may go to so that every stream alone extracts with `mbstream
+/// -x`, which creates only a file's immediate parent directory, and only if that one's parent exists: those on
+/// which its directory exists already (a file of it went there earlier in scan order, and files first appear in
+/// scan order), or its directory's parent does. The top always exists, so files at the top and directly in a
+/// top-level directory may go anywhere (a whole MySQL datadir: nothing there loses parallelism); deeper, a
+/// directory spreads over as many streams as its parent has reached. Kept for the directories on the walk's
+/// current path only (a directory's files all come before its subdirectories').
+struct DirectoryPlaces {
+    /// The current path's directories, top-down: name, and on which streams each exists.
+    path: Vec<(Vec<u8>, Vec<bool>)>,
+    streams: usize,
+}
+
+impl DirectoryPlaces {
+    fn new(streams: usize) -> DirectoryPlaces {
+        DirectoryPlaces { path: Vec::new(), streams }
+    }
+
+    /// Makes the current path that of the directory of `wire`; returns its depth.
+    fn enter(&mut self, wire: &[u8]) -> usize {
+        let dir = wire.iter().rposition(|&b| b == b'/').map_or(&[][..], |slash| &wire[..slash]);
+        let parts: Vec<&[u8]> = if dir.is_empty() { Vec::new() } else { dir.split(|&b| b == b'/').collect() };
+        let common = self.path.iter().zip(&parts).take_while(|((name, _), part)| name.as_slice() == **part).count();
+        self.path.truncate(common);
+        for part in &parts[common..] {
+            self.path.push((part.to_vec(), vec![false; self.streams]));
         }
-        if self.current.as_ref().is_none_or(|(name, _)| name.as_slice() != top) {
-            self.current = Some((top.to_vec(), self.seen % streams));
-            self.seen += 1;
-            self.first_placed = false;
+        parts.len()
+    }
+
+    /// Whether the file at `wire` may go to `stream`.
+    fn allows(&mut self, wire: &[u8], stream: usize) -> bool {
+        let depth = self.enter(wire);
+        self.allowed(depth, stream)
+    }
+
+    /// Whether a file of the current path's directory (at `depth`) may go to `stream`.
+    fn allowed(&self, depth: usize, stream: usize) -> bool {
+        if depth < 2 {
+            return true;
         }
-        let home = self.current.as_ref().map(|(_, home)| *home);
-        if depth >= 2 || !std::mem::replace(&mut self.first_placed, true) {
-            home
-        } else {
-            None
+        let (own, parent) = (&self.path[depth - 1].1, &self.path[depth - 2].1);
+        // Where the parent reaches no stream (it has no file of its own, and no placeholder), no choice helps
+        // `mbstream`: any stream will do.
+        own[stream] || parent[stream] || !parent.iter().any(|&exists| exists)
+    }
+
+    /// The least loaded stream the file at `wire` may go to.
+    fn choose(&mut self, wire: &[u8], loads: &StreamLoads) -> usize {
+        let depth = self.enter(wire);
+        (0..self.streams)
+            .filter(|&stream| self.allowed(depth, stream))
+            .min_by_key(|&stream| loads.0[stream])
+            .unwrap_or(0)
+    }
+
+    /// The file at `wire` went to `stream`: its directory exists there now.
+    fn placed(&mut self, wire: &[u8], stream: usize) {
+        if self.enter(wire) > 0 {
+            if let Some((_, streams)) = self.path.last_mut() {
+                streams[stream] = true;
+            }
         }
     }
 }
 
 impl Batch {
-    /// The stream the batch goes to: its first file's home, or the next in turn.
-    fn stream(&self, streams: usize) -> usize {
-        self.home.unwrap_or(self.sent % streams)
-    }
-
     /// Whether a file of `size` bytes still fits in a buffer of `capacity` with the files gathered so far.
     fn has_room(&self, size: u64, capacity: usize) -> bool {
         // Each file takes its size plus a probe byte.
@@ -1014,8 +1045,7 @@ impl Batch {
             return Ok(());
         }
         self.bytes = 0;
-        self.sent += 1;
-        self.home = None;
+        self.stream = None;
         send(jobs, Job::Batch(std::mem::take(&mut self.files)), cancel)?;
         Ok(())
     }
