@@ -194,3 +194,21 @@ fn with_file_binding_every_pipe_alone_extracts_with_mbstream() {
         }
     }
 }
+
+/// Through a store: `put`, then `get -C` (the extract pipeline) restores the directories; `get` to STDOUT keeps
+/// the manifest's directory records (the merge rewrites the manifest).
+#[test]
+fn put_and_get_keep_the_directories() {
+    let src = tree();
+    let produced = produce(src.path(), &["--compress"]);
+    let work = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", work.path().join("store").display());
+    let stream = work.path().join("stream.xbs");
+    fs::write(&stream, &produced.stdout).unwrap();
+    let args = ["--storage".to_string(), storage];
+    assert_success(&run_consumer(&["put", "dirs"], &args, Some(&stream)), "put");
+    let out = work.path().join("out");
+    assert_success(&run_consumer(&["get", "dirs", "-C", out.to_str().unwrap(), "--decompress"], &args, None), "get -C");
+    assert_same_tree(src.path(), &out);
+    assert_eq!(directories(&out), directories(src.path()), "directories, modes and mtimes through the store");
+}

@@ -501,6 +501,49 @@ fn a_hostile_manifest_cannot_grant_privileges_or_memory() {
     assert_nothing_complete(out.path(), "oversized manifest");
 }
 
+/// A hostile manifest's directory records cannot grant privileges (permission bits only), lead outside OUT, or
+/// turn a file into a directory: the last two fail the extraction before anything moves in.
+#[test]
+fn a_hostile_directory_record_cannot_escape_or_grant_privileges() {
+    let src = small_source();
+    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert();
+    let stream = stream.success().get_output().stdout.clone();
+    let privileged = with_manifest(&stream, |manifest| {
+        assert!(!manifest.directories.is_empty(), "the producer lists directories");
+        for directory in &mut manifest.directories {
+            directory.mode = 0o7755;
+        }
+    });
+    let out = tempfile::tempdir().unwrap();
+    consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(privileged).assert().success();
+    let mode = fs::metadata(out.path().join("db0")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755, "no setuid, setgid or sticky bit on a directory: {mode:o}");
+
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("outside", b"../outside", "the manifest lists directory ../outside"),
+        ("absolute", b"/tmp/xbkit-hostile-directory", "the manifest lists directory /tmp/xbkit-hostile-directory"),
+        ("a file", b"db0/t0.ibd", "is also a file in the stream"),
+    ];
+    for (what, path, expected) in cases {
+        let hostile = with_manifest(&stream, |manifest| {
+            manifest.directories.push(proto::manifest::DirectoryRecord {
+                path: proto::manifest::WirePath(path.to_vec()),
+                mode: 0o755,
+                mtime: 0,
+                placeholder: false,
+            });
+        });
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        let assert = consumer().arg("extract").arg("-C").arg(&out).write_stdin(hostile).assert().code(1);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+        assert!(!parent.path().join("outside").exists(), "{what}: nothing outside OUT");
+        assert!(!Path::new("/tmp/xbkit-hostile-directory").exists(), "{what}: nothing at an absolute path");
+        assert_nothing_complete(&out, what);
+    }
+}
+
 /// An existing manifest in OUT is a conflict found before anything moves in.
 #[test]
 fn an_existing_manifest_in_out_is_refused_before_anything_moves() {
