@@ -567,7 +567,7 @@ fn prove_and_commit(
         let last = proven.then(|| std::ffi::OsStr::new(MANIFEST_NAME));
         target.commit(last, config.fsync)?;
         if let Some(head) = &head {
-            target.restore_directories(&head.directories)?;
+            target.restore_directories(&head.directories, config.fsync)?;
         }
         log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
         Ok(Outcome {

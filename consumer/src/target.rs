@@ -197,8 +197,8 @@ impl Target {
 
     /// After the commit: each listed directory gets its permission bits (never setuid, setgid or sticky: the
     /// manifest may be hostile) and its mtime, last, once nothing more is created in it. Each is reached from OUT
-    /// one component at a time, never following a symlink.
-    pub fn restore_directories(&self, directories: &[DirectoryRecord]) -> Result<()> {
+    /// one component at a time, never following a symlink. With `sync`, the file system is synced after.
+    pub fn restore_directories(&self, directories: &[DirectoryRecord], sync: bool) -> Result<()> {
         use nix::sys::stat::{fchmod, futimens};
         use nix::sys::time::TimeSpec;
         for record in directories.iter().filter(|record| record.mode != 0) {
@@ -217,6 +217,9 @@ impl Target {
                 .with_context(|| format!("cannot set the mode of {}", display.display()))?;
             futimens(&fd, &TimeSpec::UTIME_OMIT, &TimeSpec::new(record.mtime, 0))
                 .with_context(|| format!("cannot set the mtime of {}", display.display()))?;
+        }
+        if sync && !directories.is_empty() {
+            nix::unistd::syncfs(&*self.root).with_context(|| format!("cannot sync {}", self.root_path.display()))?;
         }
         Ok(())
     }
