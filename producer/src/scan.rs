@@ -14,10 +14,15 @@
 //! placeholders it also hands over, for each, an empty file ([`PLACEHOLDER_NAME`]) in it, in scan order (before
 //! anything in its subdirectories), so that `mbstream -x` creates it.
 
-use std::os::unix::fs::MetadataExt;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, Mode};
 use proto::manifest::{MANIFEST_NAME, PLACEHOLDER_NAME, SHA1SUMS_NAME};
 
 /// One regular file found by the walk.
@@ -78,15 +83,6 @@ pub struct ScanTotals {
     pub fileless_example: Option<PathBuf>,
 }
 
-/// A directory on the path being walked.
-struct OpenDirectory {
-    depth: usize,
-    relative: PathBuf,
-    found: ScannedDirectory,
-    /// Gone while the walk read it (it is not recorded).
-    vanished: bool,
-}
-
 /// How a walk is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -108,10 +104,79 @@ pub enum Pass {
     },
 }
 
+/// What a directory entry is, from `d_type` (or an `fstatat` where the file system does not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Directory,
+    File,
+    Symlink,
+    Other,
+}
+
+impl Kind {
+    fn of_mode(mode: u32) -> Kind {
+        match mode & nix::libc::S_IFMT {
+            nix::libc::S_IFDIR => Kind::Directory,
+            nix::libc::S_IFREG => Kind::File,
+            nix::libc::S_IFLNK => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// A directory being walked: its descriptor (every entry is looked at relative to it: no path is resolved twice),
+/// its entries in walk order, and what is known of it.
+struct Level {
+    dir: Dir,
+    /// Relative to the root (empty for the root).
+    relative: PathBuf,
+    entries: std::vec::IntoIter<(OsString, Kind)>,
+    /// `None` for the root, which is not a directory of the backup.
+    found: Option<ScannedDirectory>,
+}
+
+impl Level {
+    /// Reads every entry of `dir` and sorts them: files (and whatever is not a directory) first, then
+    /// directories, each by name.
+    fn read(mut dir: Dir, relative: PathBuf, found: Option<ScannedDirectory>, full: &Path) -> Result<Level> {
+        let mut listed = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.with_context(|| format!("cannot read {}", full.display()))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                listed.push((OsStr::from_bytes(name).to_os_string(), entry.file_type()));
+            }
+        }
+        let entries: Vec<(OsString, Kind)> = listed
+            .into_iter()
+            .map(|(name, kind)| {
+                let kind = match kind {
+                    Some(Type::Directory) => Kind::Directory,
+                    Some(Type::File) => Kind::File,
+                    Some(Type::Symlink) => Kind::Symlink,
+                    Some(_) => Kind::Other,
+                    // The file system does not say (some network ones): ask. Gone meanwhile: a file that
+                    // vanished, which the stat of the streaming scan reports.
+                    None => match fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => Kind::of_mode(st.st_mode),
+                        Err(_) => Kind::File,
+                    },
+                };
+                (name, kind)
+            })
+            .collect();
+        let mut entries = entries;
+        entries.sort_by(|a, b| (a.1 == Kind::Directory, &a.0).cmp(&(b.1 == Kind::Directory, &b.0)));
+        Ok(Level { dir, relative, entries: entries.into_iter(), found })
+    }
+}
+
 /// Walks `root`, calling `visit` for each regular file and directory (and, with `placeholders`, a placeholder
 /// file for each directory without a file of its own). The producer walks twice — a checking pre-scan, so that
-/// every path is validated before a byte is written, and the streaming scan. A path that cannot go on the wire
-/// with `suffix` appended (`.zst` when compressing; over 511 bytes) or a directory that cannot be read is an error
+/// every path is validated before a byte is written, and the streaming scan. Every entry is opened or looked at
+/// relative to its directory's descriptor, never by a path from the root (a lookup per component for each of a
+/// million files was a third of the scan), and never through a symlink. A path that cannot go on the wire with
+/// `suffix` appended (`.zst` when compressing; over 511 bytes) or a directory that cannot be read is an error
 /// naming it.
 pub fn walk(
     root: &Path,
@@ -123,106 +188,98 @@ pub fn walk(
     let warn = matches!(pass, Pass::Check { .. });
     let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream { .. });
     let mut totals = ScanTotals::default();
-    let mut open: Vec<OpenDirectory> = Vec::new();
-    let wire_of = |relative: &Path, full: &Path| -> Result<Vec<u8>> {
+    let wire_of = |relative: &Path| -> Result<Vec<u8>> {
         proto::path::wire_path(relative)
             .and_then(|wire| {
                 let mut stored = wire.clone();
                 stored.extend_from_slice(suffix.as_bytes());
                 proto::safe_relative_path(&stored).map(|_| wire)
             })
-            .with_context(|| format!("cannot back up {}", full.display()))
+            .with_context(|| format!("cannot back up {}", root.join(relative).display()))
     };
-    // Hands over the placeholder of `directory` (once).
-    let placeholder = |directory: &mut OpenDirectory, visit: &mut dyn FnMut(Found) -> Result<()>| -> Result<()> {
-        if !placeholders || directory.found.placeholder {
+    // Hands over the placeholder of the directory `found` at `relative` (once).
+    let placeholder = |relative: &Path, found: &mut ScannedDirectory, visit: &mut dyn FnMut(Found) -> Result<()>| {
+        if !placeholders || found.placeholder {
             return Ok(());
         }
-        directory.found.placeholder = true;
-        let relative = directory.relative.join(PLACEHOLDER_NAME);
-        let wire = wire_of(&relative, &root.join(&relative))?;
-        let (mode, mtime) = (0o644, directory.found.mtime);
+        found.placeholder = true;
+        let wire = wire_of(&relative.join(PLACEHOLDER_NAME))?;
+        let (mode, mtime) = (0o644, found.mtime);
         visit(Found::File(ScannedFile { source: "/dev/null".into(), wire, size: 0, mode, mtime, placeholder: true }))
     };
-    // Finishes the directories the walk has left (deeper than `depth`).
-    let leave = |open: &mut Vec<OpenDirectory>,
-                 depth: usize,
-                 totals: &mut ScanTotals,
-                 visit: &mut dyn FnMut(Found) -> Result<()>|
-     -> Result<()> {
-        while open.last().is_some_and(|directory| directory.depth >= depth) {
-            let mut directory = open.pop().expect("checked");
-            if directory.vanished {
-                continue;
-            }
-            totals.directories += 1;
-            if !directory.found.has_files {
-                totals.fileless += 1;
-                totals.fileless_example.get_or_insert_with(|| directory.relative.clone());
-                placeholder(&mut directory, visit)?;
-            }
-            visit(Found::Directory(directory.found))?;
+    // An entry gone (or changed) since its directory was listed: a warning, or an error with --strict, in the
+    // streaming scan (the pre-scan says nothing: the streaming scan will).
+    let vanished = |totals: &mut ScanTotals, what: String| -> Result<()> {
+        totals.skipped += 1;
+        match pass {
+            Pass::Stream { strict: true, .. } => bail!("{what} (--strict)"),
+            Pass::Stream { strict: false, .. } => log::warn!("{what}; it is not in the backup"),
+            Pass::Check { .. } => {}
         }
         Ok(())
     };
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .min_depth(1)
-        .sort_by(|a, b| (a.file_type().is_dir(), a.file_name()).cmp(&(b.file_type().is_dir(), b.file_name())));
-    for entry in walker {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-                if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) && e.depth() > 0 {
-                    // A directory dropped while the walk ran (DROP DATABASE on a live datadir).
-                    totals.skipped += 1;
-                    if let Some(gone) =
-                        open.iter_mut().find(|directory| Some(root.join(&directory.relative).as_path()) == e.path())
-                    {
-                        gone.vanished = true;
-                    }
-                    match pass {
-                        Pass::Stream { strict: true, .. } => {
-                            bail!("{path} vanished before it could be read (--strict)")
-                        }
-                        Pass::Stream { strict: false, .. } => {
-                            log::warn!("{path} vanished before it could be read; it is not in the backup")
-                        }
-                        Pass::Check { .. } => {}
-                    }
+    let root_dir =
+        Dir::open(root, DIR_FLAGS, Mode::empty()).with_context(|| format!("cannot read {}", root.display()))?;
+    let mut stack = vec![Level::read(root_dir, PathBuf::new(), None, root)?];
+    while let Some(level) = stack.last_mut() {
+        let Some((name, kind)) = level.entries.next() else {
+            // Every entry seen: the directory is finished.
+            let level = stack.pop().expect("a level");
+            if let Some(mut found) = level.found {
+                totals.directories += 1;
+                if !found.has_files {
+                    totals.fileless += 1;
+                    totals.fileless_example.get_or_insert_with(|| level.relative.clone());
+                    placeholder(&level.relative, &mut found, &mut visit)?;
+                }
+                visit(Found::Directory(found))?;
+            }
+            continue;
+        };
+        let relative = level.relative.join(&name);
+        let top_level = level.found.is_none();
+        if kind == Kind::Directory {
+            // Its parent's files are all behind: a parent without one gets its placeholder before anything below.
+            if let Some(parent) = level.found.as_mut().filter(|parent| !parent.has_files) {
+                placeholder(&level.relative, parent, &mut visit)?;
+            }
+            let wire = wire_of(&relative)?;
+            let full = root.join(&relative);
+            let dir = match Dir::openat(&level.dir, name.as_os_str(), DIR_FLAGS, Mode::empty()) {
+                Ok(dir) => dir,
+                // Dropped while the walk ran (DROP DATABASE on a live datadir).
+                Err(Errno::ENOENT) => {
+                    vanished(&mut totals, format!("{} vanished before it could be read", full.display()))?;
                     continue;
                 }
-                bail!("cannot read {path}: {}", e.io_error().map_or(e.to_string(), |io| io.to_string()));
-            }
-        };
-        leave(&mut open, entry.depth(), &mut totals, &mut visit)?;
-        let kind = entry.file_type();
-        let relative = entry.path().strip_prefix(root).expect("walkdir yields paths under its root");
-        if kind.is_dir() {
-            // Its parent's files are all behind: a parent without one gets its placeholder before anything below.
-            if let Some(parent) = open.last_mut().filter(|parent| !parent.found.has_files) {
-                placeholder(parent, &mut visit)?;
-            }
-            let wire = wire_of(relative, entry.path())?;
-            let (mode, mtime) = match stat.then(|| entry.metadata()) {
-                Some(Ok(meta)) => (meta.mode() & 0o7777, meta.mtime()),
-                // Gone since it was listed: reading it will say so.
-                Some(Err(_)) | None => (0, 0),
+                // Replaced by a file or a symlink since it was listed (never followed).
+                Err(Errno::ENOTDIR | Errno::ELOOP) => {
+                    let what = format!("{} is no longer a directory (it changed since the scan)", full.display());
+                    vanished(&mut totals, what)?;
+                    continue;
+                }
+                Err(e) => bail!("cannot read {}: {e}", full.display()),
+            };
+            let (mode, mtime) = match stat.then(|| fstat(&dir)) {
+                Some(Ok(st)) => (st.st_mode & 0o7777, st.st_mtime),
+                Some(Err(e)) => bail!("cannot stat {}: {e}", full.display()),
+                None => (0, 0),
             };
             let found = ScannedDirectory { wire, mode, mtime, has_files: false, placeholder: false };
-            open.push(OpenDirectory { depth: entry.depth(), relative: relative.to_path_buf(), found, vanished: false });
+            stack.push(Level::read(dir, relative, Some(found), &full)?);
             continue;
         }
-        if !kind.is_file() {
+        if kind != Kind::File {
             totals.skipped += 1;
             // In the streaming scan: an entry that changed (ctime) since the pre-scan began was a regular file the
             // pre-scan counted, and is now left out: say so, naming it.
             if let Pass::Stream { strict, changed_since } = pass {
-                let ctime = entry.path().symlink_metadata().ok().map(|m| {
-                    use std::os::unix::fs::MetadataExt;
+                let ctime = fstatat(&level.dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok().map(|st| {
                     std::time::UNIX_EPOCH
-                        + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().clamp(0, 999_999_999) as u32)
+                        + std::time::Duration::new(
+                            st.st_ctime.max(0) as u64,
+                            st.st_ctime_nsec.clamp(0, 999_999_999) as u32,
+                        )
                 });
                 if ctime.is_some_and(|t| t >= changed_since) {
                     let message = format!(
@@ -236,9 +293,9 @@ pub fn walk(
                 }
             }
             if warn {
-                let what = if kind.is_symlink() {
-                    match std::fs::read_link(entry.path()) {
-                        Ok(target) => format!("symlink -> {}", target.display()),
+                let what = if kind == Kind::Symlink {
+                    match nix::fcntl::readlinkat(&level.dir, name.as_os_str()) {
+                        Ok(target) => format!("symlink -> {}", Path::new(&target).display()),
                         Err(_) => "symlink".to_string(),
                     }
                 } else {
@@ -248,8 +305,8 @@ pub fn walk(
             }
             continue;
         }
-        let name = entry.file_name().as_encoded_bytes();
-        if entry.depth() == 1 && (name == MANIFEST_NAME.as_bytes() || name == SHA1SUMS_NAME.as_bytes()) {
+        let bytes = name.as_bytes();
+        if top_level && (bytes == MANIFEST_NAME.as_bytes() || bytes == SHA1SUMS_NAME.as_bytes()) {
             totals.skipped += 1;
             if warn {
                 log::warn!(
@@ -259,7 +316,7 @@ pub fn walk(
             }
             continue;
         }
-        if entry.depth() == 1 && proto::marker::is_marker_name(name) {
+        if top_level && proto::marker::is_marker_name(bytes) {
             totals.skipped += 1;
             if warn {
                 log::warn!(
@@ -269,47 +326,43 @@ pub fn walk(
             }
             continue;
         }
-        let wire = wire_of(relative, entry.path())?;
+        let wire = wire_of(&relative)?;
         let (size, mode, mtime) = if stat {
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => {
-                    // Deleted since the directory was listed: the same case as a file that vanishes before it is
-                    // opened (see `file`), reported the same way.
-                    totals.skipped += 1;
-                    match pass {
-                        Pass::Stream { strict: true, .. } => {
-                            bail!("{} vanished before it could be read (--strict)", entry.path().display())
-                        }
-                        Pass::Stream { strict: false, .. } => log::warn!(
-                            "{} vanished before it could be read; it is not in the backup",
-                            entry.path().display()
-                        ),
-                        Pass::Check { .. } => {}
-                    }
+            match fstatat(&level.dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                // Replaced since it was listed: the pre-scan's ctime check above does not see it (its listing said
+                // "file"); it is the same case as a file that vanishes before it is opened (see `file`).
+                Ok(st) if Kind::of_mode(st.st_mode) != Kind::File => {
+                    let what =
+                        format!("{} is no longer a regular file (it changed since the scan)", relative.display());
+                    vanished(&mut totals, what)?;
                     continue;
                 }
-                Err(e) => bail!(
-                    "cannot stat {}: {}",
-                    entry.path().display(),
-                    e.io_error().map_or(e.to_string(), |io| io.to_string())
-                ),
-            };
-            (meta.len(), meta.mode() & 0o7777, meta.mtime())
+                Ok(st) => (st.st_size as u64, st.st_mode & 0o7777, st.st_mtime),
+                // Deleted since the directory was listed: the same case as a file that vanishes before it is
+                // opened (see `file`), reported the same way.
+                Err(Errno::ENOENT) => {
+                    let full = root.join(&relative);
+                    vanished(&mut totals, format!("{} vanished before it could be read", full.display()))?;
+                    continue;
+                }
+                Err(e) => bail!("cannot stat {}: {e}", root.join(&relative).display()),
+            }
         } else {
             (0, 0, 0)
         };
         totals.files += 1;
         totals.bytes += size;
-        if let Some(parent) = open.last_mut() {
-            parent.found.has_files = true;
+        if let Some(parent) = level.found.as_mut() {
+            parent.has_files = true;
         }
-        let source = entry.path().to_path_buf();
+        let source = root.join(&relative);
         visit(Found::File(ScannedFile { source, wire, size, mode, mtime, placeholder: false }))?;
     }
-    leave(&mut open, 0, &mut totals, &mut visit)?;
     Ok(totals)
 }
+
+/// How the walk opens directories: never through a symlink.
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 
 #[cfg(test)]
 mod tests {
