@@ -190,6 +190,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                             // jobs stay in scan order (see `FirstAppearance`), and, with file binding, before a
                             // file that may not go to the batch's stream.
                             let elsewhere = binding == Binding::File
+                                && stream_count > 1
                                 && batch.stream.is_some_and(|stream| !places.allows(&scanned.wire, stream));
                             if !small || !batch.has_room(scanned.size, config.chunk_size) || elsewhere {
                                 batch.send(&job_sender, cancel)?;
@@ -197,13 +198,15 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
                             // File binding: the least loaded stream the file may go to (`DirectoryPlaces`); a
                             // batch goes where its first file goes.
                             let stream = match binding {
+                                // One stream: nothing to choose.
+                                Binding::File if stream_count == 1 => Some(0),
                                 Binding::File if small => {
                                     Some(*batch.stream.get_or_insert_with(|| places.choose(&scanned.wire, &loads)))
                                 }
                                 Binding::File => Some(places.choose(&scanned.wire, &loads)),
                                 Binding::Chunk => None,
                             };
-                            if let Some(stream) = stream {
+                            if let Some(stream) = stream.filter(|_| stream_count > 1) {
                                 loads.add(stream, scanned.size);
                                 places.placed(&scanned.wire, stream);
                             }
