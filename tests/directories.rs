@@ -212,3 +212,32 @@ fn put_and_get_keep_the_directories() {
     assert_same_tree(src.path(), &out);
     assert_eq!(directories(&out), directories(src.path()), "directories, modes and mtimes through the store");
 }
+
+/// More directories than the consumer may open descriptors (a datadir of thousands of schemas, under the usual
+/// 1,024): extract keeps no descriptor per directory beyond a bounded cache, so 600 directories extract under a
+/// hard limit of 256 (it failed with EMFILE when every ended file kept its directory open).
+#[test]
+fn more_directories_than_open_files_allowed_extract() {
+    let src = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..600).map(|i| (format!("db{i:03}/t.frm"), vec![i as u8; 10])).collect();
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
+    write_tree(src.path(), &files);
+    fs::create_dir_all(src.path().join("db000/empty")).unwrap();
+    let stream = produce(src.path(), &[]).stdout;
+    let out = tempfile::tempdir().unwrap();
+    let mut child = spawn(
+        Command::new(tool("prlimit"))
+            .args(["--nofile=256:256", "--"])
+            .arg(env!("CARGO_BIN_EXE_consumer"))
+            .args(["extract", "-C"])
+            .arg(out.path())
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let feeder = child.feed_stdin(stream);
+    let output = child.wait_output(LONG);
+    let _ = join_within(feeder, SHORT);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_same_tree(src.path(), out.path());
+    assert!(out.path().join("db000/empty").is_dir());
+}

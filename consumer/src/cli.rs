@@ -269,6 +269,7 @@ pub fn main() -> i32 {
     // Stop signals become a failure of the run, with cleanup, for the commands that stream (installed first, before
     // any thread exists). `verify` and `decompress` keep the default: a signal ends them at once (decompress leaves
     // at most its staging directory, and nothing moved into place).
+    runtime::limits::raise_open_file_limit();
     let streams = matches!(args.command, Command::Extract(_) | Command::Put(_) | Command::Get(_));
     let signals = if streams { runtime::signals::Signals::install() } else { runtime::signals::Signals::none() };
     let result = match &args.command {

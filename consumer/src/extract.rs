@@ -697,9 +697,9 @@ struct Writer<'a> {
 const ENDED_BYTES: u64 = 200;
 
 /// A file whose end-of-file chunk came after all its bytes, in order, and is closed: what its final check needs.
-/// Its name and path for messages come back from its key ([`Target::partial`]).
+/// Its directory, name and path come back from its key ([`Target::partial`]): it holds no descriptor, so a backup
+/// of more directories than RLIMIT_NOFILE does not run out of them.
 struct Ended {
-    dir: Arc<std::os::fd::OwnedFd>,
     got: CrcPiece,
     stream: u32,
     /// Checked against its manifest record.
@@ -863,7 +863,8 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
-        let ended = Ended { dir: partial.into_dir(), got, stream: stream as u32, sha1, verified: false };
+        drop(partial);
+        let ended = Ended { got, stream: stream as u32, sha1, verified: false };
         self.ended.insert(header.path.as_slice().into(), ended);
         Ok(())
     }
@@ -883,7 +884,7 @@ impl<'a> Writer<'a> {
             let mut coverage = Coverage::default();
             coverage.insert(0, ended.got).map_err(|overlap| anyhow!("{overlap}"))?;
             let slot = Slot {
-                partial: self.target.partial(ended.dir, relative)?,
+                partial: self.target.partial(self.directory_of(relative)?, relative)?,
                 file: None,
                 coverage,
                 stored: None,
@@ -929,7 +930,6 @@ impl<'a> Writer<'a> {
                         return Ok(());
                     }
                     let ended = Ended {
-                        dir: slot.partial.into_dir(),
                         got: slot.coverage.prefix(),
                         stream: slot.stream as u32,
                         sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
@@ -992,7 +992,10 @@ impl<'a> Writer<'a> {
                 }
                 slot.partial
             }
-            (None, Some(ended)) => self.target.partial(ended.dir, Path::new(MANIFEST_NAME))?,
+            (None, Some(_)) => {
+                let relative = Path::new(MANIFEST_NAME);
+                self.target.partial(self.directory_of(relative)?, relative)?
+            }
             (None, None) => return Ok(None),
         };
         Ok(Some(partial.reopen_for_read()?))
@@ -1022,10 +1025,12 @@ impl<'a> Writer<'a> {
             if std::mem::replace(&mut ended.verified, true) {
                 bail!("the manifest lists {} twice: refusing it", record.path.display());
             }
-            let partial = self.target.partial(Arc::clone(&ended.dir), &proto::safe_relative_path(key)?)?;
-            check_file(key, record, &partial, ended.got, None, ended.sha1.as_deref().copied())?;
+            let (got, sha1) = (ended.got, ended.sha1.as_deref().copied());
+            let relative = proto::safe_relative_path(key)?;
+            let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
+            check_file(key, record, &partial, got, None, sha1)?;
             self.found.files += 1;
-            self.found.bytes += ended.got.len;
+            self.found.bytes += got.len;
         } else if let Some(got) = self.recall(key, record)? {
             self.found.files += 1;
             self.found.bytes += got;
@@ -1092,7 +1097,8 @@ impl<'a> Writer<'a> {
             bail!("{} file(s) in the stream are not in the manifest", self.forgotten - self.recalled);
         }
         for (key, ended) in self.ended.iter().filter(|(_, ended)| !ended.verified) {
-            let partial = self.target.partial(Arc::clone(&ended.dir), &proto::safe_relative_path(key)?)?;
+            let relative = proto::safe_relative_path(key)?;
+            let partial = self.target.partial(self.target.directory_of(&relative)?, &relative)?;
             if proven {
                 bail!("{} is in the stream but not in the manifest", partial.display().display());
             }

@@ -27,6 +27,10 @@ use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use proto::manifest::{DirectoryRecord, PLACEHOLDER_NAME};
 
+/// Most staging directories kept open for the next file in them (each costs a descriptor): at most a quarter of
+/// the open-file limit.
+const DIRECTORY_CACHE_MAX: usize = 4096;
+
 /// Prefix of the staging directory's name inside OUT.
 pub const STAGING_PREFIX: &str = ".xbkit-partial-";
 
@@ -39,6 +43,8 @@ pub struct Target {
     staging_path: PathBuf,
     overwrite: bool,
     dirs: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    /// How many `dirs` may hold.
+    dir_cache_max: usize,
     committed: AtomicBool,
 }
 
@@ -82,6 +88,7 @@ impl Target {
             staging_path: root.join(staging_name),
             overwrite,
             dirs: Mutex::new(HashMap::new()),
+            dir_cache_max: DIRECTORY_CACHE_MAX.min(runtime::limits::open_file_limit() as usize / 4).max(16),
             committed: AtomicBool::new(false),
         })
     }
@@ -132,7 +139,7 @@ impl Target {
         Ok(Ok((PartialFile { dir, name, display }, File::from(fd))))
     }
 
-    /// A staged file again from what [`PartialFile::into_dir`] kept: its directory and its relative path.
+    /// A staged file again from its directory ([`Target::directory_of`]) and its relative path.
     pub fn partial(&self, dir: Arc<OwnedFd>, relative: &Path) -> Result<PartialFile> {
         let name = relative.file_name().context("a checked path has a file name")?.to_os_string();
         Ok(PartialFile { dir, name, display: self.root_path.join(relative) })
@@ -163,7 +170,13 @@ impl Target {
                             other => anyhow::anyhow!("cannot create directory {}: {other}", at.display()),
                         }
                     })?);
-                    self.dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(walked.clone(), Arc::clone(&fd));
+                    let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+                    // Bounded: one descriptor per cached directory, and a tree may have more directories than
+                    // RLIMIT_NOFILE. Dropping the cache is safe (files being written hold their own directory).
+                    if dirs.len() >= self.dir_cache_max {
+                        dirs.clear();
+                    }
+                    dirs.insert(walked.clone(), Arc::clone(&fd));
                     fd
                 }
             };
@@ -408,12 +421,6 @@ impl PartialFile {
         // Permission bits only: a manifest (which may be hostile) never sets setuid, setgid or sticky.
         fchmodat(&*self.dir, name, Mode::from_bits_truncate(mode & 0o777), FchmodatFlags::FollowSymlink)
             .with_context(|| format!("cannot set the mode of {}", self.display.display()))
-    }
-
-    /// Its staging directory: all a closed file needs to keep (a few bytes, where the whole `PartialFile` costs a
-    /// hundred or more); [`Target::partial`] makes it again from its relative path.
-    pub fn into_dir(self) -> Arc<OwnedFd> {
-        self.dir
     }
 
     /// The file's final path, for messages.

@@ -162,6 +162,7 @@ pub fn main() -> i32 {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
     // First, before any thread exists: stop signals become a failure of the run, with cleanup.
+    runtime::limits::raise_open_file_limit();
     let signals = runtime::signals::Signals::install();
     let config = match crate::config::Config::from_args(&args) {
         Ok(config) => config,

@@ -6,13 +6,15 @@ What the producer and the consumer share, below both binaries (so that `consumer
 - [`progress`]: the progress bar or periodic lines, and [`progress::ProgressMode`];
 - [`size`]: byte sizes on the command line and in messages;
 - [`stats`]: what each stream carried, and peak memory, for `--stats-json`;
-- [`args`]: the options both command lines take (the pipe transport, `--idle-timeout`).
+- [`args`]: the options both command lines take (the pipe transport, `--idle-timeout`);
+- [`limits`]: the open-file limit raised to what the system allows.
 
 The format itself, the pipe transport and the memory pool live in `proto`.
 */
 
 pub mod args;
 pub mod failure;
+pub mod limits;
 pub mod progress;
 pub mod signals;
 pub mod size;
