@@ -280,3 +280,26 @@ fn forgotten_files_taken_up_again_by_a_late_chunk_and_empty_ones_restore_exactly
     assert!(message.contains("checked from disk"), "the bound was reached: {message}");
     assert_same_tree(&src, &out);
 }
+
+/// Past 100,000 files the producer keeps manifest records in a temporary file in TMPDIR: with TMPDIR unwritable it
+/// fails before a byte is written, saying so (it used to fail after the 100,000th file, mid-stream).
+#[test]
+fn an_unwritable_tmpdir_fails_a_big_backup_before_a_byte_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tiny_files(&src, 100_001);
+    let output = spawn(
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .arg("--source")
+            .arg(&src)
+            .args(["-q", "--stream=xbstream"])
+            .env("TMPDIR", work.path().join("no-such-directory"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .wait_output(LONG);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot create a temporary file in TMPDIR"), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing written: {} bytes", output.stdout.len());
+}

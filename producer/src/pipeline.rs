@@ -94,6 +94,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         );
     }
 
+    // Before any output is opened: a backup whose records will not fit in memory needs TMPDIR.
+    let records = RecordLog::for_files(pre.files)?;
     let (sinks, _fifos) = open_outputs(config, cancel)?;
     let stream_count = sinks.len();
     // Compressed output shares the budget: buffers are sized for the worst-case frame.
@@ -115,7 +117,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         senders: RwLock::new(stream_senders.into_iter().map(Some).collect()),
         next: AtomicUsize::new(0),
         counts: (0..stream_count).map(|_| StreamCount::default()).collect(),
-        records: Mutex::default(),
+        records: Mutex::new(records),
         directories: Mutex::default(),
         in_flight: Mutex::new(HashMap::new()),
         order: Mutex::default(),

@@ -23,6 +23,27 @@ pub struct RecordLog {
 }
 
 impl RecordLog {
+    /// A log for about `expected` files (the pre-scan's count): one that will spill gets its temporary file now,
+    /// so an unwritable TMPDIR fails the backup before a byte is written rather than after 100,000 files.
+    pub fn for_files(expected: u64) -> Result<RecordLog> {
+        let mut log = RecordLog::default();
+        if expected > IN_MEMORY_RECORDS as u64 {
+            log.spill_file()?;
+        }
+        Ok(log)
+    }
+
+    fn spill_file(&mut self) -> Result<&mut BufWriter<File>> {
+        if self.spill.is_none() {
+            let file = tempfile::tempfile().context(
+                "cannot create a temporary file in TMPDIR for the manifest's records (set TMPDIR to a writable \
+                 directory)",
+            )?;
+            self.spill = Some(BufWriter::with_capacity(1 << 20, file));
+        }
+        Ok(self.spill.as_mut().expect("made above"))
+    }
+
     /// Adds a completed file's record.
     pub fn push(&mut self, record: FileRecord) -> Result<()> {
         self.files += 1;
@@ -32,16 +53,7 @@ impl RecordLog {
             return Ok(());
         }
         self.spilled += 1;
-        let spill = match &mut self.spill {
-            Some(spill) => spill,
-            None => {
-                let file = tempfile::tempfile().context(
-                    "cannot create a temporary file in TMPDIR for the manifest's records (set TMPDIR to a \
-                     writable directory)",
-                )?;
-                self.spill.insert(BufWriter::with_capacity(1 << 20, file))
-            }
-        };
+        let spill = self.spill_file()?;
         serde_json::to_writer(&mut *spill, &record)
             .map_err(std::io::Error::other)
             .and_then(|()| spill.write_all(b"\n"))
