@@ -125,23 +125,10 @@ fn round_trip_through_four_pipes(storage: &[String]) {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     source(&src);
-    let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30", "--fifo-dir"];
+    let with = |args: &[&str]| args.iter().map(|a| a.to_string()).chain(storage.iter().cloned()).collect::<Vec<_>>();
 
-    let fifos_in = work.path().join("fifos-in");
-    let put =
-        spawn(consumer_command(&["put", "nightly", "--object-size", "1M"], storage).args(fifo_args).arg(&fifos_in));
-    let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(&src)
-            .args(["--stream=xbstream", "--read-buffer-size", "256K"])
-            .args(fifo_args)
-            .arg(&fifos_in)
-            .stderr(std::process::Stdio::piped()),
-    );
-    let (produced, put) = (producer.wait_output(LONG), put.wait_output(LONG));
-    assert!(produced.status.success(), "producer: {}", String::from_utf8_lossy(&produced.stderr));
-    let stderr = assert_success(&put, "put through 4 pipes");
+    let put = with(&["put", "nightly", "--object-size", "1M"]);
+    let stderr = put_from_pipes(&src, &["--read-buffer-size", "256K"], &put, 4, &work.path().join("fifos-in"));
     assert!(stderr.contains("proven against its manifest"), "{stderr}");
     let objects = raw_objects(storage);
     for stream in 0..4 {
@@ -151,20 +138,8 @@ fn round_trip_through_four_pipes(storage: &[String]) {
         );
     }
 
-    let (fifos_out, out) = (work.path().join("fifos-out"), work.path().join("out-pipes"));
-    let get = spawn(consumer_command(&["get", "nightly"], storage).args(fifo_args).arg(&fifos_out));
-    let extract = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .arg("extract")
-            .arg("-C")
-            .arg(&out)
-            .args(fifo_args)
-            .arg(&fifos_out)
-            .stderr(std::process::Stdio::piped()),
-    );
-    let (get, extract) = (get.wait_output(LONG), extract.wait_output(LONG));
-    assert_success(&get, "get into 4 pipes");
-    assert_success(&extract, "extract from 4 pipes");
+    let out = work.path().join("out-pipes");
+    get_into_pipes_and_extract(&with(&["get", "nightly"]), 4, &work.path().join("fifos-out"), &out);
     assert_same_tree(&src, &out);
 
     let merged = run_consumer(&["get", "nightly"], storage, None);

@@ -559,22 +559,9 @@ fn s3_put_get_round_trip_is_byte_identical_through_stdout_and_four_pipes() {
     assert!(got.stdout == fs::read(&stream_file).unwrap(), "get returns the producer's stream byte for byte");
 
     // Four pipes: producer and put running together.
-    let fifos_in = work.path().join("fifos-in");
-    let fifo_args = ["--fifo-streams", "4", "--fifo-timeout", "30", "--fifo-dir"];
-    let put = spawn(consumer_command(&["put", "four", "--object-size", "1M"], &storage).args(fifo_args).arg(&fifos_in));
-    let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(&src)
-            .arg("--stream=xbstream")
-            .args(chunks)
-            .args(fifo_args)
-            .arg(&fifos_in)
-            .stderr(Stdio::piped()),
-    );
-    let (produced, put) = (producer.wait_output(LONG), put.wait_output(LONG));
-    assert!(produced.status.success(), "producer: {}", String::from_utf8_lossy(&produced.stderr));
-    let stderr = assert_success(&put, "put four");
+    let with = |args: &[&str]| args.iter().map(|a| a.to_string()).chain(storage.iter().cloned()).collect::<Vec<_>>();
+    let put = with(&["put", "four", "--object-size", "1M"]);
+    let stderr = put_from_pipes(&src, &chunks, &put, 4, &work.path().join("fifos-in"));
     assert!(stderr.contains("proven against its manifest"), "{stderr}");
     for stream in 0..4 {
         let packs = stored_objects(&server, &format!("{BUCKET}/nightly/four/{stream}"));
@@ -582,20 +569,8 @@ fn s3_put_get_round_trip_is_byte_identical_through_stdout_and_four_pipes() {
     }
 
     // Fetched into four pipes, extracted from them.
-    let (fifos_out, out) = (work.path().join("fifos-out"), work.path().join("out-pipes"));
-    let get = spawn(consumer_command(&["get", "four"], &storage).args(fifo_args).arg(&fifos_out));
-    let extract = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .arg("extract")
-            .arg("-C")
-            .arg(&out)
-            .args(fifo_args)
-            .arg(&fifos_out)
-            .stderr(Stdio::piped()),
-    );
-    let (get, extract) = (get.wait_output(LONG), extract.wait_output(LONG));
-    assert_success(&get, "get four into 4 pipes");
-    assert_success(&extract, "extract from 4 pipes");
+    let out = work.path().join("out-pipes");
+    get_into_pipes_and_extract(&with(&["get", "four"]), 4, &work.path().join("fifos-out"), &out);
     assert_same_tree(&src, &out);
 
     // Merged to STDOUT: one valid xbstream for the real mbstream.

@@ -89,12 +89,8 @@ fn four_pipes_put_and_get_every_way() {
     let src = source();
     let work = tempfile::tempdir().unwrap();
     let url = storage(&work.path().join("store"));
-    let fifo = work.path().join("put-fifos");
-    let put = consumer_on_pipes(&["put", "P4", "--storage", &url, "--object-size", "256K"], 4, &fifo);
-    let produced = producer_on_pipes(src.path(), 4, &fifo, &["--read-buffer-size", "64K"]).wait_output(LONG);
-    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
-    let put = put.wait_output(LONG);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let put = ["put", "P4", "--storage", &url, "--object-size", "256K"];
+    put_from_pipes(src.path(), &["--read-buffer-size", "64K"], &put, 4, &work.path().join("put-fifos"));
     for stream in 0..4 {
         assert!(work.path().join(format!("store/P4/{stream}")).is_dir(), "stream {stream} stored");
     }
@@ -109,12 +105,8 @@ fn four_pipes_put_and_get_every_way() {
     assert_same_tree(src.path(), &ours);
 
     // Into 4 pipes, read by an extract.
-    let (out, get_fifo) = (work.path().join("out"), work.path().join("get-fifos"));
-    let extract = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 4, &get_fifo);
-    let got = consumer_on_pipes(&["get", "P4", "--storage", &url], 4, &get_fifo).wait_output(LONG);
-    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
-    let extracted = extract.wait_output(LONG);
-    assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
+    let out = work.path().join("out");
+    get_into_pipes_and_extract(&["get", "P4", "--storage", &url], 4, &work.path().join("get-fifos"), &out);
     assert_same_tree(src.path(), &out);
 
     // -C, and the wrong number of pipes.
@@ -149,12 +141,8 @@ fn get_merged_to_stdout_puts_out_no_file_before_mbstream_can_create_its_director
     write_tree(src.path(), &files);
     let work = tempfile::tempdir().unwrap();
     let url = storage(&work.path().join("store"));
-    let fifo = work.path().join("put-fifos");
-    let put = consumer_on_pipes(&["put", "deep", "--storage", &url, "--object-size", "256K"], 4, &fifo);
-    let produced = producer_on_pipes(src.path(), 4, &fifo, &["--read-buffer-size", "64K"]).wait_output(LONG);
-    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
-    let put = put.wait_output(LONG);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let put = ["put", "deep", "--storage", &url, "--object-size", "256K"];
+    put_from_pipes(src.path(), &["--read-buffer-size", "64K"], &put, 4, &work.path().join("put-fifos"));
 
     let merged = consumer().args(["get", "deep", "--storage", &url]).assert().success().get_output().stdout.clone();
     let mb = work.path().join("mb");

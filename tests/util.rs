@@ -572,6 +572,34 @@ pub fn consumer_on_pipes<S: AsRef<std::ffi::OsStr>>(args: &[S], count: usize, fi
     )
 }
 
+/// `producer` on `src` (`producer_args`) into `count` pipes in `fifo_dir`, read by `consumer ARGS` (a `put`, with
+/// its storage options), run together; asserts both succeed and returns the consumer's STDERR.
+pub fn put_from_pipes<S: AsRef<std::ffi::OsStr>>(
+    src: &Path,
+    producer_args: &[&str],
+    args: &[S],
+    count: usize,
+    fifo_dir: &Path,
+) -> String {
+    let put = consumer_on_pipes(args, count, fifo_dir);
+    let produced = producer_on_pipes(src, count, fifo_dir, producer_args).wait_output(LONG);
+    assert!(produced.status.success(), "producer: {}", String::from_utf8_lossy(&produced.stderr));
+    let put = put.wait_output(LONG);
+    let stderr = String::from_utf8_lossy(&put.stderr).into_owned();
+    assert!(put.status.success(), "consumer put failed with {}\nstderr:\n{stderr}", put.status);
+    stderr
+}
+
+/// `consumer ARGS` (a `get`, with its storage options) into `count` pipes in `fifo_dir`, read by `consumer extract
+/// -C out`, run together; asserts both succeed.
+pub fn get_into_pipes_and_extract<S: AsRef<std::ffi::OsStr>>(args: &[S], count: usize, fifo_dir: &Path, out: &Path) {
+    let extract = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], count, fifo_dir);
+    let got = consumer_on_pipes(args, count, fifo_dir).wait_output(LONG);
+    assert!(got.status.success(), "consumer get: {}", String::from_utf8_lossy(&got.stderr));
+    let extracted = extract.wait_output(LONG);
+    assert!(extracted.status.success(), "consumer extract: {}", String::from_utf8_lossy(&extracted.stderr));
+}
+
 /// Whether an extraction into `out` has staged at least one file (in `OUT/.xbkit-partial-<pid>/`): the event that
 /// says a run is under way.
 pub fn has_staged_a_file(out: &Path) -> bool {
