@@ -12,7 +12,7 @@ use crate::util::*;
 
 /// `fake-gcs-server` on a free port, objects kept on disk in its directory. `-public-host` makes it answer
 /// path-style XML requests (`GET /bucket/object`), which `object_store` sends for reads and listings.
-fn start_fake_gcs() -> LocalServer {
+pub(crate) fn start_fake_gcs() -> LocalServer {
     LocalServer::start("fake-gcs-server", |port, dir| fake_gcs_command(port, &format!("127.0.0.1:{port}"), dir))
 }
 
@@ -41,7 +41,7 @@ fn fake_gcs_command(port: u16, public_host: &str, dir: &Path) -> Command {
 
 /// Azurite's blob service on a free port, its data in its directory. `--skipApiVersionCheck`: `object_store`
 /// may send a newer `x-ms-version` than this Azurite knows.
-fn start_azurite() -> LocalServer {
+pub(crate) fn start_azurite() -> LocalServer {
     LocalServer::start("azurite-blob", |port, dir| {
         let mut command = Command::new(tool("azurite-blob"));
         command
@@ -64,7 +64,7 @@ fn fake_gcs_key(server: &LocalServer, endpoint: &str) -> std::path::PathBuf {
 }
 
 /// `--storage gs://… ` for the fake server, reached at `endpoint` (its own, or a proxy's).
-fn gcs_storage(server: &LocalServer, endpoint: &str, bucket_prefix: &str) -> Vec<String> {
+pub(crate) fn gcs_storage(server: &LocalServer, endpoint: &str, bucket_prefix: &str) -> Vec<String> {
     let key = fake_gcs_key(server, endpoint);
     vec![
         "--storage".into(),
@@ -77,7 +77,7 @@ fn gcs_storage(server: &LocalServer, endpoint: &str, bucket_prefix: &str) -> Vec
 }
 
 /// `--storage az://…` for Azurite: its well-known account and key, given explicitly, at its endpoint.
-fn azure_storage(endpoint: &str, container_prefix: &str, key: &str) -> Vec<String> {
+pub(crate) fn azure_storage(endpoint: &str, container_prefix: &str, key: &str) -> Vec<String> {
     vec![
         "--storage".into(),
         format!("az://{container_prefix}"),
@@ -91,7 +91,7 @@ fn azure_storage(endpoint: &str, container_prefix: &str, key: &str) -> Vec<Strin
 }
 
 /// Every object key in the store the arguments name, listed straight through the store (not the backup catalog).
-fn raw_objects(storage: &[String]) -> Vec<String> {
+pub(crate) fn raw_objects(storage: &[String]) -> Vec<String> {
     use clap::Parser;
     #[derive(clap::Parser)]
     struct Args {
@@ -133,7 +133,8 @@ fn round_trip_through_four_pipes(storage: &[String]) {
     let objects = raw_objects(storage);
     for stream in 0..4 {
         assert!(
-            objects.iter().any(|key| key.starts_with(&format!("nightly/{stream}/"))),
+            // nightly/<put>/<stream>/<seq>.xbs
+            objects.iter().any(|key| key.starts_with("nightly/") && key.split('/').nth(2) == Some(&stream.to_string())),
             "stream {stream} has objects: {objects:?}"
         );
     }

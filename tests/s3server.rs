@@ -552,7 +552,7 @@ fn s3_put_get_round_trip_is_byte_identical_through_stdout_and_four_pipes() {
     let put = run_consumer(&["put", "single", "--object-size", "1M"], &storage, Some(&stream_file));
     let stderr = assert_success(&put, "put single");
     assert!(stderr.contains("stored single") && stderr.contains("proven against its manifest"), "{stderr}");
-    let packs: Vec<_> = stored_objects(&server, &format!("{BUCKET}/nightly/single/0"));
+    let packs: Vec<_> = stored_packs(&server.root().join(BUCKET).join("nightly"), "single", 0);
     assert!(packs.len() >= 4, "3.3 MiB in 1M packs: {packs:?}");
     let got = run_consumer(&["get", "single"], &storage, None);
     assert_success(&got, "get single");
@@ -564,7 +564,7 @@ fn s3_put_get_round_trip_is_byte_identical_through_stdout_and_four_pipes() {
     let stderr = put_from_pipes(&src, &chunks, &put, 4, &work.path().join("fifos-in"));
     assert!(stderr.contains("proven against its manifest"), "{stderr}");
     for stream in 0..4 {
-        let packs = stored_objects(&server, &format!("{BUCKET}/nightly/four/{stream}"));
+        let packs = stored_packs(&server.root().join(BUCKET).join("nightly"), "four", stream);
         assert!(!packs.is_empty(), "stream {stream} has packs");
     }
 
@@ -648,8 +648,8 @@ fn s3_a_producer_killed_mid_put_is_never_complete() {
     });
 
     // Mid-run: the first pack of stream 0 is stored (~4 of the 64 chunks the throttle lets out over ~3 s).
-    let first_pack = server.root().join(BUCKET).join("killed/0/0000000000.xbs");
-    wait_until(SHORT, "the first stored pack", || first_pack.is_file());
+    let bucket = server.root().join(BUCKET);
+    wait_until(SHORT, "the first stored pack", || stored_pack(&bucket, "killed", 0, 0).is_some());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(producer.id() as i32), nix::sys::signal::Signal::SIGKILL)
         .unwrap();
     let killed = producer.wait(SHORT);
@@ -692,7 +692,7 @@ fn s3_put_and_get_survive_a_fifth_of_requests_failing() {
     let proxy = FaultyProxy::start(&server.host_port(), 5);
     let storage = storage_args(&proxy.endpoint(), BUCKET, server.access_key(), server.secret_key());
     crate::clouds::survives_a_fifth_of_requests_failing(&storage, &proxy);
-    let packs = stored_objects(&server, &format!("{BUCKET}/flaky/0"));
+    let packs = stored_packs(&server.root().join(BUCKET), "flaky", 0);
     assert!(packs.len() >= 18, "about 20 packs: {packs:?}");
 }
 
@@ -798,8 +798,9 @@ fn s3_a_server_that_dies_mid_put_fails_the_put_and_leaves_no_index() {
         env!("CARGO_BIN_EXE_consumer")
     );
     let mut put = spawn(Command::new("bash").args(["-o", "pipefail", "-c", &pipeline]).stderr(Stdio::piped()));
-    let first_pack = server.root().join(BUCKET).join("dies/0/0000000000.xbs");
-    wait_until(SHORT, "the first stored pack", || first_pack.is_file());
+    let bucket = server.root().join(BUCKET);
+    wait_until(SHORT, "the first stored pack", || stored_pack(&bucket, "dies", 0, 0).is_some());
+    let first_pack = stored_pack(&bucket, "dies", 0, 0).unwrap();
     server.kill();
     let started = Instant::now();
     let status = put.wait(LONG);

@@ -15,4 +15,5 @@ mod proto_interop;
 mod s3server;
 mod smallfiles;
 mod store;
+mod store_safety;
 mod transport;

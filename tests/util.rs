@@ -600,6 +600,23 @@ pub fn get_into_pipes_and_extract<S: AsRef<std::ffi::OsStr>>(args: &[S], count: 
     assert!(extracted.status.success(), "consumer extract: {}", String::from_utf8_lossy(&extracted.stderr));
 }
 
+/// Pack `seq` of stream `stream` of backup `name` in a store kept in directory `root` (a `file://` store, or an S3
+/// server's bucket directory), whichever put stored it: `root/<name>/<put>/<stream>/<seq>.xbs`.
+pub fn stored_pack(root: &Path, name: &str, stream: usize, seq: u64) -> Option<PathBuf> {
+    let puts = std::fs::read_dir(root.join(name)).ok()?;
+    puts.filter_map(Result::ok)
+        .map(|put| put.path().join(stream.to_string()).join(format!("{seq:010}.xbs")))
+        .find(|pack| pack.is_file())
+}
+
+/// Every pack of stream `stream` of backup `name` in a store kept in directory `root` (see [`stored_pack`]).
+pub fn stored_packs(root: &Path, name: &str, stream: usize) -> Vec<PathBuf> {
+    match stored_pack(root, name, stream, 0) {
+        Some(first) => list_tree(first.parent().expect("a pack has a directory")),
+        None => Vec::new(),
+    }
+}
+
 /// Whether an extraction into `out` has staged at least one file (in `OUT/.xbkit-partial-<pid>/`): the event that
 /// says a run is under way.
 pub fn has_staged_a_file(out: &Path) -> bool {

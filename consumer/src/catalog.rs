@@ -1,24 +1,34 @@
 //! `consumer list` and `consumer delete NAME`: the backups in a store, and removing one.
 //!
-//! A backup is complete iff its index exists ([`crate::layout`]); `list` reads each index for the figures and
-//! shows the others as incomplete, with what the listing says. `delete` removes the index first — from that moment
-//! the backup no longer counts as complete, whatever happens next — then every other object under the name.
+//! A backup is complete iff its index exists, can be read, and every pack it names (and, when proven, its
+//! manifest) is in the store with the size the index says ([`BackupIndex::damage`]); `list` reads each index for
+//! the figures and shows the others as incomplete (no index: a put that did not finish, or one still at work, as
+//! its claim says) or damaged (an index that cannot be read, or objects that do not match it), each with the reason.
+//! One damaged backup never hides the others: it is listed as such, and `list` exits non-zero after listing them
+//! all. `delete` removes the index first — from that moment the backup no longer counts as complete, whatever
+//! happens next — then every other object under the name.
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 use store::Store;
 
-use crate::layout::{self, BackupIndex};
+use crate::layout::{self, BackupIndex, Claim};
 
 /// One backup as `list` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Listed {
+pub struct StoredBackup {
     /// Its name.
     pub name: String,
-    /// Whether the put completed (the index exists).
+    /// Whether the put completed (the index exists, and every object it names is there).
     pub complete: bool,
     /// Whether it was proven against the producer's manifest when stored.
     pub proven: bool,
+    /// Why it cannot be restored although it has an index (unreadable, or objects that do not match it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+    /// For a backup without an index: the put that claimed it (still at work, or interrupted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<Claim>,
     /// Files (0 when incomplete: unknown).
     pub files: u64,
     /// Bytes of file content (incomplete: the bytes stored so far).
@@ -29,44 +39,73 @@ pub struct Listed {
     pub objects: u64,
 }
 
-/// Every backup in `store`, by name.
-pub fn list(store: &dyn Store) -> Result<Vec<Listed>> {
+impl StoredBackup {
+    /// The status column of the table.
+    fn status(&self) -> String {
+        match (&self.damaged, self.complete, self.proven, &self.claimed_by) {
+            (Some(why), ..) => format!("DAMAGED: {why}"),
+            (None, true, true, _) => "complete, proven".into(),
+            (None, true, false, _) => "complete, unproven (no manifest)".into(),
+            (None, false, _, Some(claim)) => {
+                format!("INCOMPLETE (no index: {} is at work, or was interrupted)", claim.describe())
+            }
+            (None, false, _, None) => "INCOMPLETE (no index: a put that did not finish)".into(),
+        }
+    }
+}
+
+/// Every backup in `store`, by name. A backup that cannot be read is listed as damaged, with the reason; only a
+/// store that cannot be listed at all is an error.
+pub fn list(store: &dyn Store) -> Result<Vec<StoredBackup>> {
     let mut found = Vec::new();
     for name in store.list_dirs("")? {
         if layout::check_name(&name).is_err() {
             continue;
         }
         let objects = store.list(&name)?;
-        let index_key = layout::object_key(&name, layout::INDEX_NAME);
-        let listed = match objects.iter().any(|o| o.key == index_key) {
-            true => {
-                let index = BackupIndex::from_json(&store::get_small(store, &index_key, layout::MAX_INDEX)?)?;
-                Listed {
-                    name,
-                    complete: true,
-                    proven: index.proven,
-                    files: index.files,
-                    bytes: index.bytes,
-                    created_unix: index.created_unix,
-                    objects: objects.len() as u64,
-                }
-            }
-            false => Listed {
-                name,
-                complete: false,
-                proven: false,
-                files: 0,
-                bytes: objects.iter().map(|o| o.size).sum(),
-                created_unix: 0,
-                objects: objects.len() as u64,
-            },
+        let mut listed = StoredBackup {
+            name,
+            complete: false,
+            proven: false,
+            damaged: None,
+            claimed_by: None,
+            files: 0,
+            bytes: objects.iter().map(|o| o.size).sum(),
+            created_unix: 0,
+            objects: objects.len() as u64,
         };
+        let index_key = layout::object_key(&listed.name, layout::INDEX_NAME);
+        if objects.iter().any(|o| o.key == index_key) {
+            match read_index(store, &index_key) {
+                Ok(index) => {
+                    listed.damaged = index.damage(&objects);
+                    listed.complete = listed.damaged.is_none();
+                    listed.proven = index.proven;
+                    listed.files = index.files;
+                    listed.bytes = index.bytes;
+                    listed.created_unix = index.created_unix;
+                }
+                Err(why) => listed.damaged = Some(why),
+            }
+        } else {
+            listed.claimed_by = objects
+                .iter()
+                .filter(|o| layout::claim_of(&listed.name, &o.key).is_some())
+                .find_map(|o| store::get_small(store, &o.key, 64 << 10).ok())
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        }
         found.push(listed);
     }
     Ok(found)
 }
 
-/// Prints the list as a table (or JSON).
+/// A backup's index, or why it cannot be read (for the listing).
+fn read_index(store: &dyn Store, key: &str) -> std::result::Result<BackupIndex, String> {
+    let bytes = store::get_small(store, key, layout::MAX_INDEX).map_err(|e| format!("{e:#}"))?;
+    BackupIndex::from_json(&bytes).map_err(|e| format!("{key} cannot be read: {e:#}"))
+}
+
+/// Prints the list as a table (or JSON); fails, after listing every backup, if any is damaged.
 pub fn run_list(store: &dyn Store, json: bool) -> Result<String> {
     let backups = list(store)?;
     let mut out = std::io::stdout().lock();
@@ -77,43 +116,30 @@ pub fn run_list(store: &dyn Store, json: bool) -> Result<String> {
     } else {
         writeln!(out, "{:<32} {:>10} {:>8} {:>14}  {:<20} status", "NAME", "SIZE", "FILES", "BYTES", "DATE (UTC)")?;
         for b in &backups {
-            let status = match (b.complete, b.proven) {
-                (true, true) => "complete, proven",
-                (true, false) => "complete, unproven (no manifest)",
-                (false, _) => "INCOMPLETE (no index: a put that did not finish)",
-            };
             writeln!(
                 out,
-                "{:<32} {:>10} {:>8} {:>14}  {:<20} {status}",
+                "{:<32} {:>10} {:>8} {:>14}  {:<20} {}",
                 b.name,
                 runtime::size::human(b.bytes),
                 b.files,
                 b.bytes,
-                date(b.created_unix)
+                layout::date(b.created_unix),
+                b.status()
             )?;
         }
     }
     out.flush()?;
-    Ok(format!("{} backup(s) in {}", backups.len(), store.describe()))
-}
-
-/// `YYYY-MM-DD HH:MM:SS` of a Unix time (UTC), `-` for 0.
-fn date(unix: u64) -> String {
-    if unix == 0 {
-        return "-".into();
+    let damaged: Vec<&str> = backups.iter().filter(|b| b.damaged.is_some()).map(|b| b.name.as_str()).collect();
+    if !damaged.is_empty() {
+        bail!(
+            "{} of the {} backups in {} are damaged and cannot be restored: {}",
+            damaged.len(),
+            backups.len(),
+            store.describe(),
+            damaged.join(", ")
+        );
     }
-    let (days, seconds) = ((unix / 86_400) as i64, unix % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
+    Ok(format!("{} backup(s) in {}", backups.len(), store.describe()))
 }
 
 /// Removes every object of backup `name`, the index first.
@@ -124,21 +150,14 @@ pub fn delete(store: &dyn Store, name: &str) -> Result<String> {
         bail!("no backup named {name} in {}", store.describe());
     }
     let index_key = layout::object_key(name, layout::INDEX_NAME);
-    store.delete(&index_key)?;
-    let mut removed = 1;
+    let mut removed = 0;
+    if objects.iter().any(|o| o.key == index_key) {
+        store.delete(&index_key)?;
+        removed += 1;
+    }
     for object in objects.iter().filter(|o| o.key != index_key) {
         store.delete(&object.key)?;
         removed += 1;
     }
     Ok(format!("deleted {name}: {removed} objects from {}", store.describe()))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(super::date(0), "-");
-        assert_eq!(super::date(1_700_000_000), "2023-11-14 22:13:20");
-        assert_eq!(super::date(951_782_400), "2000-02-29 00:00:00");
-    }
 }

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -42,6 +42,7 @@ use store::Store;
 use crate::config::ExtractConfig;
 use crate::input::InputStream;
 use crate::layout::{self, BackupIndex, Pack};
+use crate::sent_check::SentCheck;
 use crate::source::{SameBackup, StreamSource};
 
 /// Where a get goes.
@@ -96,9 +97,10 @@ pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<S
 fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
     layout::check_name(&config.name)?;
     let index = load_index(config, store)?;
-    // The producer's manifest, stored beside the packs: what a merge plans with.
-    let manifest = if index.proven && index.streams.len() > 1 && matches!(config.output, GetOutput::Stdout) {
-        let key = layout::object_key(&config.name, layout::MANIFEST_OBJECT);
+    // The producer's manifest, stored beside the packs: what a merge plans with, and what every file sent on to
+    // STDOUT or pipes is checked against (an extraction checks the copy that travels in the streams).
+    let manifest = if index.proven && !matches!(config.output, GetOutput::Extract(_)) {
+        let key = index.manifest_key();
         let bytes = store::get_small(store, &key, config.memory_limit)?;
         Some(Manifest::from_json(&bytes).with_context(|| format!("cannot read {key}"))?)
     } else {
@@ -181,7 +183,14 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
 fn load_index(config: &GetConfig, store: &dyn Store) -> Result<BackupIndex> {
     let key = layout::object_key(&config.name, layout::INDEX_NAME);
     match store::get_small(store, &key, layout::MAX_INDEX) {
-        Ok(bytes) => BackupIndex::from_json(&bytes).with_context(|| format!("cannot read {key}")),
+        Ok(bytes) => {
+            let index = BackupIndex::from_json(&bytes).with_context(|| format!("cannot read {key}"))?;
+            // The index against what the store holds, before anything is planned from its figures.
+            if let Some(why) = index.damage(&store.list(&config.name)?) {
+                bail!("backup {} in {} is damaged: {why}", config.name, store.describe());
+            }
+            Ok(index)
+        }
         Err(e) if e.is_not_found() => {
             let listed = store.list(&config.name)?;
             if listed.is_empty() {
@@ -203,13 +212,34 @@ fn load_index(config: &GetConfig, store: &dyn Store) -> Result<BackupIndex> {
     }
 }
 
-/// An index made from the packs that exist (sizes from the listing; CRCs unknown, so 0 and unchecked).
+/// An index made from the packs that exist (sizes from the listing; CRCs unknown, so 0 and unchecked): those of
+/// the one put that left packs under the name (`<NAME>/<PUT>/<stream>/<seq>.xbs`, or `<NAME>/<stream>/<seq>.xbs`
+/// from before put ids).
 fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex> {
+    // (put, stream, pack) for every pack.
+    let packs: Vec<(Option<&str>, u32, &store::ObjectInfo)> = listed
+        .iter()
+        .filter_map(|object| {
+            let rest = object.key.strip_prefix(name)?.strip_prefix('/')?.strip_suffix(".xbs")?;
+            let parts: Vec<&str> = rest.split('/').collect();
+            let (put, stream) = match parts[..] {
+                [stream, _] => (None, stream),
+                [put, stream, _] => (Some(put), stream),
+                _ => return None,
+            };
+            Some((put, stream.parse::<u32>().ok()?, object))
+        })
+        .collect();
+    let mut puts: Vec<Option<&str>> = packs.iter().map(|(put, ..)| *put).collect();
+    puts.sort_unstable();
+    puts.dedup();
+    if puts.len() > 1 {
+        let puts: Vec<&str> = puts.iter().map(|p| p.unwrap_or("(no put id)")).collect();
+        bail!("several puts left packs under {name} ({}): there is no one backup to fetch", puts.join(", "));
+    }
+    let put = puts.first().copied().flatten();
     let mut streams: Vec<layout::StoredStream> = Vec::new();
-    for object in listed {
-        let Some(rest) = object.key.strip_prefix(&format!("{name}/")) else { continue };
-        let Some((stream, file)) = rest.split_once('/') else { continue };
-        let (Ok(stream), true) = (stream.parse::<u32>(), file.ends_with(".xbs")) else { continue };
+    for (_, stream, object) in packs {
         while streams.len() <= stream as usize {
             let index = streams.len() as u32;
             streams.push(layout::StoredStream { index, chunks: 0, bytes: 0, packs: Vec::new() });
@@ -220,7 +250,10 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
     }
     // Packs are numbered from 0 without gaps: a stream goes only as far as its first missing pack.
     for stream in &mut streams {
-        let expected = |seq: usize| layout::pack_key(name, stream.index as usize, seq as u64);
+        let expected = |seq: usize| match put {
+            Some(put) => layout::pack_key(name, put, stream.index as usize, seq as u64),
+            None => format!("{name}/{}/{seq:010}.xbs", stream.index),
+        };
         let whole = stream.packs.iter().enumerate().take_while(|(seq, pack)| pack.key == expected(*seq)).count();
         if whole < stream.packs.len() {
             log::warn!("stream {} of {name}: pack {whole} is missing; fetching the {whole} before it", stream.index);
@@ -233,6 +266,7 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
         name: name.to_string(),
         tool: String::new(),
         created_unix: 0,
+        put_id: put.map(str::to_string),
         backup_id: None,
         proven: false,
         files: 0,
@@ -319,16 +353,18 @@ impl PackStream {
         Ok(Some(pack))
     }
 
-    /// Writes the rest of the stream to `out` a whole pack at a time, straight from the download buffers (no copy
-    /// through a small buffer, as `io::copy` would make); returns the bytes written.
-    fn copy_to(mut self, out: &mut impl Write) -> io::Result<u64> {
+    /// Writes the stream (not read from yet) to `out` a whole pack at a time, straight from the download buffers
+    /// (no copy through a small buffer, as `io::copy` would make), each pack's chunks handed to `check` (when the
+    /// backup has a manifest) before the pack is written; returns the bytes written. `name` is the stream's, for
+    /// messages.
+    fn copy_to(mut self, out: &mut impl Write, check: Option<&Mutex<SentCheck>>, name: &str) -> Result<u64> {
+        debug_assert!(self.current.is_none(), "copy_to starts at a pack boundary");
         let mut copied = 0u64;
-        if let Some(current) = self.current.take() {
-            out.write_all(&current[self.position..])?;
-            copied += (current.len() - self.position) as u64;
-        }
-        while let Some(pack) = self.next_pack()? {
-            out.write_all(&pack)?;
+        while let Some(pack) = self.next_pack().with_context(|| name.to_string())? {
+            if let Some(check) = check {
+                check.lock().unwrap_or_else(|e| e.into_inner()).pack(&pack, name)?;
+            }
+            out.write_all(&pack).with_context(|| format!("{name}: cannot write it out"))?;
             copied += pack.len() as u64;
         }
         Ok(copied)
@@ -387,22 +423,29 @@ fn deliver(
             let set = FifoSet::create(dir, *count)?;
             let opened = set.open_all(End::Write, *timeout, cancel)?;
             let activity = Arc::new(Activity::new());
-            let results: Vec<Result<u64>> = thread::scope(|scope| {
+            let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
+            // Each pipe is ended (cleanly, or with the broken chunk) only once every stream went out and the whole
+            // was checked, so that no pipe looks complete while another's files could still prove the backup wrong.
+            let results: Vec<Result<(PoisonOnDrop, u64)>> = thread::scope(|scope| {
                 let handles: Vec<_> = readers
                     .into_iter()
                     .zip(opened)
                     .zip(set.paths())
                     .map(|((reader, file), path)| {
-                        let activity = Arc::clone(&activity);
-                        scope.spawn(move || -> Result<u64> {
+                        let (activity, check) = (Arc::clone(&activity), check.as_ref());
+                        scope.spawn(move || -> Result<(PoisonOnDrop, u64)> {
                             let pipe = IdlePipe::new(file, config.idle_timeout)?
                                 .with_cancel(cancel.clone())
                                 .with_activity(activity);
                             let mut out = PoisonOnDrop::new(pipe);
-                            let copied =
-                                reader.copy_to(&mut out).with_context(|| format!("stream to {}", path.display()))?;
-                            out.finish()?;
-                            Ok(copied)
+                            let name = format!("stream to {}", path.display());
+                            match reader.copy_to(&mut out, check, &name) {
+                                Ok(copied) => Ok((out, copied)),
+                                Err(e) => {
+                                    cancel.cancel();
+                                    Err(e)
+                                }
+                            }
                         })
                     })
                     .collect();
@@ -411,8 +454,17 @@ fn deliver(
                     .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a pipe writer panicked"))))
                     .collect()
             });
-            let copied: u64 = results.into_iter().collect::<Result<Vec<u64>>>()?.into_iter().sum();
-            Ok(format!("{} into {count} pipes in {}", human(copied), dir.display()))
+            let outs = results.into_iter().collect::<Result<Vec<(PoisonOnDrop, u64)>>>()?;
+            let checked = match check {
+                Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
+                None => None,
+            };
+            let mut copied = 0;
+            for (out, bytes) in outs {
+                out.finish()?;
+                copied += bytes;
+            }
+            Ok(format!("{} into {count} pipes in {}{}", human(copied), dir.display(), checked_note(checked)))
         }
         GetOutput::Stdout => {
             let stdout = io::stdout();
@@ -423,9 +475,14 @@ fn deliver(
             let mut out = PoisonOnDrop::new(pipe);
             if streams == 1 {
                 let reader = readers.into_iter().next().expect("one stream");
-                let copied = reader.copy_to(&mut out).context("STDOUT")?;
+                let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
+                let copied = reader.copy_to(&mut out, check.as_ref(), "stored stream 0 to STDOUT")?;
+                let checked = match check {
+                    Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
+                    None => None,
+                };
                 out.finish()?;
-                return Ok(format!("{} to STDOUT", human(copied)));
+                return Ok(format!("{} to STDOUT{}", human(copied), checked_note(checked)));
             }
             let Some(manifest) = manifest else {
                 bail!(
@@ -434,10 +491,24 @@ fn deliver(
                     config.name
                 );
             };
+            let files = manifest.files.len() as u64;
             let written = merge(config, readers, manifest, &mut out)?;
             out.finish()?;
-            Ok(format!("{} streams merged into one on STDOUT ({})", streams, human(written)))
+            Ok(format!(
+                "{} streams merged into one on STDOUT ({}){}",
+                streams,
+                human(written),
+                checked_note(Some(files))
+            ))
         }
+    }
+}
+
+/// What the summary says of the check against the manifest: how many files passed it, or that there was none.
+fn checked_note(checked: Option<u64>) -> String {
+    match checked {
+        Some(files) => format!("; {files} files checked against {MANIFEST_NAME}"),
+        None => "; completeness unproven (stored without a manifest)".into(),
     }
 }
 
@@ -562,6 +633,8 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
         .collect();
     let mut pending: VecDeque<usize> = (0..count).collect();
     let mut made = MadeDirectories::default();
+    // Every file against its manifest record, before its end-of-file chunk goes out.
+    let mut check = SentCheck::new(&manifest)?;
     loop {
         // Refill empty heads.
         for (i, source) in sources.iter_mut().enumerate() {
@@ -608,6 +681,7 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
             continue;
         }
         made.placed(&header.path);
+        check.chunk(&header)?;
         match header.kind {
             ChunkKind::Payload => {
                 writer.write_payload_with_checksum(&header.path, header.file_offset, &payload, header.checksum)?;
@@ -627,6 +701,7 @@ fn merge(config: &GetConfig, readers: Vec<PackStream>, mut manifest: Manifest, o
     if let Some(path) = due.keys().next() {
         bail!("{} never ended in the stored streams", String::from_utf8_lossy(path));
     }
+    check.finish()?;
     let bytes_before = writer.position();
     manifest.streams = vec![StreamRecord { index: 0, chunks, bytes: bytes_before }];
     let json = manifest.to_json();

@@ -21,6 +21,7 @@ pub mod input;
 pub mod layout;
 pub mod list;
 pub mod put;
+pub mod sent_check;
 pub mod source;
 pub mod storage;
 pub mod target;

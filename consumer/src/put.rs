@@ -1,11 +1,12 @@
 //! `consumer put NAME`: one stream (STDIN) or N pipes into object storage, in parallel, proven before it counts.
 //!
 //! ```text
-//! stream i ─► reader i (StreamSource: parse, CRC, marker) ─► pack i (a pool buffer; whole chunks, verbatim)
-//!                                                               │ full (--object-size)
-//!                                                               ▼
-//!                                        uploaders (--parallel) ─► <NAME>/<i>/<seq>.xbs
-//! all streams ended cleanly ─► prove (marker ⇒ manifest, stream counts) ─► backup-manifest.json ─► index.json LAST
+//! claim NAME ─► stream i ─► reader i (StreamSource: parse, CRC, marker) ─► pack i (a pool buffer; whole chunks)
+//!                                                                            │ full (--object-size)
+//!                                                                            ▼
+//!                                             uploaders (--parallel) ─► <NAME>/<PUT>/<i>/<seq>.xbs
+//! all streams ended cleanly ─► prove (marker ⇒ manifest, stream counts) ─► <NAME>/<PUT>/backup-manifest.json
+//!   ─► <NAME>/index.json LAST, create-only ─► read back: ours, or another put's (then ours is removed)
 //! ```
 //!
 //! The same reader code as `extract` ([`crate::source`]). Packs are pool buffers (`--memory-limit`), handed to the
@@ -13,11 +14,20 @@
 //! object size is what the budget holds. The index is written only after every pack's PUT succeeded and the
 //! streams proved complete: a put that fails or is interrupted leaves no index, and `get` and `list` know it is
 //! incomplete.
+//!
+//! Claiming NAME ([`claim`]): a put stores its claim under a key of its own (`<NAME>/claim-<PUT>.json`), then lists
+//! NAME; it goes on only if the listing shows nothing but its claim. Two puts that both went on would each have
+//! listed after its own claim was stored and seen no other: impossible on a store whose listing shows every object
+//! whose PUT has returned (S3, Google, Azure, a directory), since the later lister would see the earlier claim. So
+//! at most one put of a NAME ever writes a pack, whatever the service does with conditional requests; two that
+//! see each other both step back and try again a few times after a random pause, so that one of them goes on.
+//! Behind that, each put writes under its own id and the index is created only if none exists (a create-only
+//! put) and read back: a put whose index is not the stored one removes what it wrote and fails.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -34,7 +44,7 @@ use runtime::size::human;
 use store::Store;
 
 use crate::input::{open_inputs, Input, InputStream};
-use crate::layout::{self, BackupIndex, Pack, StoredStream};
+use crate::layout::{self, BackupIndex, Claim, Pack, StoredStream};
 use crate::source::{check_markers, missing_manifest, SameBackup, StreamEnd, StreamSource};
 
 /// Validated `put` settings.
@@ -87,11 +97,17 @@ pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<S
     };
     result
         .map_err(|e| {
-            // Whether anything was stored decides the advice (a refused existing NAME is not ours to delete).
-            let exists = e.to_string().contains("already exists");
+            // A NAME another put has (or had) is not ours to delete, and this put left nothing under it.
+            if e.downcast_ref::<NameTaken>().is_some() {
+                return e.context(format!(
+                    "the put of {} to {} stopped before storing anything",
+                    config.name,
+                    store.describe()
+                ));
+            }
+            // Whether anything was stored decides the advice.
             let delete = format!("`consumer delete {} --storage {}`", config.name, store.describe());
             let advice = match store.list(&config.name) {
-                _ if exists => String::new(),
                 Ok(objects) if objects.is_empty() => String::new(),
                 Ok(_) => format!("; remove what it stored with {delete}"),
                 // The store cannot say (it is down): it may hold some objects.
@@ -107,24 +123,101 @@ pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<S
 }
 
 fn put(config: &PutConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
-    layout::check_name(&config.name)?;
-    store.ensure_container()?;
-    if !store.list(&config.name)?.is_empty() {
-        bail!(
-            "backup {} already exists in {} (choose another name, or remove it with `consumer delete {}`)",
-            config.name,
-            store.describe(),
-            config.name
-        );
-    }
+    let claim = claim(&config.name, store)?;
     let (inputs, _fifos) = open_inputs(&config.input, config.idle_timeout, cancel)?;
-    put_streams(config, store, inputs, signals, cancel)
+    put_streams(config, store, &claim, inputs, signals, cancel)
 }
 
-/// Stores `inputs` (the streams, in order) as backup `config.name`: the whole put once the streams are open.
+/// Why a put did not store anything: the NAME is (or was just) another put's. What the message says is all there
+/// is to do: nothing of this put is left in the store.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NameTaken(String);
+
+/// How many times a put that finds another put's claim beside its own steps back and tries again.
+const CLAIM_ATTEMPTS: u32 = 6;
+
+/// Claims backup `name` in `store` for a new put: fails if anything is stored under the name (a backup, an
+/// interrupted put, another put at work), or if another put claims it at the same moment and keeps it. See the
+/// module's documentation for why at most one put gets past this.
+pub fn claim(name: &str, store: &dyn Store) -> Result<Claim> {
+    layout::check_name(name)?;
+    store.ensure_container()?;
+    taken(name, store, &store.list(name)?)?;
+    let claim = Claim::new();
+    let key = layout::claim_key(name, &claim.put_id);
+    for attempt in 1..=CLAIM_ATTEMPTS {
+        store.put(&key, Bytes::from(claim.to_json()))?;
+        let listed = store.list(name)?;
+        let others: Vec<&store::ObjectInfo> = listed.iter().filter(|o| o.key != key).collect();
+        if others.is_empty() {
+            return Ok(claim);
+        }
+        // Step back: our claim goes, so that the other put (if it sees only its own next time) can go on.
+        store.delete(&key)?;
+        let only_claims = others.iter().all(|o| layout::claim_of(name, &o.key).is_some());
+        if !only_claims || attempt == CLAIM_ATTEMPTS {
+            let others: Vec<store::ObjectInfo> = others.into_iter().cloned().collect();
+            taken(name, store, &others)?;
+            return Err(NameTaken(format!(
+                "backup {name} is being claimed by another put at the same moment: this put stops"
+            ))
+            .into());
+        }
+        // A pause of 20–320 ms × the attempt, different for every put, so that one of them goes first.
+        let pause = 20 + random_below(300);
+        log::debug!("another put claims {name} at the same moment: trying again in {pause} ms");
+        std::thread::sleep(Duration::from_millis(pause * u64::from(attempt)));
+    }
+    unreachable!("the last attempt returns or fails")
+}
+
+/// Fails with what `listed` (objects under `name`) says about who has the name; `Ok` if nothing is there.
+fn taken(name: &str, store: &dyn Store, listed: &[store::ObjectInfo]) -> Result<()> {
+    if listed.is_empty() {
+        return Ok(());
+    }
+    let delete = format!("`consumer delete {name}`");
+    let index = layout::object_key(name, layout::INDEX_NAME);
+    let store_name = store.describe();
+    if listed.iter().any(|o| o.key == index) {
+        let why =
+            format!("backup {name} already exists in {store_name} (choose another name, or remove it with {delete})");
+        return Err(NameTaken(why).into());
+    }
+    let claim: Option<Claim> = listed
+        .iter()
+        .filter(|o| layout::claim_of(name, &o.key).is_some())
+        .find_map(|o| store::get_small(store, &o.key, 64 << 10).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let why = match claim {
+        Some(claim) => format!(
+            "backup {name} already exists in {store_name}: {} is storing it, or was interrupted (if that put is \
+             not running any more, remove what it left with {delete})",
+            claim.describe()
+        ),
+        None => format!(
+            "backup {name} already exists in {store_name}, incomplete (choose another name, or remove it with \
+             {delete})"
+        ),
+    };
+    Err(NameTaken(why).into())
+}
+
+/// A number in `0..bound` that differs from process to process (the std hasher's random keys), for pauses.
+fn random_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish() % bound
+}
+
+/// Stores `inputs` (the streams, in order) as backup `config.name`, which `claim` holds (from [`claim`]): the whole
+/// put once the streams are open.
 pub fn put_streams(
     config: &PutConfig,
     store: &dyn Store,
+    claim: &Claim,
     inputs: Vec<InputStream>,
     signals: &Signals,
     cancel: &Cancel,
@@ -171,7 +264,9 @@ pub fn put_streams(
                 thread::Builder::new()
                     .name(name.clone())
                     .spawn_scoped(scope, move || {
-                        failure.run_stage(&name, || read_stream(config, source, &uploads, packs, cancel, counters))
+                        failure.run_stage(&name, || {
+                            read_stream(config, &claim.put_id, source, &uploads, packs, cancel, counters)
+                        })
                     })
                     .expect("spawn reader")
             })
@@ -219,7 +314,7 @@ pub fn put_streams(
         }
         crate::extract::check_streams(manifest, &ends)?;
         store.put(
-            &layout::object_key(&config.name, layout::MANIFEST_OBJECT),
+            &layout::manifest_key(&config.name, Some(&claim.put_id)),
             Bytes::from(manifest_bytes.clone().unwrap_or_default()),
         )?;
     }
@@ -235,7 +330,8 @@ pub fn put_streams(
         format: layout::INDEX_FORMAT,
         name: config.name.clone(),
         tool: format!("consumer {}", env!("CARGO_PKG_VERSION")),
-        created_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created_unix: layout::unix_now(),
+        put_id: Some(claim.put_id.clone()),
         backup_id: ours,
         proven: manifest.is_some(),
         files,
@@ -252,7 +348,7 @@ pub fn put_streams(
     };
     let objects: usize = index.streams.iter().map(|s| s.packs.len()).sum();
     // The index last: its existence is what makes the backup complete.
-    store.put(&layout::object_key(&config.name, layout::INDEX_NAME), Bytes::from(index.to_json()))?;
+    commit(store, &index, claim)?;
     let proof = if index.proven { "proven against its manifest" } else { "completeness unproven (no manifest)" };
     Ok(format!(
         "stored {} as {files} files, {} of content, {} streamed, in {objects} objects to {}; {proof}",
@@ -263,9 +359,39 @@ pub fn put_streams(
     ))
 }
 
+/// Stores `index` as the backup's index, only if no index exists, and reads it back: the backup is this put's only
+/// if the stored index is this one (a create-only put whose reply was lost and that was sent again finds its own
+/// index; a service that ignores the condition is caught by the read). Otherwise this put's objects are removed.
+fn commit(store: &dyn Store, index: &BackupIndex, claim: &Claim) -> Result<()> {
+    let key = layout::object_key(&index.name, layout::INDEX_NAME);
+    let ours = index.to_json();
+    match store.put_new(&key, Bytes::from(ours.clone())) {
+        Ok(()) => {}
+        Err(e) if e.is_already_exists() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let stored = store::get_small(store, &key, layout::MAX_INDEX)?;
+    if stored == ours {
+        return Ok(());
+    }
+    let winner = BackupIndex::from_json(&stored).ok().and_then(|index| index.put_id).unwrap_or_else(|| "?".into());
+    let mine = format!("{}/{}", index.name, claim.put_id);
+    for object in store.list(&mine)? {
+        store.delete(&object.key)?;
+    }
+    store.delete(&layout::claim_key(&index.name, &claim.put_id))?;
+    Err(NameTaken(format!(
+        "another put (put {winner}) stored backup {} first; this put's objects were removed and the stored backup is \
+         the other one",
+        index.name
+    ))
+    .into())
+}
+
 /// One reader: its stream's chunks, verbatim, into packs; full packs to the uploaders.
 fn read_stream(
     config: &PutConfig,
+    put: &str,
     mut source: StreamSource,
     uploads: &crossbeam_channel::Sender<Upload>,
     packs: &BufferPool,
@@ -282,7 +408,7 @@ fn read_stream(
     let mut manifest: Option<Vec<u8>> = None;
     let mut flush = |pack: &mut Option<PooledBuffer>, chunks: &mut u64, crc: &mut CrcPiece| -> Result<()> {
         let Some(data) = pack.take() else { return Ok(()) };
-        let key = layout::pack_key(&config.name, index, meta.len() as u64);
+        let key = layout::pack_key(&config.name, put, index, meta.len() as u64);
         meta.push(Pack { key: key.clone(), size: data.len() as u64, chunks: *chunks, crc32: crc.crc });
         (*chunks, *crc) = (0, CrcPiece::default());
         send(uploads, Upload { key, data }, cancel)?;

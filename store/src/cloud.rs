@@ -19,7 +19,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use crate::{ObjectInfo, Result, Store, StoreError};
 
@@ -87,16 +89,24 @@ pub trait Cloud: Send + Sync + 'static {
     /// The `object_store` client in `client`.
     fn objects<'a>(&self, client: &'a Self::Client) -> &'a dyn ObjectStore;
 
-    /// Stores `body` as `path`, whole; an error is the service's own message. `object_store`'s put, unless the
-    /// service has a reason to do otherwise.
+    /// Stores `body` as `path`, whole, replacing any object of that name, or with `create_only` only if there is
+    /// none (the service's conditional create). `object_store`'s put, unless the service has a reason to do
+    /// otherwise.
     fn put(
         &self,
         client: &Self::Client,
         path: &Path,
         body: Bytes,
-    ) -> impl Future<Output = std::result::Result<(), String>> {
+        create_only: bool,
+    ) -> impl Future<Output = std::result::Result<(), PutRefused>> {
         async move {
-            self.objects(client).put(path, PutPayload::from_bytes(body)).await.map(drop).map_err(|e| error_message(&e))
+            let mode = if create_only { PutMode::Create } else { PutMode::Overwrite };
+            let options = PutOptions { mode, ..PutOptions::default() };
+            match self.objects(client).put_opts(path, PutPayload::from_bytes(body), options).await {
+                Ok(_) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => Err(PutRefused::Exists),
+                Err(e) => Err(PutRefused::Failed(error_message(&e))),
+            }
         }
     }
 
@@ -121,6 +131,21 @@ pub trait Cloud: Send + Sync + 'static {
     /// Creates the bucket; an error is the service's own message. A bucket that another `put` created meanwhile
     /// is not an error.
     fn create_container(&self, client: &Self::Client) -> impl Future<Output = std::result::Result<(), String>>;
+}
+
+/// Why a cloud did not store an object.
+#[derive(Debug)]
+pub enum PutRefused {
+    /// A create-only put found an object of that name.
+    Exists,
+    /// Anything else: the service's own message.
+    Failed(String),
+}
+
+impl From<String> for PutRefused {
+    fn from(message: String) -> PutRefused {
+        PutRefused::Failed(message)
+    }
 }
 
 /// A bucket (and a prefix in it) of one of the clouds, used as an object store.
@@ -171,6 +196,19 @@ impl<C: Cloud> CloudStore<C> {
 
     fn objects<'a>(&self, client: &'a C::Client) -> &'a dyn ObjectStore {
         self.cloud.objects(client)
+    }
+
+    /// A put, create-only or not (see [`Cloud::put`]).
+    fn store(&self, key: &str, body: Bytes, create_only: bool) -> Result<()> {
+        let path = self.path(key);
+        self.on_lane("put", key, async |client| {
+            self.cloud.put(client, &path, body, create_only).await.map_err(|refused| match refused {
+                PutRefused::Exists => StoreError::AlreadyExists { store: self.describe(), key: key.to_string() },
+                PutRefused::Failed(message) => {
+                    StoreError::Failed { store: self.describe(), op: "put", key: key.to_string(), message }
+                }
+            })
+        })
     }
 
     fn path(&self, key: &str) -> Path {
@@ -279,20 +317,24 @@ impl<C: Cloud> Store for CloudStore<C> {
         log::info!("{} {} does not exist: creating it", C::CONTAINER, self.cloud.container());
         let op = if C::CONTAINER == "bucket" { "create bucket" } else { "create container" };
         self.on_lane(op, self.cloud.container(), async |client| {
-            self.cloud.create_container(client).await.map_err(|message| failed(op, message))
+            match self.cloud.create_container(client).await {
+                Ok(()) => Ok(()),
+                // Another put (of another name) created it meanwhile, and the service says so in its own words
+                // (`BucketAlreadyExists`, "already exists"): it is there now, and ours to use if we can list it.
+                Err(message) => match self.cloud.container_exists(client, &root).await {
+                    Ok(true) => Ok(()),
+                    _ => Err(failed(op, message)),
+                },
+            }
         })
     }
 
     fn put(&self, key: &str, body: Bytes) -> Result<()> {
-        let path = self.path(key);
-        self.on_lane("put", key, async |client| {
-            self.cloud.put(client, &path, body).await.map_err(|message| StoreError::Failed {
-                store: self.describe(),
-                op: "put",
-                key: key.to_string(),
-                message,
-            })
-        })
+        self.store(key, body, false)
+    }
+
+    fn put_new(&self, key: &str, body: Bytes) -> Result<()> {
+        self.store(key, body, true)
     }
 
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64> {

@@ -16,7 +16,7 @@ use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use object_store::path::Path;
 use object_store::ObjectStore;
 
-use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudStore, RequestOptions};
+use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudStore, PutRefused, RequestOptions};
 
 /// Google's endpoint, when none is given.
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -142,10 +142,14 @@ impl Cloud for Gcs {
         &client.objects
     }
 
-    /// The JSON API's simple upload, retried like `object_store`'s requests.
-    async fn put(&self, client: &GcsClient, path: &Path, body: Bytes) -> Result<(), String> {
+    /// The JSON API's simple upload, retried like `object_store`'s requests; create-only with
+    /// `ifGenerationMatch=0` (Google's precondition "no live object of this name"), refused with a 412.
+    async fn put(&self, client: &GcsClient, path: &Path, body: Bytes, create_only: bool) -> Result<(), PutRefused> {
         let mut url = self.url(&["upload", "storage", "v1", "b", &self.bucket, "o"])?;
         url.query_pairs_mut().append_pair("uploadType", "media").append_pair("name", path.as_ref());
+        if create_only {
+            url.query_pairs_mut().append_pair("ifGenerationMatch", "0");
+        }
         let response = send_retrying(&self.requests, &format!("put {path}"), async || {
             let request = client
                 .http
@@ -155,10 +159,10 @@ impl Cloud for Gcs {
             self.authorized(client, request).await
         })
         .await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(refused(response).await)
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            reqwest::StatusCode::PRECONDITION_FAILED if create_only => Err(PutRefused::Exists),
+            _ => Err(PutRefused::Failed(refused(response).await)),
         }
     }
 

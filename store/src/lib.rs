@@ -47,6 +47,14 @@ pub enum StoreError {
         /// The key.
         key: String,
     },
+    /// A create-only put ([`Store::put_new`]) found the key taken: another writer stored it first.
+    #[error("{store}: {key}: already exists")]
+    AlreadyExists {
+        /// The store, for messages.
+        store: String,
+        /// The key.
+        key: String,
+    },
     /// The service refused the request for good (wrong credentials, no permission, a bad request) or kept failing
     /// after every retry; the message is the service's.
     #[error("{store}: {op} {key}: {message}")]
@@ -78,6 +86,11 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
     }
+
+    /// Whether a create-only put found the key taken.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, StoreError::AlreadyExists { .. })
+    }
 }
 
 /// Result of a store operation.
@@ -94,6 +107,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Stores `body` as `key`, whole: a reader never sees a partial object. `body` may own a pool buffer of the
     /// caller's (zero copy): an implementation must not keep it after returning, or the pool runs dry.
     fn put(&self, key: &str, body: Bytes) -> Result<()>;
+
+    /// Stores `body` as `key` only if no object has that key yet, atomically: of any number of concurrent
+    /// `put_new`s of one key, at most one succeeds and the others get [`StoreError::AlreadyExists`] (on a service
+    /// whose conditional create is atomic: a rename that refuses to replace on `file://`, `If-None-Match: *` on
+    /// S3 and Azure, `ifGenerationMatch=0` on Google). What commits a backup: the index.
+    fn put_new(&self, key: &str, body: Bytes) -> Result<()>;
 
     /// Reads object `key`, handing its bytes to `consume` in order, piece by piece (so the caller decides where
     /// they go and how much it takes); returns the object's size.

@@ -43,6 +43,54 @@ impl LocalStore {
     fn failed(&self, op: &'static str, key: &str, message: String) -> StoreError {
         StoreError::Failed { store: self.describe(), op, key: key.to_string(), message }
     }
+
+    /// Writes `body` to a temporary name beside `key`'s file, syncs it, puts it in place as `place` says and syncs
+    /// the directory. A create-only put links the temporary file to the final name (`link` refuses an existing
+    /// name, atomically, on every POSIX file system, NFS included) and then removes the temporary name.
+    fn store(&self, key: &str, body: &[u8], place: Place) -> Result<()> {
+        let path = self.path("put", key)?;
+        let failed = |e: std::io::Error| self.failed("put", key, e.to_string());
+        let dir = path.parent().expect("a key has a parent: the root");
+        fs::create_dir_all(dir).map_err(failed)?;
+        let name = path.file_name().expect("a checked key has a name").to_string_lossy();
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+            file.write_all(body)?;
+            file.sync_all()?;
+            match place {
+                Place::Replace => fs::rename(&temp, &path)?,
+                Place::New => {
+                    let linked = fs::hard_link(&temp, &path);
+                    fs::remove_file(&temp)?;
+                    linked?;
+                }
+            }
+            File::open(dir)?.sync_all()
+        })();
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => {
+                        Err(StoreError::AlreadyExists { store: self.describe(), key: key.to_string() })
+                    }
+                    _ => Err(failed(e)),
+                }
+            }
+        }
+    }
+}
+
+/// How [`LocalStore::store`] puts an object in place.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// Replacing whatever has the name (`rename`).
+    Replace,
+    /// Only if nothing has the name (`link`).
+    New,
 }
 
 impl Store for LocalStore {
@@ -55,25 +103,11 @@ impl Store for LocalStore {
     }
 
     fn put(&self, key: &str, body: Bytes) -> Result<()> {
-        let path = self.path("put", key)?;
-        let failed = |e: std::io::Error| self.failed("put", key, e.to_string());
-        let dir = path.parent().expect("a key has a parent: the root");
-        fs::create_dir_all(dir).map_err(failed)?;
-        let name = path.file_name().expect("a checked key has a name").to_string_lossy();
-        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let temp = dir.join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()));
-        let written = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-            file.write_all(&body)?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(failed(e));
-        }
-        Ok(())
+        self.store(key, &body, Place::Replace)
+    }
+
+    fn put_new(&self, key: &str, body: Bytes) -> Result<()> {
+        self.store(key, &body, Place::New)
     }
 
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64> {
@@ -104,7 +138,7 @@ impl Store for LocalStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let dir = self.path("list", prefix)?;
+        let dir = if prefix.is_empty() { self.root.clone() } else { self.path("list", prefix)? };
         if !dir.is_dir() {
             return Ok(Vec::new());
         }
@@ -187,6 +221,32 @@ mod tests {
         store.delete("b1/0/0001.xbs").unwrap();
         assert!(!dir.path().join("bucket/b1/0").exists(), "empty directories go with their last object");
         assert_eq!(store.list("b1").unwrap().len(), 1);
+    }
+
+    /// A create-only put refuses an existing key, leaves it as it was and no temporary file behind; of many
+    /// threads creating one key at once, exactly one succeeds.
+    #[test]
+    fn create_only_puts_refuse_a_taken_key_and_exactly_one_of_many_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put_new("b/index.json", Bytes::from_static(b"first")).unwrap();
+        let err = store.put_new("b/index.json", Bytes::from_static(b"second")).unwrap_err();
+        assert!(err.is_already_exists(), "{err}");
+        assert_eq!(crate::get_small(&store, "b/index.json", 100).unwrap(), b"first");
+        assert_eq!(fs::read_dir(dir.path().join("b")).unwrap().count(), 1, "no temporary file left");
+        for round in 0..20 {
+            let key = format!("race/{round}");
+            let wins: usize = std::thread::scope(|scope| {
+                let tries: Vec<_> = (0..8u8)
+                    .map(|i| {
+                        let (store, key) = (&store, &key);
+                        scope.spawn(move || store.put_new(key, Bytes::from(vec![i; 100])).is_ok())
+                    })
+                    .collect();
+                tries.into_iter().map(|t| usize::from(t.join().unwrap())).sum()
+            });
+            assert_eq!(wins, 1, "round {round}");
+        }
     }
 
     #[test]

@@ -85,6 +85,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn put_new(&self, key: &str, body: Bytes) -> Result<()> {
+        self.request("put", key)?;
+        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        if objects.contains_key(key) {
+            return Err(StoreError::AlreadyExists { store: self.describe(), key: key.to_string() });
+        }
+        objects.insert(key.to_string(), Bytes::copy_from_slice(&body));
+        Ok(())
+    }
+
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64> {
         self.request("get", key)?;
         let body = self.objects.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
