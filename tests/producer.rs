@@ -435,6 +435,44 @@ fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
     }
 }
 
+/// A file written in place while it is read (its size unchanged): the part copied before the write is old, the part
+/// copied after it new — content that never existed. The producer checks the copy against the file once it sees
+/// (by `fstat`) that the file changed: here it does not match, so the run fails naming the file, `--strict` or
+/// not, and the stream ends broken, so the consumer fails too. A write only to the part not yet copied leaves a copy
+/// that is the file as it now is: checked, and delivered.
+#[test]
+fn a_file_rewritten_in_place_while_it_is_read_is_never_delivered_torn() {
+    for (case, regions) in [("torn", vec![0usize, 3 << 20]), ("ahead", vec![3 << 20])] {
+        let src = tempfile::tempdir().unwrap();
+        let victim = src.path().join("rewritten");
+        fs::write(&victim, vec![b'A'; BIG_VICTIM]).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        command.arg("--source").arg(src.path()).args(HELD_BACK);
+        // Held back after 4 KiB of stream: the first ~400 KiB are read, the rest is not.
+        let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
+            let file = fs::OpenOptions::new().write(true).open(&victim).unwrap();
+            for &start in &regions {
+                std::os::unix::fs::FileExt::write_all_at(&file, &[b'B'; 1 << 20], start as u64).unwrap();
+            }
+        });
+        let out = tempfile::tempdir().unwrap();
+        let consumed = consume(&["extract", "-C", out.path().to_str().unwrap()], &stream);
+        if case == "torn" {
+            assert_eq!(status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains("rewritten changed while it was read") && stderr.contains("the copy may be torn"),
+                "{stderr}"
+            );
+            assert_eq!(consumed.status.code(), Some(1), "the consumer must not take the broken stream");
+            assert!(!out.path().join("rewritten").exists());
+        } else {
+            assert!(status.success(), "{stderr}");
+            assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
+            assert_eq!(fs::read(out.path().join("rewritten")).unwrap(), fs::read(&victim).unwrap());
+        }
+    }
+}
+
 /// A file deleted after the scan but before it is opened: a warning, and it is left out of the manifest (so the
 /// consumer's proof does not expect it); --strict fails instead.
 #[test]

@@ -87,8 +87,14 @@ pub struct Args {
     pub throttle: Option<u32>,
 
     /// Fail when a file changes size or vanishes while it is copied (default: warn and record what was copied).
+    /// A file written in place while it is read fails the run either way, unless its copy matches it afterwards.
     #[arg(long)]
     pub strict: bool,
+
+    /// Back up a source that holds no file at all (by default that is an error: an unmounted snapshot, the wrong
+    /// directory).
+    #[arg(long)]
+    pub allow_empty: bool,
 
     /// Put an empty file (`xbkit-directory-placeholder`) in each directory that holds no file of its own, so that
     /// `mbstream -x` / `xbstream -x` create it (they create a directory only for a file in it, and lose the files

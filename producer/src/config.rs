@@ -72,6 +72,8 @@ pub struct Config {
     pub throttle: Option<u32>,
     /// Fail on files that change while copied.
     pub strict: bool,
+    /// `--allow-empty`: a source without a file is backed up rather than refused.
+    pub allow_empty: bool,
     /// `--dir-placeholders`: an empty file in each directory without a file of its own.
     pub dir_placeholders: bool,
     /// Where to write statistics.
@@ -89,6 +91,13 @@ impl Config {
             .with_context(|| format!("cannot read --source {}", args.source.display()))?;
         if !meta.is_dir() {
             bail!("--source {} is not a directory", args.source.display());
+        }
+        // A source given as a symlink (`/var/lib/mysql` often is one) is resolved once, here: the walk never follows
+        // a symlink, and every file is then opened below the real directory.
+        let source = std::fs::canonicalize(&args.source)
+            .with_context(|| format!("cannot resolve --source {}", args.source.display()))?;
+        if std::fs::symlink_metadata(&args.source).is_ok_and(|m| m.file_type().is_symlink()) {
+            log::info!("--source {} is a symlink: backing up {}", args.source.display(), source.display());
         }
         let output = match (&args.stream, &args.target_dir) {
             (None, None) => bail!("say where the backup goes: --stream=xbstream (STDOUT or pipes) or --target-dir DIR"),
@@ -185,7 +194,7 @@ impl Config {
         };
 
         Ok(Config {
-            source: args.source.clone(),
+            source,
             output,
             chunk_size: chunk_size as usize,
             pipe_buffer_size: pipe_buffer_size as usize,
@@ -202,6 +211,7 @@ impl Config {
             fadvise: !args.no_fadvise,
             throttle: args.throttle.filter(|&n| n > 0),
             strict: args.strict,
+            allow_empty: args.allow_empty,
             dir_placeholders: args.dir_placeholders,
             stats_json: args.stats_json.clone(),
             validate_pages: args.validate_pages.then(|| crate::validate::PageValidation {

@@ -12,6 +12,15 @@
 //! is copied up to its scanned size. Both are warnings, or errors with `--strict`. A file that vanishes before it is
 //! first opened is left out of the backup with a warning.
 //!
+//! A file written while it is read (in place: same size) would be copied torn — some chunks old, some new — so
+//! every file's `fstat` after its last read is compared with the one before its first ([`Stamp`]: size,
+//! modification and change time; every write sets the change time, and nobody can set it back). When they differ,
+//! the copy is checked against the file as it is now: its bytes are read again and their CRC-32 compared with what
+//! was streamed, until a check runs without the file changing under it ([`CHANGE_CHECKS`] times at most). A copy
+//! that matches is a version the file really had (an append or a truncation leaves the copied part as it was); one
+//! that does not fails the run, naming the file, whatever `--strict` says. A small file read whole in a batch is
+//! simply read again until a read runs without a change.
+//!
 //! Small files (up to [`BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the scanner groups
 //! them into a [`Job::Batch`], one reader reads them whole into one pool buffer, a process thread takes their CRCs,
 //! and the batch reaches a stream writer as one item — one hand-off per stage for hundreds of files, where chunks
@@ -19,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -168,9 +177,49 @@ pub const MAX_LISTED_CORRUPT_PAGES: usize = 1024;
 #[derive(Debug)]
 enum Handle {
     NotOpened,
-    Open { file: Arc<File>, reads_left: u64 },
+    /// Being read: `before` is what `fstat` said when it was opened (`None`: it could not say).
+    Open {
+        file: Arc<File>,
+        reads_left: u64,
+        before: Option<Stamp>,
+    },
     Vanished,
-    Closed,
+    /// Every read is done. `changed`: `fstat` says the file changed between its first read and its last, and the
+    /// handle is kept to check the copy against the file ([`FileState::check_unchanged`]).
+    Closed {
+        changed: Option<Arc<File>>,
+    },
+}
+
+/// How many times a copy is checked against a file that changed while it was read, or a small file is read again,
+/// before the run fails: a file still being written after that is not one a backup can copy.
+pub const CHANGE_CHECKS: u32 = 10;
+
+/// The pause between two such checks or reads.
+const CHANGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What `fstat` says of a file that any write changes: its size, its modification time and its change time (the
+/// kernel sets the change time on every write, and no call can set it back). Two equal stamps taken before and
+/// after a read mean nothing was written in between — except a write within the same tick of the file system's
+/// clock as the first `fstat`, which kernels before 6.13 (without fine-grained change times once a time was read)
+/// can stamp with the same time, when it also keeps the size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of an open file.
+    pub fn of(file: &File) -> std::io::Result<Stamp> {
+        let meta = file.metadata()?;
+        Ok(Stamp {
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -348,20 +397,34 @@ impl FileState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, true, false)),
             Err(e) => bail!("cannot open {}: {e}", self.scanned.source.display()),
         };
-        data.set_len(start + size + 1);
-        let mut filled = 0;
-        while filled < size + 1 {
-            match file.read_at(&mut data[start + filled..], filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => bail!("cannot read {} at offset {filled}: {e}", self.scanned.source.display()),
+        // Read until a read runs without the file changing under it.
+        for attempt in 1..=CHANGE_CHECKS {
+            let before = Stamp::of(&file).ok();
+            data.set_len(start + size + 1);
+            let mut filled = 0;
+            while filled < size + 1 {
+                match file.read_at(&mut data[start + filled..], filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => bail!("cannot read {} at offset {filled}: {e}", self.scanned.source.display()),
+                }
+            }
+            let grew = filled > size;
+            let kept = filled.min(size);
+            data.set_len(start + kept);
+            if before.is_some() && Stamp::of(&file).ok() == before {
+                return Ok((kept, false, grew));
+            }
+            if attempt < CHANGE_CHECKS {
+                log::debug!("{} changed while it was read: reading it again", self.scanned.source.display());
+                std::thread::sleep(CHANGE_PAUSE);
             }
         }
-        let grew = filled > size;
-        let kept = filled.min(size);
-        data.set_len(start + kept);
-        Ok((kept, false, grew))
+        bail!(
+            "{} kept changing while it was read ({CHANGE_CHECKS} reads); back up a stopped or snapshotted source",
+            self.scanned.source.display()
+        )
     }
 
     /// The file's tablespace format when its pages are to be validated: read from page 0 (from `chunk` itself
@@ -451,7 +514,7 @@ impl FileState {
         let mut handle = lock(&self.handle);
         match &*handle {
             Handle::Open { file, .. } => return Ok(Some(Arc::clone(file))),
-            Handle::Vanished | Handle::Closed => return Ok(None),
+            Handle::Vanished | Handle::Closed { .. } => return Ok(None),
             Handle::NotOpened => {}
         }
         let opened =
@@ -461,8 +524,9 @@ impl FileState {
                 if fadvise && self.jobs > 1 {
                     let _ = posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
                 }
+                let before = Stamp::of(&file).ok();
                 let file = Arc::new(file);
-                *handle = Handle::Open { file: Arc::clone(&file), reads_left: self.jobs };
+                *handle = Handle::Open { file: Arc::clone(&file), reads_left: self.jobs, before };
                 Ok(Some(file))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -473,14 +537,69 @@ impl FileState {
         }
     }
 
+    /// One read of this file is done; after the last, the file is closed — unless `fstat` says it changed since it
+    /// was opened, in which case the handle is kept for the check of the copy.
     fn chunk_read_done(&self) {
         let mut handle = lock(&self.handle);
-        if let Handle::Open { reads_left, .. } = &mut *handle {
+        if let Handle::Open { reads_left, file, before } = &mut *handle {
             *reads_left -= 1;
             if *reads_left == 0 {
-                *handle = Handle::Closed;
+                let after = Stamp::of(file).ok();
+                let changed = (before.is_none() || after != *before).then(|| Arc::clone(file));
+                *handle = Handle::Closed { changed };
             }
         }
+    }
+
+    /// The handle of a file that changed while it was read, if it did (taken: the check runs once).
+    fn take_changed(&self) -> Option<Arc<File>> {
+        match &mut *lock(&self.handle) {
+            Handle::Closed { changed } => changed.take(),
+            _ => None,
+        }
+    }
+
+    /// Checks the copy of a file that changed while it was read: `copied` (size and CRC-32 of what was streamed)
+    /// must be what `file` holds now, over a read during which the file did not change. Fails naming the file when
+    /// the copy is not (it may be torn) or when the file keeps changing.
+    fn check_unchanged(&self, file: &File, copied: CrcPiece) -> Result<()> {
+        let path = self.scanned.source.display();
+        log::info!("{path} changed while it was read: checking the copy against it");
+        let mut scratch = vec![0u8; 256 << 10];
+        for attempt in 1..=CHANGE_CHECKS {
+            let before = Stamp::of(file)?;
+            let mut now = CrcPiece::default();
+            while now.len < copied.len {
+                let want = scratch.len().min((copied.len - now.len) as usize);
+                let n = match file.read_at(&mut scratch[..want], now.len) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => bail!("cannot read {path} again at offset {}: {e}", now.len),
+                };
+                now = now.append(CrcPiece::of(&scratch[..n]));
+            }
+            if now != copied {
+                bail!(
+                    "{path} changed while it was read: the {} bytes copied (CRC-32 {:08x}) are not what it holds now \
+                     ({} bytes, CRC-32 {:08x}), so the copy may be torn; back up a stopped or snapshotted source",
+                    copied.len,
+                    copied.crc,
+                    now.len,
+                    now.crc
+                );
+            }
+            if Stamp::of(file)? == before {
+                return Ok(());
+            }
+            if attempt < CHANGE_CHECKS {
+                std::thread::sleep(CHANGE_PAUSE);
+            }
+        }
+        bail!(
+            "{path} kept changing while its copy was checked ({CHANGE_CHECKS} times); back up a stopped or \
+             snapshotted source"
+        )
     }
 
     /// Takes a processed chunk; releases it and any parked successors in order; after the last one, hands the
@@ -563,6 +682,9 @@ impl FileState {
     /// vanished, shrank or grew. `None`: it vanished, and nothing of it is in the backup.
     fn conclude(&self, sequence: &mut Sequence) -> Result<Option<FileRecord>> {
         let path = self.scanned.source.display();
+        if let (Some(file), false) = (self.take_changed(), sequence.vanished) {
+            self.check_unchanged(&file, CrcPiece { crc: sequence.crc.crc, len: sequence.copied })?;
+        }
         if sequence.vanished {
             if self.strict {
                 bail!("{path} vanished before it could be read (--strict)");

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use proto::cancel::{recv, send, Cancel, Cancelled};
 use proto::chunk::{encoded_header_len, ChunkKind};
@@ -80,6 +80,13 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, false, |_| Ok(cancel.check()?))?;
     if want_total {
         log::info!("{} files, {} to back up from {}", pre.files, human(pre.bytes), config.source.display());
+    }
+    if pre.files == 0 && !config.allow_empty {
+        bail!(
+            "--source {} holds no file to back up (an unmounted snapshot? the wrong directory?): nothing was \
+             written; --allow-empty backs it up anyway",
+            config.source.display()
+        );
     }
     if let (Some(example), false, false) =
         (&pre.fileless_example, config.dir_placeholders, matches!(config.output, Output::Directory(_)))

@@ -15,6 +15,7 @@
 //!   chunks (the manifest cannot count itself); `bytes` are encoded bytes (headers included). The start marker
 //!   ([`crate::marker`]) is counted.
 
+use crate::CrcPiece;
 use serde::{Deserialize, Serialize};
 
 /// File name of the manifest, at the top of the backup.
@@ -294,13 +295,39 @@ impl Manifest {
 }
 
 impl FileRecord {
-    /// Appends this file's line of the `sha1sum -c` list (`<hex>  <path>`), if it carries a SHA-1.
+    /// Appends this file's line of the `sha1sum -c` list (`<hex>  <path>`), if it carries a SHA-1. A path holding
+    /// a backslash, a newline or a carriage return is written as GNU `sha1sum` writes it: the line starts with a
+    /// backslash and those characters are escaped (`\\`, `\n`, `\r`), so `sha1sum -c` reads it back.
     pub fn sha1sums_line(&self, out: &mut Vec<u8>) {
-        if let Some(sha1) = &self.sha1 {
-            out.extend_from_slice(sha1.as_bytes());
-            out.extend_from_slice(b"  ");
-            out.extend_from_slice(&self.path.0);
-            out.push(b'\n');
+        let Some(sha1) = &self.sha1 else { return };
+        let path = &self.path.0;
+        let escape = path.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+        if escape {
+            out.push(b'\\');
+        }
+        out.extend_from_slice(sha1.as_bytes());
+        out.extend_from_slice(b"  ");
+        if !escape {
+            out.extend_from_slice(path);
+        } else {
+            for &byte in path {
+                match byte {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    other => out.push(other),
+                }
+            }
+        }
+        out.push(b'\n');
+    }
+
+    /// The file as it travels on the wire: its path there, and the size and CRC-32 of its bytes there (the
+    /// compressed form's, when it was compressed).
+    pub fn as_sent(&self) -> (&[u8], CrcPiece) {
+        match &self.stored {
+            Some(stored) => (&stored.path.0, CrcPiece { crc: stored.crc32, len: stored.size }),
+            None => (&self.path.0, CrcPiece { crc: self.crc32, len: self.size }),
         }
     }
 }
