@@ -14,7 +14,7 @@ use wait_timeout::ChildExt;
 use crate::util::*;
 
 /// The datadir the server left (made once for all tests of this module; the tests copy what they change).
-fn datadir() -> &'static Path {
+pub(crate) fn datadir() -> &'static Path {
     static DATADIR: OnceLock<PathBuf> = OnceLock::new();
     DATADIR.get_or_init(|| {
         let work = tempfile::Builder::new().prefix("xbkit-pages-").tempdir().unwrap().keep();

@@ -7,6 +7,7 @@ mod compression;
 mod consumer;
 mod directories;
 mod faults;
+mod fidelity;
 mod pages;
 mod producer;
 mod proof;

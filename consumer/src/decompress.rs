@@ -123,6 +123,7 @@ fn decompress_one(
     let record = records.get(wire).copied();
     let mut sink = CheckingWriter {
         inner: file,
+        sparse: target.sparse(),
         crc: CrcPiece::default(),
         sha1: record.and_then(|r| r.sha1.as_ref()).map(|_| Sha1::new()),
     };
@@ -177,21 +178,23 @@ fn check(path: &Path, sink: &CheckingWriter, record: Option<&FileRecord>) -> Res
     Ok(())
 }
 
-/// A file writer that keeps the CRC-32 (and optionally SHA-1) of what it wrote.
+/// A file writer that keeps the CRC-32 (and optionally SHA-1) of what it wrote, leaving holes for zero blocks.
 struct CheckingWriter {
     inner: File,
+    sparse: crate::sparse::SparseWriter,
+    /// Bytes written so far (the CRC's length).
     crc: CrcPiece,
     sha1: Option<Sha1>,
 }
 
 impl Write for CheckingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc = self.crc.append(CrcPiece::of(&buf[..n]));
+        self.sparse.write_at(&self.inner, buf, self.crc.len)?;
+        self.crc = self.crc.append(CrcPiece::of(buf));
         if let Some(sha1) = &mut self.sha1 {
-            sha1.update(&buf[..n]);
+            sha1.update(buf);
         }
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -854,7 +854,10 @@ impl<'a> Writer<'a> {
     /// came next. Created, written, closed and recorded as ended at once.
     fn write_whole(&mut self, stream: usize, header: &ChunkHeader, relative: &Path, data: &[u8]) -> Result<()> {
         let (partial, file) = self.create(relative)?;
-        file.write_all_at(data, 0).with_context(|| format!("cannot write {}", partial.display().display()))?;
+        self.target
+            .sparse()
+            .write_at(&file, data, 0)
+            .with_context(|| format!("cannot write {}", partial.display().display()))?;
         close(Some(file), &partial)?;
         let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
         if self.forgets(&header.path, got) {
@@ -964,7 +967,9 @@ impl<'a> Writer<'a> {
                     slot.file = Some(slot.partial.reopen_for_write()?);
                 }
                 let file = slot.file.as_ref().expect("opened above");
-                file.write_all_at(data, offset)
+                self.target
+                    .sparse()
+                    .write_at(file, data, offset)
                     .with_context(|| format!("cannot write {}", slot.partial.display().display()))?;
                 // Dropping a small file's pages from the cache costs a system call and saves nothing.
                 if self.fadvise && data.len() > crate::batch::BATCH_PAYLOAD_MAX {

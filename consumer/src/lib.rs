@@ -23,6 +23,7 @@ pub mod list;
 pub mod put;
 pub mod sent_check;
 pub mod source;
+pub mod sparse;
 pub mod storage;
 pub mod target;
 pub mod verify;

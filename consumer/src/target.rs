@@ -23,9 +23,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
+use nix::fcntl::{openat, renameat2, AtFlags, Flock, FlockArg, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use proto::manifest::{DirectoryRecord, PLACEHOLDER_NAME};
+
+use crate::sparse::SparseWriter;
 
 /// Most staging directories kept open for the next file in them (each costs a descriptor): at most a quarter of
 /// the open-file limit.
@@ -46,6 +48,10 @@ pub struct Target {
     /// How many `dirs` may hold.
     dir_cache_max: usize,
     committed: AtomicBool,
+    /// How file data is written: zero blocks of the staging directory's file system become holes.
+    sparse: SparseWriter,
+    /// The staging directory, locked while this run uses it.
+    _lock: Option<Flock<OwnedFd>>,
 }
 
 /// A file being extracted, in the staging directory.
@@ -65,8 +71,9 @@ impl Target {
         let fd = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .with_context(|| format!("cannot open -C {}", root.display()))?;
         let root_fd = Arc::new(fd);
+        remove_leftovers(&root_fd, root);
         let mut attempt = 0u32;
-        let (staging, staging_name) = loop {
+        let (staging, staging_name, lock) = loop {
             let name = match attempt {
                 0 => format!("{STAGING_PREFIX}{}", std::process::id()),
                 n => format!("{STAGING_PREFIX}{}-{n}", std::process::id()),
@@ -75,7 +82,10 @@ impl Target {
                 Ok(()) => {
                     let fd = openat(&*root_fd, name.as_str(), DIR_FLAGS, Mode::empty())
                         .with_context(|| format!("cannot open {}", root.join(&name).display()))?;
-                    break (fd, name);
+                    // Held until the run ends, so that a later run knows this one is alive (on a file system
+                    // without locks, the process id in the name still says so on this host).
+                    let lock = fd.try_clone().ok().and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok());
+                    break (fd, name, lock);
                 }
                 Err(Errno::EEXIST) if attempt < 100 => attempt += 1,
                 Err(e) => bail!("cannot create the staging directory {}: {e}", root.join(&name).display()),
@@ -84,18 +94,25 @@ impl Target {
         Ok(Target {
             root: root_fd,
             root_path: root.to_path_buf(),
-            staging: Arc::new(staging),
             staging_path: root.join(staging_name),
             overwrite,
             dirs: Mutex::new(HashMap::new()),
             dir_cache_max: DIRECTORY_CACHE_MAX.min(runtime::limits::open_file_limit() as usize / 4).max(16),
             committed: AtomicBool::new(false),
+            sparse: SparseWriter::for_directory(&staging),
+            staging: Arc::new(staging),
+            _lock: lock,
         })
     }
 
     /// The target directory's path.
     pub fn path(&self) -> &Path {
         &self.root_path
+    }
+
+    /// How file data is written into this target (zero blocks become holes).
+    pub fn sparse(&self) -> SparseWriter {
+        self.sparse
     }
 
     /// Creates `relative` (a checked relative path) as a new, empty file in the staging directory and returns it
@@ -354,6 +371,34 @@ impl Drop for Target {
             if let Err(e) = std::fs::remove_dir_all(&self.staging_path) {
                 log::warn!("could not remove {}: {e}", self.staging_path.display());
             }
+        }
+    }
+}
+
+/// Removes the staging directories that interrupted runs (a killed `extract` or `get -C`) left in OUT, saying so;
+/// one that a run still uses — locked by it, or named after a process alive on this host — is left, with a
+/// warning.
+fn remove_leftovers(root_fd: &OwnedFd, root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(STAGING_PREFIX)) else { continue };
+        let path = root.join(&name);
+        let pid = rest.split('-').next().and_then(|pid| pid.parse::<i32>().ok());
+        let alive =
+            pid.is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(Errno::ESRCH));
+        let Ok(dir) = openat(root_fd, name.as_os_str(), DIR_FLAGS, Mode::empty()) else {
+            log::warn!("{} is not a directory left by an extraction: left as it is", path.display());
+            continue;
+        };
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(_held) if !alive => {
+                log::warn!("removing {}: left by an extraction that was interrupted", path.display());
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    log::warn!("could not remove {}: {e}", path.display());
+                }
+            }
+            _ => log::warn!("{} belongs to an extraction still running: left as it is", path.display()),
         }
     }
 }
