@@ -126,6 +126,26 @@ proptest! {
         let cut = &stream[..1 + cut_at.index(first_len - 1)];
         let results: Vec<_> = ChunkReader::new(cut).collect();
         prop_assert!(results.iter().any(|r| r.is_err()), "a stream cut inside its first chunk must fail");
+        // Reading in place (payloads borrowed, as `get` checks packs) sees exactly what reading by copy sees.
+        for input in [&garbage[..], &flipped[..], cut, &stream[..]] {
+            let mut copied: Vec<_> = ChunkReader::new(input).map(|r| r.map_err(|e| e.to_string())).collect();
+            if let Some(first_error) = copied.iter().position(Result::is_err) {
+                copied.truncate(first_error + 1);
+            }
+            let mut reader = ChunkReader::new(input);
+            let mut borrowed = Vec::new();
+            loop {
+                match reader.read_borrowed() {
+                    Ok(Some((header, payload))) => borrowed.push(Ok((header, payload.to_vec()))),
+                    Ok(None) => break,
+                    Err(e) => {
+                        borrowed.push(Err(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            prop_assert_eq!(copied, borrowed);
+        }
     }
 }
 

@@ -130,6 +130,9 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
         );
     }
     let window = per_stream.min(config.parallel.max(1) + 1);
+    // Sent on verbatim and checked against the manifest: the downloaders parse each pack (and check its chunks'
+    // CRCs) as they fetch it, in parallel, so the writer only does the bookkeeping. A merge parses as it goes.
+    let parse_packs = manifest.is_some() && !(streams > 1 && matches!(config.output, GetOutput::Stdout));
     let (jobs, job_receiver) = crossbeam_channel::bounded::<Download>(streams * window);
     let failure = Failure::new(cancel.clone());
     let total: u64 = index.streams.iter().map(|s| s.bytes).sum();
@@ -152,7 +155,9 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
             let name = format!("plan-{}", stored.index);
             thread::Builder::new()
                 .name(name.clone())
-                .spawn_scoped(scope, move || failure.run_stage(&name, || plan(packs, &pool, &jobs, &order, cancel)))
+                .spawn_scoped(scope, move || {
+                    failure.run_stage(&name, || plan(packs, parse_packs, &pool, &jobs, &order, cancel))
+                })
                 .expect("spawn planner");
             readers.push(PackStream { ordered, current: None, position: 0, cancel: cancel.clone() });
         }
@@ -279,31 +284,41 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
 struct Download {
     pack: Pack,
     buffer: PooledBuffer,
-    reply: Sender<Result<PooledBuffer>>,
+    /// Whether to parse the pack's chunks too (see [`Downloaded::chunks`]).
+    parse: bool,
+    reply: Sender<Result<Downloaded>>,
+}
+
+/// A downloaded pack, checked against the index.
+struct Downloaded {
+    data: PooledBuffer,
+    /// Its chunks' headers, every payload checked against its CRC-32, when the download was asked to parse it.
+    chunks: Option<Vec<ChunkHeader>>,
 }
 
 /// One stream's planner: takes a buffer from the stream's window for each pack, in order, queues the download,
 /// and hands the reader the receiver of its result, in order.
 fn plan(
     packs: &[Pack],
+    parse: bool,
     pool: &BufferPool,
     jobs: &Sender<Download>,
-    order: &Sender<Receiver<Result<PooledBuffer>>>,
+    order: &Sender<Receiver<Result<Downloaded>>>,
     cancel: &Cancel,
 ) -> Result<()> {
     for pack in packs {
         let buffer = pool.take(cancel)?;
         let (reply, result) = crossbeam_channel::bounded(1);
         send(order, result, cancel)?;
-        send(jobs, Download { pack: pack.clone(), buffer, reply }, cancel)?;
+        send(jobs, Download { pack: pack.clone(), buffer, parse, reply }, cancel)?;
     }
     Ok(())
 }
 
 /// One downloader: packs into their buffers, checked against the index.
 fn download(jobs: &Receiver<Download>, store: &dyn Store, cancel: &Cancel) -> Result<()> {
-    while let Some(Download { pack, mut buffer, reply }) = recv(jobs, cancel)? {
-        let result = (|| -> Result<PooledBuffer> {
+    while let Some(Download { pack, mut buffer, parse, reply }) = recv(jobs, cancel)? {
+        let result = (|| -> Result<Downloaded> {
             buffer.set_len(0);
             let mut crc = CrcPiece::default();
             store.get(&pack.key, &mut |piece| {
@@ -322,7 +337,8 @@ fn download(jobs: &Receiver<Download>, store: &dyn Store, cancel: &Cancel) -> Re
             if pack.chunks > 0 && crc.crc != pack.crc32 {
                 bail!("{}: CRC-32 {:08x} does not match the index's {:08x}", pack.key, crc.crc, pack.crc32);
             }
-            Ok(buffer)
+            let chunks = if parse { Some(crate::sent_check::parse_pack(&buffer, &pack.key)?) } else { None };
+            Ok(Downloaded { data: buffer, chunks })
         })();
         let failed = result.is_err();
         let _ = reply.send(result);
@@ -336,7 +352,7 @@ fn download(jobs: &Receiver<Download>, store: &dyn Store, cancel: &Cancel) -> Re
 
 /// A stored stream's bytes, pack after pack, as they download.
 struct PackStream {
-    ordered: Receiver<Receiver<Result<PooledBuffer>>>,
+    ordered: Receiver<Receiver<Result<Downloaded>>>,
     current: Option<PooledBuffer>,
     position: usize,
     cancel: Cancel,
@@ -344,7 +360,7 @@ struct PackStream {
 
 impl PackStream {
     /// The next whole pack, in order, once it has downloaded; `None` after the last.
-    fn next_pack(&mut self) -> io::Result<Option<PooledBuffer>> {
+    fn next_pack(&mut self) -> io::Result<Option<Downloaded>> {
         let Some(next) = recv(&self.ordered, &self.cancel).map_err(io::Error::other)? else { return Ok(None) };
         let pack = recv(&next, &self.cancel)
             .map_err(io::Error::other)?
@@ -360,12 +376,16 @@ impl PackStream {
     fn copy_to(mut self, out: &mut impl Write, check: Option<&Mutex<SentCheck>>, name: &str) -> Result<u64> {
         debug_assert!(self.current.is_none(), "copy_to starts at a pack boundary");
         let mut copied = 0u64;
-        while let Some(pack) = self.next_pack().with_context(|| name.to_string())? {
+        while let Some(Downloaded { data, chunks }) = self.next_pack().with_context(|| name.to_string())? {
             if let Some(check) = check {
-                check.lock().unwrap_or_else(|e| e.into_inner()).pack(&pack, name)?;
+                let chunks = match chunks {
+                    Some(chunks) => chunks,
+                    None => crate::sent_check::parse_pack(&data, name)?,
+                };
+                check.lock().unwrap_or_else(|e| e.into_inner()).pack(&chunks)?;
             }
-            out.write_all(&pack).with_context(|| format!("{name}: cannot write it out"))?;
-            copied += pack.len() as u64;
+            out.write_all(&data).with_context(|| format!("{name}: cannot write it out"))?;
+            copied += data.len() as u64;
         }
         Ok(copied)
     }
@@ -384,7 +404,7 @@ impl Read for PackStream {
                 self.current = None;
             }
             let Some(pack) = self.next_pack()? else { return Ok(0) };
-            self.current = Some(pack);
+            self.current = Some(pack.data);
             self.position = 0;
         }
     }

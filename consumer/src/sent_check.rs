@@ -89,15 +89,9 @@ impl SentCheck {
         Ok(())
     }
 
-    /// Parses one pack (whole chunks, verbatim) and takes each of its chunks, checking every payload against its
-    /// chunk's CRC-32; `name` is the pack's for messages.
-    pub fn pack(&mut self, bytes: &[u8], name: &str) -> Result<()> {
-        let mut reader = ChunkReader::new(bytes).with_max_payload(bytes.len() as u64);
-        let mut payload = Vec::new();
-        while let Some(header) = reader.read_chunk(&mut payload).map_err(|e| anyhow!("{name}: {e}"))? {
-            self.chunk(&header)?;
-        }
-        Ok(())
+    /// Takes the chunks of one pack, as [`parse_pack`] found them.
+    pub fn pack(&mut self, headers: &[ChunkHeader]) -> Result<()> {
+        headers.iter().try_for_each(|header| self.chunk(header))
     }
 
     /// After the last chunk: every file the manifest lists went by whole. Returns how many files were checked.
@@ -120,6 +114,18 @@ impl SentCheck {
         }
         Ok(self.checked)
     }
+}
+
+/// The chunks of one pack (whole chunks, verbatim), every payload checked against its chunk's CRC-32; `name` is
+/// the pack's stream, for messages. Apart from [`SentCheck`], so that the streams of a get parse their packs at the
+/// same time and share only the bookkeeping.
+pub fn parse_pack(bytes: &[u8], name: &str) -> Result<Vec<ChunkHeader>> {
+    let mut reader = ChunkReader::new(bytes).with_max_payload(bytes.len() as u64);
+    let mut headers = Vec::new();
+    while let Some((header, _)) = reader.read_borrowed().map_err(|e| anyhow!("{name}: {e}"))? {
+        headers.push(header);
+    }
+    Ok(headers)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -39,7 +39,7 @@ use proto::pool::PooledBuffer;
 use proto::CrcPiece;
 use sha1::{Digest as _, Sha1};
 
-use crate::scan::ScannedFile;
+use crate::scan::{ScannedFile, Stamp};
 
 /// Where released chunks go: straight to the stream writers, or first through the compression stage.
 pub trait Outlet: Sync {
@@ -197,30 +197,6 @@ pub const CHANGE_CHECKS: u32 = 10;
 
 /// The pause between two such checks or reads.
 const CHANGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// What `fstat` says of a file that any write changes: its size, its modification time and its change time (the
-/// kernel sets the change time on every write, and no call can set it back). Two equal stamps taken before and
-/// after a read mean nothing was written in between — except a write within the same tick of the file system's
-/// clock as the first `fstat`, which kernels before 6.13 (without fine-grained change times once a time was read)
-/// can stamp with the same time, when it also keeps the size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    /// The stamp of an open file.
-    pub fn of(file: &File) -> std::io::Result<Stamp> {
-        let meta = file.metadata()?;
-        Ok(Stamp {
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        })
-    }
-}
 
 #[derive(Debug)]
 struct Sequence {
@@ -397,9 +373,11 @@ impl FileState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, true, false)),
             Err(e) => bail!("cannot open {}: {e}", self.scanned.source.display()),
         };
-        // Read until a read runs without the file changing under it.
+        // Read until a read runs without the file changing under it: the first read against what the scan saw (no
+        // change since the scan, none during the read: one `fstat`), each next one against the stamp taken after
+        // the one before.
+        let mut before = self.scanned.stamp;
         for attempt in 1..=CHANGE_CHECKS {
-            let before = Stamp::of(&file).ok();
             data.set_len(start + size + 1);
             let mut filled = 0;
             while filled < size + 1 {
@@ -413,13 +391,19 @@ impl FileState {
             let grew = filled > size;
             let kept = filled.min(size);
             data.set_len(start + kept);
-            if before.is_some() && Stamp::of(&file).ok() == before {
+            let after = Stamp::of(&file).ok();
+            if before.is_some() && after == before {
                 return Ok((kept, false, grew));
             }
-            if attempt < CHANGE_CHECKS {
-                log::debug!("{} changed while it was read: reading it again", self.scanned.source.display());
+            log::debug!(
+                "{} changed since it was scanned or while it was read: reading it again",
+                self.scanned.source.display()
+            );
+            // A change before the first read needs no pause; one during a read may still be going on.
+            if attempt > 1 && attempt < CHANGE_CHECKS {
                 std::thread::sleep(CHANGE_PAUSE);
             }
+            before = after;
         }
         bail!(
             "{} kept changing while it was read ({CHANGE_CHECKS} reads); back up a stopped or snapshotted source",
@@ -754,6 +738,7 @@ mod tests {
             mode: 0o640,
             mtime: 0,
             placeholder: false,
+            stamp: None,
         };
         FileState::new(0, scanned, 1 << 20, Some(0), false, false, false, validate)
     }

@@ -40,6 +40,37 @@ pub struct ScannedFile {
     pub mtime: i64,
     /// A `--dir-placeholders` file: not in the source, empty, read from `/dev/null`.
     pub placeholder: bool,
+    /// What the scan's `stat` said of it (none without `stat`, and for placeholders), for telling whether it changed
+    /// before or while it was read.
+    pub stamp: Option<Stamp>,
+}
+
+/// What `stat` says of a file that any write changes: its size, its modification time and its change time (the
+/// kernel sets the change time on every write, and no call can set it back). Two equal stamps taken before and
+/// after a read mean nothing was written in between — except a write within the same tick of the file system's
+/// clock as the first stamp, which kernels before 6.13 (without fine-grained change times once a time was read)
+/// can stamp with the same time, when it also keeps the size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of an open file (`fstat`).
+    pub fn of(file: &std::fs::File) -> std::io::Result<Stamp> {
+        Ok(Stamp::of_stat(&fstat(file)?))
+    }
+
+    /// The stamp in a `stat` result.
+    pub fn of_stat(st: &nix::sys::stat::FileStat) -> Stamp {
+        Stamp {
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
 }
 
 /// One directory below the root, handed over once the walk has left it.
@@ -205,7 +236,8 @@ pub fn walk(
         found.placeholder = true;
         let wire = wire_of(&relative.join(PLACEHOLDER_NAME))?;
         let (mode, mtime) = (0o644, found.mtime);
-        visit(Found::File(ScannedFile { source: "/dev/null".into(), wire, size: 0, mode, mtime, placeholder: true }))
+        let source = "/dev/null".into();
+        visit(Found::File(ScannedFile { source, wire, size: 0, mode, mtime, placeholder: true, stamp: None }))
     };
     // An entry gone (or changed) since its directory was listed: a warning, or an error with --strict, in the
     // streaming scan (the pre-scan says nothing: the streaming scan will).
@@ -327,7 +359,7 @@ pub fn walk(
             continue;
         }
         let wire = wire_of(&relative)?;
-        let (size, mode, mtime) = if stat {
+        let (size, mode, mtime, stamp) = if stat {
             match fstatat(&level.dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 // Replaced since it was listed: the pre-scan's ctime check above does not see it (its listing said
                 // "file"); it is the same case as a file that vanishes before it is opened (see `file`).
@@ -337,7 +369,7 @@ pub fn walk(
                     vanished(&mut totals, what)?;
                     continue;
                 }
-                Ok(st) => (st.st_size as u64, st.st_mode & 0o7777, st.st_mtime),
+                Ok(st) => (st.st_size as u64, st.st_mode & 0o7777, st.st_mtime, Some(Stamp::of_stat(&st))),
                 // Deleted since the directory was listed: the same case as a file that vanishes before it is
                 // opened (see `file`), reported the same way.
                 Err(Errno::ENOENT) => {
@@ -348,7 +380,7 @@ pub fn walk(
                 Err(e) => bail!("cannot stat {}: {e}", root.join(&relative).display()),
             }
         } else {
-            (0, 0, 0)
+            (0, 0, 0, None)
         };
         totals.files += 1;
         totals.bytes += size;
@@ -356,7 +388,7 @@ pub fn walk(
             parent.has_files = true;
         }
         let source = root.join(&relative);
-        visit(Found::File(ScannedFile { source, wire, size, mode, mtime, placeholder: false }))?;
+        visit(Found::File(ScannedFile { source, wire, size, mode, mtime, placeholder: false, stamp }))?;
     }
     Ok(totals)
 }

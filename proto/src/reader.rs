@@ -183,8 +183,31 @@ impl<R: Read> ChunkReader<R> {
     /// `Ok(None)` at a clean end of stream: end of input exactly at a chunk boundary.
     pub fn read_chunk(&mut self, payload: &mut impl PayloadBuffer) -> Result<Option<ChunkHeader>, ReadError> {
         payload.clear();
-        let stream_offset = self.position;
+        let max = payload.max_len().map_or(self.max_payload, |m| self.max_payload.min(m as u64));
+        let Some(header) = self.read_header(max)? else { return Ok(None) };
+        if header.kind == ChunkKind::Eof {
+            return Ok(Some(header));
+        }
+        // The length is bounded by max_payload (and the buffer's own capacity), so preparing it is safe.
+        let slot = payload.slot(header.payload_len as usize);
+        let got = read_full(&mut self.inner, slot, &mut self.position)? as u64;
+        if got < header.payload_len {
+            return Err(ReadError::TruncatedPayload {
+                path: header.display_path(),
+                stream_offset: header.stream_offset,
+                expected: header.payload_len,
+                got,
+            });
+        }
+        if self.verify_checksums {
+            header.verify_checksum(slot)?;
+        }
+        Ok(Some(header))
+    }
 
+    /// Reads the next chunk's header (everything but the payload), refusing a payload over `max` bytes.
+    fn read_header(&mut self, max: u64) -> Result<Option<ChunkHeader>, ReadError> {
+        let stream_offset = self.position;
         let mut prefix = [0u8; PREFIX_LEN];
         let got = self.read_full(&mut prefix)?;
         if got == 0 {
@@ -229,7 +252,6 @@ impl<R: Read> ChunkReader<R> {
         header.payload_len = u64::from_le_bytes(fields[0..8].try_into().expect("8 bytes"));
         header.file_offset = u64::from_le_bytes(fields[8..16].try_into().expect("8 bytes"));
         header.checksum = u32::from_le_bytes(fields[16..20].try_into().expect("4 bytes"));
-        let max = payload.max_len().map_or(self.max_payload, |m| self.max_payload.min(m as u64));
         if header.payload_len > max {
             return Err(ReadError::PayloadTooLarge {
                 path: header.display_path(),
@@ -238,26 +260,35 @@ impl<R: Read> ChunkReader<R> {
                 max,
             });
         }
-
-        // The length is bounded by max_payload (and the buffer's own capacity), so preparing it is safe.
-        let slot = payload.slot(header.payload_len as usize);
-        let got = read_full(&mut self.inner, slot, &mut self.position)? as u64;
-        if got < header.payload_len {
-            return Err(ReadError::TruncatedPayload {
-                path: header.display_path(),
-                stream_offset,
-                expected: header.payload_len,
-                got,
-            });
-        }
-        if self.verify_checksums {
-            header.verify_checksum(slot)?;
-        }
         Ok(Some(header))
     }
 
     fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
         read_full(&mut self.inner, buf, &mut self.position)
+    }
+}
+
+impl<'a> ChunkReader<&'a [u8]> {
+    /// Reads the next chunk of a stream held in memory, its payload borrowed from the input rather than copied
+    /// (checked against its CRC-32 like [`ChunkReader::read_chunk`]'s); `Ok(None)` at a clean end.
+    pub fn read_borrowed(&mut self) -> Result<Option<(ChunkHeader, &'a [u8])>, ReadError> {
+        let Some(header) = self.read_header(self.max_payload)? else { return Ok(None) };
+        let len = header.payload_len as usize;
+        if self.inner.len() < len {
+            return Err(ReadError::TruncatedPayload {
+                path: header.display_path(),
+                stream_offset: header.stream_offset,
+                expected: header.payload_len,
+                got: self.inner.len() as u64,
+            });
+        }
+        let (payload, rest) = self.inner.split_at(len);
+        self.inner = rest;
+        self.position += len as u64;
+        if self.verify_checksums && header.kind == ChunkKind::Payload {
+            header.verify_checksum(payload)?;
+        }
+        Ok(Some((header, payload)))
     }
 }
 
