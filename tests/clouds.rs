@@ -90,8 +90,8 @@ pub(crate) fn azure_storage(endpoint: &str, container_prefix: &str, key: &str) -
     ]
 }
 
-/// Every object key in the store the arguments name, listed straight through the store (not the backup catalog).
-pub(crate) fn raw_objects(storage: &[String]) -> Vec<String> {
+/// The store the arguments name, opened as the consumer opens it.
+pub(crate) fn open_store(storage: &[String]) -> Box<dyn store::Store> {
     use clap::Parser;
     #[derive(clap::Parser)]
     struct Args {
@@ -99,8 +99,12 @@ pub(crate) fn raw_objects(storage: &[String]) -> Vec<String> {
         storage: consumer::storage::StorageArgs,
     }
     let args = Args::parse_from(std::iter::once("test".to_string()).chain(storage.iter().cloned()));
-    let store = args.storage.open().unwrap();
-    store.list("").unwrap().into_iter().map(|object| object.key).collect()
+    args.storage.open().unwrap()
+}
+
+/// Every object key in the store the arguments name, listed straight through the store (not the backup catalog).
+pub(crate) fn raw_objects(storage: &[String]) -> Vec<String> {
+    open_store(storage).list("").unwrap().into_iter().map(|object| object.key).collect()
 }
 
 /// The tree every cloud test stores: a file over several 1M objects, a small one, an empty one, a deeper one

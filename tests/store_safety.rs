@@ -109,6 +109,39 @@ fn concurrent_puts_of_one_name_on_azure_store_exactly_one_backup() {
     one_of_concurrent_puts_wins(&crate::clouds::azure_storage(&server.endpoint(), "backups", key), 2);
 }
 
+/// What each backend does with a create-only put of a key that exists, as the README's table says: the directory
+/// store, S3 (`s3s-fs`) and Azure (Azurite) refuse it and keep the first object; Google's emulator ignores the
+/// condition and overwrites (asserted, so that a release that honours it is noticed) — there, as everywhere, the
+/// claim is what keeps two puts of one NAME apart.
+#[test]
+fn create_only_puts_as_each_backend_does_them() {
+    let check = |storage: &[String], refuses: bool| {
+        let store = crate::clouds::open_store(storage);
+        store.ensure_container().unwrap();
+        store.put_new("k/index.json", bytes::Bytes::from_static(b"first")).unwrap();
+        let second = store.put_new("k/index.json", bytes::Bytes::from_static(b"second"));
+        let stored = store::get_small(store.as_ref(), "k/index.json", 100).unwrap();
+        match refuses {
+            true => {
+                assert!(second.unwrap_err().is_already_exists(), "{}", store.describe());
+                assert_eq!(stored, b"first", "{}", store.describe());
+            }
+            false => {
+                second.unwrap();
+                assert_eq!(stored, b"second", "{}", store.describe());
+            }
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    check(&["--storage".into(), format!("file://{}", work.path().display())], true);
+    let s3 = crate::s3server::S3Server::start();
+    check(&s3.storage_args("backups"), true);
+    let azurite = crate::clouds::start_azurite();
+    check(&crate::clouds::azure_storage(&azurite.endpoint(), "backups", store::azure::DEVELOPMENT_KEY), true);
+    let gcs = crate::clouds::start_fake_gcs();
+    check(&crate::clouds::gcs_storage(&gcs, &gcs.endpoint(), "backups"), false);
+}
+
 /// A put that got past the claim while another put of the name completed (a store whose listing lagged): its
 /// create-only index is refused, it removes what it stored and fails; the stored backup is the other one, whole.
 #[test]
