@@ -341,7 +341,8 @@ fn get_checks_every_file_against_the_manifest_whatever_the_output() {
         .timeout(LONG)
         .assert()
         .code(1);
-    assert!(String::from_utf8_lossy(&get.get_output().stderr).contains("does not match the manifest"));
+    let stderr = String::from_utf8_lossy(&get.get_output().stderr).into_owned();
+    assert!(stderr.contains("does not match the manifest"), "{stderr}");
     assert!(!extract.wait(LONG).success());
 }
 
@@ -358,4 +359,61 @@ fn delete_counts_exactly_the_objects_it_removes() {
     let deleted = consumer().args(["delete", "half", "--storage", &url]).assert().success();
     assert!(String::from_utf8_lossy(&deleted.get_output().stderr).contains("deleted half: 3 objects"));
     assert!(!store.join("half").exists());
+}
+
+/// A put that fails before it stores a pack (no producer came: an empty stream) takes its claim back, so that the
+/// next try of the same NAME is not told the name is taken.
+#[test]
+fn a_put_that_stored_nothing_leaves_the_name_free() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let url = format!("file://{}", store.display());
+    let empty = consumer().args(["put", "NIGHTLY", "--storage", &url]).write_stdin(Vec::new()).assert().code(1);
+    let stderr = String::from_utf8_lossy(&empty.get_output().stderr).into_owned();
+    assert!(stderr.contains("no data") && !stderr.contains("consumer delete"), "{stderr}");
+    assert!(!store.join("NIGHTLY").exists(), "the claim went with the failed put");
+    let src = work.path().join("src");
+    tree(&src, 5);
+    put_dir(&src, &store, "NIGHTLY");
+}
+
+/// Backups stored before put ids (index format 1: packs at `<NAME>/<stream>/<seq>.xbs`, the manifest at
+/// `<NAME>/backup-manifest.json`) are still listed, checked and brought back every way.
+#[test]
+fn backups_stored_before_put_ids_are_still_read() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 6);
+    let store = work.path().join("store");
+    put_dir(&src, &store, "OLD");
+    // Rewrite it as the previous layout had it.
+    let (index_path, mut index) = index_of(&store, "OLD");
+    let put = index["put_id"].as_str().unwrap().to_string();
+    for stream in index["streams"].as_array_mut().unwrap() {
+        for pack in stream["packs"].as_array_mut().unwrap() {
+            let key = pack["key"].as_str().unwrap().to_string();
+            let old_key = key.replace(&format!("OLD/{put}/"), "OLD/");
+            fs::create_dir_all(store.join(&old_key).parent().unwrap()).unwrap();
+            fs::rename(store.join(&key), store.join(&old_key)).unwrap();
+            pack["key"] = serde_json::json!(old_key);
+        }
+    }
+    fs::rename(store.join(format!("OLD/{put}/backup-manifest.json")), store.join("OLD/backup-manifest.json")).unwrap();
+    fs::remove_file(store.join(format!("OLD/claim-{put}.json"))).unwrap();
+    fs::remove_dir_all(store.join(format!("OLD/{put}"))).unwrap();
+    index["format"] = serde_json::json!(1);
+    index.as_object_mut().unwrap().remove("put_id");
+    fs::write(&index_path, index.to_string()).unwrap();
+
+    let url = format!("file://{}", store.display());
+    let list = consumer().args(["list", "--json", "--storage", &url]).assert().success();
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&list.get_output().stdout).unwrap();
+    assert_eq!(listed(&list, "OLD")["complete"], true);
+    let got = consumer().args(["get", "OLD", "--storage", &url]).assert().success();
+    let mb = work.path().join("mb");
+    mbstream_extract(&got.get_output().stdout, &mb);
+    assert_same_tree(&src, &mb);
+    let out = work.path().join("out");
+    consumer().args(["get", "OLD", "--storage", &url, "-C"]).arg(&out).assert().success();
+    assert_same_tree(&src, &out);
 }

@@ -444,37 +444,37 @@ fn deliver(
             let opened = set.open_all(End::Write, *timeout, cancel)?;
             let activity = Arc::new(Activity::new());
             let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
+            // The first pipe to fail says why; the others stop because it did (their "cancelled" is no news).
+            let failure = Failure::new(cancel.clone());
             // Each pipe is ended (cleanly, or with the broken chunk) only once every stream went out and the whole
             // was checked, so that no pipe looks complete while another's files could still prove the backup wrong.
-            let results: Vec<Result<(PoisonOnDrop, u64)>> = thread::scope(|scope| {
+            let results: Vec<Option<(PoisonOnDrop, u64)>> = thread::scope(|scope| {
                 let handles: Vec<_> = readers
                     .into_iter()
                     .zip(opened)
                     .zip(set.paths())
                     .map(|((reader, file), path)| {
-                        let (activity, check) = (Arc::clone(&activity), check.as_ref());
-                        scope.spawn(move || -> Result<(PoisonOnDrop, u64)> {
-                            let pipe = IdlePipe::new(file, config.idle_timeout)?
-                                .with_cancel(cancel.clone())
-                                .with_activity(activity);
-                            let mut out = PoisonOnDrop::new(pipe);
-                            let name = format!("stream to {}", path.display());
-                            match reader.copy_to(&mut out, check, &name) {
-                                Ok(copied) => Ok((out, copied)),
-                                Err(e) => {
-                                    cancel.cancel();
-                                    Err(e)
-                                }
-                            }
+                        let (activity, check, failure) = (Arc::clone(&activity), check.as_ref(), &failure);
+                        scope.spawn(move || {
+                            let copied = (|| -> Result<(PoisonOnDrop, u64)> {
+                                let pipe = IdlePipe::new(file, config.idle_timeout)?
+                                    .with_cancel(cancel.clone())
+                                    .with_activity(activity);
+                                let mut out = PoisonOnDrop::new(pipe);
+                                let copied =
+                                    reader.copy_to(&mut out, check, &format!("stream to {}", path.display()))?;
+                                Ok((out, copied))
+                            })();
+                            copied.map_err(|e| failure.record(e)).ok()
                         })
                     })
                     .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a pipe writer panicked"))))
-                    .collect()
+                handles.into_iter().map(|h| failure.joined(h.join(), "pipe writer").flatten()).collect()
             });
-            let outs = results.into_iter().collect::<Result<Vec<(PoisonOnDrop, u64)>>>()?;
+            if let Some(error) = failure.take() {
+                return Err(error);
+            }
+            let outs: Vec<(PoisonOnDrop, u64)> = results.into_iter().flatten().collect();
             let checked = match check {
                 Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
                 None => None,

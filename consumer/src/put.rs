@@ -124,8 +124,25 @@ pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<S
 
 fn put(config: &PutConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
     let claim = claim(&config.name, store)?;
-    let (inputs, _fifos) = open_inputs(&config.input, config.idle_timeout, cancel)?;
-    put_streams(config, store, &claim, inputs, signals, cancel)
+    let result = open_inputs(&config.input, config.idle_timeout, cancel)
+        .and_then(|(inputs, _fifos)| put_streams(config, store, &claim, inputs, signals, cancel));
+    if result.is_err() {
+        release(&config.name, store, &claim);
+    }
+    result
+}
+
+/// After a put that failed: its claim goes if it is all the put stored (no producer came, an empty stream), so that
+/// the name is free for the next try; anything more stays, for `consumer delete` (the error says so).
+fn release(name: &str, store: &dyn Store, claim: &Claim) {
+    let key = layout::claim_key(name, &claim.put_id);
+    if let Ok(objects) = store.list(name) {
+        if objects.len() == 1 && objects[0].key == key {
+            if let Err(e) = store.delete(&key) {
+                log::warn!("could not remove this put's claim {key}: {e}");
+            }
+        }
+    }
 }
 
 /// Why a put did not store anything: the NAME is (or was just) another put's. What the message says is all there
@@ -365,12 +382,21 @@ pub fn put_streams(
 fn commit(store: &dyn Store, index: &BackupIndex, claim: &Claim) -> Result<()> {
     let key = layout::object_key(&index.name, layout::INDEX_NAME);
     let ours = index.to_json();
-    match store.put_new(&key, Bytes::from(ours.clone())) {
-        Ok(()) => {}
-        Err(e) if e.is_already_exists() => {}
+    let created = match store.put_new(&key, Bytes::from(ours.clone())) {
+        Ok(()) => true,
+        Err(e) if e.is_already_exists() => false,
         Err(e) => return Err(e.into()),
-    }
-    let stored = store::get_small(store, &key, layout::MAX_INDEX)?;
+    };
+    let stored = match store::get_small(store, &key, layout::MAX_INDEX) {
+        Ok(stored) => stored,
+        // Created (not refused) by a store that honours create-only puts, it is ours; the read only guards against
+        // services that ignore the condition.
+        Err(e) if created => {
+            log::warn!("{key} is stored, but could not be read back to confirm it ({e}); `consumer list` shows it");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if stored == ours {
         return Ok(());
     }

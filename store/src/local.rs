@@ -143,15 +143,26 @@ impl Store for LocalStore {
             return Ok(Vec::new());
         }
         let mut found = Vec::new();
+        // Objects (and the directories `delete` empties) may go while the walk runs, as they may from a bucket
+        // being listed: what vanished is simply not listed.
+        let vanished = |e: &walkdir::Error| e.io_error().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         for entry in walkdir::WalkDir::new(&dir).follow_links(false).min_depth(1).sort_by_file_name() {
-            let entry = entry.map_err(|e| self.failed("list", prefix, e.to_string()))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if vanished(&e) => continue,
+                Err(e) => return Err(self.failed("list", prefix, e.to_string())),
+            };
             let name = entry.file_name().to_string_lossy();
             if !entry.file_type().is_file() || name.starts_with(TEMP_PREFIX) {
                 continue;
             }
             let relative = entry.path().strip_prefix(&self.root).expect("under the root");
             let key = relative.to_string_lossy().into_owned();
-            let size = entry.metadata().map_err(|e| self.failed("list", prefix, e.to_string()))?.len();
+            let size = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                Err(e) if vanished(&e) => continue,
+                Err(e) => return Err(self.failed("list", prefix, e.to_string())),
+            };
             found.push(ObjectInfo { key, size });
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
