@@ -125,6 +125,7 @@ fn sha1sum_reads_back_names_with_newlines_and_backslashes() {
             ("plain", b"plain".to_vec()),
             ("new\nline", b"one".to_vec()),
             ("back\\slash", b"two".to_vec()),
+            ("carriage\rreturn", b"three".to_vec()),
             ("db/both\\\n.ibd", pseudo_random_bytes(70_000, 3)),
         ],
     );
@@ -174,13 +175,20 @@ fn an_interrupted_extractions_staging_directory_is_cleared_by_the_next() {
     // What a killed run leaves: its staging directory with part of a file (no process has that id, none locks it).
     let left = out.join(".xbkit-partial-4194304");
     write_tree(&left, &[("db/half.ibd", vec![1; 1000])]);
+    // What a run killed before a reboot leaves: named after a process id now taken by a live process (this test),
+    // not locked, unchanged for an hour.
+    let reused = out.join(format!(".xbkit-partial-{}", std::process::id()));
+    write_tree(&reused, &[("half.ibd", vec![2; 1000])]);
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::open(&reused).unwrap().set_modified(hour_ago).unwrap();
 
     let extracted = consume(&["extract", "-C", out.to_str().unwrap()], &produce(&src, &[]));
     let stderr = String::from_utf8_lossy(&extracted.stderr);
     assert!(extracted.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("removing {}: left by an extraction that was interrupted", left.display())));
     assert!(stderr.contains(&format!("{} belongs to an extraction still running", ours.display())), "{stderr}");
-    assert!(!left.exists() && ours.is_dir());
+    assert!(stderr.contains(&format!("removing {}: left by", reused.display())), "{stderr}");
+    assert!(!left.exists() && !reused.exists() && ours.is_dir());
     assert_eq!(fs::read(out.join("ibdata1")).unwrap(), pseudo_random_bytes(100_000, 4));
     drop(running_stdin);
     assert!(!running.wait(LONG).success(), "an empty stream is an error");

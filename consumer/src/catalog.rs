@@ -62,7 +62,24 @@ pub fn list(store: &dyn Store) -> Result<Vec<StoredBackup>> {
         if layout::check_name(&name).is_err() {
             continue;
         }
-        let objects = store.list(&name)?;
+        let objects = match store.list(&name) {
+            Ok(objects) => objects,
+            // One backup the store will not list (no permission on its directory, say) hides no other.
+            Err(e) => {
+                found.push(StoredBackup {
+                    name,
+                    complete: false,
+                    proven: false,
+                    damaged: Some(format!("cannot be listed: {e}")),
+                    claimed_by: None,
+                    files: 0,
+                    bytes: 0,
+                    created_unix: 0,
+                    objects: 0,
+                });
+                continue;
+            }
+        };
         let mut listed = StoredBackup {
             name,
             complete: false,

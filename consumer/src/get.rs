@@ -99,12 +99,14 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
     let index = load_index(config, store)?;
     // The producer's manifest, stored beside the packs: what a merge plans with, and what every file sent on to
     // STDOUT or pipes is checked against (an extraction checks the copy that travels in the streams).
-    let manifest = if index.proven && !matches!(config.output, GetOutput::Extract(_)) {
+    let (manifest, manifest_bytes) = if index.proven && !matches!(config.output, GetOutput::Extract(_)) {
         let key = index.manifest_key();
-        let bytes = store::get_small(store, &key, config.memory_limit)?;
-        Some(Manifest::from_json(&bytes).with_context(|| format!("cannot read {key}"))?)
+        let bytes = store::get_small(store, &key, config.memory_limit)
+            .with_context(|| format!("the manifest {key} must fit in --memory-limit for get to check against it"))?;
+        let manifest = Manifest::from_json(&bytes).with_context(|| format!("cannot read {key}"))?;
+        (Some(manifest), bytes.len() as u64)
     } else {
-        None
+        (None, 0)
     };
     let streams = index.streams.len();
     if streams == 0 {
@@ -119,14 +121,20 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
         let chunk = manifest.chunk_size.saturating_add(manifest.chunk_size / 128).saturating_add(4096);
         (streams as u64).saturating_mul(chunk.min(config.max_chunk as u64) + crate::source::READ_BUFFER as u64)
     });
-    let for_packs = config.memory_limit.saturating_sub(merge_reserve);
+    // The manifest, and what the check against it keeps (a second copy of every path), are held beside the packs.
+    let manifest_reserve = manifest.as_ref().map_or(0, |_| manifest_bytes.saturating_mul(2));
+    let for_packs = config.memory_limit.saturating_sub(merge_reserve).saturating_sub(manifest_reserve);
     // Each stream gets its own window of pack buffers, so a merge waiting on one stream never starves another.
     let per_stream = (for_packs / streams as u64 / largest.max(1) as u64) as usize;
     if per_stream < 1 {
         bail!(
-            "--memory-limit {} cannot hold one {} pack for each of the {streams} streams",
+            "--memory-limit {} cannot hold one {} pack for each of the {streams} streams{}",
             human(config.memory_limit),
-            human(largest as u64)
+            human(largest as u64),
+            match manifest_reserve {
+                0 => String::new(),
+                bytes => format!(" beside the manifest it checks against ({} held)", human(bytes)),
+            }
         );
     }
     let window = per_stream.min(config.parallel.max(1) + 1);
@@ -217,6 +225,10 @@ fn load_index(config: &GetConfig, store: &dyn Store) -> Result<BackupIndex> {
     }
 }
 
+/// More streams than any producer writes (its `--fifo-streams` is far below): keys naming a higher stream are not
+/// packs of a backup.
+const MAX_STREAMS: u32 = 4096;
+
 /// An index made from the packs that exist (sizes from the listing; CRCs unknown, so 0 and unchecked): those of
 /// the one put that left packs under the name (`<NAME>/<PUT>/<stream>/<seq>.xbs`, or `<NAME>/<stream>/<seq>.xbs`
 /// from before put ids).
@@ -232,7 +244,8 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
                 [put, stream, _] => (Some(put), stream),
                 _ => return None,
             };
-            Some((put, stream.parse::<u32>().ok()?, object))
+            // A stream number no producer writes (a hostile key) is not a stream to make room for.
+            Some((put, stream.parse::<u32>().ok().filter(|&n| n < MAX_STREAMS)?, object))
         })
         .collect();
     let mut puts: Vec<Option<&str>> = packs.iter().map(|(put, ..)| *put).collect();

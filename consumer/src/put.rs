@@ -85,62 +85,57 @@ struct StreamPut {
     manifest: Option<Vec<u8>>,
 }
 
-/// Runs a put; returns the one-line summary. Any failure says how to clean up.
+/// Runs a put; returns the one-line summary. Any failure says how to clean up — only ever what this put stored:
+/// a NAME another put holds is never this put's to delete.
 pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
     let cancel = Cancel::new();
     signals.watch(&cancel);
     let started = Instant::now();
-    let result = put(config, store, signals, &cancel);
-    let result = match signals.error() {
-        Some(error) => Err(error),
-        None => result,
+    let (name, url) = (&config.name, store.describe());
+    let claim = match claim(name, store) {
+        Ok(claim) => claim,
+        Err(e) => {
+            let e = signals.error().unwrap_or(e);
+            return Err(e.context(format!("the put of {name} to {url} stopped before storing anything")));
+        }
     };
-    result
-        .map_err(|e| {
-            // A NAME another put has (or had) is not ours to delete, and this put left nothing under it.
-            if e.downcast_ref::<NameTaken>().is_some() {
-                return e.context(format!(
-                    "the put of {} to {} stopped before storing anything",
-                    config.name,
-                    store.describe()
-                ));
-            }
-            // Whether anything was stored decides the advice.
-            let delete = format!("`consumer delete {} --storage {}`", config.name, store.describe());
-            let advice = match store.list(&config.name) {
+    let result = open_inputs(&config.input, config.idle_timeout, &cancel)
+        .and_then(|(inputs, _fifos)| put_streams(config, store, &claim, inputs, signals, &cancel));
+    match (result, signals.error()) {
+        (Ok(summary), None) => Ok(format!("{summary} in {:.2} s", started.elapsed().as_secs_f64())),
+        // Stopped once the index was stored: the backup is complete, and the run still says it was stopped.
+        (Ok(summary), Some(stop)) => {
+            Err(stop.context(format!("{summary}: the backup is complete, but the put was stopped as it ended")))
+        }
+        // Another put's index was stored first: this put removed its own objects.
+        (Err(e), _) if e.downcast_ref::<NameTaken>().is_some() => {
+            Err(e.context(format!("the put of {name} to {url} did not store it")))
+        }
+        (Err(e), stop) => {
+            let e = stop.unwrap_or(e);
+            release(name, store, &claim);
+            // This put holds NAME: whatever is under it is this put's.
+            let delete = format!("`consumer delete {name} --storage {url}`");
+            let advice = match store.list(name) {
                 Ok(objects) if objects.is_empty() => String::new(),
                 Ok(_) => format!("; remove what it stored with {delete}"),
                 // The store cannot say (it is down): it may hold some objects.
                 Err(_) => format!("; once the store answers again, remove what it may have stored with {delete}"),
             };
-            e.context(format!(
-                "the put of {} to {} did not complete and is not listed as complete{advice}",
-                config.name,
-                store.describe()
-            ))
-        })
-        .map(|summary| format!("{summary} in {:.2} s", started.elapsed().as_secs_f64()))
-}
-
-fn put(config: &PutConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
-    let claim = claim(&config.name, store)?;
-    let result = open_inputs(&config.input, config.idle_timeout, cancel)
-        .and_then(|(inputs, _fifos)| put_streams(config, store, &claim, inputs, signals, cancel));
-    if result.is_err() {
-        release(&config.name, store, &claim);
+            Err(e.context(format!("the put of {name} to {url} did not complete and is not listed as complete{advice}")))
+        }
     }
-    result
 }
 
-/// After a put that failed: its claim goes if it is all the put stored (no producer came, an empty stream), so that
-/// the name is free for the next try; anything more stays, for `consumer delete` (the error says so).
+/// After a put that failed: its claim goes if nothing but claims is stored under the name (no producer came, an
+/// empty stream; a claim of another put starting at the same moment is that put's to remove), so that the name is
+/// free for the next try; anything more stays, for `consumer delete` (the error says so).
 fn release(name: &str, store: &dyn Store, claim: &Claim) {
     let key = layout::claim_key(name, &claim.put_id);
-    if let Ok(objects) = store.list(name) {
-        if objects.len() == 1 && objects[0].key == key {
-            if let Err(e) = store.delete(&key) {
-                log::warn!("could not remove this put's claim {key}: {e}");
-            }
+    let Ok(objects) = store.list(name) else { return };
+    if objects.iter().all(|o| layout::claim_of(name, &o.key).is_some()) {
+        if let Err(e) = store.delete(&key) {
+            log::warn!("could not remove this put's claim {key}: {e}");
         }
     }
 }
@@ -151,29 +146,47 @@ fn release(name: &str, store: &dyn Store, claim: &Claim) {
 #[error("{0}")]
 pub struct NameTaken(String);
 
-/// How many times a put that finds another put's claim beside its own steps back and tries again.
-const CLAIM_ATTEMPTS: u32 = 6;
+/// How many listings a claim makes, at most, while another put claims the same NAME at the same moment.
+const CLAIM_ATTEMPTS: u32 = 8;
 
 /// Claims backup `name` in `store` for a new put: fails if anything is stored under the name (a backup, an
-/// interrupted put, another put at work), or if another put claims it at the same moment and keeps it. See the
-/// module's documentation for why at most one put gets past this.
+/// interrupted put, another put at work), or if another put claims it at the same moment and keeps it.
+///
+/// The claim is stored (create-only, under a key of this put's own), then NAME is listed: with nothing else there,
+/// the name is this put's. Two puts can never both get it — each listed after its own claim was stored, so the later
+/// one would have seen the earlier one's claim. When only other claims are there, the puts that started at the same
+/// moment decide by their ids (which begin with the start time): the earliest keeps its claim and lists again until
+/// the others have stepped back; the others remove theirs and stop once the earliest one holds on. Any other object
+/// under the name means it is taken.
 pub fn claim(name: &str, store: &dyn Store) -> Result<Claim> {
     layout::check_name(name)?;
     store.ensure_container()?;
     taken(name, store, &store.list(name)?)?;
     let claim = Claim::new();
     let key = layout::claim_key(name, &claim.put_id);
+    // Create-only: a store that cannot refuse an existing key (a file system without links) fails here, before any
+    // data is sent, rather than at the index.
+    store.put_new(&key, Bytes::from(claim.to_json()))?;
+    let outcome = hold(name, store, &key);
+    if outcome.is_err() {
+        // Whatever went wrong, the claim must not stay behind to block the name (best effort: a store that does
+        // not answer cannot be asked).
+        let _ = store.delete(&key);
+    }
+    outcome.map(|()| claim)
+}
+
+/// The listing part of [`claim`], once this put's claim `key` is stored.
+fn hold(name: &str, store: &dyn Store, key: &str) -> Result<()> {
     for attempt in 1..=CLAIM_ATTEMPTS {
-        store.put(&key, Bytes::from(claim.to_json()))?;
         let listed = store.list(name)?;
         let others: Vec<&store::ObjectInfo> = listed.iter().filter(|o| o.key != key).collect();
         if others.is_empty() {
-            return Ok(claim);
+            return Ok(());
         }
-        // Step back: our claim goes, so that the other put (if it sees only its own next time) can go on.
-        store.delete(&key)?;
         let only_claims = others.iter().all(|o| layout::claim_of(name, &o.key).is_some());
-        if !only_claims || attempt == CLAIM_ATTEMPTS {
+        let earliest = others.iter().all(|o| o.key.as_str() > key);
+        if !only_claims || !earliest || attempt == CLAIM_ATTEMPTS {
             let others: Vec<store::ObjectInfo> = others.into_iter().cloned().collect();
             taken(name, store, &others)?;
             return Err(NameTaken(format!(
@@ -181,12 +194,12 @@ pub fn claim(name: &str, store: &dyn Store) -> Result<Claim> {
             ))
             .into());
         }
-        // A pause of 20–320 ms × the attempt, different for every put, so that one of them goes first.
-        let pause = 20 + random_below(300);
-        log::debug!("another put claims {name} at the same moment: trying again in {pause} ms");
+        // The earliest claim waits for the others to step back, a little longer each time.
+        let pause = 20 + random_below(100);
+        log::debug!("other puts claim {name} at the same moment: listing again in {pause} ms");
         std::thread::sleep(Duration::from_millis(pause * u64::from(attempt)));
     }
-    unreachable!("the last attempt returns or fails")
+    unreachable!("the last attempt returns")
 }
 
 /// Fails with what `listed` (objects under `name`) says about who has the name; `Ok` if nothing is there.
@@ -225,7 +238,7 @@ fn taken(name: &str, store: &dyn Store, listed: &[store::ObjectInfo]) -> Result<
 fn random_below(bound: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.write_u32(std::process::id());
     hasher.finish() % bound
 }
 
@@ -385,7 +398,12 @@ fn commit(store: &dyn Store, index: &BackupIndex, claim: &Claim) -> Result<()> {
     let created = match store.put_new(&key, Bytes::from(ours.clone())) {
         Ok(()) => true,
         Err(e) if e.is_already_exists() => false,
-        Err(e) => return Err(e.into()),
+        // The request may have failed after the object landed (a timeout on the reply): it is stored iff the
+        // store holds exactly this index now.
+        Err(e) => match store::get_small(store, &key, layout::MAX_INDEX) {
+            Ok(stored) if stored == ours => return Ok(()),
+            _ => return Err(e.into()),
+        },
     };
     let stored = match store::get_small(store, &key, layout::MAX_INDEX) {
         Ok(stored) => stored,
@@ -499,4 +517,84 @@ fn upload(jobs: &Receiver<Upload>, store: &dyn Store, cancel: &Cancel, uploaded:
         uploaded.fetch_add(size, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Barrier, Mutex};
+
+    use store::memory::MemoryStore;
+    use store::{ObjectInfo, Store};
+
+    use super::*;
+
+    /// A store at which every put looks before any claims, and whose claims are all stored before any put lists
+    /// again: every put sees every other claim.
+    #[derive(Debug)]
+    struct TogetherStore {
+        inner: MemoryStore,
+        barrier: Barrier,
+        seen: Mutex<HashSet<String>>,
+        looked: Mutex<HashSet<std::thread::ThreadId>>,
+    }
+
+    impl Store for TogetherStore {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn ensure_container(&self) -> store::Result<()> {
+            self.inner.ensure_container()
+        }
+        fn put(&self, key: &str, body: Bytes) -> store::Result<()> {
+            self.inner.put(key, body)
+        }
+        fn put_new(&self, key: &str, body: Bytes) -> store::Result<()> {
+            let result = self.inner.put_new(key, body);
+            if key.contains("/claim-") && self.seen.lock().unwrap().insert(key.to_string()) {
+                self.barrier.wait();
+            }
+            result
+        }
+        fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> store::Result<u64> {
+            self.inner.get(key, consume)
+        }
+        fn list(&self, prefix: &str) -> store::Result<Vec<ObjectInfo>> {
+            let result = self.inner.list(prefix);
+            if self.looked.lock().unwrap().insert(std::thread::current().id()) {
+                self.barrier.wait();
+            }
+            result
+        }
+        fn list_dirs(&self, prefix: &str) -> store::Result<Vec<String>> {
+            self.inner.list_dirs(prefix)
+        }
+        fn delete(&self, key: &str) -> store::Result<()> {
+            self.inner.delete(key)
+        }
+    }
+
+    /// Eight puts claim one NAME at the same instant, each seeing all the others' claims: exactly one gets it (the
+    /// earliest), the others stop saying so, and only the winner's claim is left.
+    #[test]
+    fn of_puts_that_see_each_other_exactly_one_gets_the_name() {
+        for _ in 0..5 {
+            let store = TogetherStore {
+                inner: MemoryStore::new(),
+                barrier: Barrier::new(8),
+                seen: Mutex::default(),
+                looked: Mutex::default(),
+            };
+            let results: Vec<Result<Claim>> = std::thread::scope(|scope| {
+                let claims: Vec<_> = (0..8).map(|_| scope.spawn(|| claim("NIGHTLY", &store))).collect();
+                claims.into_iter().map(|c| c.join().unwrap()).collect()
+            });
+            let winners: Vec<&Claim> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(winners.len(), 1, "{results:?}");
+            for error in results.iter().filter_map(|r| r.as_ref().err()) {
+                assert!(error.downcast_ref::<NameTaken>().is_some(), "{error:#}");
+            }
+            assert_eq!(store.inner.keys(), [layout::claim_key("NIGHTLY", &winners[0].put_id)]);
+        }
+    }
 }

@@ -18,6 +18,12 @@ use proto::{ChunkHeader, ChunkKind, ChunkReader, CrcPiece};
 
 use crate::coverage::Coverage;
 
+/// A file of the manifest.
+struct Expected {
+    piece: CrcPiece,
+    checked: bool,
+}
+
 /// A file on its way: the bytes that went by, and whether its end-of-file chunk did.
 #[derive(Default)]
 struct Passing {
@@ -27,8 +33,8 @@ struct Passing {
 
 /// The files of a backup as its manifest lists them, checked as their chunks go by.
 pub struct SentCheck {
-    /// Files still to come or complete, by path on the wire: their size and CRC-32 there.
-    expected: HashMap<Vec<u8>, CrcPiece>,
+    /// Every file of the manifest, by path on the wire: its size and CRC-32 there, and whether it went by whole.
+    expected: HashMap<Vec<u8>, Expected>,
     /// Files some of whose chunks went by.
     passing: HashMap<Vec<u8>, Passing>,
     /// Files found whole and as the manifest says.
@@ -41,7 +47,7 @@ impl SentCheck {
         let mut expected = HashMap::with_capacity(manifest.files.len());
         for record in &manifest.files {
             let (path, piece) = record.as_sent();
-            if expected.insert(path.to_vec(), piece).is_some() {
+            if expected.insert(path.to_vec(), Expected { piece, checked: false }).is_some() {
                 bail!("the manifest lists {} twice: refusing it", record.path.display());
             }
         }
@@ -56,8 +62,12 @@ impl SentCheck {
             return Ok(());
         }
         let display = || header.display_path();
-        let Some(&expected) = self.expected.get(path) else {
-            bail!("{} is in the stored streams but not in the backup's manifest", display());
+        let expected = match self.expected.get(path) {
+            None => bail!("{} is in the stored streams but not in the backup's manifest", display()),
+            Some(file) if file.checked => {
+                bail!("{}: a chunk came after the whole file had (a duplicated chunk?)", display())
+            }
+            Some(file) => file.piece,
         };
         let passing = self.passing.entry(path.to_vec()).or_default();
         match header.kind {
@@ -83,7 +93,7 @@ impl SentCheck {
                 );
             }
             self.passing.remove(path);
-            self.expected.remove(path);
+            self.expected.get_mut(path).expect("looked up above").checked = true;
             self.checked += 1;
         }
         Ok(())
@@ -98,17 +108,18 @@ impl SentCheck {
     pub fn finish(self) -> Result<u64> {
         if let Some((path, passing)) = self.passing.iter().next() {
             let display = String::from_utf8_lossy(path);
-            let expected = self.expected[path];
+            let expected = self.expected[path].piece;
             let got = passing.coverage.prefix();
             if !passing.ended {
                 bail!("{display}: its end-of-file chunk is not in the stored streams");
             }
             bail!("{display}: {} bytes arrived whole; the manifest says {}", got.len, expected.len);
         }
-        if let Some(path) = self.expected.keys().next() {
+        let missing: Vec<&Vec<u8>> = self.expected.iter().filter(|(_, file)| !file.checked).map(|(p, _)| p).collect();
+        if let Some(path) = missing.first() {
             bail!(
                 "{} file(s) the manifest lists are not in the stored streams, e.g. {}",
-                self.expected.len(),
+                missing.len(),
                 String::from_utf8_lossy(path)
             );
         }
@@ -188,6 +199,13 @@ mod tests {
         check.chunk(&payload("a", 4, b"efgX")).unwrap();
         let err = check.chunk(&eof("a")).unwrap_err().to_string();
         assert!(err.starts_with("a: CRC-32") && err.contains("does not match the manifest's"), "{err}");
+
+        // A chunk again after its file was whole.
+        let mut check = SentCheck::new(&m).unwrap();
+        check.chunk(&payload("b", 0, b"xy")).unwrap();
+        check.chunk(&eof("b")).unwrap();
+        let err = check.chunk(&payload("b", 0, b"xy")).unwrap_err().to_string();
+        assert!(err.contains("b: a chunk came after the whole file had"), "{err}");
 
         // A file missing, one cut short, one not in the manifest.
         let mut check = SentCheck::new(&m).unwrap();

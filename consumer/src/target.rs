@@ -376,23 +376,30 @@ impl Drop for Target {
 }
 
 /// Removes the staging directories that interrupted runs (a killed `extract` or `get -C`) left in OUT, saying so;
-/// one that a run still uses — locked by it, or named after a process alive on this host — is left, with a
-/// warning.
+/// one that a run still uses is left, with a warning. A run holds a lock on its staging directory (`flock`, which
+/// NFS carries between hosts too): one that is locked is in use. One that is not locked is a leftover — unless a
+/// process of its name's id is alive here and it changed in the last minute (a run between creating it and locking
+/// it, or one of a version that did not lock). So a directory named after a process id that was reused since (after
+/// a reboot, say) is still removed.
 fn remove_leftovers(root_fd: &OwnedFd, root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(STAGING_PREFIX)) else { continue };
         let path = root.join(&name);
-        let pid = rest.split('-').next().and_then(|pid| pid.parse::<i32>().ok());
-        let alive =
-            pid.is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(Errno::ESRCH));
         let Ok(dir) = openat(root_fd, name.as_os_str(), DIR_FLAGS, Mode::empty()) else {
             log::warn!("{} is not a directory left by an extraction: left as it is", path.display());
             continue;
         };
+        let recent = nix::sys::stat::fstat(&dir).is_ok_and(|st| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            now.saturating_sub(st.st_mtime.max(0) as u64) < 60
+        });
+        let pid = rest.split('-').next().and_then(|pid| pid.parse::<i32>().ok());
+        let alive =
+            pid.is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(Errno::ESRCH));
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-            Ok(_held) if !alive => {
+            Ok(_held) if !(alive && recent) => {
                 log::warn!("removing {}: left by an extraction that was interrupted", path.display());
                 if let Err(e) = std::fs::remove_dir_all(&path) {
                     log::warn!("could not remove {}: {e}", path.display());

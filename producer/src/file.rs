@@ -16,10 +16,11 @@
 //! every file's `fstat` after its last read is compared with the one before its first ([`Stamp`]: size,
 //! modification and change time; every write sets the change time, and nobody can set it back). When they differ,
 //! the copy is checked against the file as it is now: its bytes are read again and their CRC-32 compared with what
-//! was streamed, until a check runs without the file changing under it ([`CHANGE_CHECKS`] times at most). A copy
-//! that matches is a version the file really had (an append or a truncation leaves the copied part as it was); one
-//! that does not fails the run, naming the file, whatever `--strict` says. A small file read whole in a batch is
-//! simply read again until a read runs without a change.
+//! was streamed. A copy that matches over a read during which the file did not change, or over two reads (a file
+//! still appended to), is a version the file really had (an append or a truncation leaves the copied part as it
+//! was); one that does not fails the run, naming the file, whatever `--strict` says. A small file read whole in a
+//! batch is simply read again, a clock tick later, until a read runs without a change ([`CHANGE_CHECKS`] reads at
+//! most).
 //!
 //! Small files (up to [`BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the scanner groups
 //! them into a [`Job::Batch`], one reader reads them whole into one pool buffer, a process thread takes their CRCs,
@@ -191,12 +192,16 @@ enum Handle {
     },
 }
 
-/// How many times a copy is checked against a file that changed while it was read, or a small file is read again,
-/// before the run fails: a file still being written after that is not one a backup can copy.
+/// How many times a small file that changed while it was read is read again before the run fails: a file still
+/// being written after that is not one a backup can copy.
 pub const CHANGE_CHECKS: u32 = 10;
 
-/// The pause between two such checks or reads.
+/// The pause between two such reads.
 const CHANGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// More than one tick of the kernel's coarse clock (at most 10 ms): a file read again after this pause, and held
+/// against a stamp taken before it, cannot be written during the read with the stamp's change time.
+const TICK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug)]
 struct Sequence {
@@ -399,10 +404,9 @@ impl FileState {
                 "{} changed since it was scanned or while it was read: reading it again",
                 self.scanned.source.display()
             );
-            // A change before the first read needs no pause; one during a read may still be going on.
-            if attempt > 1 && attempt < CHANGE_CHECKS {
-                std::thread::sleep(CHANGE_PAUSE);
-            }
+            // The next read starts more than a clock tick after the stamp it is held against, so that a write
+            // during it cannot carry the same (coarse) change time; a file still being written gets longer pauses.
+            std::thread::sleep(if attempt == 1 { TICK_PAUSE } else { CHANGE_PAUSE });
             before = after;
         }
         bail!(
@@ -544,13 +548,14 @@ impl FileState {
     }
 
     /// Checks the copy of a file that changed while it was read: `copied` (size and CRC-32 of what was streamed)
-    /// must be what `file` holds now, over a read during which the file did not change. Fails naming the file when
-    /// the copy is not (it may be torn) or when the file keeps changing.
+    /// must be what `file` holds now. Read again with no change meanwhile, or read twice (a file still appended
+    /// to, say) with the same bytes where the copy lies, the copy is a version the file had; any difference fails
+    /// the run naming the file (the copy may be torn).
     fn check_unchanged(&self, file: &File, copied: CrcPiece) -> Result<()> {
         let path = self.scanned.source.display();
         log::info!("{path} changed while it was read: checking the copy against it");
         let mut scratch = vec![0u8; 256 << 10];
-        for attempt in 1..=CHANGE_CHECKS {
+        for read in 1..=2 {
             let before = Stamp::of(file)?;
             let mut now = CrcPiece::default();
             while now.len < copied.len {
@@ -573,17 +578,18 @@ impl FileState {
                     now.crc
                 );
             }
-            if Stamp::of(file)? == before {
+            if Stamp::of(file)? == before || read == 2 {
+                if read == 2 {
+                    log::info!(
+                        "{path} keeps changing, but not in the {} bytes copied: read twice, the same",
+                        copied.len
+                    );
+                }
                 return Ok(());
             }
-            if attempt < CHANGE_CHECKS {
-                std::thread::sleep(CHANGE_PAUSE);
-            }
+            std::thread::sleep(CHANGE_PAUSE);
         }
-        bail!(
-            "{path} kept changing while its copy was checked ({CHANGE_CHECKS} times); back up a stopped or \
-             snapshotted source"
-        )
+        unreachable!("the second read returns")
     }
 
     /// Takes a processed chunk; releases it and any parked successors in order; after the last one, hands the
@@ -741,6 +747,54 @@ mod tests {
             stamp: None,
         };
         FileState::new(0, scanned, 1 << 20, Some(0), false, false, false, validate)
+    }
+
+    /// A small file read whole: one that changed since the scan is read again and its new content copied; one
+    /// that never stops changing fails naming it after [`CHANGE_CHECKS`] reads.
+    #[test]
+    fn a_small_file_is_read_again_until_a_read_runs_without_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.frm");
+        std::fs::write(&path, vec![b'a'; 1000]).unwrap();
+        let scanned = |stamp| ScannedFile {
+            source: path.clone(),
+            wire: b"t.frm".to_vec(),
+            size: 1000,
+            mode: 0o640,
+            mtime: 0,
+            placeholder: false,
+            stamp,
+        };
+        let pool = proto::pool::BufferPool::new(1, 64 << 10);
+        let cancel = proto::cancel::Cancel::new();
+        let read = |file: &Arc<FileState>| {
+            let mut data = pool.take(&cancel).unwrap();
+            data.set_len(0);
+            file.read_whole(&mut data).map(|(kept, _, _)| data[..kept].to_vec())
+        };
+        // Changed after the scan (in place, same size): read again, the new content.
+        let stamp = Stamp::of(&File::open(&path).unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, vec![b'b'; 1000]).unwrap();
+        let file = FileState::new(0, scanned(Some(stamp)), 1 << 20, Some(0), false, false, false, false);
+        assert_eq!(read(&file).unwrap(), vec![b'b'; 1000]);
+        // Written every millisecond, through every read.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let mut byte = 0u8;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    byte = byte.wrapping_add(1);
+                    writer.write_all_at(&[byte; 1000], 0).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            });
+            let file = FileState::new(1, scanned(None), 1 << 20, Some(0), false, false, false, false);
+            let err = read(&file).unwrap_err().to_string();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(err.contains("t.frm kept changing while it was read (10 reads)"), "{err}");
+        });
     }
 
     #[test]

@@ -61,11 +61,7 @@ impl LocalStore {
             file.sync_all()?;
             match place {
                 Place::Replace => fs::rename(&temp, &path)?,
-                Place::New => {
-                    let linked = fs::hard_link(&temp, &path);
-                    fs::remove_file(&temp)?;
-                    linked?;
-                }
+                Place::New => place_new(&temp, &path)?,
             }
             File::open(dir)?.sync_all()
         })();
@@ -81,6 +77,29 @@ impl LocalStore {
                 }
             }
         }
+    }
+}
+
+/// Puts the written temporary file `temp` in place as `path` only if nothing has that name: `link()` (POSIX, NFS
+/// included), or where the file system refuses links (some FUSE and SMB mounts), a rename that refuses to replace
+/// (`RENAME_NOREPLACE`). Either fails with `AlreadyExists` when the name is taken.
+fn place_new(temp: &std::path::Path, path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    match fs::hard_link(temp, path) {
+        Ok(()) => fs::remove_file(temp),
+        Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::Unsupported) => {
+            let at = nix::fcntl::AT_FDCWD;
+            nix::fcntl::renameat2(at, temp, at, path, nix::fcntl::RenameFlags::RENAME_NOREPLACE).map_err(|errno| {
+                match errno {
+                    nix::errno::Errno::EEXIST => std::io::Error::from(ErrorKind::AlreadyExists),
+                    errno => std::io::Error::other(format!(
+                        "this file system refuses hard links ({e}) and renames that do not replace ({errno}): an \
+                         object cannot be created only if it does not exist here"
+                    )),
+                }
+            })
+        }
+        Err(e) => Err(e),
     }
 }
 
