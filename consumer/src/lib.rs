@@ -20,6 +20,7 @@ pub mod get;
 pub mod input;
 pub mod layout;
 pub mod list;
+pub mod merge;
 pub mod put;
 pub mod sent_check;
 pub mod source;
