@@ -19,8 +19,9 @@
 //! NAME; it goes on only if the listing shows nothing but its claim. Two puts that both went on would each have
 //! listed after its own claim was stored and seen no other: impossible on a store whose listing shows every object
 //! whose PUT has returned (S3, Google, Azure, a directory), since the later lister would see the earlier claim. So
-//! at most one put of a NAME ever writes a pack, whatever the service does with conditional requests; two that
-//! see each other both step back and try again a few times after a random pause, so that one of them goes on.
+//! at most one put of a NAME ever writes a pack, whatever the service does with conditional requests; of puts that
+//! see only each other's claims, the one that started first keeps its claim and lists again until the others
+//! have removed theirs, so that one of them goes on.
 //! Behind that, each put writes under its own id and the index is created only if none exists (a create-only
 //! put) and read back: a put whose index is not the stored one removes what it wrote and fails.
 
