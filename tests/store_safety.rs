@@ -417,3 +417,18 @@ fn backups_stored_before_put_ids_are_still_read() {
     consumer().args(["get", "OLD", "--storage", &url, "-C"]).arg(&out).assert().success();
     assert_same_tree(&src, &out);
 }
+
+/// `get --allow-partial` of a name holding a hostile key (a stream number no producer writes) is refused with a
+/// message, never a room made for four billion streams.
+#[test]
+fn a_hostile_stream_number_in_a_partial_backup_is_not_a_stream() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let key = store.join("evil/p1/4000000000/0000000000.xbs");
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    fs::write(&key, b"XBSTCK01").unwrap();
+    let url = format!("file://{}", store.display());
+    let get = consumer().args(["get", "evil", "--allow-partial", "--storage", &url]).assert().code(1);
+    let stderr = String::from_utf8_lossy(&get.get_output().stderr);
+    assert!(stderr.contains("holds no stream"), "{stderr}");
+}
