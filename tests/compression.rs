@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use proto::chunk::encode_payload_header;
+use proto::encode_payload_header;
 use proto::{ChunkKind, ChunkReader, ChunkWriter};
 
 use crate::util::*;
@@ -50,7 +50,7 @@ fn compressed_round_trips_through_stdout_and_four_pipes() {
         assert_same_tree(src.path(), &out);
         assert!(read_tree(&out).iter().all(|(p, _)| p.extension().is_none_or(|e| e != "zst")), "no .zst written");
         let manifest = read_manifest(&out);
-        assert_eq!(manifest.compression, proto::manifest::Compression::Zstd { level: 3 });
+        assert_eq!(manifest.compression, proto::Compression::Zstd { level: 3 });
         let text = manifest.files.iter().find(|f| f.path.0 == b"db/text.ibd").unwrap();
         let stored = text.stored.as_ref().expect("compressed files record their stored form");
         assert_eq!(stored.path.0, b"db/text.ibd.zst");
@@ -123,8 +123,7 @@ fn a_damaged_frame_fails_naming_the_file_and_offset() {
         .filter(|(_, (h, _))| h.path == b"db/text.ibd.zst" && h.kind == ChunkKind::Payload)
         .nth(1)
         .unwrap();
-    let payload_at =
-        header.stream_offset as usize + proto::chunk::encoded_header_len(ChunkKind::Payload, header.path.len());
+    let payload_at = header.stream_offset as usize + proto::encoded_header_len(ChunkKind::Payload, header.path.len());
 
     // A flipped byte inside the frame: the chunk CRC catches it first.
     let mut flipped = stream.clone();

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use proto::chunk::encode_payload_header;
+use proto::encode_payload_header;
 use proto::{ChunkHeader, ChunkKind, ChunkReader, ChunkWriter};
 
 use crate::util::*;
@@ -68,7 +68,7 @@ fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
     let meta = fs::metadata(out.join("one")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o604);
     assert_eq!(meta.modified().unwrap(), when);
-    run_ok(Command::new("sha1sum").args(["-c", "--quiet", proto::manifest::SHA1SUMS_NAME]).current_dir(&out), SHORT);
+    run_ok(Command::new("sha1sum").args(["-c", "--quiet", proto::SHA1SUMS_NAME]).current_dir(&out), SHORT);
 }
 
 /// The same stream hashed on both sides: the producer's and consumer's per-stream SHA-1s agree.
@@ -234,7 +234,7 @@ fn hostile_paths_are_refused_and_nothing_lands_outside() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().to_path_buf();
     let mut stream = raw_chunk(b"link/x", 0, b"evil");
-    proto::chunk::encode_eof(&mut stream, b"link/x");
+    proto::encode_eof(&mut stream, b"link/x");
     assert_hostile(stream, "link: it is a symlink or not a directory", |out| {
         std::os::unix::fs::symlink(&target, out.join("link")).unwrap();
     });
@@ -262,8 +262,7 @@ fn damaged_streams_fail_naming_file_stream_and_offset() {
     // A flipped payload byte: CRC mismatch.
     let mut flipped = good.clone();
     let (first, _) = chunks.iter().find(|(h, _)| h.kind == ChunkKind::Payload).unwrap();
-    let payload_at =
-        first.stream_offset as usize + proto::chunk::encoded_header_len(ChunkKind::Payload, first.path.len());
+    let payload_at = first.stream_offset as usize + proto::encoded_header_len(ChunkKind::Payload, first.path.len());
     flipped[payload_at] ^= 0x20;
     assert_hostile(flipped, "stream 0 (STDIN): checksum mismatch in", |_| {});
 

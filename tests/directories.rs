@@ -124,7 +124,7 @@ fn with_placeholders_mbstream_restores_every_file_and_directory() {
     let work = tempfile::tempdir().unwrap();
     let mb = work.path().join("mb");
     mbstream_extract(&produced.stdout, &mb);
-    let placeholder = proto::manifest::PLACEHOLDER_NAME;
+    let placeholder = proto::PLACEHOLDER_NAME;
     let placeholders: Vec<_> =
         list_tree(&mb).into_iter().filter(|p| p.file_name().is_some_and(|n| n == placeholder)).collect();
     assert_eq!(placeholders.len(), 5, "{placeholders:?}");
@@ -183,7 +183,7 @@ fn with_file_binding_every_pipe_alone_extracts_with_mbstream() {
                     .count(),
             );
             for (path, data) in restored {
-                if path.file_name().is_some_and(|name| name != proto::manifest::PLACEHOLDER_NAME) {
+                if path.file_name().is_some_and(|name| name != proto::PLACEHOLDER_NAME) {
                     write_tree(&all, &[(path.to_str().unwrap(), data)]);
                 }
             }

@@ -135,7 +135,7 @@ fn sha1sum_reads_back_names_with_newlines_and_backslashes() {
     let sha1sum = |dir: &Path| {
         spawn(
             Command::new("sha1sum")
-                .args(["-c", "--quiet", proto::manifest::SHA1SUMS_NAME])
+                .args(["-c", "--quiet", proto::SHA1SUMS_NAME])
                 .current_dir(dir)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::manifest::{Digest, SHA1SUMS_NAME};
+use proto::{Digest, SHA1SUMS_NAME};
 
 use crate::util::*;
 

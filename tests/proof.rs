@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::chunk::ChunkKind;
-use proto::marker::{is_marker_name, StreamMarker};
+use proto::ChunkKind;
+use proto::{is_marker_name, StreamMarker};
 use proto::{ChunkReader, ChunkWriter};
 
 use crate::util::*;
@@ -198,8 +198,8 @@ fn every_stream_starts_with_a_marker_that_mbstream_extracts() {
         assert_eq!(header.path, format!("backup-stream-{index}.json").into_bytes());
         let marker = StreamMarker::from_json(&payload).unwrap();
         assert_eq!((marker.stream, marker.streams), (index as u32, 3));
-        assert_eq!(marker.digest, proto::manifest::Digest::Sha1);
-        assert_eq!(marker.binding, proto::marker::Binding::File);
+        assert_eq!(marker.digest, proto::Digest::Sha1);
+        assert_eq!(marker.binding, proto::MarkerBinding::File);
         ids.push(marker.backup_id);
         let out = tempfile::tempdir().unwrap();
         mbstream_extract(stream, out.path());
@@ -277,7 +277,7 @@ fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
         if signal != "KILL" {
             assert_eq!(output.status.code(), Some(1), "SIG{signal}: {stderr}");
             assert!(stderr.contains(&format!("stopped by SIG{signal}")), "SIG{signal}: {stderr}");
-            let poison = proto::chunk::POISON_PATH;
+            let poison = proto::POISON_PATH;
             assert!(stream.windows(poison.len()).any(|w| w == poison), "SIG{signal}: the stream ends broken");
         }
         let out = tempfile::tempdir().unwrap();
@@ -419,7 +419,7 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
         let output = assert.get_output();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("the {stage} thread panicked")), "{stage}: {stderr}");
-        let poison = proto::chunk::POISON_PATH;
+        let poison = proto::POISON_PATH;
         assert!(output.stdout.windows(poison.len()).any(|w| w == poison), "{stage}: the stream ends broken");
     }
     let compressed = producer().arg("--source").arg(src.path()).args(["--stream=xbstream", "--compress"]).assert();
@@ -526,8 +526,8 @@ fn a_hostile_directory_record_cannot_escape_or_grant_privileges() {
     ];
     for (what, path, expected) in cases {
         let hostile = with_manifest(&stream, |manifest| {
-            manifest.directories.push(proto::manifest::DirectoryRecord {
-                path: proto::manifest::WirePath(path.to_vec()),
+            manifest.directories.push(proto::DirectoryRecord {
+                path: proto::WirePath(path.to_vec()),
                 mode: 0o755,
                 mtime: 0,
                 placeholder: false,

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
-use proto::chunk::{encode_eof, encode_payload_header};
+use proto::{encode_eof, encode_payload_header};
 use proto::{ChunkKind, ChunkReader, ChunkWriter, ReadError, WriteError, MAX_PATH_LEN};
 
 use crate::util::ShortReader;

@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use consumer::input::InputStream;
-use proto::cancel::Cancel;
+use runtime::cancel::Cancel;
 use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
 use store::memory::{Faults, MemoryStore};
@@ -180,7 +180,7 @@ fn a_cut_stream_is_never_stored_as_complete() {
 fn put_config(name: &str) -> consumer::put::PutConfig {
     consumer::put::PutConfig {
         name: name.into(),
-        input: consumer::input::Input::Stdin,
+        input: transport::Endpoint::Stdio,
         idle_timeout: None,
         max_chunk: 1 << 20,
         object_size: 1 << 20,

@@ -146,7 +146,7 @@ fn create_only_puts_as_each_backend_does_them() {
 /// create-only index is refused, it removes what it stored and fails; the stored backup is the other one, whole.
 #[test]
 fn a_put_that_loses_the_index_removes_its_own_objects() {
-    use proto::cancel::Cancel;
+    use runtime::cancel::Cancel;
     use runtime::signals::Signals;
     use store::Store;
 
@@ -163,7 +163,7 @@ fn a_put_that_loses_the_index_removes_its_own_objects() {
     };
     let config = consumer::put::PutConfig {
         name: "N".into(),
-        input: consumer::input::Input::Stdin,
+        input: transport::Endpoint::Stdio,
         idle_timeout: None,
         max_chunk: 1 << 20,
         object_size: 256 << 10,
@@ -283,8 +283,8 @@ fn forge_a_chunk(store: &Path, name: &str) -> String {
                 }
             }
             let Some((header, path)) = target else { continue };
-            let fields = header.stream_offset as usize + proto::chunk::PREFIX_LEN + header.path.len();
-            let start = fields + proto::chunk::PAYLOAD_FIELDS_LEN;
+            let fields = header.stream_offset as usize + proto::PREFIX_LEN + header.path.len();
+            let start = fields + proto::PAYLOAD_FIELDS_LEN;
             bytes[start] ^= 0x5a;
             let crc = crc32fast::hash(&bytes[start..start + header.payload_len as usize]);
             bytes[fields + 16..fields + 20].copy_from_slice(&crc.to_le_bytes());

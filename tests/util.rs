@@ -446,10 +446,9 @@ pub fn same_contents(a: &Path, b: &Path) -> bool {
 /// Asserts that `out` holds exactly the files of `src` plus the producer's own manifest files and stream markers
 /// (which `mbstream -x` extracts too), byte for byte.
 pub fn assert_same_tree(src: &Path, out: &Path) {
-    let meta = [proto::MANIFEST_NAME, proto::manifest::SHA1SUMS_NAME];
-    let is_meta = |p: &Path| {
-        meta.iter().any(|m| p.as_os_str() == *m) || proto::marker::is_marker_name(p.as_os_str().as_encoded_bytes())
-    };
+    let meta = [proto::MANIFEST_NAME, proto::SHA1SUMS_NAME];
+    let is_meta =
+        |p: &Path| meta.iter().any(|m| p.as_os_str() == *m) || proto::is_marker_name(p.as_os_str().as_encoded_bytes());
     let restored: Vec<_> = list_tree(out).into_iter().filter(|p| !is_meta(p)).collect();
     let original = list_tree(src);
     assert_eq!(restored, original, "the same file names");

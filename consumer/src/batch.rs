@@ -9,8 +9,8 @@
 use std::ops::{Deref, Range};
 use std::path::PathBuf;
 
-use proto::pool::PooledBuffer;
 use proto::{ChunkHeader, PayloadBuffer};
+use runtime::pool::PooledBuffer;
 
 /// Payloads up to this size travel in a batch; larger ones in a buffer of their own.
 pub const BATCH_PAYLOAD_MAX: usize = 64 << 10;
@@ -123,8 +123,8 @@ impl Deref for Destination<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::cancel::Cancel;
-    use proto::pool::BufferPool;
+    use runtime::cancel::Cancel;
+    use runtime::pool::BufferPool;
 
     #[test]
     fn small_payloads_go_to_the_batch_and_large_ones_to_the_own_buffer() {

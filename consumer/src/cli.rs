@@ -57,7 +57,7 @@ pub struct PutArgs {
 
     /// The named-pipe transport (the producer's options).
     #[command(flatten)]
-    pub fifo: runtime::args::FifoArgs,
+    pub fifo: transport::args::FifoArgs,
 
     /// Uploads in flight at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -93,7 +93,7 @@ pub struct GetArgs {
 
     /// The named-pipe transport: with --fifo-dir, write stream i to thread_i (as many pipes as were stored).
     #[command(flatten)]
-    pub fifo: runtime::args::FifoArgs,
+    pub fifo: transport::args::FifoArgs,
 
     /// Downloads in flight at once (more than put's uploads: a server answers each GET at its own pace, and on
     /// S3 and s3s-fs alike many smaller downloads in flight beat a few; see docs/benchmarks.md).
@@ -186,7 +186,7 @@ pub struct ExtractArgs {
 
     /// The named-pipe transport (the producer's options).
     #[command(flatten)]
-    pub fifo: runtime::args::FifoArgs,
+    pub fifo: transport::args::FifoArgs,
 
     /// Writer threads (files are spread over them by path).
     #[arg(long, default_value_t = 2, value_name = "N")]

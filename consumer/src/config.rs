@@ -9,13 +9,13 @@ use runtime::progress::ProgressMode;
 use runtime::size::{human, parse_size};
 
 use crate::cli::{ExtractArgs, StreamDigest};
-use crate::input::Input;
+use transport::{End, Endpoint};
 
 /// Validated `extract` settings.
 #[derive(Debug, Clone)]
 pub struct ExtractConfig {
     /// Where the streams come from.
-    pub input: Input,
+    pub input: Endpoint,
     /// Where files go (empty for `--list`).
     pub target: PathBuf,
     /// How long a read of a stream may make no progress (`--idle-timeout`).
@@ -52,25 +52,7 @@ pub struct ExtractConfig {
 impl ExtractConfig {
     /// Validates raw arguments.
     pub fn from_args(args: &ExtractArgs, verbose: bool, quiet: bool) -> Result<ExtractConfig> {
-        let input = match &args.fifo.fifo_dir {
-            Some(dir) => {
-                if args.fifo.fifo_streams == 0 {
-                    bail!("--fifo-streams must be at least 1");
-                }
-                Input::Fifos {
-                    dir: dir.clone(),
-                    count: args.fifo.fifo_streams,
-                    timeout: Duration::from_secs(args.fifo.fifo_timeout),
-                }
-            }
-            None if args.fifo.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", args.fifo.fifo_streams),
-            None => {
-                if std::io::stdin().is_terminal() {
-                    bail!("STDIN is a terminal: pipe a stream in, or use --fifo-dir");
-                }
-                Input::Stdin
-            }
-        };
+        let input = Endpoint::from_args(&args.fifo, End::Read)?;
         let buffer_size = parse_size(&args.max_chunk_size).map_err(anyhow::Error::msg).context("--max-chunk-size")?;
         if !(4096..=1 << 30).contains(&buffer_size) {
             bail!("--max-chunk-size must be between 4K and 1G");
@@ -123,29 +105,6 @@ impl ExtractConfig {
     }
 }
 
-/// The input a command reads: `--fifo-dir` pipes or STDIN (which must not be a terminal).
-fn input_of(fifo: &runtime::args::FifoArgs) -> Result<Input> {
-    match &fifo.fifo_dir {
-        Some(dir) => {
-            if fifo.fifo_streams == 0 {
-                bail!("--fifo-streams must be at least 1");
-            }
-            Ok(Input::Fifos {
-                dir: dir.clone(),
-                count: fifo.fifo_streams,
-                timeout: Duration::from_secs(fifo.fifo_timeout),
-            })
-        }
-        None if fifo.fifo_streams > 1 => bail!("--fifo-streams {} needs --fifo-dir", fifo.fifo_streams),
-        None => {
-            if std::io::stdin().is_terminal() {
-                bail!("STDIN is a terminal: pipe a stream in, or use --fifo-dir");
-            }
-            Ok(Input::Stdin)
-        }
-    }
-}
-
 fn size_arg(text: &str, name: &str) -> Result<u64> {
     parse_size(text).map_err(anyhow::Error::msg).with_context(|| name.to_string())
 }
@@ -165,7 +124,7 @@ fn progress_of(verbose: bool, quiet: bool) -> ProgressMode {
 /// Validates `put` arguments.
 pub fn put_config(args: &crate::cli::PutArgs, verbose: bool, quiet: bool) -> Result<crate::put::PutConfig> {
     crate::layout::check_name(&args.name)?;
-    let input = input_of(&args.fifo)?;
+    let input = Endpoint::from_args(&args.fifo, End::Read)?;
     let max_chunk = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
     if !(4096..=1 << 30).contains(&max_chunk) {
         bail!("--max-chunk-size must be between 4K and 1G");
@@ -179,7 +138,7 @@ pub fn put_config(args: &crate::cli::PutArgs, verbose: bool, quiet: bool) -> Res
         bail!("--parallel must be at least 1");
     }
     let streams = input.stream_count() as u64;
-    let capacity = object_size.max(max_chunk + proto::chunk::MAX_HEADER_LEN as u64);
+    let capacity = object_size.max(max_chunk + proto::MAX_HEADER_LEN as u64);
     // Each reader holds one chunk being parsed and fills one pack; the rest are uploads in flight.
     let for_packs = memory_limit.saturating_sub(streams * max_chunk);
     let packs = (for_packs / capacity) as usize;
@@ -223,7 +182,7 @@ pub fn get_config(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Res
                 bail!("--memory-limit {} is too small for chunks of {}", human(memory_limit), human(max_chunk));
             }
             crate::get::GetOutput::Extract(Box::new(ExtractConfig {
-                input: Input::Stdin,
+                input: Endpoint::Stdio,
                 target: directory.clone(),
                 idle_timeout: None,
                 writers: args.writers,
@@ -241,17 +200,12 @@ pub fn get_config(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Res
                 progress: progress_of(verbose, quiet),
             }))
         }
-        (None, Some(dir)) => crate::get::GetOutput::Fifos {
-            dir: dir.clone(),
-            count: args.fifo.fifo_streams,
-            timeout: Duration::from_secs(args.fifo.fifo_timeout),
-        },
-        (None, None) => {
-            if std::io::stdout().is_terminal() {
-                bail!("refusing to write a binary stream to a terminal: redirect STDOUT, or use -C or --fifo-dir");
+        (None, _) => match Endpoint::from_args(&args.fifo, End::Write) {
+            Err(transport::EndpointError::TerminalOut) => {
+                bail!("refusing to write a binary stream to a terminal: redirect STDOUT, or use -C or --fifo-dir")
             }
-            crate::get::GetOutput::Stdout
-        }
+            endpoint => crate::get::GetOutput::Stream(endpoint?),
+        },
     };
     let memory_for_packs = match &output {
         crate::get::GetOutput::Extract(_) => memory_limit / 2,

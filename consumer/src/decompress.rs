@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
-use proto::compressed::strip_zstd_suffix;
-use proto::manifest::{FileRecord, Manifest, MANIFEST_NAME};
+use proto::strip_zstd_suffix;
 use proto::CrcPiece;
+use proto::{FileRecord, Manifest, MANIFEST_NAME};
 use sha1::{Digest as _, Sha1};
 
 use crate::target::Target;

@@ -36,11 +36,11 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use proto::cancel::{recv, send, Cancel};
-use proto::manifest::{Digest, FileRecord, Manifest, StreamingError, MANIFEST_NAME};
-use proto::pool::{BufferPool, PooledBuffer};
-use proto::{compressed, ChunkHeader, ChunkKind, CrcPiece};
+use proto::{parse_offset_frame, strip_zstd_suffix, ChunkHeader, ChunkKind, CrcPiece};
+use proto::{Digest, FileRecord, Manifest, StreamingError, MANIFEST_NAME};
+use runtime::cancel::{recv, send, Cancel};
 use runtime::failure::Failure;
+use runtime::pool::{BufferPool, PooledBuffer};
 use runtime::progress::{Counters, Progress};
 use runtime::signals::Signals;
 use runtime::size::human;
@@ -424,7 +424,7 @@ fn forward_chunk(
 ) -> Result<()> {
     let Readers { config, writers, decompressors, cancel, .. } = *shared;
     let index = source.index();
-    let original = if config.decompress { compressed::strip_zstd_suffix(&header.path) } else { None };
+    let original = if config.decompress { strip_zstd_suffix(&header.path) } else { None };
     let Some(original) = original.map(<[u8]>::to_vec) else {
         let key = header.path.clone();
         let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None };
@@ -435,7 +435,7 @@ fn forward_chunk(
     let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None };
     if chunk.header.kind == ChunkKind::Eof {
         send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
-    } else if compressed::parse_offset_frame(&chunk.data).is_none() {
+    } else if parse_offset_frame(&chunk.data).is_none() {
         bail!(
             "{}: {} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
              without --decompress, then run `consumer decompress`",
@@ -469,7 +469,7 @@ fn decompress_stream(
                 header.stream_offset
             )
         };
-        let (range, frame) = compressed::parse_offset_frame(&chunk.data).expect("checked by the reader");
+        let (range, frame) = parse_offset_frame(&chunk.data).expect("checked by the reader");
         if range.len as usize > scratch.capacity() {
             bail!("{}: decompresses to {} bytes, more than --max-chunk-size", context(), range.len);
         }

@@ -14,21 +14,20 @@
 //! ([`crate::sent_check`]); the merge of several streams lives in [`crate::merge`].
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use proto::cancel::{recv, send, Cancel};
-use proto::fifo::{End, FifoSet};
-use proto::idle::{Activity, IdlePipe};
-use proto::manifest::{Manifest, MANIFEST_NAME};
-use proto::pool::{BufferPool, PooledBuffer};
 use proto::{ChunkHeader, CrcPiece};
+use proto::{Manifest, MANIFEST_NAME};
+use runtime::cancel::{recv, send, Cancel};
 use runtime::failure::Failure;
+use runtime::pool::{BufferPool, PooledBuffer};
 use runtime::signals::Signals;
 use runtime::size::human;
 use store::Store;
+use transport::{End, Endpoint, FifoSet, IdlePipe, OpenedStream};
 
 use crate::config::ExtractConfig;
 use crate::input::InputStream;
@@ -38,17 +37,9 @@ use crate::sent_check::SentCheck;
 /// Where a get goes.
 #[derive(Debug, Clone)]
 pub enum GetOutput {
-    /// One xbstream on STDOUT.
-    Stdout,
-    /// N pipes `dir/thread_<i>`.
-    Fifos {
-        /// The pipes' directory.
-        dir: std::path::PathBuf,
-        /// How many (must be the stored count).
-        count: usize,
-        /// How long to wait for the reader to open each.
-        timeout: std::time::Duration,
-    },
+    /// One xbstream on STDOUT (the stored streams merged in order), or N pipes `dir/thread_<i>` (as many as were
+    /// stored).
+    Stream(Endpoint),
     /// Extracted and proven, as `extract` does.
     Extract(Box<ExtractConfig>),
 }
@@ -130,7 +121,8 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
     let window = per_stream.min(config.parallel.max(1) + 1);
     // Sent on verbatim and checked against the manifest: the downloaders parse each pack (and check its chunks'
     // CRCs) as they fetch it, in parallel, so the writer only does the bookkeeping. A merge parses as it goes.
-    let parse_packs = manifest.is_some() && !(streams > 1 && matches!(config.output, GetOutput::Stdout));
+    let parse_packs =
+        manifest.is_some() && !(streams > 1 && matches!(config.output, GetOutput::Stream(Endpoint::Stdio)));
     let (jobs, job_receiver) = crossbeam_channel::bounded::<Download>(streams * window);
     let failure = Failure::new(cancel.clone());
     let total: u64 = index.streams.iter().map(|s| s.bytes).sum();
@@ -435,101 +427,116 @@ fn deliver(
                 .collect();
             crate::extract::extract(extract, inputs, signals, cancel)
         }
-        GetOutput::Fifos { dir, count, timeout } => {
-            if *count != streams {
-                bail!(
-                    "backup {} was stored from {streams} stream(s): get it with --fifo-streams {streams} (or to \
-                     STDOUT, which merges them)",
-                    config.name
-                );
+        GetOutput::Stream(endpoint) => {
+            if let Endpoint::Fifos { count, .. } = endpoint {
+                if *count != streams {
+                    bail!(
+                        "backup {} was stored from {streams} stream(s): get it with --fifo-streams {streams} (or to \
+                         STDOUT, which merges them)",
+                        config.name
+                    );
+                }
             }
-            let set = FifoSet::create(dir, *count)?;
-            let opened = set.open_all(End::Write, *timeout, cancel)?;
-            let activity = Arc::new(Activity::new());
-            let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
-            // The first pipe to fail says why; the others stop because it did (their "cancelled" is no news).
-            let failure = Failure::new(cancel.clone());
-            // Each pipe is ended (cleanly, or with the broken chunk) only once every stream went out and the whole
-            // was checked, so that no pipe looks complete while another's files could still prove the backup wrong.
-            let results: Vec<Option<(PoisonOnDrop, u64)>> = thread::scope(|scope| {
-                let handles: Vec<_> = readers
-                    .into_iter()
-                    .zip(opened)
-                    .zip(set.paths())
-                    .map(|((reader, file), path)| {
-                        let (activity, check, failure) = (Arc::clone(&activity), check.as_ref(), &failure);
-                        scope.spawn(move || {
-                            let copied = (|| -> Result<(PoisonOnDrop, u64)> {
-                                let pipe = IdlePipe::new(file, config.idle_timeout)?
-                                    .with_cancel(cancel.clone())
-                                    .with_activity(activity);
-                                let mut out = PoisonOnDrop::new(pipe);
-                                let copied =
-                                    reader.copy_to(&mut out, check, &format!("stream to {}", path.display()))?;
-                                Ok((out, copied))
-                            })();
-                            copied.map_err(|e| failure.record(e)).ok()
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| failure.joined(h.join(), "pipe writer").flatten()).collect()
-            });
-            if let Some(error) = failure.take() {
-                return Err(error);
+            let opened = endpoint.open(End::Write, config.idle_timeout, cancel)?;
+            match opened.fifos {
+                Some(fifos) => to_pipes(manifest, readers, opened.streams, &fifos, cancel),
+                None => {
+                    let stdout = opened.streams.into_iter().next().expect("STDOUT is one stream");
+                    to_stdout(config, manifest, readers, stdout.pipe)
+                }
             }
-            let outs: Vec<(PoisonOnDrop, u64)> = results.into_iter().flatten().collect();
-            let checked = match check {
-                Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
-                None => None,
-            };
-            let mut copied = 0;
-            for (out, bytes) in outs {
-                out.finish()?;
-                copied += bytes;
-            }
-            Ok(format!("{} into {count} pipes in {}{}", human(copied), dir.display(), checked_note(checked)))
-        }
-        GetOutput::Stdout => {
-            let stdout = io::stdout();
-            let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned().context("cannot use STDOUT")?;
-            let pipe = IdlePipe::stdio(std::fs::File::from(fd), config.idle_timeout, End::Write)
-                .context("cannot use STDOUT")?
-                .with_cancel(cancel.clone());
-            let mut out = PoisonOnDrop::new(pipe);
-            if streams == 1 {
-                let reader = readers.into_iter().next().expect("one stream");
-                let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
-                let copied = reader.copy_to(&mut out, check.as_ref(), "stored stream 0 to STDOUT")?;
-                let checked = match check {
-                    Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
-                    None => None,
-                };
-                out.finish()?;
-                return Ok(format!("{} to STDOUT{}", human(copied), checked_note(checked)));
-            }
-            let Some(manifest) = manifest else {
-                bail!(
-                    "backup {} was stored from {streams} streams without a manifest, so they cannot be merged in \
-                     order: get it with --fifo-streams {streams}, or -C OUT",
-                    config.name
-                );
-            };
-            let files = manifest.files.len() as u64;
-            let inputs = readers
-                .into_iter()
-                .enumerate()
-                .map(|(i, reader)| InputStream { name: format!("stored stream {i}"), file: Box::new(reader) })
-                .collect();
-            let written = crate::merge::merge(inputs, config.max_chunk as u64, manifest, &mut out)?;
-            out.finish()?;
-            Ok(format!(
-                "{} streams merged into one on STDOUT ({}){}",
-                streams,
-                human(written),
-                checked_note(Some(files))
-            ))
         }
     }
+}
+
+/// Each stored stream to its own pipe, each checked as it goes. Each pipe is ended (cleanly, or with the broken
+/// chunk) only once every stream went out and the whole was checked, so that no pipe looks complete while
+/// another's files could still prove the backup wrong.
+fn to_pipes(
+    manifest: Option<Manifest>,
+    readers: Vec<PackStream>,
+    pipes: Vec<OpenedStream>,
+    fifos: &FifoSet,
+    cancel: &Cancel,
+) -> Result<String> {
+    let count = pipes.len();
+    let dir = fifos.paths()[0].parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+    let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
+    // The first pipe to fail says why; the others stop because it did (their "cancelled" is no news).
+    let failure = Failure::new(cancel.clone());
+    let results: Vec<Option<(PoisonOnDrop, u64)>> = thread::scope(|scope| {
+        let handles: Vec<_> = readers
+            .into_iter()
+            .zip(pipes)
+            .map(|(reader, pipe)| {
+                let (check, failure) = (check.as_ref(), &failure);
+                scope.spawn(move || {
+                    let mut out = PoisonOnDrop::new(pipe.pipe);
+                    match reader.copy_to(&mut out, check, &format!("stream to {}", pipe.name)) {
+                        Ok(copied) => Some((out, copied)),
+                        Err(e) => {
+                            failure.record(e);
+                            None
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| failure.joined(h.join(), "pipe writer").flatten()).collect()
+    });
+    if let Some(error) = failure.take() {
+        return Err(error);
+    }
+    let outs: Vec<(PoisonOnDrop, u64)> = results.into_iter().flatten().collect();
+    let checked = match check {
+        Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
+        None => None,
+    };
+    let mut copied = 0;
+    for (out, bytes) in outs {
+        out.finish()?;
+        copied += bytes;
+    }
+    Ok(format!("{} into {count} pipes in {}{}", human(copied), dir.display(), checked_note(checked)))
+}
+
+/// The stored streams as one xbstream on STDOUT: a single stream copied as it was checked, several merged in
+/// order (which needs the manifest).
+fn to_stdout(
+    config: &GetConfig,
+    manifest: Option<Manifest>,
+    readers: Vec<PackStream>,
+    stdout: IdlePipe,
+) -> Result<String> {
+    let streams = readers.len();
+    let mut out = PoisonOnDrop::new(stdout);
+    if streams == 1 {
+        let reader = readers.into_iter().next().expect("one stream");
+        let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
+        let copied = reader.copy_to(&mut out, check.as_ref(), "stored stream 0 to STDOUT")?;
+        let checked = match check {
+            Some(check) => Some(check.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?),
+            None => None,
+        };
+        out.finish()?;
+        return Ok(format!("{} to STDOUT{}", human(copied), checked_note(checked)));
+    }
+    let Some(manifest) = manifest else {
+        bail!(
+            "backup {} was stored from {streams} streams without a manifest, so they cannot be merged in order: get \
+             it with --fifo-streams {streams}, or -C OUT",
+            config.name
+        );
+    };
+    let files = manifest.files.len() as u64;
+    let inputs = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, reader)| InputStream { name: format!("stored stream {i}"), file: Box::new(reader) })
+        .collect();
+    let written = crate::merge::merge(inputs, config.max_chunk as u64, manifest, &mut out)?;
+    out.finish()?;
+    Ok(format!("{} streams merged into one on STDOUT ({}){}", streams, human(written), checked_note(Some(files))))
 }
 
 /// What the summary says of the check against the manifest: how many files passed it, or that there was none.
@@ -577,7 +584,7 @@ impl Drop for PoisonOnDrop {
             self.pipe.set_cancel(None);
             self.pipe.set_timeout(Some(std::time::Duration::from_secs(2)));
             let mut header = Vec::new();
-            proto::chunk::encode_poison(&mut header);
+            proto::encode_poison(&mut header);
             let _ = self.pipe.write_all(&header);
         }
     }

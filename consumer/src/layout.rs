@@ -146,7 +146,7 @@ impl Claim {
     /// A claim for a new put, on this host, now.
     pub fn new() -> Claim {
         Claim {
-            put_id: proto::marker::new_backup_id(),
+            put_id: proto::new_backup_id(),
             host: nix::unistd::gethostname().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned()),
             pid: std::process::id(),
             started_unix: unix_now(),

@@ -11,8 +11,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use proto::manifest::{Manifest, MANIFEST_NAME};
 use proto::{ChunkKind, CrcPiece};
+use proto::{Manifest, MANIFEST_NAME};
 
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
@@ -67,7 +67,7 @@ fn list_stream(mut source: StreamSource, manifest_limit: u64, seen: &Mutex<Seen>
 
 /// Lists every file of the stream(s) on STDOUT: `size  chunks  path`, sorted by path; then checks the whole.
 pub fn run(config: &ExtractConfig, signals: &runtime::signals::Signals) -> Result<String> {
-    let cancel = proto::cancel::Cancel::new();
+    let cancel = runtime::cancel::Cancel::new();
     signals.watch(&cancel);
     let (inputs, _fifos) =
         open_inputs(&config.input, config.idle_timeout, &cancel).map_err(|e| signals.error().unwrap_or(e))?;

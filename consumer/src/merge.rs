@@ -15,10 +15,10 @@ use std::io::{BufWriter, Write};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use proto::chunk::ChunkKind;
-use proto::manifest::{Manifest, StreamRecord, MANIFEST_NAME};
-use proto::marker::{self, StreamMarker};
+use proto::ChunkKind;
+use proto::{marker_name, MarkerBinding, StreamMarker};
 use proto::{ChunkHeader, ChunkWriter};
+use proto::{Manifest, StreamRecord, MANIFEST_NAME};
 
 use crate::input::InputStream;
 use crate::sent_check::SentCheck;
@@ -84,8 +84,8 @@ pub fn merge(inputs: Vec<InputStream>, max_chunk: u64, mut manifest: Manifest, o
     let mut writer = ChunkWriter::new(BufWriter::with_capacity(256 << 10, out));
     let mut chunks = 0u64;
     // A new marker: one stream now, each file whole and in order on it.
-    let marker = StreamMarker { stream: 0, streams: 1, binding: marker::Binding::File, ..original };
-    let marker_name = marker::marker_name(0).into_bytes();
+    let marker = StreamMarker { stream: 0, streams: 1, binding: MarkerBinding::File, ..original };
+    let marker_name = marker_name(0).into_bytes();
     writer.write_payload(&marker_name, 0, &marker.to_json())?;
     writer.write_eof(&marker_name)?;
     chunks += 2;

@@ -33,20 +33,21 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use proto::cancel::{recv, send, Cancel};
-use proto::chunk::{encode_eof, encode_payload_header, MAX_HEADER_LEN};
-use proto::manifest::{Manifest, MANIFEST_NAME};
-use proto::pool::{BufferPool, PooledBuffer};
+use proto::{encode_eof, encode_payload_header, MAX_HEADER_LEN};
 use proto::{ChunkKind, CrcPiece};
+use proto::{Manifest, MANIFEST_NAME};
+use runtime::cancel::{recv, send, Cancel};
 use runtime::failure::Failure;
+use runtime::pool::{BufferPool, PooledBuffer};
 use runtime::progress::{Counters, Progress, ProgressMode};
 use runtime::signals::Signals;
 use runtime::size::human;
 use store::Store;
 
-use crate::input::{open_inputs, Input, InputStream};
+use crate::input::{open_inputs, InputStream};
 use crate::layout::{self, BackupIndex, Claim, Pack, StoredStream};
 use crate::source::{check_markers, missing_manifest, SameBackup, StreamEnd, StreamSource};
+use transport::Endpoint;
 
 /// Validated `put` settings.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ pub struct PutConfig {
     /// The backup's name.
     pub name: String,
     /// Where the streams come from.
-    pub input: Input,
+    pub input: Endpoint,
     /// `--idle-timeout`.
     pub idle_timeout: Option<std::time::Duration>,
     /// Largest chunk payload accepted.

@@ -12,9 +12,9 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
-use proto::manifest::{Manifest, MANIFEST_NAME};
-use proto::marker::is_marker_name;
+use proto::is_marker_name;
 use proto::{ChunkHeader, ChunkKind, ChunkReader, CrcPiece};
+use proto::{Manifest, MANIFEST_NAME};
 
 use crate::coverage::Coverage;
 
@@ -142,7 +142,7 @@ pub fn parse_pack(bytes: &[u8], name: &str) -> Result<Vec<ChunkHeader>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::manifest::{FileRecord, WirePath};
+    use proto::{FileRecord, WirePath};
 
     fn manifest(files: &[(&str, &[u8])]) -> Manifest {
         let mut manifest: Manifest = serde_json::from_str(

@@ -2,17 +2,19 @@
 //! streams through a [`StreamSource`].
 //!
 //! It parses chunks (magic, lengths, CRC — [`proto::ChunkReader`]), checks every path ([`proto::safe_relative_path`]),
-//! takes the producer's start marker ([`proto::marker`]) off the head of the stream and checks that it belongs
+//! takes the producer's start marker ([`proto::StreamMarker`]) off the head of the stream and checks that it belongs
 //! there (this stream's number, the number of streams being read), and keeps the tallies the manifest is checked
 //! against: chunks and encoded bytes, with and without the manifest's own chunks, and the stream's SHA-1.
 
-use std::io::{self, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use proto::manifest::MANIFEST_NAME;
-use proto::marker::{is_marker_name, StreamMarker, MAX_MARKER_LEN};
+use proto::MANIFEST_NAME;
+use proto::{is_marker_name, StreamMarker, MAX_MARKER_LEN};
 use proto::{ChunkHeader, ChunkKind, ChunkReader, PayloadBuffer};
+
+use transport::SkipControlByte;
 
 use crate::input::{HashingReader, InputStream};
 
@@ -156,7 +158,7 @@ impl StreamSource {
     /// a reader holding chunks back hands them on before a read that may wait.
     pub fn next_chunk_is_buffered(&self) -> bool {
         let buffered = self.reader.get_ref().buffer();
-        proto::chunk::encoded_len_at(buffered).is_some_and(|len| len <= buffered.len() as u64)
+        proto::encoded_len_at(buffered).is_some_and(|len| len <= buffered.len() as u64)
     }
 
     /// The start marker, once the first chunk has been read.
@@ -258,7 +260,7 @@ impl StreamSource {
             bail!("{} is not one small payload chunk", what());
         }
         let marker = StreamMarker::from_json(payload).with_context(what)?;
-        if header.path != proto::marker::marker_name(marker.stream as usize).as_bytes() {
+        if header.path != proto::marker_name(marker.stream as usize).as_bytes() {
             bail!("{} names stream {}", what(), marker.stream);
         }
         if marker.streams as usize != self.expected_streams || marker.stream as usize != self.index {
@@ -337,81 +339,4 @@ pub fn missing_manifest(ends: &[StreamEnd], backup_id: &str) -> anyhow::Error {
         first.bytes,
         first.bytes
     )
-}
-
-/// Percona `xtrabackup --fifo-streams` (8.0.33+) sends one control byte before the xbstream on each pipe: a
-/// single leading byte that is followed by `XBSTCK01` is skipped, so such pipes are read like ours.
-pub struct SkipControlByte<R> {
-    inner: R,
-    /// The first bytes, read ahead to decide, not yet handed out.
-    head: Vec<u8>,
-    decided: bool,
-}
-
-impl<R: Read> SkipControlByte<R> {
-    /// Wraps the start of a stream.
-    pub fn new(inner: R) -> SkipControlByte<R> {
-        SkipControlByte { inner, head: Vec::new(), decided: false }
-    }
-
-    fn decide(&mut self) -> io::Result<()> {
-        let want = 1 + proto::MAGIC.len();
-        let mut head = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            match self.inner.read(&mut head[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        head.truncate(filled);
-        if filled == want && head[0] != proto::MAGIC[0] && head[1..] == proto::MAGIC[..] {
-            log::info!("skipping the control byte {:#04x} that Percona's FIFO datasink sends first", head[0]);
-            head.remove(0);
-        }
-        head.reverse();
-        self.head = head;
-        self.decided = true;
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for SkipControlByte<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.decided {
-            self.decide()?;
-        }
-        if self.head.is_empty() || buf.is_empty() {
-            return self.inner.read(buf);
-        }
-        let mut n = 0;
-        while n < buf.len() {
-            let Some(byte) = self.head.pop() else { break };
-            buf[n] = byte;
-            n += 1;
-        }
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn through(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        SkipControlByte::new(bytes).read_to_end(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn one_control_byte_before_the_magic_is_skipped_and_nothing_else() {
-        assert_eq!(through(b"\x01XBSTCK01\0E"), b"XBSTCK01\0E");
-        assert_eq!(through(b"XBSTCK01\0E"), b"XBSTCK01\0E");
-        assert_eq!(through(b"\x01XBSTCK0"), b"\x01XBSTCK0", "too short to decide: kept");
-        assert_eq!(through(b"\x01\x02XBSTCK01"), b"\x01\x02XBSTCK01", "only a single byte");
-        assert_eq!(through(b""), b"");
-    }
 }

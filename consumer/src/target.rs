@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat2, AtFlags, Flock, FlockArg, OFlag, RenameFlags};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
-use proto::manifest::{DirectoryRecord, PLACEHOLDER_NAME};
+use proto::{DirectoryRecord, PLACEHOLDER_NAME};
 
 use crate::sparse::SparseWriter;
 
@@ -212,7 +212,7 @@ impl Target {
                 .with_context(|| format!("the manifest lists directory {}", record.path.display()))?;
             let dir = self.directory(&relative, &relative)?;
             if record.placeholder {
-                let compressed = format!("{PLACEHOLDER_NAME}{}", proto::compressed::ZSTD_SUFFIX);
+                let compressed = format!("{PLACEHOLDER_NAME}{}", proto::ZSTD_SUFFIX);
                 for name in [PLACEHOLDER_NAME, compressed.as_str()] {
                     match nix::unistd::unlinkat(&*dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
                         Ok(()) => removed += 1,

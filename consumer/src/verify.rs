@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
-use proto::manifest::{FileRecord, Manifest, MANIFEST_NAME};
 use proto::CrcPiece;
+use proto::{FileRecord, Manifest, MANIFEST_NAME};
 use sha1::{Digest as _, Sha1};
 
 /// Checks `root` against `root/backup-manifest.json` with `threads` readers; returns a summary.

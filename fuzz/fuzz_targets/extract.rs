@@ -3,9 +3,9 @@
 #![no_main]
 
 use consumer::config::ExtractConfig;
-use consumer::input::{Input, InputStream};
+use consumer::input::InputStream;
 use libfuzzer_sys::fuzz_target;
-use proto::cancel::Cancel;
+use runtime::cancel::Cancel;
 use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
 
@@ -13,12 +13,12 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let target = dir.path().join("out");
     let config = ExtractConfig {
-        input: Input::Stdin,
+        input: transport::Endpoint::Stdio,
         target: target.clone(),
         idle_timeout: None,
         writers: 2,
         buffers: 8,
-        manifest_limit: 1 << 20,
+        memory_limit: 64 << 20,
         buffer_size: 1 << 20,
         overwrite: false,
         fsync: false,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::manifest::Manifest;
+use proto::Manifest;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(manifest) = Manifest::from_json(data) {

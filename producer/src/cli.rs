@@ -28,7 +28,7 @@ pub struct Args {
 
     /// The named-pipe transport.
     #[command(flatten)]
-    pub fifo: runtime::args::FifoArgs,
+    pub fifo: transport::args::FifoArgs,
 
     /// How chunks are spread over pipes: `chunk` sends each chunk to the pipe with the shortest queue, so a slow
     /// pipe gets fewer (a file may span pipes; our consumer reassembles it); `file` keeps each file whole and in

@@ -11,18 +11,18 @@
 //! only after compression, so offsets in the `.zst` are assigned by a second per-file sequencer, [`StoredSequence`].
 //! Each compress thread owns one pool buffer as scratch: it compresses into the scratch and swaps it with the
 //! chunk's buffer, so compression never waits on the pool (no deadlock) and memory stays within the budget.
-//! Each payload starts with a skippable frame carrying its original offset ([`proto::compressed`]).
+//! Each payload starts with a skippable frame carrying its original offset ([`proto::OriginalRange`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use proto::cancel::{recv, send, Cancel, Cancelled};
-use proto::compressed::{encode_offset_frame, OriginalRange, OFFSET_FRAME_LEN};
-use proto::manifest::{FileRecord, StoredForm, WirePath};
-use proto::pool::PooledBuffer;
 use proto::CrcPiece;
+use proto::{encode_offset_frame, OriginalRange, OFFSET_FRAME_LEN};
+use proto::{FileRecord, StoredForm, WirePath};
+use runtime::cancel::{recv, send, Cancel, Cancelled};
+use runtime::pool::PooledBuffer;
 
 use crate::file::{FileState, Outlet, ReadBatch};
 

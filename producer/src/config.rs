@@ -5,28 +5,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use proto::manifest::Digest;
+use proto::Digest;
 
 use crate::cli::{Args, Binding, DigestArg};
 use runtime::progress::ProgressMode;
 use runtime::size::{human, parse_size};
+use transport::{End, Endpoint};
 
 /// Where the backup goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// A plain copy of the tree (no stream), plus the manifest.
     Directory(PathBuf),
-    /// One xbstream on STDOUT.
-    Stdout,
-    /// N xbstreams on named pipes `dir/thread_<i>`.
-    Fifos {
-        /// The pipes' directory.
-        dir: PathBuf,
-        /// How many pipes.
-        count: usize,
-        /// How long to wait for the consumer to open each pipe.
-        timeout: Duration,
-        /// How chunks are spread over the pipes.
+    /// One xbstream on STDOUT, or N on named pipes `dir/thread_<i>`.
+    Streams {
+        /// STDOUT or the pipes.
+        endpoint: Endpoint,
+        /// How chunks are spread over the pipes (always by file on STDOUT).
         binding: Binding,
     },
 }
@@ -35,8 +30,8 @@ impl Output {
     /// Number of output streams (1 for a directory or STDOUT).
     pub fn stream_count(&self) -> usize {
         match self {
-            Output::Fifos { count, .. } => *count,
-            _ => 1,
+            Output::Directory(_) => 1,
+            Output::Streams { endpoint, .. } => endpoint.stream_count(),
         }
     }
 }
@@ -108,33 +103,19 @@ impl Config {
                 Output::Directory(dir.clone())
             }
             (Some(_), target_dir) => {
-                if args.fifo.fifo_streams == 0 {
-                    bail!("--fifo-streams must be at least 1");
-                }
-                let fifo_dir = args.fifo.fifo_dir.clone().or_else(|| {
-                    if args.fifo.fifo_streams > 1 {
-                        target_dir.clone()
-                    } else {
-                        None
-                    }
-                });
-                match fifo_dir {
-                    Some(dir) => Output::Fifos {
-                        dir,
-                        count: args.fifo.fifo_streams,
-                        timeout: Duration::from_secs(args.fifo.fifo_timeout),
-                        binding: args.fifo_binding,
-                    },
-                    None if args.fifo.fifo_streams > 1 => {
-                        bail!("--fifo-streams {} needs --fifo-dir", args.fifo.fifo_streams)
-                    }
-                    None => {
-                        if std::io::stdout().is_terminal() {
-                            bail!("refusing to write a binary stream to a terminal: redirect STDOUT or use --fifo-dir");
-                        }
-                        Output::Stdout
-                    }
-                }
+                // With several pipes and no --fifo-dir, the pipes go in --target-dir (xtrabackup's habit).
+                let fifo_dir = args
+                    .fifo
+                    .fifo_dir
+                    .clone()
+                    .or_else(|| (args.fifo.fifo_streams > 1).then(|| target_dir.clone()).flatten());
+                let timeout = Duration::from_secs(args.fifo.fifo_timeout);
+                let endpoint = Endpoint::new(fifo_dir, args.fifo.fifo_streams, timeout, End::Write)?;
+                let binding = match endpoint {
+                    Endpoint::Stdio => Binding::File,
+                    Endpoint::Fifos { .. } => args.fifo_binding,
+                };
+                Output::Streams { endpoint, binding }
             }
         };
 

@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use anyhow::{bail, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-use proto::manifest::{FileRecord, WirePath};
-use proto::pool::PooledBuffer;
 use proto::CrcPiece;
+use proto::{FileRecord, WirePath};
+use runtime::pool::PooledBuffer;
 use sha1::{Digest as _, Sha1};
 
 use crate::scan::{ScannedFile, Stamp};
@@ -270,7 +270,7 @@ impl FileState {
         let compressed = compress;
         let mut wire = scanned.wire.clone();
         if compressed {
-            wire.extend_from_slice(proto::compressed::ZSTD_SUFFIX.as_bytes());
+            wire.extend_from_slice(proto::ZSTD_SUFFIX.as_bytes());
         }
         let pages = validates_pages(&scanned, validate_pages).then(PageState::default);
         Arc::new(FileState {
@@ -765,8 +765,8 @@ mod tests {
             placeholder: false,
             stamp,
         };
-        let pool = proto::pool::BufferPool::new(1, 64 << 10);
-        let cancel = proto::cancel::Cancel::new();
+        let pool = runtime::pool::BufferPool::new(1, 64 << 10);
+        let cancel = runtime::cancel::Cancel::new();
         let read = |file: &Arc<FileState>| {
             let mut data = pool.take(&cancel).unwrap();
             data.set_len(0);

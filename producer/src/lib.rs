@@ -10,7 +10,7 @@ scan ─► chunk jobs ─► read threads ─► process threads ─► per-fil
                                          compression)
 ```
 
-Memory is a fixed [`proto::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
+Memory is a fixed [`runtime::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
 buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with

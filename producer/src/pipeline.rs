@@ -24,16 +24,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use proto::cancel::{recv, send, Cancel, Cancelled};
-use proto::chunk::{encoded_header_len, ChunkKind};
-use proto::fifo::{self, End, FifoSet};
-use proto::idle::{Activity, IdlePipe};
-use proto::manifest::{
-    self, Compression, Digest, DirectoryRecord, FileRecord, Manifest, ManifestWriter, StreamRecord, WirePath,
-};
-use proto::marker::StreamMarker;
-use proto::pool::{BufferPool, PooledBuffer};
+use proto::StreamMarker;
+use proto::{self, Compression, Digest, DirectoryRecord, FileRecord, Manifest, ManifestWriter, StreamRecord, WirePath};
+use proto::{encoded_header_len, ChunkKind};
+use runtime::cancel::{recv, send, Cancel, Cancelled};
+use runtime::pool::{BufferPool, PooledBuffer};
 use sha1::{Digest as _, Sha1};
+use transport::fifo::{self, End, FifoSet};
+use transport::Endpoint;
 
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
@@ -66,7 +64,7 @@ pub fn run(config: &Config, signals: &Signals) -> Result<String> {
 fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String> {
     let started = Instant::now();
     let created_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let backup_id = proto::marker::new_backup_id();
+    let backup_id = proto::new_backup_id();
 
     // Pre-scan: every path checked and every skip warned about before a byte is written; gives the total.
     // Inode ctimes come from the kernel's coarse clock, which lags `SystemTime::now()` by up to a timer tick
@@ -75,7 +73,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     // reported as changed too.
     let scan_started = SystemTime::now() - Duration::from_millis(100);
     let want_total = config.progress != runtime::progress::ProgressMode::Quiet;
-    let suffix = if config.compress_level.is_some() { proto::compressed::ZSTD_SUFFIX } else { "" };
+    let suffix = if config.compress_level.is_some() { proto::ZSTD_SUFFIX } else { "" };
     let pre =
         scan::walk(&config.source, scan::Pass::Check { stat: want_total }, suffix, false, |_| Ok(cancel.check()?))?;
     if want_total {
@@ -146,8 +144,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let page_counters = crate::validate::PageCounters::default();
     let throttle = config.throttle.map(Throttle::new);
     let binding = match &config.output {
-        Output::Fifos { binding, .. } => *binding,
-        _ => Binding::File,
+        Output::Streams { binding, .. } => *binding,
+        Output::Directory(_) => Binding::File,
     };
 
     // Compress threads' scratch buffers are taken now, while the pool is full (see compress_worker).
@@ -431,8 +429,10 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     }
     let destination = match &config.output {
         Output::Directory(dir) => dir.display().to_string(),
-        Output::Stdout => "STDOUT".to_string(),
-        Output::Fifos { dir, count, .. } => format!("{count} pipes in {}", dir.display()),
+        Output::Streams { endpoint: Endpoint::Stdio, .. } => "STDOUT".to_string(),
+        Output::Streams { endpoint: Endpoint::Fifos { dir, count, .. }, .. } => {
+            format!("{count} pipes in {}", dir.display())
+        }
     };
     let pages = match &stats.pages {
         Some(pages) if pages.corrupt_logged > 0 => format!(
@@ -450,7 +450,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         "backed up {files} files{placeholders}, {} in {elapsed:.2} s ({:.0} MB/s) to {destination}; {} lists them{pages}",
         human(bytes),
         stats.mb_per_second,
-        manifest::MANIFEST_NAME
+        proto::MANIFEST_NAME
     ))
 }
 
@@ -480,7 +480,7 @@ fn copy_directories(root: &std::path::Path, directories: &[DirectoryRecord]) -> 
 /// The start marker of stream `index`: its wire path and contents.
 fn start_marker(config: &Config, backup_id: &str, index: usize, streams: usize) -> (Vec<u8>, Vec<u8>) {
     let marker = StreamMarker {
-        format: proto::marker::MARKER_FORMAT,
+        format: proto::MARKER_FORMAT,
         tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
         backup_id: backup_id.to_string(),
         stream: index as u32,
@@ -489,11 +489,11 @@ fn start_marker(config: &Config, backup_id: &str, index: usize, streams: usize) 
         compression: compression(config),
         digest: config.digest,
         binding: match &config.output {
-            Output::Fifos { binding: Binding::Chunk, .. } if streams > 1 => proto::marker::Binding::Chunk,
-            _ => proto::marker::Binding::File,
+            Output::Streams { binding: Binding::Chunk, .. } if streams > 1 => proto::MarkerBinding::Chunk,
+            _ => proto::MarkerBinding::File,
         },
     };
-    (proto::marker::marker_name(index).into_bytes(), marker.to_json())
+    (proto::marker_name(index).into_bytes(), marker.to_json())
 }
 
 fn compression(config: &Config) -> Compression {
@@ -518,7 +518,7 @@ fn send_documents(
         log::info!("{} of {} manifest records were kept in a temporary file", records.spilled(), records.files());
     }
     if config.digest == Digest::Sha1 {
-        let name = manifest::SHA1SUMS_NAME.as_bytes().to_vec();
+        let name = proto::SHA1SUMS_NAME.as_bytes().to_vec();
         let mut list = DocumentPieces::new(router, pool, name.clone(), config.chunk_size, true);
         let mut line = Vec::new();
         records.for_each(|record| {
@@ -543,7 +543,7 @@ fn send_documents(
         })?;
     }
     let head = Manifest {
-        format: manifest::MANIFEST_FORMAT,
+        format: proto::MANIFEST_FORMAT,
         tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
         created_unix,
         backup_id: Some(backup_id.to_string()),
@@ -563,8 +563,7 @@ fn send_documents(
         files: Vec::new(),
         directories: Vec::new(),
     };
-    let pieces =
-        DocumentPieces::new(router, pool, manifest::MANIFEST_NAME.as_bytes().to_vec(), config.chunk_size, false);
+    let pieces = DocumentPieces::new(router, pool, proto::MANIFEST_NAME.as_bytes().to_vec(), config.chunk_size, false);
     let mut manifest = ManifestWriter::new(pieces, &head)?;
     records.for_each(|record| Ok(manifest.record(record)?))?;
     for directory in router.directories.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -660,8 +659,7 @@ impl std::io::Write for DocumentPieces<'_> {
 fn stream_name(config: &Config, index: usize) -> String {
     match &config.output {
         Output::Directory(dir) => dir.display().to_string(),
-        Output::Stdout => "STDOUT".to_string(),
-        Output::Fifos { dir, .. } => fifo::fifo_path(dir, index).display().to_string(),
+        Output::Streams { endpoint, .. } => endpoint.stream_name(index, End::Write),
     }
 }
 
@@ -674,32 +672,15 @@ fn open_outputs(config: &Config, cancel: &Cancel) -> Result<Outputs> {
     let hash = config.stream_sha1;
     match &config.output {
         Output::Directory(dir) => Ok((vec![Box::new(DirectorySink::create(dir, config.fadvise)?)], None)),
-        Output::Stdout => {
-            let stdout = std::io::stdout();
-            let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned().context("cannot use STDOUT")?;
-            let pipe = IdlePipe::stdio(std::fs::File::from(fd), config.idle_timeout, End::Write)
-                .context("cannot use STDOUT")?
-                .with_cancel(cancel.clone())
-                .with_activity(Arc::new(Activity::new()));
-            // Larger pipe buffer when STDOUT is a pipe; failing (not a pipe) is harmless.
-            raise_pipe_buffer(config, pipe.get_ref(), "STDOUT");
-            Ok((vec![Box::new(StreamSink::new("STDOUT".into(), pipe, hash))], None))
-        }
-        Output::Fifos { dir, count, timeout, .. } => {
-            let set = FifoSet::create(dir, *count)?;
-            let opened = set.open_all(End::Write, *timeout, cancel)?;
-            let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(*count);
-            // One idle clock for all pipes: a pipe waiting for the others to finish is not a stalled consumer.
-            let activity = Arc::new(Activity::new());
-            for (path, file) in set.paths().iter().zip(opened) {
-                let pipe = IdlePipe::new(file, config.idle_timeout)
-                    .with_context(|| format!("cannot use {}", path.display()))?
-                    .with_cancel(cancel.clone())
-                    .with_activity(Arc::clone(&activity));
-                raise_pipe_buffer(config, pipe.get_ref(), &path.display().to_string());
-                sinks.push(Box::new(StreamSink::new(path.display().to_string(), pipe, hash)));
+        Output::Streams { endpoint, .. } => {
+            let opened = endpoint.open(End::Write, config.idle_timeout, cancel)?;
+            let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(opened.streams.len());
+            for stream in opened.streams {
+                // A larger pipe buffer; failing (STDOUT is not a pipe) is harmless.
+                raise_pipe_buffer(config, stream.pipe.get_ref(), &stream.name);
+                sinks.push(Box::new(StreamSink::new(stream.name, stream.pipe, hash)));
             }
-            Ok((sinks, Some(set)))
+            Ok((sinks, opened.fifos))
         }
     }
 }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 
 use anyhow::{Context, Result};
-use proto::manifest::FileRecord;
+use proto::FileRecord;
 
 /// Records kept in memory before the rest go to the temporary file (~20 MB).
 pub const IN_MEMORY_RECORDS: usize = 100_000;
@@ -106,7 +106,7 @@ impl RecordLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::manifest::WirePath;
+    use proto::WirePath;
 
     fn record(i: usize) -> FileRecord {
         FileRecord {

@@ -23,7 +23,7 @@ use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode};
-use proto::manifest::{MANIFEST_NAME, PLACEHOLDER_NAME, SHA1SUMS_NAME};
+use proto::{MANIFEST_NAME, PLACEHOLDER_NAME, SHA1SUMS_NAME};
 
 /// One regular file found by the walk.
 #[derive(Debug, Clone)]
@@ -220,7 +220,7 @@ pub fn walk(
     let stat = matches!(pass, Pass::Check { stat: true } | Pass::Stream { .. });
     let mut totals = ScanTotals::default();
     let wire_of = |relative: &Path| -> Result<Vec<u8>> {
-        proto::path::wire_path(relative)
+        proto::wire_path(relative)
             .and_then(|wire| {
                 let mut stored = wire.clone();
                 stored.extend_from_slice(suffix.as_bytes());
@@ -348,7 +348,7 @@ pub fn walk(
             }
             continue;
         }
-        if top_level && proto::marker::is_marker_name(bytes) {
+        if top_level && proto::is_marker_name(bytes) {
             totals.skipped += 1;
             if warn {
                 log::warn!(

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use proto::idle::IdlePipe;
-use proto::pool::PooledBuffer;
 use proto::ChunkWriter;
+use runtime::pool::PooledBuffer;
 use sha1::{Digest as _, Sha1};
+use transport::idle::IdlePipe;
 
 use crate::file::FileState;
 
@@ -117,7 +117,7 @@ const POISON_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 pub const COALESCE_BYTES: usize = 256 << 10;
 
 /// xbstream chunks to a file descriptor (STDOUT or a pipe). A sink dropped before [`Sink::finish`] succeeded — a
-/// failure, a panic — ends its stream with the broken chunk ([`proto::chunk::POISON_PATH`]).
+/// failure, a panic — ends its stream with the broken chunk ([`proto::POISON_PATH`]).
 pub struct StreamSink {
     name: String,
     writer: ChunkWriter<BufWriter<HashingWriter<IdlePipe>>>,
@@ -204,7 +204,7 @@ impl Sink for StreamSink {
         pipe.set_timeout(Some(POISON_DEADLINE));
         let _ = self.writer.flush();
         let mut header = Vec::new();
-        proto::chunk::encode_poison(&mut header);
+        proto::encode_poison(&mut header);
         let inner = self.writer.get_mut();
         let _ = inner.write_all(&header);
         let _ = inner.flush();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use innodb::{check_page, PageContext, Tablespace, Verdict};
-use proto::cancel::{Cancel, Cancelled};
+use runtime::cancel::{Cancel, Cancelled};
 
 use crate::file::ReadChunk;
 

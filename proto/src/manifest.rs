@@ -13,7 +13,7 @@
 //! - a file's `chunks` is its number of payload (`P`) chunks; an empty file has 0 (it travels as one `E` chunk);
 //! - a stream's `chunks` and `bytes` count everything written to that stream *except* the manifest file's own
 //!   chunks (the manifest cannot count itself); `bytes` are encoded bytes (headers included). The start marker
-//!   ([`crate::marker`]) is counted.
+//!   ([`crate::StreamMarker`]) is counted.
 
 use crate::CrcPiece;
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ pub struct Manifest {
     pub tool: String,
     /// Seconds since the Unix epoch when the backup started.
     pub created_unix: u64,
-    /// The id every stream's start marker carries ([`crate::marker`]); absent for a copy with no stream.
+    /// The id every stream's start marker carries ([`crate::StreamMarker`]); absent for a copy with no stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<String>,
     /// Size of the payload chunks the files were split into (the last chunk of a file may be shorter).

@@ -8,7 +8,6 @@
 use std::io::{self, Read};
 
 use crate::chunk::{ChunkHeader, ChunkKind, FLAG_IGNORABLE, MAGIC, MAX_PATH_LEN, PAYLOAD_FIELDS_LEN, PREFIX_LEN};
-use crate::pool::PooledBuffer;
 
 /// Default ceiling on a declared payload length: 64 MiB, six times the real tools' 10 MiB chunks.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 64 << 20;
@@ -309,7 +308,8 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8], position: &mut u64) -> Resu
     Ok(filled)
 }
 
-/// Where a chunk's payload is read to: a plain `Vec<u8>`, or a [`PooledBuffer`] from the memory budget.
+/// Where a chunk's payload is read to: a plain `Vec<u8>`, or a pooled buffer from the memory budget (`runtime`'s
+/// pool implements this trait).
 pub trait PayloadBuffer {
     /// Empties the buffer.
     fn clear(&mut self);
@@ -329,19 +329,6 @@ impl PayloadBuffer for Vec<u8> {
     }
     fn max_len(&self) -> Option<usize> {
         None
-    }
-}
-
-impl PayloadBuffer for PooledBuffer {
-    fn clear(&mut self) {
-        self.set_len(0);
-    }
-    fn slot(&mut self, len: usize) -> &mut [u8] {
-        self.set_len(len);
-        &mut self[..]
-    }
-    fn max_len(&self) -> Option<usize> {
-        Some(self.capacity())
     }
 }
 

@@ -10,7 +10,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use proto::cancel::{Cancel, Cancelled};
+use crate::cancel::{Cancel, Cancelled};
 
 /// The first real error of a run (a [`Cancelled`] only if nothing else failed); recording fires the cancel.
 pub struct Failure {

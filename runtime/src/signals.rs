@@ -13,8 +13,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::cancel::Cancel;
 use nix::sys::signal::{SigSet, Signal};
-use proto::cancel::Cancel;
 
 /// The signals that end a run.
 pub const STOP_SIGNALS: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE];

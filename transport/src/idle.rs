@@ -33,8 +33,8 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, MsgFlags};
 
-use crate::cancel::Cancel;
 use crate::fifo::End;
+use runtime::cancel::Cancel;
 
 /// The longest single `poll(2)`: how late a wait may notice that its [`Cancel`] fired.
 pub const POLL_SLICE: Duration = Duration::from_millis(200);
@@ -176,7 +176,7 @@ impl IdlePipe {
     }
 
     /// Replaces or drops the cancel signal. Once it has fired, every call fails with
-    /// [`Cancelled`](crate::cancel::Cancelled) (kind [`io::ErrorKind::Other`]), even one that could move bytes;
+    /// [`Cancelled`](runtime::cancel::Cancelled) (kind [`io::ErrorKind::Other`]), even one that could move bytes;
     /// after a failure a caller drops it (and shortens the timeout with [`IdlePipe::set_timeout`]) to write a last
     /// chunk best-effort.
     pub fn set_cancel(&mut self, cancel: Option<Cancel>) {
@@ -268,7 +268,7 @@ impl IdlePipe {
         }
     }
 
-    /// Fails with [`Cancelled`](crate::cancel::Cancelled) once the cancel signal, if any, has fired.
+    /// Fails with [`Cancelled`](runtime::cancel::Cancelled) once the cancel signal, if any, has fired.
     fn check_cancel(&self) -> io::Result<()> {
         match &self.cancel {
             Some(cancel) => cancel.check().map_err(io::Error::other),
@@ -350,7 +350,7 @@ fn reopen_nonblocking(file: &File, end: End) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cancel::Cancelled;
+    use runtime::cancel::Cancelled;
     use std::sync::mpsc;
     use std::thread;
 

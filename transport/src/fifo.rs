@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use crate::cancel::Cancel;
 use nix::sys::stat::Mode;
+use runtime::cancel::Cancel;
 
 /// Why a pipe could not be made or opened. Every variant names the pipe.
 #[derive(Debug, thiserror::Error)]

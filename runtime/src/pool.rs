@@ -176,6 +176,20 @@ impl Drop for PooledBuffer {
     }
 }
 
+/// A pooled buffer is where [`proto::ChunkReader::read_chunk`] puts a payload, bounded by the buffer's capacity.
+impl proto::PayloadBuffer for PooledBuffer {
+    fn clear(&mut self) {
+        self.set_len(0);
+    }
+    fn slot(&mut self, len: usize) -> &mut [u8] {
+        self.set_len(len);
+        &mut self[..]
+    }
+    fn max_len(&self) -> Option<usize> {
+        Some(self.capacity())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
