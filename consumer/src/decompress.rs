@@ -5,6 +5,7 @@
 //! producer. Outputs are staged and moved into place together, as `extract` does, only when every one decompressed
 //! and checked out; `--remove-original` deletes the `.zst` files only after that.
 
+use runtime::lock::Locked;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -75,13 +76,13 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
-                let Some(relative) = next.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
+                let Some(relative) = next.locked().next() else { return };
                 match decompress_one(root, relative, &target, &records) {
                     Ok((compressed, original, checked)) => {
-                        let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut t = totals.locked();
                         *t = (t.0 + 1, t.1 + compressed, t.2 + original, t.3 + u64::from(checked));
                     }
-                    Err(e) => problems.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}")),
+                    Err(e) => problems.locked().push(format!("{e:#}")),
                 }
             });
         }

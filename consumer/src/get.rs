@@ -13,6 +13,7 @@
 //! Whatever goes out verbatim (STDOUT, pipes) is checked file by file against the stored manifest
 //! ([`crate::sent_check`]); the merge of several streams lives in [`crate::merge`].
 
+use runtime::lock::Locked;
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
 use std::thread;
@@ -377,7 +378,7 @@ impl PackStream {
                     Some(chunks) => chunks,
                     None => crate::sent_check::parse_pack(&data, name)?,
                 };
-                check.lock().unwrap_or_else(|e| e.into_inner()).pack(&chunks)?;
+                check.locked().pack(&chunks)?;
             }
             out.write_all(&data).with_context(|| format!("{name}: cannot write it out"))?;
             copied += data.len() as u64;

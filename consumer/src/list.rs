@@ -6,6 +6,7 @@
 //! disagrees with what arrived (a file missing, a size or CRC-32 wrong, a stream's chunk count wrong). So a listing
 //! that exits 0 also says the stream is intact.
 
+use runtime::lock::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,7 @@ fn list_stream(mut source: StreamSource, manifest_limit: u64, seen: &Mutex<Seen>
     let mut payload = Vec::new();
     while let Some(chunk) = source.next_chunk(&mut payload)? {
         let header = chunk.header;
-        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = seen.locked();
         let Seen { files, manifest } = &mut *seen;
         let entry = files.entry(header.path.clone()).or_default();
         match header.kind {

@@ -6,6 +6,7 @@
 //! there (this stream's number, the number of streams being read), and keeps the tallies the manifest is checked
 //! against: chunks and encoded bytes, with and without the manifest's own chunks, and the stream's SHA-1.
 
+use runtime::lock::Locked;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
@@ -70,7 +71,7 @@ pub struct SameBackup {
 impl SameBackup {
     /// Checks stream `index` (`name`), whose marker carries `id` (`None`: no marker), against the first stream seen.
     fn check(&self, index: usize, name: &str, id: Option<&str>) -> Result<()> {
-        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = self.first.locked();
         let Some((first_index, first_name, first_id)) = &*first else {
             *first = Some((index, name.to_string(), id.map(str::to_string)));
             return Ok(());

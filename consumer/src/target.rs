@@ -13,6 +13,7 @@
 //! `syncfs`. Dropping an uncommitted target removes the staging directory, so a failure leaves nothing behind that
 //! looks complete; a run killed outright leaves only `OUT/.xbkit-partial-<pid>/`.
 
+use runtime::lock::Locked;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -164,7 +165,7 @@ impl Target {
 
     /// The staging descriptor of directory `relative_dir`, creating it and its parents as needed.
     fn directory(&self, relative_dir: &Path, file: &Path) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(relative_dir) {
+        if let Some(fd) = self.dirs.locked().get(relative_dir) {
             return Ok(Arc::clone(fd));
         }
         let mut current = Arc::clone(&self.staging);
@@ -172,7 +173,7 @@ impl Target {
         for component in relative_dir.components() {
             let Component::Normal(part) = component else { bail!("unexpected component in {}", file.display()) };
             walked.push(part);
-            let cached = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(&walked).cloned();
+            let cached = self.dirs.locked().get(&walked).cloned();
             current = match cached {
                 Some(fd) => fd,
                 None => {
@@ -187,7 +188,7 @@ impl Target {
                             other => anyhow::anyhow!("cannot create directory {}: {other}", at.display()),
                         }
                     })?);
-                    let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut dirs = self.dirs.locked();
                     // Bounded: one descriptor per cached directory, and a tree may have more directories than
                     // RLIMIT_NOFILE. Dropping the cache is safe (files being written hold their own directory).
                     if dirs.len() >= self.dir_cache_max {

@@ -1,6 +1,7 @@
 //! `consumer verify OUT`: re-reads an extracted tree and checks every file against its manifest: size, CRC-32, and
 //! SHA-1 where the manifest has one. Files are opened beneath OUT without following any symlink.
 
+use runtime::lock::Locked;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -31,7 +32,7 @@ pub fn run(root: &Path, threads: usize) -> Result<String> {
             scope.spawn(move || {
                 for record in receiver {
                     if let Err(e) = check(root_fd, record) {
-                        problems.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}"));
+                        problems.locked().push(format!("{e:#}"));
                     }
                 }
             });

@@ -13,7 +13,8 @@
 //! chunk's buffer, so compression never waits on the pool (no deadlock) and memory stays within the budget.
 //! Each payload starts with a skippable frame carrying its original offset ([`proto::OriginalRange`]).
 
-use std::collections::BTreeMap;
+use runtime::lock::Locked;
+use runtime::reorder::Reorder;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -72,11 +73,11 @@ impl<'a> CompressStage<'a> {
 
     /// Closes the queue, so the compress threads finish once it is drained.
     pub fn close(&self) {
-        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.sender.locked().take();
     }
 
     fn send(&self, job: CompressJob) -> Result<()> {
-        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Cancelled)?;
+        let sender = self.sender.locked().clone().ok_or(Cancelled)?;
         send(&sender, job, &self.cancel)?;
         Ok(())
     }
@@ -142,8 +143,8 @@ pub fn compress_worker(
 /// The second in-order step of one file: where each compressed frame goes in `<path>.zst`.
 #[derive(Debug, Default)]
 pub struct StoredSequence {
-    next: u64,
-    parked: BTreeMap<u64, Stored>,
+    /// Frames back from the compress threads, placed in chunk order.
+    order: Reorder<Stored>,
     offset: u64,
     crc: CrcPiece,
 }
@@ -156,12 +157,11 @@ enum Stored {
 }
 
 fn arrive_stored(file: &Arc<FileState>, index: u64, item: Stored, next: &dyn Outlet) -> Result<()> {
-    let mut sequence = file.stored.lock().unwrap_or_else(|e| e.into_inner());
-    sequence.parked.insert(index, item);
+    let mut sequence = file.stored.locked();
+    sequence.order.insert(index, item);
     loop {
-        let position = sequence.next;
-        let Some(item) = sequence.parked.remove(&position) else { return Ok(()) };
-        sequence.next += 1;
+        let position = sequence.order.next();
+        let Some(item) = sequence.order.pop_ready() else { return Ok(()) };
         match item {
             Stored::Chunk { data, crc } => {
                 let len = data.len() as u64;

@@ -27,11 +27,12 @@
 //! and the batch reaches a stream writer as one item — one hand-off per stage for hundreds of files, where chunks
 //! cost one each. On the wire nothing changes: each file is still its own `P` and `E` chunks, in order.
 
-use std::collections::BTreeMap;
+use runtime::lock::Locked;
+use runtime::reorder::Reorder;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
@@ -205,8 +206,8 @@ const TICK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug)]
 struct Sequence {
-    next: u64,
-    parked: BTreeMap<u64, ReadChunk>,
+    /// Chunks back from the process threads, released in chunk order.
+    order: Reorder<ReadChunk>,
     copied: u64,
     chunks: u64,
     crc: CrcPiece,
@@ -284,8 +285,7 @@ impl FileState {
             stored: Mutex::default(),
             handle: Mutex::new(Handle::NotOpened),
             sequence: Mutex::new(Sequence {
-                next: 0,
-                parked: BTreeMap::new(),
+                order: Reorder::new(),
                 copied: 0,
                 chunks: 0,
                 crc: CrcPiece::default(),
@@ -451,7 +451,7 @@ impl FileState {
     /// Reads `buf.len()` bytes at `offset` again, for a page re-check: through the open handle while readers
     /// still use it, else opening the file anew (never following a symlink). Returns the bytes read.
     pub fn reread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let open = match &*lock(&self.handle) {
+        let open = match &*self.handle.locked() {
             Handle::Open { file, .. } => Some(Arc::clone(file)),
             _ => None,
         };
@@ -482,7 +482,7 @@ impl FileState {
     /// Records pages found corrupt (`--log-page-corruption`), for the file's manifest record.
     pub fn record_corrupt_pages(&self, pages: &[u64]) {
         if let Some(state) = &self.pages {
-            let mut corrupt = lock(&state.corrupt);
+            let mut corrupt = state.corrupt.locked();
             corrupt.total += pages.len() as u64;
             let room = MAX_LISTED_CORRUPT_PAGES.saturating_sub(corrupt.listed.len());
             corrupt.listed.extend(pages.iter().take(room));
@@ -492,14 +492,14 @@ impl FileState {
     /// The pages recorded corrupt, sorted (at most [`MAX_LISTED_CORRUPT_PAGES`]), and how many there were.
     fn corrupt_pages(&self) -> (Vec<u64>, u64) {
         let Some(pages) = &self.pages else { return (Vec::new(), 0) };
-        let corrupt = lock(&pages.corrupt);
+        let corrupt = pages.corrupt.locked();
         let mut listed = corrupt.listed.clone();
         listed.sort_unstable();
         (listed, corrupt.total)
     }
 
     fn open(&self, fadvise: bool) -> Result<Option<Arc<File>>> {
-        let mut handle = lock(&self.handle);
+        let mut handle = self.handle.locked();
         match &*handle {
             Handle::Open { file, .. } => return Ok(Some(Arc::clone(file))),
             Handle::Vanished | Handle::Closed { .. } => return Ok(None),
@@ -528,7 +528,7 @@ impl FileState {
     /// One read of this file is done; after the last, the file is closed — unless `fstat` says it changed since it
     /// was opened, in which case the handle is kept for the check of the copy.
     fn chunk_read_done(&self) {
-        let mut handle = lock(&self.handle);
+        let mut handle = self.handle.locked();
         if let Handle::Open { reads_left, file, before } = &mut *handle {
             *reads_left -= 1;
             if *reads_left == 0 {
@@ -541,7 +541,7 @@ impl FileState {
 
     /// The handle of a file that changed while it was read, if it did (taken: the check runs once).
     fn take_changed(&self) -> Option<Arc<File>> {
-        match &mut *lock(&self.handle) {
+        match &mut *self.handle.locked() {
             Handle::Closed { changed } => changed.take(),
             _ => None,
         }
@@ -595,15 +595,12 @@ impl FileState {
     /// Takes a processed chunk; releases it and any parked successors in order; after the last one, hands the
     /// file's record to the outlet (not for a file that vanished).
     pub fn arrive(self: &Arc<Self>, chunk: ReadChunk, outlet: &dyn Outlet) -> Result<()> {
-        let mut sequence = lock(&self.sequence);
-        sequence.parked.insert(chunk.index, chunk);
-        loop {
-            let next = sequence.next;
-            let Some(chunk) = sequence.parked.remove(&next) else { break };
-            sequence.next += 1;
+        let mut sequence = self.sequence.locked();
+        sequence.order.insert(chunk.index, chunk);
+        while let Some(chunk) = sequence.order.pop_ready() {
             self.release(&mut sequence, chunk, outlet)?;
         }
-        if sequence.next < self.jobs {
+        if sequence.order.next() < self.jobs {
             return Ok(());
         }
         self.finish(&mut sequence, outlet)
@@ -650,8 +647,8 @@ impl FileState {
     /// Concludes a file read whole in a batch: `got` is what was read, `crc` its CRC-32. Returns its record, or
     /// `None` if it vanished (warned about; an error with `--strict`, as a file that shrank or grew).
     pub fn conclude_batched(&self, got: &[u8], crc: u32, vanished: bool, grew: bool) -> Result<Option<FileRecord>> {
-        let mut sequence = lock(&self.sequence);
-        sequence.next = self.jobs;
+        let mut sequence = self.sequence.locked();
+        sequence.order.advance_to(self.jobs);
         sequence.vanished = vanished;
         if !vanished {
             sequence.grew = Some(grew);
@@ -725,11 +722,6 @@ impl FileState {
     pub fn source(&self) -> &PathBuf {
         &self.scanned.source
     }
-}
-
-/// Locks a mutex; a poisoned one (a thread panicked) is still usable for our plain-data state.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

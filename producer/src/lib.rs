@@ -24,10 +24,17 @@ sizes, the pipe options — lives in the `runtime` crate.
 pub mod cli;
 pub mod compress;
 pub mod config;
+mod documents;
 pub mod file;
+mod output;
 pub mod pipeline;
+mod process_stage;
+mod read_stage;
 pub mod records;
+mod router;
 pub mod scan;
+mod scanner;
 pub mod sink;
 pub mod stats;
+mod summary;
 pub mod validate;

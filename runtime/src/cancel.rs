@@ -4,6 +4,7 @@
 //! [`crate::pool::BufferPool::take`] wakes at once with [`Cancelled`], so a failure anywhere stops the whole
 //! pipeline promptly instead of leaving threads parked on full or empty channels.
 
+use crate::lock::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +47,7 @@ impl Cancel {
     /// Fires the signal (idempotent).
     pub fn cancel(&self) {
         self.inner.flag.store(true, Ordering::SeqCst);
-        self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner.sender.locked().take();
     }
 
     /// Whether the signal has fired.

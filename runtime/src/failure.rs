@@ -7,6 +7,7 @@
 //! the moment it happens, so the other threads stop at once (a panicked reader would otherwise leave a sequencer
 //! waiting forever for its chunk) and the run can never report success.
 
+use crate::lock::Locked;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
@@ -26,7 +27,7 @@ impl Failure {
 
     /// Records an error (kept if it is the first real one) and fires the cancel.
     pub fn record(&self, error: anyhow::Error) {
-        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = self.first.locked();
         let replace = match &*first {
             None => true,
             Some(previous) => {
@@ -73,14 +74,44 @@ impl Failure {
         }
     }
 
+    /// Starts `body` as the scoped thread `name` under [`Failure::run_stage`]: the one way a pipeline starts a
+    /// stage, so every stage gets the same name in panics, failpoints and `top -H`, and the same panic policy.
+    /// The handle's `None` means the stage failed (and that is recorded).
+    pub fn spawn_stage<'scope, 'env, T, F>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        name: String,
+        body: F,
+    ) -> std::thread::ScopedJoinHandle<'scope, Option<T>>
+    where
+        F: FnOnce() -> anyhow::Result<T> + Send + 'scope,
+        T: Send + 'scope,
+    {
+        let thread = std::thread::Builder::new().name(name.clone());
+        // Failing to start a thread (the system's thread limit) leaves nothing to recover: as `thread::spawn`.
+        thread.spawn_scoped(scope, move || self.run_stage(&name, body)).expect("cannot start a pipeline thread")
+    }
+
+    /// The outcome of a run whose threads have all been joined: a stop signal is the cause of whatever else failed
+    /// (threads woken by it report [`Cancelled`]), so it comes first; then the first real error recorded.
+    pub fn outcome(&self, signals: &crate::signals::Signals) -> anyhow::Result<()> {
+        if let Some(error) = signals.error() {
+            return Err(error);
+        }
+        match self.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
     /// Whether anything failed.
     pub fn failed(&self) -> bool {
-        self.first.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.first.locked().is_some()
     }
 
     /// The recorded error, if any.
     pub fn take(&self) -> Option<anyhow::Error> {
-        self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.first.locked().take()
     }
 }
 
@@ -131,5 +162,22 @@ mod tests {
         failure.record(anyhow::anyhow!("later"));
         assert_eq!(failure.take().unwrap().to_string(), "disk full");
         assert_eq!(failure.run_stage("x", || Ok(5)), Some(5));
+    }
+
+    #[test]
+    fn a_spawned_stage_is_named_and_its_error_is_the_outcome() {
+        let failure = Failure::new(Cancel::new());
+        let (name, failed) = std::thread::scope(|scope| {
+            let named =
+                failure.spawn_stage(scope, "reader-7".into(), || Ok(std::thread::current().name().map(str::to_string)));
+            let failed =
+                failure.spawn_stage(scope, "writer-0".into(), || -> anyhow::Result<()> { anyhow::bail!("disk full") });
+            (named.join().unwrap(), failed.join().unwrap())
+        });
+        assert_eq!(name, Some(Some("reader-7".to_string())));
+        assert!(failed.is_none());
+        let signals = crate::signals::Signals::none();
+        assert_eq!(failure.outcome(&signals).unwrap_err().to_string(), "disk full");
+        assert!(failure.outcome(&signals).is_ok(), "taken once");
     }
 }

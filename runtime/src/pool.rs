@@ -8,6 +8,7 @@
 //! reusing the same few and the others are never touched: memory (RSS) follows the buffers actually in use, not
 //! the pool's size. (A first-in-first-out pool touches every buffer once as many chunks as buffers have passed.)
 
+use crate::lock::Locked;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,7 +101,7 @@ impl BufferPool {
     /// Lends the buffer of a token just received.
     fn loan(&self) -> PooledBuffer {
         // A token is only sent after its buffer was pushed, so the stack holds one for us.
-        let storage = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("one buffer per token");
+        let storage = self.inner.free.locked().pop().expect("one buffer per token");
         let in_use = self.inner.in_use.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.peak_in_use.fetch_max(in_use, Ordering::Relaxed);
         let start = storage.as_ptr().align_offset(BUFFER_ALIGN).min(BUFFER_ALIGN);
@@ -169,7 +170,7 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(storage) = self.storage.take() {
             self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
-            self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(storage);
+            self.pool.free.locked().push(storage);
             // The channel has room for every token, so this never blocks or fails.
             let _ = self.pool.token_home.try_send(());
         }

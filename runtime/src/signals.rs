@@ -11,6 +11,7 @@
 //! error naming the stream); blocking it keeps that behaviour and makes a SIGPIPE sent with `kill` a failure too.
 //! Both binaries use this module.
 
+use crate::lock::Locked;
 use std::sync::{Arc, Mutex};
 
 use crate::cancel::Cancel;
@@ -71,16 +72,29 @@ impl Signals {
 
     /// Fires `cancel` when a stop signal arrives (at once if one already has).
     pub fn watch(&self, cancel: &Cancel) {
-        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.inner.locked();
         if state.received.is_some() {
             cancel.cancel();
         }
         state.cancels.push(cancel.clone());
     }
 
+    /// Runs `body` with a fresh cancel that a stop signal fires: the one wrapper of every command. A stop signal
+    /// is the cause of whatever else failed, wherever the run was when it came (threads woken by it report
+    /// `Cancelled`, a pipe open reports that it was stopped), so it replaces the body's result.
+    pub fn run<T>(&self, body: impl FnOnce(&Cancel) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let cancel = Cancel::new();
+        self.watch(&cancel);
+        let result = body(&cancel);
+        match self.error() {
+            Some(error) => Err(error),
+            None => result,
+        }
+    }
+
     /// The first stop signal received, if any.
     pub fn received(&self) -> Option<Signal> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).received
+        self.inner.locked().received
     }
 
     /// The error a run reports after a stop signal: names the signal and says that nothing is complete.
@@ -89,7 +103,7 @@ impl Signals {
     }
 
     fn arrived(&self, signal: Signal) {
-        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.inner.locked();
         if let Some(first) = state.received {
             eprintln!("second stop signal ({signal} after {first}): exiting at once");
             std::process::exit(128 + signal as i32);
