@@ -3,10 +3,19 @@ The consumer: reads one xbstream from STDIN or N from named pipes and turns it b
 `xbstream -x` does — but in parallel, never outside the target directory, and exiting 0 only when the producer's
 manifest proves every file present and intact.
 
-Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`extract`] (threads, channels and the
-proof), with [`input`] (STDIN or pipes), [`source`] (one stream as checked chunks, its start marker taken off), [`target`] (safe file creation in a staging directory, moved into place once proven), [`coverage`] (which
-bytes of a file arrived), [`list`] (`--list`), [`verify`] (re-checking an extracted tree) and [`decompress`] (`.zst` files of an extracted
-tree back into originals).
+Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → a module per command: [`extract`] (the
+wiring of an extraction), [`list`] (`--list`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored
+backups), [`verify`] (re-checking an extracted tree), [`decompress`] (`.zst` files of an extracted tree back into
+originals).
+
+The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
+owns their file), `decompress_stage.rs` (`--decompress`), `writer.rs` (files written at their offsets, and checked
+against their records), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what
+travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its
+start marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
+directory, moved into place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object
+store's side: [`storage`] (which store), [`layout`] (keys and the index), [`merge`] and [`sent_check`] (a stored
+backup sent back as a stream, checked as it goes). How streams travel is the `transport` crate's.
 */
 
 pub mod batch;
@@ -15,12 +24,16 @@ pub mod cli;
 pub mod config;
 pub mod coverage;
 pub mod decompress;
+mod decompress_stage;
+mod demux;
+mod dispatch;
 pub mod extract;
 pub mod get;
 pub mod input;
 pub mod layout;
 pub mod list;
 pub mod merge;
+mod proof;
 pub mod put;
 pub mod sent_check;
 pub mod source;
@@ -28,3 +41,4 @@ pub mod sparse;
 pub mod storage;
 pub mod target;
 pub mod verify;
+mod writer;

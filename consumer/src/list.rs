@@ -194,5 +194,5 @@ fn check_against_manifest(
             String::from_utf8_lossy(path)
         );
     }
-    crate::extract::check_streams(&manifest, ends)
+    crate::proof::check_streams(&manifest, ends)
 }

@@ -344,7 +344,7 @@ pub fn put_streams(
         if manifest.backup_id != ours {
             bail!("the manifest's backup id does not match the streams' markers: refusing it");
         }
-        crate::extract::check_streams(manifest, &ends)?;
+        crate::proof::check_streams(manifest, &ends)?;
         store.put(
             &layout::manifest_key(&config.name, Some(&claim.put_id)),
             Bytes::from(manifest_bytes.clone().unwrap_or_default()),

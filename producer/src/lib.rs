@@ -13,12 +13,15 @@ scan ─► chunk jobs ─► read threads ─► process threads ─► per-fil
 Memory is a fixed [`runtime::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
 buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
 
-Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (threads and channels), with
-[`scan`] (the source walk), [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`]
-(`--compress`: parallel zstd and the second in-order step), [`sink`] (stream and directory
-writers), [`validate`] (`--validate-pages`: InnoDB page checks with re-reads, on the process threads), [`stats`]
-(`--stats-json`). What the consumer shares — failure and panic policy, stop signals, progress,
-sizes, the pipe options — lives in the `runtime` crate.
+Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (the wiring of a backup), with a
+file per stage: `scanner.rs` (the walk turned into read jobs, files placed on streams), `read_stage.rs` (pread
+into pool buffers, `--throttle`), `process_stage.rs` (pages, CRC-32), [`file`](mod@file) (per-file state and the
+in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second in-order step), `router.rs` (chunks
+to streams, in scan order, counted), `output.rs` (the outputs and one writer thread per stream, over [`sink`]),
+`documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`. Beside them: [`scan`] (the
+source walk), [`records`] (manifest records beyond memory), [`validate`] (`--validate-pages`: InnoDB page checks
+with re-reads) and [`stats`] (`--stats-json`). What the consumer shares (cancel, pool, failure and panic policy,
+stop signals, progress, sizes) lives in `runtime`; how streams travel in `transport`.
 */
 
 pub mod cli;

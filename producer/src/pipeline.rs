@@ -13,7 +13,7 @@
 //! router holds each file's chunks until every file scanned before it has appeared, so files first appear on the
 //! streams in scan order. Any thread's error is recorded in [`Failure`] and fires the shared [`Cancel`], which
 //! wakes every blocked wait, so the run stops promptly and reports the first real error. On success the manifest
-//! goes last ([`crate::documents`]): streams 1..N are closed and their writers joined first, then the manifest is
+//! goes last (`documents.rs`): streams 1..N are closed and their writers joined first, then the manifest is
 //! written to stream 0 as it is made, from the records kept in memory and in a temporary file ([`RecordLog`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,50 @@
+//! The decompress stage of `extract --decompress`: compressed chunks back into original bytes, in parallel, on their
+//! way to the writer that owns their file.
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use proto::{parse_offset_frame, CrcPiece};
+use runtime::cancel::{recv, send, Cancel};
+use runtime::pool::PooledBuffer;
+
+use crate::dispatch::{ChunkMessage, Decoded, WriterMessage};
+
+/// One decompress thread (`--decompress`): a reused zstd context and one pool buffer as scratch, swapped with each
+/// chunk's buffer, so it never waits on the pool. Decompressed chunks go to the writer that owns their file.
+pub(crate) fn decompress_stream(
+    jobs: &Receiver<ChunkMessage>,
+    writers: &[Sender<WriterMessage>],
+    mut scratch: PooledBuffer,
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut decompressor = zstd::bulk::Decompressor::new().context("cannot create a zstd context")?;
+    while let Some(mut chunk) = recv(jobs, cancel)? {
+        let header = &chunk.header;
+        let context = || {
+            format!(
+                "{} at offset {} (chunk at stream {}, offset {:#x})",
+                header.display_path(),
+                header.file_offset,
+                chunk.stream,
+                header.stream_offset
+            )
+        };
+        let (range, frame) = parse_offset_frame(&chunk.data).expect("checked by the reader");
+        if range.len as usize > scratch.capacity() {
+            bail!("{}: decompresses to {} bytes, more than --max-chunk-size", context(), range.len);
+        }
+        scratch.set_len(scratch.capacity());
+        let written = decompressor
+            .decompress_to_buffer(frame, &mut scratch[..])
+            .map_err(|e| anyhow!("{}: damaged zstd frame: {e}", context()))?;
+        if written != range.len as usize {
+            bail!("{}: the frame decompressed to {written} bytes, its header says {}", context(), range.len);
+        }
+        scratch.set_len(written);
+        let stored = (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len });
+        std::mem::swap(&mut chunk.data, &mut scratch);
+        chunk.decoded = Some(Decoded { offset: range.offset, crc: CrcPiece::of(&chunk.data).crc, stored });
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+    }
+    Ok(())
+}

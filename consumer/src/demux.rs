@@ -1,0 +1,136 @@
+//! The demultiplexer: one thread per stream parses its chunks ([`StreamSource`]) into pool buffers and hands each
+//! to the writer that owns its file (chosen by a hash of the path), or, compressed with `--decompress`, to the
+//! decompress threads. Small chunks travel in batches ([`crate::batch`]): one pool buffer and one message for many
+//! files.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use crossbeam_channel::Sender;
+use proto::{parse_offset_frame, strip_zstd_suffix, ChunkHeader, ChunkKind, Digest};
+use runtime::cancel::{send, Cancel};
+use runtime::pool::{BufferPool, PooledBuffer};
+use runtime::progress::Counters;
+
+use crate::batch::{BatchedChunk, ChunkBatch, Destination};
+use crate::config::ExtractConfig;
+use crate::dispatch::{owner, Announced, ChunkMessage, WriterMessage};
+use crate::source::{SourceChunk, StreamEnd, StreamSource};
+
+/// What every reader thread shares.
+pub(crate) struct Readers<'a> {
+    pub(crate) config: &'a ExtractConfig,
+    pub(crate) writers: &'a [Sender<WriterMessage>],
+    pub(crate) decompressors: &'a Sender<ChunkMessage>,
+    pub(crate) pool: &'a BufferPool,
+    pub(crate) cancel: &'a Cancel,
+    pub(crate) counters: &'a Counters,
+    pub(crate) announced: &'a Announced,
+}
+
+/// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads). Small
+/// chunks go in batches ([`crate::batch`]), except with `--decompress`.
+pub(crate) fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<StreamEnd> {
+    let Readers { config, writers, pool, cancel, counters, announced, .. } = *shared;
+    let index = source.index();
+    let mut own: Option<PooledBuffer> = None;
+    let mut batch: Option<ChunkBatch> = None;
+    // Hands the batch gathered so far to its writers (every writer gets the same shared batch and takes its own
+    // chunks); an empty batch's buffer goes back to the pool.
+    let flush = |batch: &mut Option<ChunkBatch>| -> Result<()> {
+        let Some(batch) = batch.take().filter(|b| !b.chunks.is_empty()) else { return Ok(()) };
+        let batch = Arc::new(batch);
+        let mut owners = vec![false; writers.len()];
+        for chunk in &batch.chunks {
+            owners[chunk.writer] = true;
+        }
+        for (writer, _) in owners.iter().enumerate().filter(|(_, owns)| **owns) {
+            send(&writers[writer], WriterMessage::Batch(Arc::clone(&batch)), cancel)?;
+        }
+        Ok(())
+    };
+    loop {
+        if own.is_none() {
+            own = Some(match pool.try_take() {
+                Some(buffer) => buffer,
+                None => {
+                    // About to wait on the pool: what is held back goes first (and may be what frees a buffer).
+                    flush(&mut batch)?;
+                    pool.take(cancel)?
+                }
+            });
+        }
+        if batch.is_none() && !config.decompress {
+            batch = pool.try_take().map(|data| ChunkBatch::new(index, data));
+        }
+        let mut destination = Destination::new(own.as_mut().expect("taken above"), batch.as_mut());
+        let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut destination)? else { break };
+        let in_batch = destination.in_batch();
+        if let Some(marker) = source.marker() {
+            announced.marked.store(true, Ordering::SeqCst);
+            if marker.digest == Digest::Sha1 {
+                // The producer announced SHA-1s: hash files as they arrive rather than re-read them at the end.
+                announced.hash_files.store(true, Ordering::SeqCst);
+            }
+        }
+        counters.bytes_done.fetch_add(header.payload_len, Ordering::Relaxed);
+        let writer = owner(&header.path, writers.len());
+        match (&mut batch, in_batch) {
+            (Some(gathering), Some(range)) => {
+                gathering.chunks.push(BatchedChunk { writer, header, relative, range });
+            }
+            (Some(gathering), None) if header.kind == ChunkKind::Eof => {
+                gathering.chunks.push(BatchedChunk { writer, header, relative, range: 0..0 });
+            }
+            _ => {
+                // A chunk on its own: the batch goes first, so each file's chunks reach its writer in order.
+                flush(&mut batch)?;
+                let data = own.take().expect("taken above");
+                forward_chunk(&source, header, relative, data, shared)?;
+            }
+        }
+        if batch.as_ref().is_some_and(ChunkBatch::is_full) || !source.next_chunk_is_buffered() {
+            flush(&mut batch)?;
+        }
+    }
+    flush(&mut batch)?;
+    Ok(source.finish())
+}
+
+/// Sends one chunk in its own buffer to the writer that owns its file, or (compressed, with `--decompress`) to the
+/// decompress threads.
+pub(crate) fn forward_chunk(
+    source: &StreamSource,
+    header: ChunkHeader,
+    relative: PathBuf,
+    data: PooledBuffer,
+    shared: &Readers,
+) -> Result<()> {
+    let Readers { config, writers, decompressors, cancel, .. } = *shared;
+    let index = source.index();
+    let original = if config.decompress { strip_zstd_suffix(&header.path) } else { None };
+    let Some(original) = original.map(<[u8]>::to_vec) else {
+        let key = header.path.clone();
+        let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None };
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+        return Ok(());
+    };
+    let relative = proto::safe_relative_path(&original)?;
+    let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None };
+    if chunk.header.kind == ChunkKind::Eof {
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+    } else if parse_offset_frame(&chunk.data).is_none() {
+        bail!(
+            "{}: {} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
+             without --decompress, then run `consumer decompress`",
+            source.describe(),
+            chunk.header.display_path(),
+            chunk.header.stream_offset
+        );
+    } else {
+        send(decompressors, chunk, cancel)?;
+    }
+    Ok(())
+}

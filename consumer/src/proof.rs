@@ -1,0 +1,199 @@
+//! The proof of an extraction, in phases, run once every stream has ended cleanly, so that nothing unproven ever
+//! looks complete (see [`crate::extract`]): the manifest handed over, every record checked by the writer that owns
+//! its file, the streams' tallies checked, then the commit. [`check_streams`] is shared with `--list` and `put`.
+
+use std::fs::File;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use crossbeam_channel::Sender;
+use proto::{Manifest, StreamingError, MANIFEST_NAME};
+use runtime::cancel::{recv, send, Cancel};
+use runtime::stats::StreamStats;
+
+use crate::config::ExtractConfig;
+use crate::dispatch::{owner, Records, Verified, WriterMessage, MISSING_EXAMPLES, RECORDS_PER_MESSAGE};
+use crate::source::{check_markers, missing_manifest, StreamEnd};
+use crate::target::Target;
+
+pub(crate) struct Outcome {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    pub(crate) proven: bool,
+    pub(crate) streams: Vec<StreamStats>,
+}
+
+/// Phases 1–3 (see the module doc), run once every stream has ended cleanly.
+pub(crate) fn prove_and_commit(
+    config: &ExtractConfig,
+    target: &Target,
+    writers: &[Sender<WriterMessage>],
+    streams: &[StreamEnd],
+    cancel: &Cancel,
+) -> Result<Outcome> {
+    // An empty stream is what a failed producer leaves behind (`producer ... | consumer` without pipefail):
+    // never a successful restore.
+    if streams.iter().all(|end| end.chunks == 0) {
+        bail!("no data: every stream ended before its first chunk (did the producer fail?)");
+    }
+    // Ours (every stream starts with a marker of one backup) or foreign (none does).
+    let ours = check_markers(streams)?;
+    // 1. End of streams: collect the manifest.
+    let phase = Instant::now();
+    let mut manifest_file = None;
+    for writer in writers {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        send(writer, WriterMessage::EndOfStreams(reply), cancel)?;
+        if let Some(found) = recv(&answer, cancel)?.flatten() {
+            manifest_file = Some(found);
+        }
+    }
+    {
+        let head = match manifest_file {
+            Some(file) => Some(check_against_manifest(config, writers, ours.as_deref(), file, cancel)?),
+            None if ours.is_some() => return Err(missing_manifest(streams, ours.as_deref().unwrap_or_default())),
+            None if config.require_manifest => {
+                bail!("the stream carries no {MANIFEST_NAME} (--require-manifest): completeness cannot be proven")
+            }
+            None => {
+                log::warn!(
+                    "the stream carries no {MANIFEST_NAME} (not made by our producer?): extracted as mbstream -x would, \
+                     but completeness is unproven (chunk CRCs, offsets and end-of-file chunks were checked)"
+                );
+                None
+            }
+        };
+        let proven = head.is_some();
+        // 2. Verify: every writer finishes its checks at the same time.
+        let mut answers = Vec::with_capacity(writers.len());
+        for writer in writers {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            send(writer, WriterMessage::Verify(proven, reply), cancel)?;
+            answers.push(answer);
+        }
+        let mut found = Verified::default();
+        for answer in answers {
+            let verified = recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??;
+            found.files += verified.files;
+            found.bytes += verified.bytes;
+            found.missing += verified.missing;
+            found.missing_examples.extend(verified.missing_examples);
+        }
+        if found.missing > 0 {
+            found.missing_examples.sort();
+            found.missing_examples.truncate(MISSING_EXAMPLES);
+            bail!(
+                "{} file(s) listed in the manifest never arrived: {}{}",
+                found.missing,
+                found.missing_examples.join(", "),
+                if found.missing > found.missing_examples.len() as u64 { ", …" } else { "" }
+            );
+        }
+        if let Some(head) = &head {
+            check_streams(head, streams)?;
+            // Placeholders are not part of the backed-up tree: not counted among its files.
+            found.files -= target.stage_directories(&head.directories)?;
+        }
+
+        log::info!("verified {} files in {:.2} s", found.files, phase.elapsed().as_secs_f64());
+        let phase = Instant::now();
+        // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
+        let last = proven.then(|| std::ffi::OsStr::new(MANIFEST_NAME));
+        target.commit(last, config.fsync)?;
+        if let Some(head) = &head {
+            target.restore_directories(&head.directories, config.fsync)?;
+        }
+        log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
+        Ok(Outcome {
+            files: found.files,
+            bytes: found.bytes,
+            proven,
+            streams: streams
+                .iter()
+                .map(|end| StreamStats {
+                    index: end.index,
+                    name: end.name.clone(),
+                    bytes: end.bytes,
+                    chunks: end.chunks,
+                    sha1: end.sha1.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Phase 2's first half: reads the manifest from its staged file record by record (it is never all in memory, so
+/// its size, a hundred bytes a file, does not count against the budget), checks that it belongs to the streams'
+/// backup (`ours`: their markers' id), and sends each record to the writer that owns its file, which checks the
+/// file then. Returns the manifest without its files.
+pub(crate) fn check_against_manifest(
+    config: &ExtractConfig,
+    writers: &[Sender<WriterMessage>],
+    ours: Option<&str>,
+    file: File,
+    cancel: &Cancel,
+) -> Result<Manifest> {
+    let mut pending: Vec<Records> = (0..writers.len()).map(|_| Vec::new()).collect();
+    let head = Manifest::read_streaming(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        |head: &Manifest| -> Result<()> {
+            if head.backup_id.as_deref() != ours {
+                bail!(
+                    "the manifest is from backup {}, but the streams' markers say backup {}: refusing it",
+                    head.backup_id.as_deref().unwrap_or("(none)"),
+                    ours.unwrap_or("(none: a foreign stream)")
+                );
+            }
+            Ok(())
+        },
+        |record| -> Result<()> {
+            crate::verify::report_corrupt_record(&record);
+            // The file is held under the name it was written as: its `.zst` name when it is not decompressed.
+            let key = match &record.stored {
+                Some(stored) if !config.decompress => stored.path.0.clone(),
+                _ => record.path.0.clone(),
+            };
+            let writer = owner(&key, writers.len());
+            pending[writer].push((key, record));
+            if pending[writer].len() >= RECORDS_PER_MESSAGE {
+                send(&writers[writer], WriterMessage::Check(std::mem::take(&mut pending[writer])), cancel)?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| match e {
+        StreamingError::Manifest(e) => anyhow::Error::new(e).context("cannot read the stream's manifest"),
+        StreamingError::Stopped(e) => e,
+    })?;
+    for (writer, records) in pending.into_iter().enumerate().filter(|(_, records)| !records.is_empty()) {
+        send(&writers[writer], WriterMessage::Check(records), cancel)?;
+    }
+    Ok(head)
+}
+
+/// Every stream carried exactly what the manifest says it was sent.
+pub(crate) fn check_streams(manifest: &Manifest, streams: &[StreamEnd]) -> Result<()> {
+    if manifest.streams.len() != streams.len() {
+        bail!(
+            "the manifest says the backup was written to {} stream(s), but {} were read: use --fifo-streams {}",
+            manifest.streams.len(),
+            streams.len(),
+            manifest.streams.len()
+        );
+    }
+    for (record, end) in manifest.streams.iter().zip(streams) {
+        let counted = end.counted;
+        if record.chunks != counted.chunks || record.bytes != counted.bytes {
+            bail!(
+                "stream {} ({}) carried {} chunks, {} bytes; the manifest says {} chunks, {} bytes",
+                end.index,
+                end.name,
+                counted.chunks,
+                counted.bytes,
+                record.chunks,
+                record.bytes
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! The writer: one thread owns the files whose paths hash to it, so no locks are needed, while chunks of one file
+//! may come from any stream in any order. It writes each chunk at its offset into the staging directory, keeps
+//! what each file's final check needs, and in the closing phases checks its files against their manifest records.
+//!
+//! Per-file memory is bounded: a writer keeps a few dozen bytes for each ended file, up to an eighth of
+//! `--memory-limit`, and beyond that (for streams of ours, where a manifest must follow) forgets whole small files
+//! and checks each from disk when its record comes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::Receiver;
+use proto::{ChunkHeader, ChunkKind, CrcPiece, FileRecord, MANIFEST_NAME};
+use runtime::cancel::{recv, Cancel};
+use sha1::{Digest as _, Sha1};
+
+use crate::config::ExtractConfig;
+use crate::coverage::Coverage;
+use crate::dispatch::{Announced, ChunkMessage, Decoded, Verified, WriterMessage, MISSING_EXAMPLES};
+use crate::target::{PartialFile, Target};
+
+/// One writer's files.
+pub(crate) struct Writer<'a> {
+    /// Its number: the chunks of a batch it owns carry it.
+    index: usize,
+    target: &'a Target,
+    /// Files still being written, or ended with bytes out of order, decompressed, or the manifest.
+    files: HashMap<Vec<u8>, Slot>,
+    /// Files ended with every byte in order, closed: ~150 bytes each with the map's overhead, up to
+    /// `ended_limit` of them.
+    ended: HashMap<Box<[u8]>, Ended>,
+    /// How many ended files are kept in memory; further whole small files of a marked stream are forgotten.
+    ended_limit: usize,
+    /// Whole small files written and forgotten: each is checked from disk against its record ([`Writer::check`]).
+    forgotten: u64,
+    /// Records checked against a forgotten file.
+    recalled: u64,
+    /// The buffer forgotten files are read back through.
+    read_back: Vec<u8>,
+    /// The staging directory files were last created in (files of one directory come one after another).
+    last_dir: Option<(PathBuf, Arc<std::os::fd::OwnedFd>)>,
+    /// What the checks found so far.
+    found: Verified,
+    single_stream: bool,
+    fadvise: bool,
+    /// What the markers announced: whether to hash files as they arrive, so a SHA-1 need not be re-read (read
+    /// when a file's first chunk arrives), and whether a manifest must follow.
+    announced: &'a Announced,
+}
+
+/// Memory per ended file kept by a writer, for [`Writer::ended_limit`]: its key, its record and the map's share.
+const ENDED_BYTES: u64 = 200;
+
+/// A file whose end-of-file chunk came after all its bytes, in order, and is closed: what its final check needs.
+/// Its directory, name and path come back from its key ([`Target::partial`]): it holds no descriptor, so a backup
+/// of more directories than RLIMIT_NOFILE does not run out of them.
+struct Ended {
+    got: CrcPiece,
+    stream: u32,
+    /// Checked against its manifest record.
+    verified: bool,
+    /// The SHA-1 of its bytes, when files are hashed as they arrive (boxed: most backups do not hash files).
+    sha1: Option<Box<[u8; 20]>>,
+}
+
+/// A file being extracted.
+struct Slot {
+    partial: PartialFile,
+    file: Option<File>,
+    /// The file's bytes as written (original bytes when decompressed).
+    coverage: Coverage,
+    /// For a decompressed file, its compressed bytes as they travelled (checked against the manifest's stored form).
+    stored: Option<Coverage>,
+    ended: bool,
+    /// Checked against its manifest record.
+    verified: bool,
+    /// The stream the file's latest chunk came on, for messages.
+    stream: usize,
+    /// With `--digest sha1`: the SHA-1 of the bytes so far, while they arrive in order (dropped at the first chunk
+    /// out of order; the file is then re-read to check it).
+    sha1: Option<Sha1>,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn new(
+        index: usize,
+        target: &'a Target,
+        single_stream: bool,
+        config: &ExtractConfig,
+        announced: &'a Announced,
+    ) -> Writer<'a> {
+        // An eighth of the budget, shared by the writers, holds ended files (at 256M: 167,000 of them).
+        let ended_limit = (config.memory_limit / 8 / ENDED_BYTES / config.writers as u64).max(1024) as usize;
+        Writer {
+            index,
+            target,
+            files: HashMap::new(),
+            ended: HashMap::new(),
+            ended_limit,
+            forgotten: 0,
+            recalled: 0,
+            read_back: Vec::new(),
+            last_dir: None,
+            found: Verified::default(),
+            single_stream,
+            fadvise: config.fadvise,
+            announced,
+        }
+    }
+
+    pub(crate) fn serve(&mut self, receiver: &Receiver<WriterMessage>, cancel: &Cancel) -> Result<()> {
+        while let Some(message) = recv(receiver, cancel)? {
+            match message {
+                WriterMessage::Chunk(chunk) => {
+                    let ChunkMessage { header, key, relative, data, decoded, stream } = chunk;
+                    self.write(stream, &header, &key, &relative, &data, decoded)
+                        .with_context(|| chunk_context(&header, stream))?;
+                }
+                WriterMessage::Batch(batch) => {
+                    let me = self.index;
+                    let mut chunks = batch.chunks.iter().filter(|chunk| chunk.writer == me).peekable();
+                    while let Some(chunk) = chunks.next() {
+                        let (header, data) = (&chunk.header, &batch.data[chunk.range.clone()]);
+                        let whole = header.kind == ChunkKind::Payload
+                            && header.file_offset == 0
+                            && chunks.peek().is_some_and(|next| {
+                                next.header.kind == ChunkKind::Eof && next.header.path == header.path
+                            });
+                        let result = if whole && self.is_new(&header.path) {
+                            chunks.next();
+                            self.write_whole(batch.stream, header, &chunk.relative, data)
+                        } else {
+                            self.write(batch.stream, header, &header.path, &chunk.relative, data, None)
+                        };
+                        result.with_context(|| chunk_context(header, batch.stream))?;
+                    }
+                }
+                WriterMessage::EndOfStreams(reply) => {
+                    let manifest = self.take_manifest()?;
+                    let _ = reply.send(manifest);
+                }
+                WriterMessage::Check(records) => {
+                    for (key, record) in records {
+                        self.check(&key, &record)?;
+                    }
+                }
+                WriterMessage::Verify(proven, reply) => {
+                    let _ = reply.send(self.verify(proven));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether nothing of file `key` has arrived yet.
+    fn is_new(&self, key: &[u8]) -> bool {
+        !self.files.contains_key(key) && !self.ended.contains_key(key)
+    }
+
+    /// Creates `relative` in the staging directory, looking its directory up only when it changes.
+    fn create(&mut self, relative: &Path) -> Result<(PartialFile, File)> {
+        match self.create_or_existing(relative)? {
+            Ok(created) => Ok(created),
+            Err(existing) => bail!("{} appears twice in the stream", existing.display().display()),
+        }
+    }
+
+    /// [`Writer::create`], or (`Err`) the file already staged under that name.
+    fn create_or_existing(&mut self, relative: &Path) -> Result<Result<(PartialFile, File), PartialFile>> {
+        let dir = self.directory_of(relative)?;
+        self.target.create_new_in(dir, relative)
+    }
+
+    /// The staging directory of `relative`, looked up only when it changes (files of one directory come one after
+    /// another, in the stream and in the manifest).
+    fn directory_of(&mut self, relative: &Path) -> Result<Arc<std::os::fd::OwnedFd>> {
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        if let Some((last, dir)) = &self.last_dir {
+            if last.as_os_str() == parent.as_os_str() {
+                return Ok(Arc::clone(dir));
+            }
+        }
+        let dir = self.target.directory_of(relative)?;
+        self.last_dir = Some((parent.to_path_buf(), Arc::clone(&dir)));
+        Ok(dir)
+    }
+
+    /// Whether an ended file (`key`, `got`) is forgotten rather than kept: over the bound, a stream of ours (a
+    /// manifest will name it), small enough to read back cheaply, and not the manifest itself.
+    fn forgets(&self, key: &[u8], got: CrcPiece) -> bool {
+        self.ended.len() >= self.ended_limit
+            && key != MANIFEST_NAME.as_bytes()
+            && got.len <= crate::batch::BATCH_PAYLOAD_MAX as u64
+            && self.announced.marked.load(Ordering::SeqCst)
+    }
+
+    /// A chunk came for a file this writer forgot (chunks of one file on several streams arrive in any order):
+    /// it is taken up again from disk, as ended, with the bytes it holds.
+    fn take_up(&mut self, partial: PartialFile, stream: usize) -> Result<Slot> {
+        let mut coverage = Coverage::default();
+        let got = crc_of_file(&partial.reopen_for_read()?, &partial, &mut self.read_back)?;
+        coverage.insert(0, got).map_err(|overlap| anyhow!("{overlap}"))?;
+        let file = partial.reopen_for_write()?;
+        self.forgotten -= 1;
+        Ok(Slot { partial, file: Some(file), coverage, stored: None, ended: true, verified: false, stream, sha1: None })
+    }
+
+    /// A whole small file, new to this writer: its one payload (`header`, at offset 0, `data`) and its `E`, which
+    /// came next. Created, written, closed and recorded as ended at once.
+    fn write_whole(&mut self, stream: usize, header: &ChunkHeader, relative: &Path, data: &[u8]) -> Result<()> {
+        let (partial, file) = self.create(relative)?;
+        self.target
+            .sparse()
+            .write_at(&file, data, 0)
+            .with_context(|| format!("cannot write {}", partial.display().display()))?;
+        close(Some(file), &partial)?;
+        let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
+        if self.forgets(&header.path, got) {
+            // Over the bound: the manifest that must follow will name it, and it is checked from disk then.
+            self.forgotten += 1;
+            return Ok(());
+        }
+        let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
+        drop(partial);
+        let ended = Ended { got, stream: stream as u32, sha1, verified: false };
+        self.ended.insert(header.path.as_slice().into(), ended);
+        Ok(())
+    }
+
+    /// Writes one chunk of file `key` (at `relative`), its payload `data` (original bytes if `decoded`).
+    fn write(
+        &mut self,
+        stream: usize,
+        header: &ChunkHeader,
+        key: &[u8],
+        relative: &Path,
+        data: &[u8],
+        decoded: Option<Decoded>,
+    ) -> Result<()> {
+        if let Some(ended) = self.ended.remove(key) {
+            // More of a file that had ended (chunks of one file on several streams arrive in any order).
+            let mut coverage = Coverage::default();
+            coverage.insert(0, ended.got).map_err(|overlap| anyhow!("{overlap}"))?;
+            let slot = Slot {
+                partial: self.target.partial(self.directory_of(relative)?, relative)?,
+                file: None,
+                coverage,
+                stored: None,
+                ended: true,
+                verified: false,
+                stream: ended.stream as usize,
+                sha1: None,
+            };
+            self.files.insert(key.to_vec(), slot);
+        }
+        if !self.files.contains_key(key) {
+            let slot = match self.create_or_existing(relative)? {
+                Ok((partial, file)) => Slot {
+                    partial,
+                    file: Some(file),
+                    coverage: Coverage::default(),
+                    stored: None,
+                    ended: false,
+                    verified: false,
+                    stream,
+                    sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
+                },
+                Err(existing) if self.forgotten > 0 => self.take_up(existing, stream)?,
+                Err(existing) => bail!("{} appears twice in the stream", existing.display().display()),
+            };
+            self.files.insert(key.to_vec(), slot);
+        }
+        let slot = self.files.get_mut(key).expect("inserted above");
+        slot.stream = stream;
+        match header.kind {
+            ChunkKind::Eof => {
+                if slot.ended {
+                    bail!("a second end-of-file chunk");
+                }
+                slot.ended = true;
+                close(slot.file.take(), &slot.partial)?;
+                if slot.coverage.is_contiguous() && slot.stored.is_none() {
+                    let got = slot.coverage.prefix();
+                    let forget = self.forgets(key, got);
+                    let slot = self.files.remove(key).expect("looked up above");
+                    if forget {
+                        self.forgotten += 1;
+                        return Ok(());
+                    }
+                    let ended = Ended {
+                        got: slot.coverage.prefix(),
+                        stream: slot.stream as u32,
+                        sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
+                        verified: false,
+                    };
+                    self.ended.insert(key.into(), ended);
+                }
+            }
+            ChunkKind::Payload => {
+                // Decompressed chunks pass through a parallel stage, so their `E` may overtake them.
+                if slot.ended && self.single_stream && decoded.is_none() {
+                    bail!("a payload chunk after the file's end-of-file chunk");
+                }
+                let (offset, piece) = match decoded {
+                    None => (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len }),
+                    Some(decoded) => {
+                        let (stored_offset, stored_piece) = decoded.stored;
+                        slot.stored
+                            .get_or_insert_with(Coverage::default)
+                            .insert(stored_offset, stored_piece)
+                            .map_err(|overlap| anyhow!("{overlap}"))?;
+                        (decoded.offset, CrcPiece { crc: decoded.crc, len: data.len() as u64 })
+                    }
+                };
+                let in_order = offset == slot.coverage.prefix().len;
+                slot.coverage.insert(offset, piece).map_err(|overlap| anyhow!("{overlap}"))?;
+                match &mut slot.sha1 {
+                    Some(sha1) if in_order => sha1.update(data),
+                    _ => slot.sha1 = None,
+                }
+                if slot.file.is_none() {
+                    slot.file = Some(slot.partial.reopen_for_write()?);
+                }
+                let file = slot.file.as_ref().expect("opened above");
+                self.target
+                    .sparse()
+                    .write_at(file, data, offset)
+                    .with_context(|| format!("cannot write {}", slot.partial.display().display()))?;
+                // Dropping a small file's pages from the cache costs a system call and saves nothing.
+                if self.fadvise && data.len() > crate::batch::BATCH_PAYLOAD_MAX {
+                    let _ = nix::fcntl::posix_fadvise(
+                        file,
+                        offset as i64,
+                        piece.len as i64,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest, if this writer holds it: complete, and opened for reading (it is not checked against
+    /// itself).
+    fn take_manifest(&mut self) -> Result<Option<File>> {
+        let key = MANIFEST_NAME.as_bytes();
+        let partial = match (self.files.remove(key), self.ended.remove(key)) {
+            (Some(slot), _) => {
+                close(slot.file, &slot.partial)?;
+                if !slot.ended || !slot.coverage.is_contiguous() {
+                    bail!("stream {}: {MANIFEST_NAME} is incomplete: the stream was cut short", slot.stream);
+                }
+                slot.partial
+            }
+            (None, Some(_)) => {
+                let relative = Path::new(MANIFEST_NAME);
+                self.target.partial(self.directory_of(relative)?, relative)?
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(partial.reopen_for_read()?))
+    }
+
+    /// Checks the file `key` against its manifest `record`: the stream brought it whole, as the record says. A
+    /// file that never arrived is counted (and named) at the end, with all the others.
+    fn check(&mut self, key: &[u8], record: &FileRecord) -> Result<()> {
+        if let Some(slot) = self.files.get_mut(key) {
+            if std::mem::replace(&mut slot.verified, true) {
+                bail!("the manifest lists {} twice: refusing it", record.path.display());
+            }
+            close(slot.file.take(), &slot.partial)?;
+            let display = || slot.partial.display().display().to_string();
+            if !slot.ended {
+                bail!("{}: the stream ended without its end-of-file chunk (cut short?)", display());
+            }
+            if let Some((start, end)) = slot.coverage.first_gap() {
+                bail!("{}: bytes {start}..{end} never arrived", display());
+            }
+            let sha1 = slot.sha1.take().map(|sha1| sha1.finalize().into());
+            let got = slot.coverage.prefix();
+            check_file(key, record, &slot.partial, got, slot.stored.as_ref(), sha1)?;
+            self.found.files += 1;
+            self.found.bytes += got.len;
+        } else if let Some(ended) = self.ended.get_mut(key) {
+            if std::mem::replace(&mut ended.verified, true) {
+                bail!("the manifest lists {} twice: refusing it", record.path.display());
+            }
+            let (got, sha1) = (ended.got, ended.sha1.as_deref().copied());
+            let relative = proto::safe_relative_path(key)?;
+            let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
+            check_file(key, record, &partial, got, None, sha1)?;
+            self.found.files += 1;
+            self.found.bytes += got.len;
+        } else if let Some(got) = self.recall(key, record)? {
+            self.found.files += 1;
+            self.found.bytes += got;
+        } else {
+            self.found.missing += 1;
+            if self.found.missing_examples.len() < MISSING_EXAMPLES {
+                self.found.missing_examples.push(record.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `record` against a forgotten file, read back from the staging directory: `None` if this writer
+    /// forgot no file, or there is no such file (it never arrived). Returns its size.
+    fn recall(&mut self, key: &[u8], record: &FileRecord) -> Result<Option<u64>> {
+        if self.forgotten == 0 {
+            return Ok(None);
+        }
+        let relative = proto::safe_relative_path(key)?;
+        let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
+        let Some(file) = partial.try_reopen_for_read()? else { return Ok(None) };
+        let got = crc_of_file(&file, &partial, &mut self.read_back)?;
+        // With a SHA-1 in the record, `check_file` reads the file back for it.
+        check_file(key, record, &partial, got, None, None)?;
+        self.recalled += 1;
+        Ok(Some(got.len))
+    }
+
+    /// After every record (`proven`), any file not checked is in the stream but not in the manifest. Without a
+    /// manifest, every file must have ended whole; it gets mode 0640. Reports what was checked.
+    fn verify(&mut self, proven: bool) -> Result<Verified> {
+        for slot in self.files.values_mut() {
+            if slot.verified {
+                continue;
+            }
+            close(slot.file.take(), &slot.partial)?;
+            let display = slot.partial.display().display().to_string();
+            if proven {
+                bail!("{display} is in the stream but not in the manifest");
+            }
+            if !slot.ended {
+                bail!("{display}: the stream ended without its end-of-file chunk (cut short?)");
+            }
+            if let Some((start, end)) = slot.coverage.first_gap() {
+                bail!("{display}: bytes {start}..{end} never arrived");
+            }
+            slot.partial.set_metadata(0o640, None)?;
+            self.found.files += 1;
+            self.found.bytes += slot.coverage.prefix().len;
+        }
+        if self.forgotten > 0 {
+            log::info!(
+                "writer {}: {} files over the memory bound were checked from disk against their records",
+                self.index,
+                self.forgotten
+            );
+        }
+        // Forgotten files were each checked by name when their record came: as many records as files, or some
+        // file came without a record (or a record came twice).
+        if self.recalled > self.forgotten {
+            bail!("the manifest lists a file twice: refusing it");
+        }
+        if self.recalled < self.forgotten {
+            bail!("{} file(s) in the stream are not in the manifest", self.forgotten - self.recalled);
+        }
+        for (key, ended) in self.ended.iter().filter(|(_, ended)| !ended.verified) {
+            let relative = proto::safe_relative_path(key)?;
+            let partial = self.target.partial(self.target.directory_of(&relative)?, &relative)?;
+            if proven {
+                bail!("{} is in the stream but not in the manifest", partial.display().display());
+            }
+            partial.set_metadata(0o640, None)?;
+            self.found.files += 1;
+            self.found.bytes += ended.got.len;
+        }
+        Ok(std::mem::take(&mut self.found))
+    }
+}
+
+/// Checks one extracted file, held under `key`, against its manifest `record`, and sets its mode and mtime:
+/// `got` is what arrived, `stored` (decompressed files) the compressed bytes that travelled, `sha1` the SHA-1
+/// taken as it arrived (else, if the record has one, the file is read back). `key` is the record's path, or its
+/// stored (`.zst`) path for a compressed file extracted as it travelled.
+fn check_file(
+    key: &[u8],
+    record: &FileRecord,
+    partial: &PartialFile,
+    got: CrcPiece,
+    stored: Option<&Coverage>,
+    sha1: Option<[u8; 20]>,
+) -> Result<()> {
+    let display = || partial.display().display().to_string();
+    let is_original = key == record.path.0.as_slice();
+    let expected = if is_original {
+        CrcPiece { crc: record.crc32, len: record.size }
+    } else {
+        let stored = record.stored.as_ref().ok_or_else(|| anyhow!("{}: the manifest is inconsistent", display()))?;
+        CrcPiece { crc: stored.crc32, len: stored.size }
+    };
+    check_piece(&display(), got, expected)?;
+    if let Some(stored_coverage) = stored {
+        // Decompressed: the compressed bytes that travelled must match the manifest's stored form too.
+        let stored = record
+            .stored
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: decompressed, but the manifest says it was not compressed", display()))?;
+        if let Some((start, end)) = stored_coverage.first_gap() {
+            bail!("{}: compressed bytes {start}..{end} never arrived", display());
+        }
+        let expected = CrcPiece { crc: stored.crc32, len: stored.size };
+        check_piece(&format!("{} (compressed)", display()), stored_coverage.prefix(), expected)?;
+    }
+    if let (true, Some(expected)) = (is_original, &record.sha1) {
+        let actual = match sha1 {
+            Some(sha1) => hex::encode(sha1),
+            None => sha1_of(&partial.reopen_for_read()?).with_context(|| format!("cannot read back {}", display()))?,
+        };
+        if &actual != expected {
+            bail!("{}: SHA-1 {actual} does not match the manifest's {expected}", display());
+        }
+    }
+    partial.set_metadata(record.mode, Some(record.mtime))
+}
+
+/// Where a chunk came from, for a writer's error messages (made only when there is an error).
+fn chunk_context(header: &ChunkHeader, stream: usize) -> String {
+    format!("{} (chunk at stream {stream}, offset {:#x})", header.display_path(), header.stream_offset)
+}
+
+/// Size and CRC-32 of a staged file's bytes, read back through `buffer` (a forgotten file: at most a small
+/// file's size).
+fn crc_of_file(file: &File, partial: &PartialFile, buffer: &mut Vec<u8>) -> Result<CrcPiece> {
+    let mut got = CrcPiece::default();
+    buffer.resize(64 << 10, 0);
+    loop {
+        let n = file
+            .read_at(buffer, got.len)
+            .with_context(|| format!("cannot read back {}", partial.display().display()))?;
+        if n == 0 {
+            return Ok(got);
+        }
+        got = got.append(CrcPiece::of(&buffer[..n]));
+    }
+}
+
+/// Closes a file explicitly, so that a failed close (an I/O error the kernel reports only then, e.g. on NFS) is an
+/// error: a file whose close fails is not complete.
+fn close(file: Option<File>, partial: &PartialFile) -> Result<()> {
+    match file {
+        Some(file) => {
+            nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", partial.display().display()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Size and CRC-32 of what arrived against what the manifest says.
+fn check_piece(display: &str, got: CrcPiece, expected: CrcPiece) -> Result<()> {
+    if got.len != expected.len {
+        bail!("{display}: {} bytes arrived; the manifest says {}", got.len, expected.len);
+    }
+    if got.crc != expected.crc {
+        bail!("{display}: CRC-32 {:08x} does not match the manifest's {:08x}", got.crc, expected.crc);
+    }
+    Ok(())
+}
+
+/// SHA-1 of a whole file, read in 1 MiB pieces.
+pub fn sha1_of(file: &File) -> std::io::Result<String> {
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buffer, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        offset += n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
