@@ -17,5 +17,6 @@ mod proto_interop;
 mod s3server;
 mod smallfiles;
 mod store;
+mod store_conformance;
 mod store_safety;
 mod transport;
