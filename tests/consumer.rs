@@ -431,14 +431,15 @@ fn consumer_memory_limit_bounds_peak_rss() {
     .wait_output(LONG);
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
 
-    const THRESHOLD: u64 = (128 + 32) << 20;
     let capped = extract_big_stream(&stream, src.path(), "128M");
     let uncapped = extract_big_stream(&stream, src.path(), "4G");
-    for stats in [&capped, &uncapped] {
-        assert_eq!(stats["bytes"].as_u64().unwrap(), 768 << 20, "{stats}");
-        assert_eq!(stats["buffer_size"].as_u64().unwrap(), 64 << 20, "{stats}");
-    }
-    assert_the_memory_cap_binds(&capped, &uncapped, (2, 20), THRESHOLD);
+    let expected = MemoryCap {
+        bytes: 768 << 20,
+        buffer: ("buffer_size", 64 << 20),
+        buffers: (2, 20),
+        threshold: (128 + 32) << 20,
+    };
+    assert_the_memory_cap_binds(&capped, &uncapped, expected);
 }
 
 /// An empty stream is what a failed producer leaves in a pipeline without pipefail: never a successful restore.

@@ -348,13 +348,19 @@ fn get_all(store: &dyn Store, key: &str) -> (u64, Vec<u8>) {
 // ---------------------------------------------------------------------------------------------------------------
 // One test per backend.
 
+/// Opens the store `storage` names as the consumer does, checks that it describes itself as `described`, and runs
+/// the suite on it.
+fn run_on(storage: &[String], described: &str, known: Deviations) {
+    let store = open_store(storage);
+    assert_eq!(store.describe(), described);
+    conformance(store.as_ref(), known);
+}
+
 #[test]
 fn conformance_of_the_directory_store() {
     let work = tempfile::tempdir().unwrap();
-    let storage = ["--storage".to_string(), format!("file://{}", work.path().join("bucket").display())];
-    let store = open_store(&storage);
-    assert!(store.describe().starts_with("file://"), "{}", store.describe());
-    conformance(store.as_ref(), Deviations::default());
+    let url = format!("file://{}", work.path().join("bucket").display());
+    run_on(&["--storage".to_string(), url.clone()], &url, Deviations::default());
 }
 
 #[test]
@@ -367,30 +373,22 @@ fn conformance_of_the_memory_store() {
 #[test]
 fn conformance_of_s3_on_s3s_fs() {
     let server = S3Server::start();
-    let store = open_store(&server.storage_args("conformance/prefix"));
-    assert_eq!(store.describe(), "s3://conformance/prefix");
-    conformance(
-        store.as_ref(),
-        Deviations { put_new_not_atomic: true, lists_keys_percent_encoded: true, ..Deviations::default() },
-    );
+    let known = Deviations { put_new_not_atomic: true, lists_keys_percent_encoded: true, ..Deviations::default() };
+    run_on(&server.storage_args("conformance/prefix"), "s3://conformance/prefix", known);
 }
 
 #[test]
 fn conformance_of_google_cloud_storage_on_fake_gcs_server() {
     let server = start_fake_gcs();
-    let store = open_store(&gcs_storage(&server, &server.endpoint(), "conformance/prefix"));
-    assert_eq!(store.describe(), "gs://conformance/prefix");
-    conformance(
-        store.as_ref(),
-        Deviations { put_new_overwrites: true, lists_keys_percent_encoded: true, ..Deviations::default() },
-    );
+    let known = Deviations { put_new_overwrites: true, lists_keys_percent_encoded: true, ..Deviations::default() };
+    run_on(&gcs_storage(&server, &server.endpoint(), "conformance/prefix"), "gs://conformance/prefix", known);
 }
 
 #[test]
 fn conformance_of_azure_blob_storage_on_azurite() {
     let server = start_azurite();
-    let store = open_store(&azure_storage(&server.endpoint(), "conformance/prefix", store::azure::DEVELOPMENT_KEY));
-    assert_eq!(store.describe(), "az://conformance/prefix");
+    let storage = azure_storage(&server.endpoint(), "conformance/prefix", store::azure::DEVELOPMENT_KEY);
     // Create-only puts are atomic here: 68 rounds of six at once (17 runs) had exactly one winner each.
-    conformance(store.as_ref(), Deviations { lists_keys_percent_encoded: true, ..Deviations::default() });
+    let known = Deviations { lists_keys_percent_encoded: true, ..Deviations::default() };
+    run_on(&storage, "az://conformance/prefix", known);
 }

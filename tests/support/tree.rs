@@ -126,20 +126,34 @@ pub fn read_stats(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// What a memory test expects of its two runs (see [`assert_the_memory_cap_binds`]).
+pub struct MemoryCap {
+    /// The bytes each run moved (`bytes` in the stats).
+    pub bytes: u64,
+    /// The buffer size each run used: its name in the stats (`chunk_size`, `buffer_size`) and its value.
+    pub buffer: (&'static str, u64),
+    /// The buffers of the pool: with the cap, and without it.
+    pub buffers: (u64, u64),
+    /// Peak RSS under which the capped run stays, and over which the uncapped run goes.
+    pub threshold: u64,
+}
+
 /// Asserts what the memory tests of both binaries prove with two runs of one workload, `capped` (a small
-/// `--memory-limit`) and `uncapped` (a large one), given as their `--stats-json`: the cap held the pool to
-/// `buffers.0` buffers, all of them in use at once (the cap was binding), and kept peak RSS under `threshold`;
-/// without it the pool had `buffers.1` buffers and peak RSS went over `threshold`.
-pub fn assert_the_memory_cap_binds(
-    capped: &serde_json::Value,
-    uncapped: &serde_json::Value,
-    buffers: (u64, u64),
-    threshold: u64,
-) {
+/// `--memory-limit`) and `uncapped` (a large one), given as their `--stats-json`: both moved the same bytes in
+/// the same buffers; the cap held the pool to `expected.buffers.0` buffers, all of them in use at once (the cap was
+/// binding), and kept peak RSS under the threshold; without it the pool had `expected.buffers.1` buffers and peak
+/// RSS went over the threshold.
+pub fn assert_the_memory_cap_binds(capped: &serde_json::Value, uncapped: &serde_json::Value, expected: MemoryCap) {
+    let (size_name, size) = expected.buffer;
+    for stats in [capped, uncapped] {
+        assert_eq!(stats["bytes"].as_u64().unwrap(), expected.bytes, "{stats}");
+        assert_eq!(stats[size_name].as_u64().unwrap(), size, "{stats}");
+    }
     let rss = |stats: &serde_json::Value| stats["peak_rss_bytes"].as_u64().unwrap();
-    assert_eq!(capped["buffers"].as_u64().unwrap(), buffers.0, "{capped}");
+    let threshold = expected.threshold;
+    assert_eq!(capped["buffers"].as_u64().unwrap(), expected.buffers.0, "{capped}");
     assert_eq!(capped["peak_buffers_in_use"], capped["buffers"], "the cap was binding: {capped}");
-    assert_eq!(uncapped["buffers"].as_u64().unwrap(), buffers.1, "{uncapped}");
+    assert_eq!(uncapped["buffers"].as_u64().unwrap(), expected.buffers.1, "{uncapped}");
     assert!(rss(capped) > 0 && rss(capped) < threshold, "capped peak RSS {}: {capped}", rss(capped));
     assert!(rss(uncapped) > threshold, "without the cap the same run needs more: {uncapped}");
 }
