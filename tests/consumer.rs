@@ -21,8 +21,7 @@ fn big_source() -> &'static Path {
     static SOURCE: OnceLock<tempfile::TempDir> = OnceLock::new();
     SOURCE
         .get_or_init(|| {
-            let src = tempfile::tempdir().unwrap();
-            write_tree(src.path(), &sample_files(CHUNK));
+            let src = temp_tree(&sample_files(CHUNK));
             let big = fs::File::create(src.path().join("db/huge.ibd")).unwrap();
             big.set_len(300_000_000).unwrap();
             for (i, offset) in [0u64, 7_340_033, 150_000_000, 298_951_424].into_iter().enumerate() {
@@ -56,8 +55,7 @@ fn round_trips_are_byte_exact_through_stdout_and_1_2_4_8_pipes() {
 
 #[test]
 fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
+    let src = temp_tree(&sample_files(CHUNK));
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(src.path().join("one"), fs::Permissions::from_mode(0o604)).unwrap();
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
@@ -74,8 +72,7 @@ fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
 /// The same stream hashed on both sides: the producer's and consumer's per-stream SHA-1s agree.
 #[test]
 fn stream_sha1s_match_between_producer_and_consumer() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
+    let src = temp_tree(&sample_files(CHUNK));
     let work = tempfile::tempdir().unwrap();
     let (p_stats, c_stats) = (work.path().join("p.json"), work.path().join("c.json"));
     let p = p_stats.to_str().unwrap();
@@ -486,8 +483,7 @@ fn a_producer_failure_is_never_a_complete_stream() {
 /// `--list` over several pipes reads them all at once (the producer ends pipe 0 last).
 #[test]
 fn list_reads_several_pipes_at_once() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(40 << 20, 5)), ("small", b"x".to_vec())]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(40 << 20, 5)), ("small", b"x".to_vec())]);
     let work = tempfile::tempdir().unwrap();
     let fifo_dir = work.path().join("fifos");
     let consumer = spawn(
@@ -540,8 +536,7 @@ fn partial_looking_and_long_names_restore_exactly() {
 /// and when it re-reads them: a manifest whose SHA-1 for one file was altered (same length, CRCs fixed) fails.
 #[test]
 fn a_wrong_sha1_in_the_manifest_fails_both_ways() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
+    let src = temp_tree(&sample_files(CHUNK));
     let stream = produce(src.path(), &["--read-buffer-size", "64K", "--digest", "sha1"]);
     let expected = {
         use sha1::Digest as _;

@@ -149,7 +149,6 @@ fn with_file_binding_every_pipe_alone_extracts_with_mbstream() {
             files.push((format!("{dir}/f{level}"), pseudo_random_bytes(200 << (level * 2), level as u64)));
         }
     }
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
     write_tree(deep.path(), &files);
     let placeholders = tree();
     for (src, extra) in [(deep.path(), &[][..]), (placeholders.path(), &["--dir-placeholders"][..])] {
@@ -207,7 +206,6 @@ fn put_and_get_keep_the_directories() {
 fn more_directories_than_open_files_allowed_extract() {
     let src = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..600).map(|i| (format!("db{i:03}/t.frm"), vec![i as u8; 10])).collect();
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
     write_tree(src.path(), &files);
     fs::create_dir_all(src.path().join("db000/empty")).unwrap();
     let stream = produce_output(src.path(), &[]).stdout;

@@ -143,8 +143,7 @@ fn a_source_file_replaced_by_a_symlink_after_the_scan_is_never_followed() {
     let mut files: Vec<(String, Vec<u8>)> =
         (0..10).map(|i| (format!("a{i:03}"), pseudo_random_bytes(70_000, i))).collect();
     files.push(("z-last".into(), b"the real content".to_vec()));
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    write_tree(src.path(), &refs);
+    write_tree(src.path(), &files);
     let elsewhere = tempfile::tempdir().unwrap();
     let secret = elsewhere.path().join("secret");
     fs::write(&secret, b"must never be in the backup").unwrap();
@@ -224,8 +223,7 @@ fn damage(stream: &[u8], seed: u64) -> (String, Vec<u8>) {
 
 #[test]
 fn three_hundred_kinds_of_damage_never_extract_wrong_or_missing_bytes_with_success() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(64 << 10));
+    let src = temp_tree(&sample_files(64 << 10));
     let stream = produce(src.path(), &["--read-buffer-size", "64K"]);
     let work = tempfile::tempdir().unwrap();
     let mut refused = 0;

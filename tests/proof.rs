@@ -28,8 +28,7 @@ fn small_source() -> tempfile::TempDir {
         };
         files.push((format!("db{}/t{i}.ibd", i % 3), pseudo_random_bytes(len, i as u64)));
     }
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    write_tree(src.path(), &refs);
+    write_tree(src.path(), &files);
     src
 }
 
@@ -216,8 +215,7 @@ fn pipes_that_do_not_belong_together_are_refused() {
 /// downstream never exits 0; a stopped producer exits non-zero and ends the stream with the broken chunk.
 #[test]
 fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 9)), ("small", b"x".to_vec())]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(4 << 20, 9)), ("small", b"x".to_vec())]);
     for signal in ["KILL", "TERM", "INT", "HUP", "PIPE"] {
         let mut producer = spawn(
             producer_to_stdout(src.path())
@@ -254,7 +252,7 @@ fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
 fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
     let src = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("f{i}"), pseudo_random_bytes(1 << 20, i))).collect();
-    write_tree(src.path(), &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    write_tree(src.path(), &files);
     for signal in ["KILL", "TERM"] {
         let work = tempfile::tempdir().unwrap();
         let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
@@ -277,8 +275,7 @@ fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
 /// A consumer stopped by SIGTERM mid-run exits 1 and removes its staging directory and pipes.
 #[test]
 fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 3))]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(4 << 20, 3))]);
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
     let consumer = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 2, &fifo_dir);
@@ -298,8 +295,7 @@ fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
 /// A stalled peer (SIGSTOP) is not a hang: --idle-timeout ends the other side naming the stream, both ways.
 #[test]
 fn a_stalled_peer_hits_the_idle_timeout_on_both_sides() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(16 << 20, 4))]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(16 << 20, 4))]);
     // The consumer stalls: the producer's writes stop making progress.
     let mut stalled = spawn(Command::new("sleep").arg("60").stdin(Stdio::piped()));
     let started = Instant::now();
@@ -530,8 +526,7 @@ fn decompress_fails_when_a_listed_file_is_missing() {
 /// moves times out.
 #[test]
 fn a_quiet_pipe_is_not_idle_while_another_works() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("a", pseudo_random_bytes(4096, 1)), ("b", pseudo_random_bytes(200 << 10, 2))]);
+    let src = temp_tree(&[("a", pseudo_random_bytes(4096, 1)), ("b", pseudo_random_bytes(200 << 10, 2))]);
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
     let consumer = consumer_on_pipes(

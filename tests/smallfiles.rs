@@ -63,7 +63,7 @@ fn small_files_are_written_before_the_consumer_waits_for_more_of_the_stream() {
     let (src, out) = (work.path().join("src"), work.path().join("out"));
     let files: Vec<(String, Vec<u8>)> =
         (0..50).map(|i| (format!("f{i:03}"), vec![b'a' + (i % 26) as u8; 100])).collect();
-    write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    write_tree(&src, &files);
     let stream = produce(&src, &[]);
     // The cut: after the marker (P, E) and the first three files (P, E each).
     let mut reader = proto::ChunkReader::new(&stream[..]);
@@ -100,7 +100,7 @@ fn a_small_file_that_changes_before_its_batch_is_read_is_named() {
                 (0..3).map(|i| (format!("a{i}"), pseudo_random_bytes(70_000, i))).collect();
             files.push(("keep".into(), b"kept".to_vec()));
             files.push(("moving".into(), vec![7u8; 1000]));
-            write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+            write_tree(&src, &files);
             let mut args = vec!["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "2", "--parallel", "1"];
             if strict {
                 args.push("--strict");
@@ -148,7 +148,7 @@ fn files_first_appear_in_scan_order_so_mbstream_creates_every_directory() {
     let src = work.path().join("src");
     let mut files: Vec<(String, Vec<u8>)> = (0..300).map(|i| (format!("db/t{i:03}.frm"), vec![b'x'; 2000])).collect();
     files.push(("db/sub/big.ibd".into(), pseudo_random_bytes(3 << 20, 5)));
-    write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    write_tree(&src, &files);
     for run in 0..5 {
         let stream = produce(&src, &["--read-buffer-size", "1M"]);
         let out = work.path().join(format!("out{run}"));

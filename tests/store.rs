@@ -128,7 +128,6 @@ fn get_merged_to_stdout_puts_out_no_file_before_mbstream_can_create_its_director
             dir = format!("{dir}/d{level}");
         }
     }
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
     write_tree(src.path(), &files);
     let work = tempfile::tempdir().unwrap();
     let url = storage(&work.path().join("store"));

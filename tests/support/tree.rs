@@ -20,7 +20,7 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Writes `files` (relative path, contents) under `root`, creating directories.
-pub fn write_tree(root: &Path, files: &[(&str, Vec<u8>)]) {
+pub fn write_tree<P: AsRef<Path>>(root: &Path, files: &[(P, Vec<u8>)]) {
     for (path, data) in files {
         let full = root.join(path);
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
@@ -29,7 +29,7 @@ pub fn write_tree(root: &Path, files: &[(&str, Vec<u8>)]) {
 }
 
 /// A fresh temporary directory holding `files` (see [`write_tree`]), removed when dropped: the source of a test.
-pub fn temp_tree(files: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
+pub fn temp_tree<P: AsRef<Path>>(files: &[(P, Vec<u8>)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_tree(dir.path(), files);
     dir
