@@ -4,108 +4,9 @@
 //! exist yet, a get into four pipes and to STDOUT (for the real `mbstream -x`), list, delete, nothing left.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::s3server::FaultyProxy;
-use crate::util::*;
-
-/// `fake-gcs-server` on a free port, objects kept on disk in its directory. `-public-host` makes it answer
-/// path-style XML requests (`GET /bucket/object`), which `object_store` sends for reads and listings.
-pub(crate) fn start_fake_gcs() -> LocalServer {
-    LocalServer::start("fake-gcs-server", |port, dir| fake_gcs_command(port, &format!("127.0.0.1:{port}"), dir))
-}
-
-/// `fake-gcs-server` behind a [`FaultyProxy`] failing every `fault_every`-th request. The server's public host is
-/// the proxy's address: the proxy forwards the client's `Host`, and the server routes XML requests by it.
-fn start_fake_gcs_behind_a_proxy(fault_every: u64) -> (LocalServer, FaultyProxy) {
-    let proxy = std::cell::RefCell::new(None);
-    let server = LocalServer::start("fake-gcs-server", |port, dir| {
-        let started = FaultyProxy::start(&format!("127.0.0.1:{port}"), fault_every);
-        let public_host = started.endpoint().trim_start_matches("http://").to_string();
-        *proxy.borrow_mut() = Some(started);
-        fake_gcs_command(port, &public_host, dir)
-    });
-    (server, proxy.into_inner().expect("the proxy started with the server"))
-}
-
-fn fake_gcs_command(port: u16, public_host: &str, dir: &Path) -> Command {
-    let mut command = Command::new(tool("fake-gcs-server"));
-    command
-        .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string()])
-        .args(["-public-host", public_host, "-backend", "filesystem", "-log-level", "warn"])
-        .arg("-filesystem-root")
-        .arg(dir.join("data"));
-    command
-}
-
-/// Azurite's blob service on a free port, its data in its directory. `--skipApiVersionCheck`: `object_store`
-/// may send a newer `x-ms-version` than this Azurite knows.
-pub(crate) fn start_azurite() -> LocalServer {
-    LocalServer::start("azurite-blob", |port, dir| {
-        let mut command = Command::new(tool("azurite-blob"));
-        command
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
-            .arg(dir.join("data"))
-            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"]);
-        command
-    })
-}
-
-/// A key file for the emulator at `endpoint`: no OAuth (`fake-gcs-server` checks no token), its URL.
-fn fake_gcs_key(server: &LocalServer, endpoint: &str) -> std::path::PathBuf {
-    let path = server.dir.path().join("key.json");
-    let key = serde_json::json!({
-        "private_key": "", "private_key_id": "", "client_email": "",
-        "disable_oauth": true, "gcs_base_url": endpoint,
-    });
-    std::fs::write(&path, key.to_string()).unwrap();
-    path
-}
-
-/// `--storage gs://… ` for the fake server, reached at `endpoint` (its own, or a proxy's).
-pub(crate) fn gcs_storage(server: &LocalServer, endpoint: &str, bucket_prefix: &str) -> Vec<String> {
-    let key = fake_gcs_key(server, endpoint);
-    vec![
-        "--storage".into(),
-        format!("gs://{bucket_prefix}"),
-        "--google-service-account".into(),
-        key.display().to_string(),
-        "--google-project".into(),
-        "xbkit-test".into(),
-    ]
-}
-
-/// `--storage az://…` for Azurite: its well-known account and key, given explicitly, at its endpoint.
-pub(crate) fn azure_storage(endpoint: &str, container_prefix: &str, key: &str) -> Vec<String> {
-    vec![
-        "--storage".into(),
-        format!("az://{container_prefix}"),
-        "--azure-storage-account".into(),
-        store::azure::DEVELOPMENT_ACCOUNT.into(),
-        "--azure-access-key".into(),
-        key.into(),
-        "--azure-endpoint".into(),
-        format!("{endpoint}/{}", store::azure::DEVELOPMENT_ACCOUNT),
-    ]
-}
-
-/// The store the arguments name, opened as the consumer opens it.
-pub(crate) fn open_store(storage: &[String]) -> Box<dyn store::Store> {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct Args {
-        #[command(flatten)]
-        storage: consumer::storage::StorageArgs,
-    }
-    let args = Args::parse_from(std::iter::once("test".to_string()).chain(storage.iter().cloned()));
-    args.storage.open().unwrap()
-}
-
-/// Every object key in the store the arguments name, listed straight through the store (not the backup catalog).
-pub(crate) fn raw_objects(storage: &[String]) -> Vec<String> {
-    open_store(storage).list("").unwrap().into_iter().map(|object| object.key).collect()
-}
+use crate::support::*;
 
 /// The tree every cloud test stores: a file over several 1M objects, a small one, an empty one, a deeper one
 /// (each directory holds a file, so `mbstream -x` can restore it).
@@ -155,7 +56,7 @@ fn round_trip_through_four_pipes(storage: &[String]) {
 
     // One stream, stored and fetched back: the producer's bytes, byte for byte.
     let stream = work.path().join("single.xbs");
-    std::fs::write(&stream, run_ok(producer_command(&src).args(["--read-buffer-size", "256K"]), LONG)).unwrap();
+    std::fs::write(&stream, produce(&src, &["--read-buffer-size", "256K"])).unwrap();
     let put = run_consumer(&["put", "single", "--object-size", "1M"], storage, Some(&stream));
     assert_success(&put, "put of one stream");
     let got = run_consumer(&["get", "single"], storage, None);
@@ -196,46 +97,6 @@ fn azure_put_get_list_delete_through_four_pipes_on_azurite() {
     round_trip_through_four_pipes(&storage);
 }
 
-/// Retries, on every cloud (S3 too): a put and a get through a proxy that fails every fifth request (alternately a
-/// 503 and a connection reset) succeed, proven, and both kinds of fault happened in each.
-pub fn survives_a_fifth_of_requests_failing(storage: &[String], proxy: &FaultyProxy) {
-    let mut storage = storage.to_vec();
-    storage.extend(["--max-backoff", "200"].map(str::to_owned));
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    let names: Vec<String> = (0..4).map(|i| format!("db/t{i}.ibd")).collect();
-    let mut files: Vec<(&str, Vec<u8>)> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| (name.as_str(), pseudo_random_bytes((5 << 20) / 4 + i * 999, 40 + i as u64)))
-        .collect();
-    files.push(("ibdata1", b"ib".to_vec()));
-    write_tree(&src, &files);
-    let stream = work.path().join("stream.xbs");
-    std::fs::write(&stream, run_ok(producer_command(&src).args(["--read-buffer-size", "64K"]), LONG)).unwrap();
-
-    let started = Instant::now();
-    let put = run_consumer(&["put", "flaky", "--object-size", "256K"], &storage, Some(&stream));
-    let stderr = assert_success(&put, "put through the faulty proxy");
-    assert!(stderr.contains("proven against its manifest"), "{stderr}");
-    let put_faults = proxy.faults();
-    let out = work.path().join("out");
-    let got = run_consumer(&["get", "flaky", "-C", out.to_str().unwrap()], &storage, None);
-    assert_success(&got, "get -C through the faulty proxy");
-    assert_same_tree(&src, &out);
-    eprintln!(
-        "{} requests ({} with chunked bodies), {} faulted ({put_faults} during the put), in {:.1} s",
-        proxy.requests(),
-        proxy.chunked_requests(),
-        proxy.faults(),
-        started.elapsed().as_secs_f64()
-    );
-    // Faults 1, 3, … are 503s and 2, 4, … resets: both kinds happened, in the put and in the get.
-    assert!(put_faults >= 2 && proxy.faults() > put_faults + 1, "faults: {put_faults}, then {}", proxy.faults());
-    assert_eq!(proxy.faults(), proxy.requests() / 5);
-    assert_eq!(proxy.problems(), Vec::<String>::new());
-}
-
 /// Google: retries of every request, `object_store`'s and ours (the uploads, the bucket's creation).
 #[test]
 fn gcs_put_and_get_survive_a_fifth_of_requests_failing() {
@@ -247,7 +108,7 @@ fn gcs_put_and_get_survive_a_fifth_of_requests_failing() {
 #[test]
 fn azure_put_and_get_survive_a_fifth_of_requests_failing() {
     let server = start_azurite();
-    let proxy = FaultyProxy::start(&format!("127.0.0.1:{}", server.port), 5);
+    let proxy = FaultyProxy::start(&server.host_port(), 5);
     survives_a_fifth_of_requests_failing(
         &azure_storage(&proxy.endpoint(), "backups", store::azure::DEVELOPMENT_KEY),
         &proxy,
@@ -316,18 +177,11 @@ fn gcs_a_bad_service_account_key_is_a_clear_error_before_any_request() {
     assert!(!server.dir.path().join("data/backups").exists(), "no bucket was created");
 }
 
-/// The producer writing one stream of `src` to STDOUT.
-fn producer_command(src: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
-    command.arg("--source").arg(src).arg("--stream=xbstream");
-    command
-}
-
 /// A stream of a one-file tree, written to `work/stream.xbs`.
 fn one_file_stream(work: &Path) -> std::path::PathBuf {
     let src = work.join("src");
     write_tree(&src, &[("f", b"data".to_vec())]);
     let stream = work.join("stream.xbs");
-    std::fs::write(&stream, run_ok(&mut producer_command(&src), SHORT)).unwrap();
+    std::fs::write(&stream, produce(&src, &[])).unwrap();
     stream
 }

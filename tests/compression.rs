@@ -6,31 +6,22 @@ use std::path::Path;
 use std::process::Command;
 
 use proto::encode_payload_header;
-use proto::{ChunkKind, ChunkReader, ChunkWriter};
+use proto::ChunkKind;
 
-use crate::util::*;
+use crate::support::*;
 
 const CHUNK: usize = 64 * 1024;
 
 /// Compressible and incompressible files, an empty one, and one of several chunks.
 fn compressible_source() -> tempfile::TempDir {
-    let src = tempfile::tempdir().unwrap();
     let text: Vec<u8> = (0..5 * CHUNK + 123).map(|i| b"innodb page of text "[i % 20]).collect();
-    write_tree(src.path(), &sample_files(CHUNK));
+    let src = temp_tree(&sample_files(CHUNK));
     write_tree(src.path(), &[("db/text.ibd", text), ("db/log.txt", b"a short log line\n".repeat(100))]);
     src
 }
 
 fn compressed_stream(src: &Path) -> Vec<u8> {
-    producer()
-        .arg("--source")
-        .arg(src)
-        .args(["--stream=xbstream", "--compress", "--read-buffer-size", "64K", "--digest", "sha1"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone()
+    produce(src, &["--compress", "--read-buffer-size", "64K", "--digest", "sha1"])
 }
 
 /// Runs producer --compress → consumer extract --decompress through STDOUT (pipes = 0) or N pipes.
@@ -99,10 +90,6 @@ fn consumer_decompress_restores_an_extracted_tree() {
     consumer().arg("verify").arg(&out).assert().success();
 }
 
-fn parse(stream: &[u8]) -> Vec<(proto::ChunkHeader, Vec<u8>)> {
-    ChunkReader::new(stream).collect::<Result<_, _>>().unwrap()
-}
-
 fn assert_extract_fails(stream: Vec<u8>, message: &str) {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
@@ -134,22 +121,12 @@ fn a_damaged_frame_fails_naming_the_file_and_offset() {
     );
 
     // The same flip with the chunk CRC recomputed: zstd's own content checksum catches it.
-    let mut writer = ChunkWriter::new(Vec::new());
-    for (i, (h, payload)) in chunks.iter().enumerate() {
-        match h.kind {
-            ChunkKind::Eof => writer.write_eof(&h.path).unwrap(),
-            ChunkKind::Payload => {
-                let mut payload = payload.clone();
-                if i == index {
-                    let n = payload.len();
-                    payload[n - 10] ^= 0x01;
-                }
-                writer.write_payload(&h.path, h.file_offset, &payload).unwrap();
-            }
-        }
-    }
+    let mut forged = chunks.clone();
+    let payload = &mut forged[index].1;
+    let n = payload.len();
+    payload[n - 10] ^= 0x01;
     assert_extract_fails(
-        writer.into_inner(),
+        encode(&forged),
         &format!(
             "db/text.ibd.zst at offset {} (chunk at stream 0, offset {:#x}): damaged zstd frame",
             header.file_offset, header.stream_offset
@@ -178,12 +155,7 @@ fn compression_stays_within_the_memory_limit() {
     }
     let stats = src.path().join("../stats-compress.json");
     let streamed = run_to_null(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--compress", "--memory-limit", "32M"])
-            .arg("--stats-json")
-            .arg(&stats),
+        producer_to_stdout(src.path()).args(["--compress", "--memory-limit", "32M"]).arg("--stats-json").arg(&stats),
     );
     let stats = read_stats(&stats);
     let rss = stats["peak_rss_bytes"].as_u64().unwrap();

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use proto::encode_payload_header;
-use proto::{ChunkHeader, ChunkKind, ChunkReader, ChunkWriter};
+use proto::{ChunkHeader, ChunkKind};
 
-use crate::util::*;
+use crate::support::*;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -21,8 +21,7 @@ fn big_source() -> &'static Path {
     static SOURCE: OnceLock<tempfile::TempDir> = OnceLock::new();
     SOURCE
         .get_or_init(|| {
-            let src = tempfile::tempdir().unwrap();
-            write_tree(src.path(), &sample_files(CHUNK));
+            let src = temp_tree(&sample_files(CHUNK));
             let big = fs::File::create(src.path().join("db/huge.ibd")).unwrap();
             big.set_len(300_000_000).unwrap();
             for (i, offset) in [0u64, 7_340_033, 150_000_000, 298_951_424].into_iter().enumerate() {
@@ -56,8 +55,7 @@ fn round_trips_are_byte_exact_through_stdout_and_1_2_4_8_pipes() {
 
 #[test]
 fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
+    let src = temp_tree(&sample_files(CHUNK));
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(src.path().join("one"), fs::Permissions::from_mode(0o604)).unwrap();
     let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
@@ -74,8 +72,7 @@ fn modes_and_mtimes_are_restored_and_sha1_is_checked() {
 /// The same stream hashed on both sides: the producer's and consumer's per-stream SHA-1s agree.
 #[test]
 fn stream_sha1s_match_between_producer_and_consumer() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
+    let src = temp_tree(&sample_files(CHUNK));
     let work = tempfile::tempdir().unwrap();
     let (p_stats, c_stats) = (work.path().join("p.json"), work.path().join("c.json"));
     let p = p_stats.to_str().unwrap();
@@ -157,39 +154,13 @@ fn mariadb_backup_stream_extracts_like_mbstream() {
 // ---------------------------------------------------------------------------------------------------------------
 // Hostile streams.
 
-type Chunks = Vec<(ChunkHeader, Vec<u8>)>;
-
-fn parse(stream: &[u8]) -> Chunks {
-    ChunkReader::new(stream).collect::<Result<_, _>>().unwrap()
-}
-
-fn encode(chunks: &Chunks) -> Vec<u8> {
-    let mut writer = ChunkWriter::new(Vec::new());
-    for (header, payload) in chunks {
-        match header.kind {
-            ChunkKind::Payload => writer.write_payload(&header.path, header.file_offset, payload).unwrap(),
-            ChunkKind::Eof => writer.write_eof(&header.path).unwrap(),
-        }
-    }
-    writer.into_inner()
-}
-
 /// A real producer stream of the sample tree, 64 KiB chunks.
 fn producer_stream() -> Vec<u8> {
     static STREAM: OnceLock<Vec<u8>> = OnceLock::new();
     STREAM
         .get_or_init(|| {
-            let src = tempfile::tempdir().unwrap();
-            write_tree(src.path(), &sample_files(CHUNK));
-            producer()
-                .arg("--source")
-                .arg(src.path())
-                .args(["--stream=xbstream", "--read-buffer-size", "64K"])
-                .assert()
-                .success()
-                .get_output()
-                .stdout
-                .clone()
+            let src = temp_tree(&sample_files(CHUNK));
+            produce(src.path(), &["--read-buffer-size", "64K"])
         })
         .clone()
 }
@@ -351,7 +322,7 @@ fn writer_dying_mid_chunk_is_a_truncation_error_naming_the_pipe() {
     let fifo_dir = work.path().join("fifos");
     let out = work.path().join("out");
     let consumer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
+        consumer_command()
             .args(["extract", "--fifo-timeout", "20", "-C"])
             .arg(&out)
             .arg("--fifo-dir")
@@ -402,7 +373,7 @@ fn extract_big_stream(stream: &Path, src: &Path, memory_limit: &str) -> serde_js
     let work = tempfile::tempdir().unwrap();
     let (stats_path, out) = (work.path().join("stats.json"), work.path().join("out"));
     let extracted = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
+        consumer_command()
             .args([
                 "extract",
                 "--max-chunk-size",
@@ -448,29 +419,23 @@ fn consumer_memory_limit_bounds_peak_rss() {
     let work = tempfile::tempdir().unwrap();
     let stream = work.path().join("stream.xb");
     let produced = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64M"])
+        producer_to_stdout(src.path())
+            .args(["--read-buffer-size", "64M"])
             .stdout(fs::File::create(&stream).unwrap())
             .stderr(Stdio::piped()),
     )
     .wait_output(LONG);
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
 
-    const THRESHOLD: u64 = (128 + 32) << 20;
     let capped = extract_big_stream(&stream, src.path(), "128M");
     let uncapped = extract_big_stream(&stream, src.path(), "4G");
-    for stats in [&capped, &uncapped] {
-        assert_eq!(stats["bytes"].as_u64().unwrap(), 768 << 20, "{stats}");
-        assert_eq!(stats["buffer_size"].as_u64().unwrap(), 64 << 20, "{stats}");
-    }
-    let rss = |stats: &serde_json::Value| stats["peak_rss_bytes"].as_u64().unwrap();
-    assert_eq!(capped["buffers"].as_u64().unwrap(), 2, "{capped}");
-    assert_eq!(capped["peak_buffers_in_use"], capped["buffers"], "the cap was binding: {capped}");
-    assert_eq!(uncapped["buffers"].as_u64().unwrap(), 20, "{uncapped}");
-    assert!(rss(&capped) > 0 && rss(&capped) < THRESHOLD, "capped peak RSS {}: {capped}", rss(&capped));
-    assert!(rss(&uncapped) > THRESHOLD, "without the cap the same run needs more: {uncapped}");
+    let expected = MemoryCap {
+        bytes: 768 << 20,
+        buffer: ("buffer_size", 64 << 20),
+        buffers: (2, 20),
+        threshold: (128 + 32) << 20,
+    };
+    assert_the_memory_cap_binds(&capped, &uncapped, expected);
 }
 
 /// An empty stream is what a failed producer leaves in a pipeline without pipefail: never a successful restore.
@@ -495,8 +460,8 @@ fn a_producer_failure_is_never_a_complete_stream() {
     let victim = src.path().join("shrinking");
     fs::write(&victim, pseudo_random_bytes(4 << 20, 3)).unwrap();
     fs::write(src.path().join("other"), b"fine").unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
-    command.arg("--source").arg(src.path()).args(["--stream=xbstream", "--strict", "--read-buffer-size", "4K"]);
+    let mut command = producer_to_stdout(src.path());
+    command.args(["--strict", "--read-buffer-size", "4K"]);
     // Held back by the pipe (see `produce_with_change`): it cannot have read more than ~400 KiB before the cut.
     command.args(["--parallel", "1", "--pipe-buffer-size", "64K", "--memory-limit", "64K"]);
     let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
@@ -517,22 +482,19 @@ fn a_producer_failure_is_never_a_complete_stream() {
 /// `--list` over several pipes reads them all at once (the producer ends pipe 0 last).
 #[test]
 fn list_reads_several_pipes_at_once() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(40 << 20, 5)), ("small", b"x".to_vec())]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(40 << 20, 5)), ("small", b"x".to_vec())]);
     let work = tempfile::tempdir().unwrap();
     let fifo_dir = work.path().join("fifos");
     let consumer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
+        consumer_command()
             .args(["extract", "--list", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
             .arg(&fifo_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
     let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
+        producer_to_stdout(src.path())
+            .args(["--fifo-streams", "2", "--fifo-timeout", "20", "--fifo-dir"])
             .arg(&fifo_dir)
             .stderr(Stdio::piped()),
     );
@@ -573,17 +535,8 @@ fn partial_looking_and_long_names_restore_exactly() {
 /// and when it re-reads them: a manifest whose SHA-1 for one file was altered (same length, CRCs fixed) fails.
 #[test]
 fn a_wrong_sha1_in_the_manifest_fails_both_ways() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
-    let stream = producer()
-        .arg("--source")
-        .arg(src.path())
-        .args(["--stream=xbstream", "--read-buffer-size", "64K", "--digest", "sha1"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let src = temp_tree(&sample_files(CHUNK));
+    let stream = produce(src.path(), &["--read-buffer-size", "64K", "--digest", "sha1"]);
     let expected = {
         use sha1::Digest as _;
         sha1::Sha1::digest(pseudo_random_bytes(3 * CHUNK + 17, 1))

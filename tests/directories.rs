@@ -4,9 +4,9 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use crate::util::*;
+use crate::support::*;
 
 /// The tree of every test here: directories holding only directories (`a`, `a/b`, `deep/x`), an empty one, files at
 /// every level of `d1`, and directory modes 0700/0750/0755 with old mtimes.
@@ -61,24 +61,12 @@ fn directories(root: &Path) -> Vec<(String, u32, i64)> {
     found
 }
 
-fn produce(src: &Path, extra: &[&str]) -> std::process::Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(src)
-        .arg("--stream=xbstream")
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    output
-}
-
 /// Without placeholders: the producer warns (count and an example), and `consumer extract` restores the whole
 /// tree: files, empty directories, directory modes and mtimes; `consumer verify` checks the directories too.
 #[test]
 fn extract_restores_empty_directories_and_directory_modes_and_mtimes() {
     let src = tree();
-    let produced = produce(src.path(), &[]);
+    let produced = produce_output(src.path(), &[]);
     let stderr = String::from_utf8_lossy(&produced.stderr);
     assert!(
         stderr.contains("5 of 11 directories hold no file of their own (e.g. a/b)")
@@ -91,9 +79,11 @@ fn extract_restores_empty_directories_and_directory_modes_and_mtimes() {
         assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
         assert_same_tree(src.path(), out.path());
         assert_eq!(directories(out.path()), directories(src.path()), "every directory, its mode and mtime");
-        run_ok(Command::new(env!("CARGO_BIN_EXE_consumer")).arg("verify").arg(out.path()), SHORT);
+        run_ok(consumer_command().arg("verify").arg(out.path()), SHORT);
         fs::remove_dir(out.path().join("empty")).unwrap();
-        let verify = Command::new(env!("CARGO_BIN_EXE_consumer")).arg("verify").arg(out.path()).output().unwrap();
+        let verify =
+            spawn(consumer_command().arg("verify").arg(out.path()).stdout(Stdio::piped()).stderr(Stdio::piped()))
+                .wait_output(SHORT);
         assert_eq!(verify.status.code(), Some(1), "a missing empty directory is found by verify");
         read_manifest(out.path())
     };
@@ -103,10 +93,7 @@ fn extract_restores_empty_directories_and_directory_modes_and_mtimes() {
     // A plain copy (--target-dir) gets them too.
     let copy = tempfile::tempdir().unwrap();
     let target = copy.path().join("copy");
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src.path()).arg("--target-dir").arg(&target),
-        SHORT,
-    );
+    run_ok(&mut producer_to_dir(src.path(), &target), SHORT);
     assert_same_tree(src.path(), &target);
     assert_eq!(directories(&target), directories(src.path()), "the copy's directories, modes and mtimes");
 }
@@ -116,7 +103,7 @@ fn extract_restores_empty_directories_and_directory_modes_and_mtimes() {
 #[test]
 fn with_placeholders_mbstream_restores_every_file_and_directory() {
     let src = tree();
-    let produced = produce(src.path(), &["--dir-placeholders"]);
+    let produced = produce_output(src.path(), &["--dir-placeholders"]);
     let stderr = String::from_utf8_lossy(&produced.stderr);
     assert!(!stderr.contains("hold no file of their own"), "{stderr}");
     assert!(stderr.contains("(and 5 directory placeholders)"), "{stderr}");
@@ -162,7 +149,6 @@ fn with_file_binding_every_pipe_alone_extracts_with_mbstream() {
             files.push((format!("{dir}/f{level}"), pseudo_random_bytes(200 << (level * 2), level as u64)));
         }
     }
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
     write_tree(deep.path(), &files);
     let placeholders = tree();
     for (src, extra) in [(deep.path(), &[][..]), (placeholders.path(), &["--dir-placeholders"][..])] {
@@ -200,7 +186,7 @@ fn with_file_binding_every_pipe_alone_extracts_with_mbstream() {
 #[test]
 fn put_and_get_keep_the_directories() {
     let src = tree();
-    let produced = produce(src.path(), &["--compress"]);
+    let produced = produce_output(src.path(), &["--compress"]);
     let work = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", work.path().join("store").display());
     let stream = work.path().join("stream.xbs");
@@ -220,23 +206,18 @@ fn put_and_get_keep_the_directories() {
 fn more_directories_than_open_files_allowed_extract() {
     let src = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..600).map(|i| (format!("db{i:03}/t.frm"), vec![i as u8; 10])).collect();
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
     write_tree(src.path(), &files);
     fs::create_dir_all(src.path().join("db000/empty")).unwrap();
-    let stream = produce(src.path(), &[]).stdout;
+    let stream = produce_output(src.path(), &[]).stdout;
     let out = tempfile::tempdir().unwrap();
-    let mut child = spawn(
+    let output = run_with_stdin(
         Command::new(tool("prlimit"))
             .args(["--nofile=256:256", "--"])
-            .arg(env!("CARGO_BIN_EXE_consumer"))
+            .arg(CONSUMER)
             .args(["extract", "-C"])
-            .arg(out.path())
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped()),
+            .arg(out.path()),
+        &stream,
     );
-    let feeder = child.feed_stdin(stream);
-    let output = child.wait_output(LONG);
-    let _ = join_within(feeder, SHORT);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_same_tree(src.path(), out.path());
     assert!(out.path().join("db000/empty").is_dir());

@@ -5,9 +5,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use crate::util::*;
+use crate::support::*;
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped: a disk that fills up. Needs root (CI
 /// runs as root; never skipped).
@@ -38,64 +38,34 @@ impl Drop for SmallDisk {
 }
 
 /// A 12 MiB source tree: too big for a 4 MiB disk.
-fn big_source() -> tempfile::TempDir {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(
-        src.path(),
-        &[
-            ("ibdata1", pseudo_random_bytes(6 << 20, 31)),
-            ("db/t1.ibd", pseudo_random_bytes(5 << 20, 32)),
-            ("db/t1.frm", b"frm".to_vec()),
-            ("small", pseudo_random_bytes(1000, 33)),
-        ],
-    );
-    src
-}
-
-/// The producer's stream of `src` (asserting it succeeds).
-fn stream_of(src: &Path, extra: &[&str]) -> Vec<u8> {
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src).arg("--stream=xbstream").args(extra),
-        LONG,
-    )
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Every regular file under `root`.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    list_tree(root)
+fn disk_filling_source() -> tempfile::TempDir {
+    temp_tree(&[
+        ("ibdata1", pseudo_random_bytes(6 << 20, 31)),
+        ("db/t1.ibd", pseudo_random_bytes(5 << 20, 32)),
+        ("db/t1.frm", b"frm".to_vec()),
+        ("small", pseudo_random_bytes(1000, 33)),
+    ])
 }
 
 #[test]
 fn extract_onto_a_full_disk_fails_and_leaves_nothing_that_looks_complete() {
-    let src = big_source();
-    let stream = stream_of(src.path(), &[]);
+    let src = disk_filling_source();
+    let stream = produce(src.path(), &[]);
     let disk = SmallDisk::new("4m");
     let out = disk.path().join("out");
     let output = consume(&["extract", "-C", out.to_str().unwrap()], &stream);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("No space left on device"), "{}", stderr(&output));
     // The staging directory is removed: no file, and no manifest, in OUT.
-    assert!(files_under(&out).is_empty(), "left behind: {:?}", files_under(&out));
+    assert!(list_tree(&out).is_empty(), "left behind: {:?}", list_tree(&out));
 }
 
 #[test]
 fn the_producers_target_dir_on_a_full_disk_fails_without_a_manifest() {
-    let src = big_source();
+    let src = disk_filling_source();
     let disk = SmallDisk::new("4m");
     let target = disk.path().join("copy");
-    let output = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .arg("--target-dir")
-            .arg(&target)
-            .stderr(Stdio::piped()),
-    )
-    .wait_output(LONG);
+    let output = spawn(producer_to_dir(src.path(), &target).stderr(Stdio::piped())).wait_output(LONG);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("No space left on device"), "{}", stderr(&output));
     assert!(!target.join(proto::MANIFEST_NAME).exists(), "a manifest claims a copy that did not fit");
@@ -103,8 +73,8 @@ fn the_producers_target_dir_on_a_full_disk_fails_without_a_manifest() {
 
 #[test]
 fn put_onto_a_full_file_store_fails_and_get_refuses_the_backup() {
-    let src = big_source();
-    let stream = stream_of(src.path(), &[]);
+    let src = disk_filling_source();
+    let stream = produce(src.path(), &[]);
     // Room for the first pack (8M objects), not the second.
     let disk = SmallDisk::new("10m");
     let storage = format!("file://{}", disk.path().join("store").display());
@@ -115,7 +85,7 @@ fn put_onto_a_full_file_store_fails_and_get_refuses_the_backup() {
     assert!(!disk.path().join("store/NIGHTLY/index.json").exists(), "an index marks a backup that did not fit");
     let out = tempfile::tempdir().unwrap();
     let get = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
+        consumer_command()
             .args(["get", "NIGHTLY", "--storage", &storage, "-C"])
             .arg(out.path().join("restore"))
             .stderr(Stdio::piped()),
@@ -129,38 +99,30 @@ fn put_onto_a_full_file_store_fails_and_get_refuses_the_backup() {
 fn a_file_size_limit_is_a_clear_error_not_a_signal() {
     // RLIMIT_FSIZE: a write past it raises SIGXFSZ, which would kill the process without a word; the consumer
     // blocks it, so the write fails with EFBIG and the run says which file.
-    let src = big_source();
-    let stream = stream_of(src.path(), &[]);
+    let src = disk_filling_source();
+    let stream = produce(src.path(), &[]);
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("restore");
-    let mut child = spawn(
-        Command::new("prlimit")
-            .arg("--fsize=2000000")
-            .arg(env!("CARGO_BIN_EXE_consumer"))
-            .args(["extract", "-C"])
-            .arg(&target)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped()),
+    let output = run_with_stdin(
+        Command::new("prlimit").arg("--fsize=2000000").arg(CONSUMER).args(["extract", "-C"]).arg(&target),
+        &stream,
     );
-    let feeder = child.feed_stdin(stream);
-    let output = child.wait_output(LONG);
-    let _ = join_within(feeder, SHORT);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr(&output).contains("File too large"), "{}", stderr(&output));
-    assert!(files_under(&target).is_empty(), "left behind: {:?}", files_under(&target));
+    assert!(list_tree(&target).is_empty(), "left behind: {:?}", list_tree(&target));
 }
 
 #[test]
 fn an_unreadable_source_directory_is_an_error_naming_it() {
     use std::os::unix::fs::PermissionsExt;
-    let src = big_source();
+    let src = disk_filling_source();
     fs::set_permissions(src.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(src.path().join("db"), fs::Permissions::from_mode(0o000)).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+    let mut command = producer_command();
     if nix::unistd::geteuid().is_root() {
         // Root reads anything: run as nobody, for whom the directory is closed.
         command = Command::new("setpriv");
-        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_producer")]);
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", PRODUCER]);
     }
     let output = spawn(
         command.arg("--source").arg(src.path()).arg("--stream=xbstream").stdout(Stdio::null()).stderr(Stdio::piped()),
@@ -181,16 +143,13 @@ fn a_source_file_replaced_by_a_symlink_after_the_scan_is_never_followed() {
     let mut files: Vec<(String, Vec<u8>)> =
         (0..10).map(|i| (format!("a{i:03}"), pseudo_random_bytes(70_000, i))).collect();
     files.push(("z-last".into(), b"the real content".to_vec()));
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    write_tree(src.path(), &refs);
+    write_tree(src.path(), &files);
     let elsewhere = tempfile::tempdir().unwrap();
     let secret = elsewhere.path().join("secret");
     fs::write(&secret, b"must never be in the backup").unwrap();
     let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "5", "--parallel", "1"])
+        producer_to_stdout(src.path())
+            .args(["--read-buffer-size", "64K", "--throttle", "5", "--parallel", "1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
@@ -264,9 +223,8 @@ fn damage(stream: &[u8], seed: u64) -> (String, Vec<u8>) {
 
 #[test]
 fn three_hundred_kinds_of_damage_never_extract_wrong_or_missing_bytes_with_success() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(64 << 10));
-    let stream = stream_of(src.path(), &["--read-buffer-size", "64K"]);
+    let src = temp_tree(&sample_files(64 << 10));
+    let stream = produce(src.path(), &["--read-buffer-size", "64K"]);
     let work = tempfile::tempdir().unwrap();
     let mut refused = 0;
     for seed in 0..300u64 {
@@ -280,7 +238,7 @@ fn three_hundred_kinds_of_damage_never_extract_wrong_or_missing_bytes_with_succe
                 refused += 1;
                 assert!(stderr(&output).contains("error:"), "seed {seed} ({what}): {}", stderr(&output));
                 let left: Vec<_> =
-                    files_under(&out).into_iter().filter(|p| p.as_os_str() == proto::MANIFEST_NAME).collect();
+                    list_tree(&out).into_iter().filter(|p| p.as_os_str() == proto::MANIFEST_NAME).collect();
                 assert!(left.is_empty(), "seed {seed} ({what}): a manifest was left in OUT");
             }
             other => panic!("seed {seed} ({what}): exit {other:?} (a crash?): {}", stderr(&output)),
@@ -354,12 +312,7 @@ fn an_io_error_in_the_middle_of_a_read_fails_naming_file_and_offset() {
     std::io::Read::read_exact(&mut fs::File::open(&failing.path).unwrap(), &mut head).unwrap();
     assert_eq!(head, contents[..1 << 20]);
     let output = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(&src)
-            .args(["--stream=xbstream", "--read-buffer-size", "1M"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
+        producer_to_stdout(&src).args(["--read-buffer-size", "1M"]).stdout(Stdio::piped()).stderr(Stdio::piped()),
     )
     .wait_output(LONG);
     let message = stderr(&output);

@@ -7,18 +7,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::util::*;
+use crate::support::*;
 
 /// Bytes allocated to a file on disk.
 fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
-}
-
-fn produce(src: &Path, extra: &[&str]) -> Vec<u8> {
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src).arg("--stream=xbstream").args(extra),
-        LONG,
-    )
 }
 
 /// A 64 MiB file holding 4 KiB of data comes back byte for byte and with holes: through `extract`, through
@@ -63,7 +56,7 @@ fn a_sparse_file_comes_back_sparse() {
 /// restored than it took in the datadir.
 #[test]
 fn a_page_compressed_tablespace_keeps_its_holes() {
-    let original = crate::pages::datadir().join("pages/pagecomp.ibd");
+    let original = mariadb_datadir().join("pages/pagecomp.ibd");
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -162,13 +155,8 @@ fn an_interrupted_extractions_staging_directory_is_cleared_by_the_next() {
     write_tree(&src, &[("ibdata1", pseudo_random_bytes(100_000, 4))]);
     let out = work.path().join("out");
     // A run in progress: it waits for its stream on a pipe we hold open.
-    let mut running = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(["extract", "-C"])
-            .arg(&out)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    let mut running =
+        spawn(consumer_command().args(["extract", "-C"]).arg(&out).stdin(Stdio::piped()).stderr(Stdio::piped()));
     let running_stdin = running.stdin();
     let ours = out.join(format!(".xbkit-partial-{}", running.id()));
     wait_for_path(&ours, SHORT);

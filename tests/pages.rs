@@ -6,27 +6,15 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
-use crate::util::*;
-
-/// The datadir the server left (made once for all tests of this module; the tests copy what they change).
-pub(crate) fn datadir() -> &'static Path {
-    static DATADIR: OnceLock<PathBuf> = OnceLock::new();
-    DATADIR.get_or_init(|| {
-        let work = tempfile::Builder::new().prefix("xbkit-pages-").tempdir().unwrap().keep();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/mariadb-tablespaces.sh");
-        run_ok(Command::new("bash").arg(script).arg(&work), LONG);
-        work.join("data")
-    })
-}
+use crate::support::*;
 
 /// The tablespaces of the datadir the tests look at: (name, path).
 fn tablespaces() -> Vec<(&'static str, PathBuf)> {
-    let data = datadir();
+    let data = mariadb_datadir();
     vec![
         ("full_crc32", data.join("pages/full.ibd")),
         ("full_crc32 page_compressed", data.join("pages/pagecomp.ibd")),
@@ -57,11 +45,7 @@ fn validate(src: &Path, extra: &[&str]) -> (bool, String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats.json");
     let output = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src)
-            .arg("--target-dir")
-            .arg(dir.path().join("out"))
+        producer_to_dir(src, &dir.path().join("out"))
             .args(["--validate-pages", "--stats-json"])
             .arg(&stats)
             .args(extra)
@@ -97,7 +81,7 @@ fn real_tablespaces_of_every_format_pass_as_innochecksum_says() {
     for (name, file) in tablespaces() {
         assert!(innochecksum_ok(&file), "innochecksum rejects the server's own {name} tablespace {}", file.display());
     }
-    let (ok, stderr, stats) = validate(datadir(), &[]);
+    let (ok, stderr, stats) = validate(mariadb_datadir(), &[]);
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("pages not validated"), "a tablespace went unchecked: {stderr}");
     let checked = stats["pages"]["checked"].as_u64().unwrap();
@@ -134,16 +118,9 @@ fn log_page_corruption_records_the_pages_in_the_manifest_and_goes_on() {
     corrupted_copy(file, 16384, &src);
     fs::write(src.join("other.frm"), b"frm").unwrap();
     let out = dir.path().join("out");
-    let output = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(&src)
-            .arg("--target-dir")
-            .arg(&out)
-            .args(["--validate-pages", "--log-page-corruption"])
-            .stderr(Stdio::piped()),
-    )
-    .wait_output(LONG);
+    let output =
+        spawn(producer_to_dir(&src, &out).args(["--validate-pages", "--log-page-corruption"]).stderr(Stdio::piped()))
+            .wait_output(LONG);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("1 CORRUPT (recorded in the manifest)"), "{stderr}");
@@ -155,8 +132,7 @@ fn log_page_corruption_records_the_pages_in_the_manifest_and_goes_on() {
     // The copy is faithful: the bad page as it was at the source.
     assert!(same_contents(&src.join("classic.ibd"), &out.join("classic.ibd")));
     // The consumer says so whenever it checks the tree.
-    let verify = spawn(Command::new(env!("CARGO_BIN_EXE_consumer")).arg("verify").arg(&out).stderr(Stdio::piped()))
-        .wait_output(LONG);
+    let verify = spawn(consumer_command().arg("verify").arg(&out).stderr(Stdio::piped())).wait_output(LONG);
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success(), "{stderr}");
     assert!(stderr.contains("classic.ibd: 1 page(s) were corrupt at the source"), "{stderr}");
@@ -170,11 +146,7 @@ fn a_page_fixed_while_it_is_re_read_is_copied_as_re_read() {
     let copy = corrupted_copy(file, 16384, &src);
     let good = fs::read(file).unwrap();
     let out = dir.path().join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--source")
-        .arg(&src)
-        .arg("--target-dir")
-        .arg(&out)
+    let mut child = producer_to_dir(&src, &out)
         .args(["--validate-pages", "--stats-json"])
         .arg(dir.path().join("stats.json"))
         .stderr(Stdio::piped())
@@ -219,11 +191,7 @@ fn a_page_fixed_while_it_is_re_read_is_copied_as_re_read() {
 fn validate_pages_refuses_a_chunk_size_that_would_split_pages() {
     let dir = tempfile::tempdir().unwrap();
     let output = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(dir.path())
-            .arg("--target-dir")
-            .arg(dir.path().join("out"))
+        producer_to_dir(dir.path(), &dir.path().join("out"))
             .args(["--validate-pages", "--read-buffer-size", "100K"])
             .stderr(Stdio::piped()),
     )

@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use proto::{Digest, SHA1SUMS_NAME};
 
-use crate::util::*;
+use crate::support::*;
 
 const CHUNK: usize = 64 * 1024;
 
 fn sample_source() -> tempfile::TempDir {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &sample_files(CHUNK));
-    src
+    temp_tree(&sample_files(CHUNK))
 }
 
 #[test]
@@ -85,10 +83,8 @@ fn fifo_streams_with_file_binding_each_extract_with_mbstream() {
     let stats = work.path().join("stats.json");
     let streams = 3;
     let child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--fifo-streams", "3", "--fifo-binding", "file", "--digest", "sha1"])
+        producer_to_stdout(src.path())
+            .args(["--fifo-streams", "3", "--fifo-binding", "file", "--digest", "sha1"])
             .args(["--read-buffer-size", "64K", "--fifo-timeout", "20"])
             .arg("--fifo-dir")
             .arg(&fifo_dir)
@@ -152,10 +148,8 @@ fn one_big_file_is_read_by_every_thread() {
     file.set_len(200_000_000).unwrap();
     let stats = src.path().join("../stats-big.json");
     run_to_null(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--parallel", "4", "--read-buffer-size", "1M"])
+        producer_to_stdout(src.path())
+            .args(["--parallel", "4", "--read-buffer-size", "1M"])
             .arg("--stats-json")
             .arg(&stats),
     );
@@ -175,10 +169,8 @@ fn produce_through_a_slow_reader(src: &std::path::Path, memory_limit: &str) -> s
     let (stats_path, out) = (work.path().join("stats.json"), work.path().join("out"));
     fs::create_dir(&out).unwrap();
     let mut producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src)
-            .args(["--stream=xbstream", "--read-buffer-size", "16M", "--memory-limit", memory_limit])
+        producer_to_stdout(src)
+            .args(["--read-buffer-size", "16M", "--memory-limit", memory_limit])
             .arg("--stats-json")
             .arg(&stats_path)
             .stdout(Stdio::piped())
@@ -216,19 +208,11 @@ fn memory_limit_bounds_peak_rss() {
         std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_random_bytes(1 << 20, 40 + i), (i * 37 + 5) << 20)
             .unwrap();
     }
-    const THRESHOLD: u64 = (64 + 32) << 20;
     let capped = produce_through_a_slow_reader(src.path(), "64M");
     let uncapped = produce_through_a_slow_reader(src.path(), "4G");
-    for stats in [&capped, &uncapped] {
-        assert_eq!(stats["bytes"].as_u64().unwrap(), 512 << 20, "{stats}");
-        assert_eq!(stats["chunk_size"].as_u64().unwrap(), 16 << 20, "{stats}");
-    }
-    let rss = |stats: &serde_json::Value| stats["peak_rss_bytes"].as_u64().unwrap();
-    assert_eq!(capped["buffers"].as_u64().unwrap(), 4, "{capped}");
-    assert_eq!(capped["peak_buffers_in_use"], capped["buffers"], "the cap was binding: {capped}");
-    assert_eq!(uncapped["buffers"].as_u64().unwrap(), 22, "{uncapped}");
-    assert!(rss(&capped) > 0 && rss(&capped) < THRESHOLD, "capped peak RSS {}: {capped}", rss(&capped));
-    assert!(rss(&uncapped) > THRESHOLD, "without the cap the same run needs more: {uncapped}");
+    let expected =
+        MemoryCap { bytes: 512 << 20, buffer: ("chunk_size", 16 << 20), buffers: (4, 22), threshold: (64 + 32) << 20 };
+    assert_the_memory_cap_binds(&capped, &uncapped, expected);
 }
 
 #[test]
@@ -257,14 +241,7 @@ fn fifo_nobody_opens_fails_in_time_naming_the_pipe_and_removes_pipes() {
 fn consumer_that_dies_is_a_broken_pipe_error_not_a_hang() {
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("data"), pseudo_random_bytes(64 << 20, 9)).unwrap();
-    let mut child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .arg("--stream=xbstream")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    let mut child = spawn(producer_to_stdout(src.path()).stdout(Stdio::piped()).stderr(Stdio::piped()));
     let mut stdout = child.stdout();
     // Reads the first 100,000 bytes, then dies (drops its end of the pipe).
     let reader = spawn_named("short-lived consumer", move || {
@@ -338,7 +315,7 @@ fn file_that_shrinks_during_the_copy_is_recorded_or_fails_with_strict() {
         let src = tempfile::tempdir().unwrap();
         let victim = src.path().join("shrinking");
         fs::write(&victim, pseudo_random_bytes(BIG_VICTIM, 3)).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        let mut command = producer_command();
         command.arg("--source").arg(src.path()).args(HELD_BACK);
         if strict {
             command.arg("--strict");
@@ -377,7 +354,7 @@ fn unreadable_file_is_an_error_naming_it() {
     fs::set_permissions(src.path().join("db/t1.ibd"), fs::Permissions::from_mode(0o000)).unwrap();
     let mut command = if nix::unistd::geteuid().is_root() {
         let mut c = assert_cmd::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_producer")]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PRODUCER]);
         c
     } else {
         producer()
@@ -422,7 +399,7 @@ fn file_that_grows_during_the_copy_is_copied_up_to_its_scanned_size() {
         let victim = src.path().join("growing");
         let original = pseudo_random_bytes(size, 4);
         fs::write(&victim, &original).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        let mut command = producer_command();
         command.arg("--source").arg(src.path()).args(HELD_BACK);
         let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
             fs::OpenOptions::new().append(true).open(&victim).unwrap().write_all(&[1u8; 5000]).unwrap();
@@ -446,7 +423,7 @@ fn a_file_rewritten_in_place_while_it_is_read_is_never_delivered_torn() {
         let src = tempfile::tempdir().unwrap();
         let victim = src.path().join("rewritten");
         fs::write(&victim, vec![b'A'; BIG_VICTIM]).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        let mut command = producer_command();
         command.arg("--source").arg(src.path()).args(HELD_BACK);
         // Held back after 4 KiB of stream: the first ~400 KiB are read, the rest is not.
         let (status, stream, stderr) = produce_with_change(&mut command, 4096, || {
@@ -484,7 +461,7 @@ fn file_that_vanishes_before_it_is_read_is_left_out_or_fails_with_strict() {
             fs::write(src.path().join(format!("f{i:02}")), pseudo_random_bytes(128 << 10, i)).unwrap();
         }
         fs::write(src.path().join("f19"), pseudo_random_bytes(4096, 19)).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_producer"));
+        let mut command = producer_command();
         command.arg("--source").arg(src.path()).args(HELD_BACK);
         if strict {
             command.arg("--strict");

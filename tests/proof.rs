@@ -13,7 +13,7 @@ use proto::ChunkKind;
 use proto::{is_marker_name, StreamMarker};
 use proto::{ChunkReader, ChunkWriter};
 
-use crate::util::*;
+use crate::support::*;
 
 /// A small backup: a few dozen files in nested directories, some empty, some a few chunks long (4 KiB chunks).
 fn small_source() -> tempfile::TempDir {
@@ -28,8 +28,7 @@ fn small_source() -> tempfile::TempDir {
         };
         files.push((format!("db{}/t{i}.ibd", i % 3), pseudo_random_bytes(len, i as u64)));
     }
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    write_tree(src.path(), &refs);
+    write_tree(src.path(), &files);
     src
 }
 
@@ -47,47 +46,11 @@ fn chunk_boundaries(stream: &[u8]) -> Vec<usize> {
     ends
 }
 
-/// Polls `condition` every 5 ms until it holds, failing the test after `limit`.
-fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Runs the producer into `count` pipes and returns what each pipe carried (the test reads all pipes at once).
-fn capture_pipes(src: &Path, count: usize, extra: &[&str]) -> Vec<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo_dir = dir.path().join("fifos");
-    let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src)
-            .args(["--stream=xbstream", "--fifo-timeout", "30", "--fifo-streams", &count.to_string(), "--fifo-dir"])
-            .arg(&fifo_dir)
-            .args(extra)
-            .stderr(Stdio::piped()),
-    );
-    let readers: Vec<_> = (0..count)
-        .map(|i| {
-            let path = fifo_dir.join(format!("thread_{i}"));
-            spawn_named("pipe", move || {
-                wait_for(Duration::from_secs(30), "the producer's pipes", || path.exists());
-                fs::read(&path).unwrap()
-            })
-        })
-        .collect();
-    let output = producer.wait_output(Duration::from_secs(60));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    readers.into_iter().map(|r| join_within(r, SHORT)).collect()
-}
-
 /// Runs `consumer extract` (or `--list`: `out` = None) on `streams` fed through as many pipes; returns its output.
 fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let fifo_dir = dir.path().join("fifos");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    let mut command = consumer_command();
     command.arg("extract");
     match out {
         Some(out) => command.arg("-C").arg(out),
@@ -108,7 +71,7 @@ fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output
             let path = fifo_dir.join(format!("thread_{i}"));
             let stream = stream.clone();
             spawn_named("pipe", move || {
-                wait_for(Duration::from_secs(30), "the consumer's pipes", || path.exists());
+                wait_for_path(&path, Duration::from_secs(30));
                 // The consumer may fail (and close its end) before reading everything: that is fine here.
                 if let Ok(mut pipe) = fs::OpenOptions::new().write(true).open(&path) {
                     let _ = pipe.write_all(&stream);
@@ -137,8 +100,7 @@ fn assert_nothing_complete(out: &Path, context: &str) {
 #[test]
 fn a_stream_cut_at_any_chunk_boundary_never_extracts_or_lists_as_complete() {
     let src = small_source();
-    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").args(SMALL_CHUNKS).assert();
-    let stream = stream.success().get_output().stdout.clone();
+    let stream = produce(src.path(), &SMALL_CHUNKS);
     let boundaries = chunk_boundaries(&stream);
     assert!(boundaries.len() > 60, "a few dozen files make many chunks: {}", boundaries.len());
     let work = tempfile::tempdir().unwrap();
@@ -165,7 +127,7 @@ fn a_stream_cut_at_any_chunk_boundary_never_extracts_or_lists_as_complete() {
 #[test]
 fn any_pipe_cut_at_any_chunk_boundary_never_extracts_as_complete() {
     let src = small_source();
-    let streams = capture_pipes(src.path(), 4, &SMALL_CHUNKS);
+    let streams = produce_pipes(src.path(), 4, &SMALL_CHUNKS);
     let work = tempfile::tempdir().unwrap();
     let mut runs = 0;
     for (pipe, stream) in streams.iter().enumerate() {
@@ -191,7 +153,7 @@ fn any_pipe_cut_at_any_chunk_boundary_never_extracts_as_complete() {
 #[test]
 fn every_stream_starts_with_a_marker_that_mbstream_extracts() {
     let src = small_source();
-    let streams = capture_pipes(src.path(), 3, &["--fifo-binding", "file", "--digest", "sha1"]);
+    let streams = produce_pipes(src.path(), 3, &["--fifo-binding", "file", "--digest", "sha1"]);
     let mut ids = Vec::new();
     for (index, stream) in streams.iter().enumerate() {
         let (header, payload) = ChunkReader::new(&stream[..]).next().unwrap().unwrap();
@@ -221,8 +183,8 @@ fn every_stream_starts_with_a_marker_that_mbstream_extracts() {
 #[test]
 fn pipes_that_do_not_belong_together_are_refused() {
     let src = small_source();
-    let a = capture_pipes(src.path(), 2, &[]);
-    let b = capture_pipes(src.path(), 2, &[]);
+    let a = produce_pipes(src.path(), 2, &[]);
+    let b = produce_pipes(src.path(), 2, &[]);
     let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
         (vec![a[1].clone(), a[0].clone()], "of 2 of backup"),
         (vec![a[0].clone(), b[1].clone()], "the pipes of two backups are mixed up"),
@@ -253,14 +215,11 @@ fn pipes_that_do_not_belong_together_are_refused() {
 /// downstream never exits 0; a stopped producer exits non-zero and ends the stream with the broken chunk.
 #[test]
 fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 9)), ("small", b"x".to_vec())]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(4 << 20, 9)), ("small", b"x".to_vec())]);
     for signal in ["KILL", "TERM", "INT", "HUP", "PIPE"] {
         let mut producer = spawn(
-            Command::new(env!("CARGO_BIN_EXE_producer"))
-                .arg("--source")
-                .arg(src.path())
-                .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "20"])
+            producer_to_stdout(src.path())
+                .args(["--read-buffer-size", "64K", "--throttle", "20"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         );
@@ -268,8 +227,7 @@ fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
         // Mid-run: the marker and the first payload chunk have arrived.
         let mut stream = vec![0u8; 64 << 10];
         stdout.read_exact(&mut stream).unwrap();
-        let killed = Command::new("kill").arg(format!("-{signal}")).arg(producer.id().to_string()).status().unwrap();
-        assert!(killed.success());
+        send_signal(&producer, signal);
         stdout.read_to_end(&mut stream).unwrap();
         let output = producer.wait_output(Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -294,14 +252,14 @@ fn a_producer_killed_or_stopped_mid_stream_never_leaves_a_complete_stream() {
 fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
     let src = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("f{i}"), pseudo_random_bytes(1 << 20, i))).collect();
-    write_tree(src.path(), &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    write_tree(src.path(), &files);
     for signal in ["KILL", "TERM"] {
         let work = tempfile::tempdir().unwrap();
         let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
         let consumer = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 4, &fifo_dir);
         let producer = producer_on_pipes(src.path(), 4, &fifo_dir, &["--read-buffer-size", "64K", "--throttle", "20"]);
         // Mid-run: the consumer has staged its first file.
-        wait_for(SHORT, "the first staged file", || has_staged_a_file(&out));
+        wait_until(SHORT, "the first staged file", || has_staged_a_file(&out));
         send_signal(&producer, signal);
         let produced = producer.wait_output(Duration::from_secs(30));
         let consumed = consumer.wait_output(Duration::from_secs(30));
@@ -317,13 +275,12 @@ fn a_producer_killed_mid_run_on_four_pipes_fails_the_consumer() {
 /// A consumer stopped by SIGTERM mid-run exits 1 and removes its staging directory and pipes.
 #[test]
 fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(4 << 20, 3))]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(4 << 20, 3))]);
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
     let consumer = consumer_on_pipes(&["extract".as_ref(), "-C".as_ref(), out.as_os_str()], 2, &fifo_dir);
     let producer = producer_on_pipes(src.path(), 2, &fifo_dir, &["--read-buffer-size", "64K", "--throttle", "20"]);
-    wait_for(SHORT, "the staged file", || has_staged_a_file(&out));
+    wait_until(SHORT, "the staged file", || has_staged_a_file(&out));
     send_signal(&consumer, "TERM");
     let consumed = consumer.wait_output(Duration::from_secs(30));
     let produced = producer.wait_output(Duration::from_secs(30));
@@ -338,16 +295,13 @@ fn a_consumer_stopped_mid_run_cleans_up_and_fails() {
 /// A stalled peer (SIGSTOP) is not a hang: --idle-timeout ends the other side naming the stream, both ways.
 #[test]
 fn a_stalled_peer_hits_the_idle_timeout_on_both_sides() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("big", pseudo_random_bytes(16 << 20, 4))]);
+    let src = temp_tree(&[("big", pseudo_random_bytes(16 << 20, 4))]);
     // The consumer stalls: the producer's writes stop making progress.
     let mut stalled = spawn(Command::new("sleep").arg("60").stdin(Stdio::piped()));
     let started = Instant::now();
     let producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--idle-timeout", "2"])
+        producer_to_stdout(src.path())
+            .args(["--idle-timeout", "2"])
             .stdout(Stdio::from(stalled.stdin()))
             .stderr(Stdio::piped()),
     );
@@ -364,20 +318,18 @@ fn a_stalled_peer_hits_the_idle_timeout_on_both_sides() {
 
     // The producer stalls (stopped by SIGSTOP after its first bytes): the consumer's reads stop making progress.
     let mut producer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(src.path())
-            .args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "10"])
+        producer_to_stdout(src.path())
+            .args(["--read-buffer-size", "64K", "--throttle", "10"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
     let mut stdout = producer.stdout();
     let mut first = vec![0u8; 4096];
     stdout.read_exact(&mut first).unwrap();
-    assert!(Command::new("kill").arg("-STOP").arg(producer.id().to_string()).status().unwrap().success());
+    send_signal(&producer, "STOP");
     let out = tempfile::tempdir().unwrap();
     let mut consumer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
+        consumer_command()
             .arg("extract")
             .arg("-C")
             .arg(out.path())
@@ -422,8 +374,7 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
         let poison = proto::POISON_PATH;
         assert!(output.stdout.windows(poison.len()).any(|w| w == poison), "{stage}: the stream ends broken");
     }
-    let compressed = producer().arg("--source").arg(src.path()).args(["--stream=xbstream", "--compress"]).assert();
-    let stream = compressed.success().get_output().stdout.clone();
+    let stream = produce(src.path(), &["--compress"]);
     for stage in ["reader-0", "writer-1", "decompress-0"] {
         let out = tempfile::tempdir().unwrap();
         let assert = consumer()
@@ -444,7 +395,7 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
 /// Rewrites the manifest of a producer stream with `change` (chunk CRCs recomputed, stream counts kept: the
 /// manifest's own chunks are not counted), in 4 KiB chunks.
 fn with_manifest(stream: &[u8], change: impl Fn(&mut proto::Manifest)) -> Vec<u8> {
-    let chunks: Vec<_> = ChunkReader::new(stream).collect::<Result<_, _>>().unwrap();
+    let chunks = parse(stream);
     let mut writer = ChunkWriter::new(Vec::new());
     let mut manifest = Vec::new();
     for (header, payload) in &chunks {
@@ -469,8 +420,7 @@ fn with_manifest(stream: &[u8], change: impl Fn(&mut proto::Manifest)) -> Vec<u8
 #[test]
 fn a_hostile_manifest_cannot_grant_privileges_or_memory() {
     let src = small_source();
-    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert();
-    let stream = stream.success().get_output().stdout.clone();
+    let stream = produce(src.path(), &[]);
     let hostile = with_manifest(&stream, |manifest| {
         for file in &mut manifest.files {
             file.mode = 0o7755;
@@ -483,9 +433,8 @@ fn a_hostile_manifest_cannot_grant_privileges_or_memory() {
 
     // The manifest is read a record at a time, never held whole (so its size does not count against
     // --memory-limit), and no piece of it may be large: one whose head is padded past 1 MiB is refused.
-    let small = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").args(SMALL_CHUNKS).assert();
-    let padded =
-        with_manifest(&small.success().get_output().stdout, |manifest| manifest.tool = "x".repeat((1 << 20) + 1));
+    let small = produce(src.path(), &SMALL_CHUNKS);
+    let padded = with_manifest(&small, |manifest| manifest.tool = "x".repeat((1 << 20) + 1));
     let out = tempfile::tempdir().unwrap();
     let assert = consumer()
         .arg("extract")
@@ -506,8 +455,7 @@ fn a_hostile_manifest_cannot_grant_privileges_or_memory() {
 #[test]
 fn a_hostile_directory_record_cannot_escape_or_grant_privileges() {
     let src = small_source();
-    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert();
-    let stream = stream.success().get_output().stdout.clone();
+    let stream = produce(src.path(), &[]);
     let privileged = with_manifest(&stream, |manifest| {
         assert!(!manifest.directories.is_empty(), "the producer lists directories");
         for directory in &mut manifest.directories {
@@ -548,8 +496,7 @@ fn a_hostile_directory_record_cannot_escape_or_grant_privileges() {
 #[test]
 fn an_existing_manifest_in_out_is_refused_before_anything_moves() {
     let src = small_source();
-    let stream = producer().arg("--source").arg(src.path()).arg("--stream=xbstream").assert();
-    let stream = stream.success().get_output().stdout.clone();
+    let stream = produce(src.path(), &[]);
     let out = tempfile::tempdir().unwrap();
     fs::write(out.path().join(proto::MANIFEST_NAME), b"an older backup's").unwrap();
     let assert = consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(stream).assert().code(1);
@@ -564,8 +511,7 @@ fn an_existing_manifest_in_out_is_refused_before_anything_moves() {
 #[test]
 fn decompress_fails_when_a_listed_file_is_missing() {
     let src = small_source();
-    let stream = producer().arg("--source").arg(src.path()).args(["--stream=xbstream", "--compress"]).assert();
-    let stream = stream.success().get_output().stdout.clone();
+    let stream = produce(src.path(), &["--compress"]);
     let out = tempfile::tempdir().unwrap();
     consumer().arg("extract").arg("-C").arg(out.path()).write_stdin(stream).assert().success();
     fs::remove_file(out.path().join("db1/t1.ibd.zst")).unwrap();
@@ -580,8 +526,7 @@ fn decompress_fails_when_a_listed_file_is_missing() {
 /// moves times out.
 #[test]
 fn a_quiet_pipe_is_not_idle_while_another_works() {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("a", pseudo_random_bytes(4096, 1)), ("b", pseudo_random_bytes(200 << 10, 2))]);
+    let src = temp_tree(&[("a", pseudo_random_bytes(4096, 1)), ("b", pseudo_random_bytes(200 << 10, 2))]);
     let work = tempfile::tempdir().unwrap();
     let (out, fifo_dir) = (work.path().join("out"), work.path().join("fifos"));
     let consumer = consumer_on_pipes(
@@ -603,7 +548,7 @@ fn a_quiet_pipe_is_not_idle_while_another_works() {
 /// A stop signal while waiting for the peer to open the pipes ends the wait at once, as a stop.
 #[test]
 fn a_stop_signal_ends_the_wait_for_the_peer() {
-    for program in [env!("CARGO_BIN_EXE_consumer"), env!("CARGO_BIN_EXE_producer")] {
+    for program in [CONSUMER, PRODUCER] {
         let work = tempfile::tempdir().unwrap();
         let src = small_source();
         let fifo_dir = work.path().join("fifos");
@@ -621,7 +566,7 @@ fn a_stop_signal_ends_the_wait_for_the_peer() {
         );
         wait_for_path(&fifo_dir.join("thread_1"), SHORT);
         let started = Instant::now();
-        assert!(Command::new("kill").arg("-TERM").arg(waiting.id().to_string()).status().unwrap().success());
+        send_signal(&waiting, "TERM");
         let output = waiting.wait_output(SHORT);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{program}: {stderr}");

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proto::{encode_eof, encode_payload_header};
 use proto::{ChunkKind, ChunkReader, ChunkWriter, ReadError, WriteError, MAX_PATH_LEN};
 
-use crate::util::ShortReader;
+use crate::support::ShortReader;
 
 /// Per path: the reassembled contents and whether its `E` chunk was seen.
 type Reassembled = BTreeMap<Vec<u8>, (Vec<u8>, bool)>;
@@ -330,7 +330,7 @@ fn shared_writer_never_tears_chunks_even_with_short_writes() {
             let shared = Arc::clone(&shared);
             std::thread::spawn(move || {
                 let path = format!("file{t}").into_bytes();
-                let data = crate::util::pseudo_random_bytes(4000, t);
+                let data = crate::support::pseudo_random_bytes(4000, t);
                 for (i, piece) in data.chunks(100).enumerate() {
                     shared.lock().unwrap().write_payload(&path, (i * 100) as u64, piece).unwrap();
                 }
@@ -339,7 +339,7 @@ fn shared_writer_never_tears_chunks_even_with_short_writes() {
         })
         .collect();
     for thread in threads {
-        crate::util::join_within(thread, crate::util::SHORT);
+        crate::support::join_within(thread, crate::support::SHORT);
     }
     let writer = Arc::try_unwrap(shared).ok().unwrap().into_inner().unwrap();
     let position = writer.position();
@@ -348,7 +348,7 @@ fn shared_writer_never_tears_chunks_even_with_short_writes() {
     let files = reassemble(&stream[..]).unwrap();
     for t in 0..4u64 {
         let (content, ended) = &files[format!("file{t}").as_bytes()];
-        assert_eq!(content, &crate::util::pseudo_random_bytes(4000, t));
+        assert_eq!(content, &crate::support::pseudo_random_bytes(4000, t));
         assert!(ended);
     }
 }

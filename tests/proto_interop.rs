@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use proto::{ChunkKind, ChunkReader, ChunkWriter};
 
-use crate::util::{mbstream_extract, pseudo_random_bytes, read_tree, run_ok, tool, ShortReader, SHORT};
+use crate::support::{mbstream_extract, pseudo_random_bytes, read_tree, run_ok, tool, ShortReader, SHORT};
 
 /// A stream written by `proto`, with interleaved chunks of several files (one empty, one 3 MiB, one 1 byte,
 /// a nested one, a non-UTF-8 name), extracts with `mbstream -x` to identical bytes.

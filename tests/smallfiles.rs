@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::util::*;
+use crate::support::*;
 
 /// `count` files of 16 bytes in 100 directories.
 fn tiny_files(root: &Path, count: usize) {
@@ -37,18 +37,11 @@ fn a_hundred_thousand_files_round_trip_with_compact_per_file_state() {
     tiny_files(&src, FILES);
     let stream = work.path().join("stream.xb");
     let (_, produced) = stats_run(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
-            .arg("--source")
-            .arg(&src)
-            .arg("--stream=xbstream")
-            .stdout(fs::File::create(&stream).unwrap()),
+        producer_to_stdout(&src).stdout(fs::File::create(&stream).unwrap()),
         &work.path().join("producer.json"),
     );
     let (output, consumed) = stats_run(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(["extract", "--no-fsync", "-C"])
-            .arg(&out)
-            .stdin(fs::File::open(&stream).unwrap()),
+        consumer_command().args(["extract", "--no-fsync", "-C"]).arg(&out).stdin(fs::File::open(&stream).unwrap()),
         &work.path().join("consumer.json"),
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("all verified against backup-manifest.json"));
@@ -70,9 +63,8 @@ fn small_files_are_written_before_the_consumer_waits_for_more_of_the_stream() {
     let (src, out) = (work.path().join("src"), work.path().join("out"));
     let files: Vec<(String, Vec<u8>)> =
         (0..50).map(|i| (format!("f{i:03}"), vec![b'a' + (i % 26) as u8; 100])).collect();
-    write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
-    let stream =
-        run_ok(Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).arg("--stream=xbstream"), LONG);
+    write_tree(&src, &files);
+    let stream = produce(&src, &[]);
     // The cut: after the marker (P, E) and the first three files (P, E each).
     let mut reader = proto::ChunkReader::new(&stream[..]);
     for _ in 0..8 {
@@ -81,23 +73,12 @@ fn small_files_are_written_before_the_consumer_waits_for_more_of_the_stream() {
     let cut = reader.position() as usize;
 
     let mut consumer = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(["extract", "--no-fsync", "-C"])
-            .arg(&out)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped()),
+        consumer_command().args(["extract", "--no-fsync", "-C"]).arg(&out).stdin(Stdio::piped()).stderr(Stdio::piped()),
     );
     let mut input = consumer.stdin();
     input.write_all(&stream[..cut]).unwrap();
     input.flush().unwrap();
-    let deadline = std::time::Instant::now() + SHORT;
-    while !has_staged_a_file(&out) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing was written while the consumer waited for the rest of the stream"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(SHORT, "a file written while the consumer waits for the rest of the stream", || has_staged_a_file(&out));
     input.write_all(&stream[cut..]).unwrap();
     drop(input);
     let output = consumer.wait_output(LONG);
@@ -119,18 +100,13 @@ fn a_small_file_that_changes_before_its_batch_is_read_is_named() {
                 (0..3).map(|i| (format!("a{i}"), pseudo_random_bytes(70_000, i))).collect();
             files.push(("keep".into(), b"kept".to_vec()));
             files.push(("moving".into(), vec![7u8; 1000]));
-            write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+            write_tree(&src, &files);
             let mut args = vec!["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "2", "--parallel", "1"];
             if strict {
                 args.push("--strict");
             }
             let producer = spawn(
-                Command::new(env!("CARGO_BIN_EXE_producer"))
-                    .arg("--source")
-                    .arg(&src)
-                    .args(&args)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped()),
+                producer_command().arg("--source").arg(&src).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
             );
             std::thread::sleep(std::time::Duration::from_millis(500));
             let moving = src.join("moving");
@@ -172,16 +148,9 @@ fn files_first_appear_in_scan_order_so_mbstream_creates_every_directory() {
     let src = work.path().join("src");
     let mut files: Vec<(String, Vec<u8>)> = (0..300).map(|i| (format!("db/t{i:03}.frm"), vec![b'x'; 2000])).collect();
     files.push(("db/sub/big.ibd".into(), pseudo_random_bytes(3 << 20, 5)));
-    write_tree(&src, &files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
+    write_tree(&src, &files);
     for run in 0..5 {
-        let stream = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).args([
-                "--stream=xbstream",
-                "--read-buffer-size",
-                "1M",
-            ]),
-            LONG,
-        );
+        let stream = produce(&src, &["--read-buffer-size", "1M"]);
         let out = work.path().join(format!("out{run}"));
         fs::create_dir(&out).unwrap();
         mbstream_extract(&stream, &out);
@@ -201,16 +170,7 @@ fn files_beyond_the_memory_bound_are_checked_from_disk() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     tiny_files(&src, FILES);
-    let stream = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(&src).args([
-            "--stream=xbstream",
-            "--digest",
-            "sha1",
-            "--read-buffer-size",
-            "1M",
-        ]),
-        LONG,
-    );
+    let stream = produce(&src, &["--digest", "sha1", "--read-buffer-size", "1M"]);
     let extract = |stream: &[u8], name: &str| {
         let out = work.path().join(name);
         let output = consume(
@@ -235,7 +195,7 @@ fn files_beyond_the_memory_bound_are_checked_from_disk() {
     assert_same_tree(&src, &out);
 
     // Without the chunks of two files: one early (kept in memory), one late (forgotten by then).
-    let chunks: Vec<_> = proto::ChunkReader::new(&stream[..]).collect::<Result<_, _>>().unwrap();
+    let chunks = parse(&stream);
     let rebuild = |keep: &dyn Fn(&[u8]) -> bool, extra: bool| {
         let mut writer = proto::ChunkWriter::new(Vec::new());
         for (header, payload) in chunks.iter().filter(|(header, _)| keep(&header.path)) {
@@ -293,7 +253,7 @@ fn an_unwritable_tmpdir_fails_a_big_backup_before_a_byte_is_written() {
     let src = work.path().join("src");
     tiny_files(&src, 100_001);
     let output = spawn(
-        Command::new(env!("CARGO_BIN_EXE_producer"))
+        producer_command()
             .arg("--source")
             .arg(&src)
             .args(["-q", "--stream=xbstream"])

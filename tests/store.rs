@@ -11,27 +11,17 @@ use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
 use store::memory::{Faults, MemoryStore};
 
-use crate::util::*;
+use crate::support::*;
 
 /// A tree `mbstream -x` can restore (every directory holds a file of its own), a few packs big at 256K objects.
 fn source() -> tempfile::TempDir {
-    let src = tempfile::tempdir().unwrap();
-    write_tree(
-        src.path(),
-        &[
-            ("ibdata1", pseudo_random_bytes(3 << 20, 1)),
-            ("db/t1.ibd", pseudo_random_bytes(700 << 10, 2)),
-            ("db/t1.frm", b"frm".to_vec()),
-            ("empty", Vec::new()),
-            ("one", vec![1]),
-        ],
-    );
-    src
-}
-
-fn produce(src: &Path, extra: &[&str]) -> Vec<u8> {
-    let output = producer().arg("--source").arg(src).arg("--stream=xbstream").args(extra).assert().success();
-    output.get_output().stdout.clone()
+    temp_tree(&[
+        ("ibdata1", pseudo_random_bytes(3 << 20, 1)),
+        ("db/t1.ibd", pseudo_random_bytes(700 << 10, 2)),
+        ("db/t1.frm", b"frm".to_vec()),
+        ("empty", Vec::new()),
+        ("one", vec![1]),
+    ])
 }
 
 fn storage(dir: &Path) -> String {
@@ -138,7 +128,6 @@ fn get_merged_to_stdout_puts_out_no_file_before_mbstream_can_create_its_director
             dir = format!("{dir}/d{level}");
         }
     }
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(path, data)| (path.as_str(), data.clone())).collect();
     write_tree(src.path(), &files);
     let work = tempfile::tempdir().unwrap();
     let url = storage(&work.path().join("store"));

@@ -4,9 +4,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::util::*;
+use crate::support::*;
 
 /// A small tree whose content depends on `seed`, so that every put of a round stores something else.
 fn tree(root: &Path, seed: u64) {
@@ -20,14 +20,6 @@ fn tree(root: &Path, seed: u64) {
     );
 }
 
-fn produce_to(src: &Path, file: &Path, extra: &[&str]) {
-    let stream = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src).arg("--stream=xbstream").args(extra),
-        LONG,
-    );
-    fs::write(file, stream).unwrap();
-}
-
 /// Three puts of one NAME started together, each storing a different tree, `rounds` times: exactly one exits 0 and
 /// the others exit 1 saying the name is taken; nothing of the losers is left in the store; the backup is listed
 /// complete and proven, and restores the winner's tree.
@@ -37,14 +29,14 @@ fn one_of_concurrent_puts_wins(storage: &[String], rounds: usize) {
     let streams: Vec<PathBuf> = (0..3).map(|i| work.path().join(format!("stream{i}.xbs"))).collect();
     for (i, (src, stream)) in sources.iter().zip(&streams).enumerate() {
         tree(src, i as u64 + 1);
-        produce_to(src, stream, &["--read-buffer-size", "64K"]);
+        fs::write(stream, produce(src, &["--read-buffer-size", "64K"])).unwrap();
     }
     for round in 0..rounds {
         let name = format!("n{round}");
         let mut puts: Vec<Running> = streams
             .iter()
             .map(|stream| {
-                let mut command = consumer_command(&["put", &name, "--object-size", "256K"], storage);
+                let mut command = consumer_with_storage(&["put", &name, "--object-size", "256K"], storage);
                 spawn(command.stdin(fs::File::open(stream).unwrap()).stdout(Stdio::null()))
             })
             .collect();
@@ -63,10 +55,8 @@ fn one_of_concurrent_puts_wins(storage: &[String], rounds: usize) {
             assert!(stderr.contains("stopped before storing anything"), "{stderr}");
         }
         // Only the winner's objects: its claim, its packs and manifest under its put id, the index.
-        let objects: Vec<String> = crate::clouds::raw_objects(storage)
-            .into_iter()
-            .filter(|key| key.starts_with(&format!("{name}/")))
-            .collect();
+        let objects: Vec<String> =
+            raw_objects(storage).into_iter().filter(|key| key.starts_with(&format!("{name}/"))).collect();
         let puts: std::collections::BTreeSet<&str> = objects
             .iter()
             .filter_map(|key| key.split('/').nth(1))
@@ -92,21 +82,21 @@ fn concurrent_puts_of_one_name_on_a_directory_store_exactly_one_backup() {
 
 #[test]
 fn concurrent_puts_of_one_name_on_s3_store_exactly_one_backup() {
-    let server = crate::s3server::S3Server::start();
+    let server = S3Server::start();
     one_of_concurrent_puts_wins(&server.storage_args("backups"), 3);
 }
 
 #[test]
 fn concurrent_puts_of_one_name_on_google_store_exactly_one_backup() {
-    let server = crate::clouds::start_fake_gcs();
-    one_of_concurrent_puts_wins(&crate::clouds::gcs_storage(&server, &server.endpoint(), "backups"), 2);
+    let server = start_fake_gcs();
+    one_of_concurrent_puts_wins(&gcs_storage(&server, &server.endpoint(), "backups"), 2);
 }
 
 #[test]
 fn concurrent_puts_of_one_name_on_azure_store_exactly_one_backup() {
-    let server = crate::clouds::start_azurite();
+    let server = start_azurite();
     let key = store::azure::DEVELOPMENT_KEY;
-    one_of_concurrent_puts_wins(&crate::clouds::azure_storage(&server.endpoint(), "backups", key), 2);
+    one_of_concurrent_puts_wins(&azure_storage(&server.endpoint(), "backups", key), 2);
 }
 
 /// What each backend does with a create-only put of a key that exists, as the README's table says: the directory
@@ -116,7 +106,7 @@ fn concurrent_puts_of_one_name_on_azure_store_exactly_one_backup() {
 #[test]
 fn create_only_puts_as_each_backend_does_them() {
     let check = |storage: &[String], refuses: bool| {
-        let store = crate::clouds::open_store(storage);
+        let store = open_store(storage);
         store.ensure_container().unwrap();
         store.put_new("k/index.json", bytes::Bytes::from_static(b"first")).unwrap();
         let second = store.put_new("k/index.json", bytes::Bytes::from_static(b"second"));
@@ -134,12 +124,12 @@ fn create_only_puts_as_each_backend_does_them() {
     };
     let work = tempfile::tempdir().unwrap();
     check(&["--storage".into(), format!("file://{}", work.path().display())], true);
-    let s3 = crate::s3server::S3Server::start();
+    let s3 = S3Server::start();
     check(&s3.storage_args("backups"), true);
-    let azurite = crate::clouds::start_azurite();
-    check(&crate::clouds::azure_storage(&azurite.endpoint(), "backups", store::azure::DEVELOPMENT_KEY), true);
-    let gcs = crate::clouds::start_fake_gcs();
-    check(&crate::clouds::gcs_storage(&gcs, &gcs.endpoint(), "backups"), false);
+    let azurite = start_azurite();
+    check(&azure_storage(&azurite.endpoint(), "backups", store::azure::DEVELOPMENT_KEY), true);
+    let gcs = start_fake_gcs();
+    check(&gcs_storage(&gcs, &gcs.endpoint(), "backups"), false);
 }
 
 /// A put that got past the claim while another put of the name completed (a store whose listing lagged): its
@@ -156,8 +146,8 @@ fn a_put_that_loses_the_index_removes_its_own_objects() {
     tree(&a, 1);
     tree(&b, 2);
     let (stream_a, stream_b) = (work.path().join("a.xbs"), work.path().join("b.xbs"));
-    produce_to(&a, &stream_a, &["--read-buffer-size", "64K"]);
-    produce_to(&b, &stream_b, &["--read-buffer-size", "64K"]);
+    fs::write(&stream_a, produce(&a, &["--read-buffer-size", "64K"])).unwrap();
+    fs::write(&stream_b, produce(&b, &["--read-buffer-size", "64K"])).unwrap();
     let input = |path: &Path| {
         vec![consumer::input::InputStream { name: "memory".into(), file: Box::new(fs::File::open(path).unwrap()) }]
     };
@@ -187,14 +177,7 @@ fn a_put_that_loses_the_index_removes_its_own_objects() {
 
 /// Puts `src` as `name` into the directory store at `store` (one stream, 256K packs).
 fn put_dir(src: &Path, store: &Path, name: &str) {
-    let stream = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_producer")).arg("--source").arg(src).args([
-            "--stream=xbstream",
-            "--read-buffer-size",
-            "64K",
-        ]),
-        LONG,
-    );
+    let stream = produce(src, &["--read-buffer-size", "64K"]);
     let url = format!("file://{}", store.display());
     consumer().args(["put", name, "--storage", &url, "--object-size", "256K"]).write_stdin(stream).assert().success();
 }
@@ -328,7 +311,7 @@ fn get_checks_every_file_against_the_manifest_whatever_the_output() {
     let fifos = work.path().join("fifos-out");
     fs::create_dir_all(&fifos).unwrap();
     let mut extract = spawn(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
+        consumer_command()
             .args(["extract", "--fifo-streams", "4", "--fifo-dir"])
             .arg(&fifos)
             .arg("-C")

@@ -1,6 +1,7 @@
-//! The one integration-test binary: every module below is a group of tests; `util` holds the shared helpers.
+//! The one integration-test binary: every module below is a group of tests; `support` holds the shared helpers
+//! (processes with deadlines, trees, the binaries' command lines, the store servers and the fault proxy).
 
-mod util;
+mod support;
 
 mod clouds;
 mod compression;
@@ -16,5 +17,6 @@ mod proto_interop;
 mod s3server;
 mod smallfiles;
 mod store;
+mod store_conformance;
 mod store_safety;
 mod transport;

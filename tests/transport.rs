@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::*;
+use crate::support::*;
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
@@ -21,8 +21,8 @@ fn recipe(name: &str, args: &[&str]) -> Command {
     command
         .arg(script(name))
         .args(args)
-        .env("PRODUCER", env!("CARGO_BIN_EXE_producer"))
-        .env("CONSUMER", env!("CARGO_BIN_EXE_consumer"))
+        .env("PRODUCER", PRODUCER)
+        .env("CONSUMER", CONSUMER)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -36,10 +36,6 @@ fn source_tree(root: &Path) {
     files.push(("big.ibd", pseudo_random_bytes(5 << 20, 9)));
     files.push(("db/t2.ibd", pseudo_random_bytes(3 << 20, 10)));
     write_tree(root, &files);
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Waits until `pattern` (for `pgrep -f`) names a process, then returns its pids.
@@ -58,11 +54,7 @@ fn wait_for_process(pattern: &str, timeout: Duration) -> Vec<String> {
 
 /// Waits until an extraction into `out` has staged a file: the transfer is under way.
 fn wait_until_staged(out: &Path) {
-    let deadline = Instant::now() + SHORT;
-    while !has_staged_a_file(out) {
-        assert!(Instant::now() < deadline, "nothing arrived in {} within {SHORT:?}", out.display());
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(SHORT, &format!("a file to arrive in {}", out.display()), || has_staged_a_file(out));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -71,6 +63,20 @@ fn wait_until_staged(out: &Path) {
 struct NcRun {
     receiver: Output,
     sender: Output,
+}
+
+/// `stream-over-nc.sh receive` on 127.0.0.1:`port` for `streams` connections, waiting up to `wait` seconds for
+/// the sender, feeding `consumer CONSUMER_ARGS`.
+fn nc_receive(port: &str, streams: &str, wait: &str, consumer_args: &[&str]) -> Command {
+    let options = ["receive", "--listen", "127.0.0.1", "--port", port, "--streams", streams, "--wait", wait, "--"];
+    recipe("stream-over-nc.sh", &[&options[..], consumer_args].concat())
+}
+
+/// `stream-over-nc.sh send` to 127.0.0.1:`port` over `streams` connections, waiting up to `wait` seconds for the
+/// receiver, with `sender_options`, running `producer --source SRC`.
+fn nc_send(port: &str, streams: &str, wait: &str, sender_options: &[&str], src: &Path) -> Command {
+    let options = ["send", "--host", "127.0.0.1", "--port", port, "--streams", streams, "--wait", wait];
+    recipe("stream-over-nc.sh", &[&options[..], sender_options, &["--", "--source", src.to_str().unwrap()]].concat())
 }
 
 /// Runs the receiver (`-- CONSUMER_ARGS`) and the sender (`SENDER_OPTIONS -- --source SRC`) on 127.0.0.1 with
@@ -86,28 +92,12 @@ fn nc_run(
 ) -> NcRun {
     let port = free_port_run(streams as u16 + 1);
     let (port_s, streams_s) = (port.to_string(), streams.to_string());
-    let mut receive = recipe(
-        "stream-over-nc.sh",
-        &[
-            &["receive", "--listen", "127.0.0.1", "--port", &port_s, "--streams", &streams_s, "--wait", "20", "--"],
-            consumer_args,
-        ]
-        .concat(),
-    );
+    let mut receive = nc_receive(&port_s, &streams_s, "20", consumer_args);
     if let Some(prefix) = path_prefix {
         let path = std::env::var("PATH").unwrap_or_default();
         receive.env("PATH", format!("{}:{path}", prefix.display()));
     }
-    let src_s = src.to_str().unwrap();
-    let mut send = recipe(
-        "stream-over-nc.sh",
-        &[
-            &["send", "--host", "127.0.0.1", "--port", &port_s, "--streams", &streams_s, "--wait", "20"],
-            sender_options,
-            &["--", "--source", src_s],
-        ]
-        .concat(),
-    );
+    let mut send = nc_send(&port_s, &streams_s, "20", sender_options, src);
     // Either side may start first: a sender that finds nobody listening retries until --wait.
     let (receiver, sender) = if sender_first {
         let sender = spawn(&mut send);
@@ -154,10 +144,7 @@ fn nc_into_put_stores_a_backup_that_get_restores_with_the_sender_started_first()
         stderr(&run.receiver),
         stderr(&run.sender)
     );
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_consumer")).args(["get", "NIGHTLY", "--storage", &storage, "-C"]).arg(&out),
-        LONG,
-    );
+    run_ok(consumer_command().args(["get", "NIGHTLY", "--storage", &storage, "-C"]).arg(&out), LONG);
     assert_same_tree(&src, &out);
 }
 
@@ -207,46 +194,12 @@ fn nc_either_side_alone_gives_up_after_its_wait_with_a_clear_error() {
     source_tree(&src);
     let port = free_port_run(3).to_string();
     let started = Instant::now();
-    let sender = spawn(&mut recipe(
-        "stream-over-nc.sh",
-        &[
-            "send",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--streams",
-            "2",
-            "--wait",
-            "2",
-            "--",
-            "--source",
-            src.to_str().unwrap(),
-        ],
-    ))
-    .wait_output(SHORT);
+    let sender = spawn(&mut nc_send(&port, "2", "2", &[], &src)).wait_output(SHORT);
     assert!(!sender.status.success());
     assert!(stderr(&sender).contains("no receiver answered on 127.0.0.1:"), "{}", stderr(&sender));
     let out = dir.path().join("out");
-    let receiver = spawn(&mut recipe(
-        "stream-over-nc.sh",
-        &[
-            "receive",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--streams",
-            "2",
-            "--wait",
-            "2",
-            "--",
-            "extract",
-            "-C",
-            out.to_str().unwrap(),
-        ],
-    ))
-    .wait_output(SHORT);
+    let receiver =
+        spawn(&mut nc_receive(&port, "2", "2", &["extract", "-C", out.to_str().unwrap()])).wait_output(SHORT);
     assert!(!receiver.status.success());
     assert!(stderr(&receiver).contains("no sender said hello"), "{}", stderr(&receiver));
     assert!(started.elapsed() < Duration::from_secs(25), "the waits took {:?}", started.elapsed());
@@ -337,7 +290,7 @@ fn ssh_recipe(sshd: &Sshd, remote: &str, src: &Path, extra: &[&str]) -> Running 
 #[test]
 fn ssh_four_connections_into_a_remote_extract_arrive_whole() {
     let (sshd, _dir, src, out) = ssh_fixture();
-    let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
+    let remote = format!("{CONSUMER} extract -C {}", out.display());
     let output = ssh_recipe(&sshd, &remote, &src, &[]).wait_output(LONG);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("4 streams over ssh"), "{}", stderr(&output));
@@ -350,7 +303,7 @@ fn ssh_a_remote_consumer_that_dies_mid_stream_fails_the_recipe() {
     // More than the connections, ssh and the pipes can hold (a few MiB each), so the kill lands mid-stream even
     // when the remote consumer starts late and finds what was buffered meanwhile.
     fs::File::create(src.join("huge.ibd")).unwrap().set_len(48 << 20).unwrap();
-    let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), out.display());
+    let remote = format!("{CONSUMER} extract -C {}", out.display());
     let running = ssh_recipe(&sshd, &remote, &src, &["--rate", "8M"]);
     wait_until_staged(&out);
     let pids = wait_for_process(&format!("extract -C {} --fifo-dir", out.display()), SHORT);
@@ -367,7 +320,7 @@ fn ssh_a_remote_consumer_that_refuses_to_start_fails_the_recipe_quickly() {
     // The target is a regular file: extract refuses it at once.
     let target = dir.path().join("a-file");
     fs::write(&target, b"x").unwrap();
-    let remote = format!("{} extract -C {}", env!("CARGO_BIN_EXE_consumer"), target.display());
+    let remote = format!("{CONSUMER} extract -C {}", target.display());
     let started = Instant::now();
     let output = ssh_recipe(&sshd, &remote, &src, &[]).wait_output(LONG);
     assert!(!output.status.success());
