@@ -252,7 +252,7 @@ pub struct VerifyArgs {
     #[arg(value_name = "OUT")]
     pub directory: PathBuf,
 
-    /// Reader threads.
+    /// Files checked at once (each is read back whole by one thread).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub parallel: usize,
 }
@@ -278,7 +278,7 @@ pub fn main() -> i32 {
                 eprintln!("consumer: error: {e:#}");
                 return 2;
             }
-            Ok(config) if extract.list => crate::list::run(&config, &signals),
+            Ok(config) if extract.list => crate::listing::run(&config, &signals),
             Ok(config) => crate::extract::run(&config, &signals),
         },
         Command::Verify(verify) => crate::verify::run(&verify.directory, verify.parallel.max(1)),

@@ -1,12 +1,12 @@
 //! Validated extraction settings, derived once from the raw [`crate::cli::ExtractArgs`].
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use runtime::budget::MemoryBudget;
 use runtime::progress::ProgressMode;
-use runtime::size::{human, parse_size};
+use runtime::size::{human, size_arg};
 
 use crate::cli::{ExtractArgs, StreamDigest};
 use transport::{End, Endpoint};
@@ -24,9 +24,11 @@ pub struct ExtractConfig {
     pub writers: usize,
     /// Buffers in the pool.
     pub buffers: usize,
-    /// The --memory-limit: the pool's cap, the largest manifest `--list` holds in memory, and (an eighth of it)
-    /// the writers' bound on ended files kept in memory.
-    pub memory_limit: u64,
+    /// What the writers may spend remembering ended files (an eighth of `--memory-limit`): past it they forget
+    /// whole small files and check them from disk when their records come.
+    pub ended_files_memory: u64,
+    /// The largest manifest `--list` holds in memory (`--memory-limit`).
+    pub manifest_limit: u64,
     /// Size of each buffer = the largest payload accepted.
     pub buffer_size: usize,
     /// Replace existing files.
@@ -53,11 +55,11 @@ impl ExtractConfig {
     /// Validates raw arguments.
     pub fn from_args(args: &ExtractArgs, verbose: bool, quiet: bool) -> Result<ExtractConfig> {
         let input = Endpoint::from_args(&args.fifo, End::Read)?;
-        let buffer_size = parse_size(&args.max_chunk_size).map_err(anyhow::Error::msg).context("--max-chunk-size")?;
+        let buffer_size = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
         if !(4096..=1 << 30).contains(&buffer_size) {
             bail!("--max-chunk-size must be between 4K and 1G");
         }
-        let memory_limit = parse_size(&args.memory_limit).map_err(anyhow::Error::msg).context("--memory-limit")?;
+        let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
         if args.parallel == 0 {
             bail!("--parallel must be at least 1");
         }
@@ -74,23 +76,23 @@ impl ExtractConfig {
             );
         }
         // As in the producer, the limit is a cap: a few buffers per thread keep everything busy.
-        let buffers = allowed.min(2 * (2 * streams + args.parallel) + decompress_threads);
-        let progress = if quiet {
-            ProgressMode::Quiet
-        } else if verbose {
-            ProgressMode::Lines
-        } else if std::io::stderr().is_terminal() && !args.list {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Quiet
-        };
+        let mut budget = MemoryBudget::new(memory_limit);
+        let buffers = budget.buffers(
+            "chunk buffers",
+            allowed.min(2 * (2 * streams + args.parallel) + decompress_threads),
+            buffer_size,
+        );
+        let ended_files_memory = budget.assign("ended files", memory_limit / 8);
+        log::debug!("{budget}");
+        let progress = ProgressMode::choose(verbose, quiet, !args.list);
         Ok(ExtractConfig {
             input,
             target: args.directory.clone().unwrap_or_default(),
             idle_timeout: args.fifo.idle_timeout(),
             writers: args.parallel,
             buffers,
-            memory_limit,
+            ended_files_memory,
+            manifest_limit: memory_limit,
             buffer_size: buffer_size as usize,
             overwrite: args.overwrite,
             fsync: !args.no_fsync,
@@ -102,22 +104,6 @@ impl ExtractConfig {
             stats_json: args.stats_json.clone(),
             progress,
         })
-    }
-}
-
-fn size_arg(text: &str, name: &str) -> Result<u64> {
-    parse_size(text).map_err(anyhow::Error::msg).with_context(|| name.to_string())
-}
-
-fn progress_of(verbose: bool, quiet: bool) -> ProgressMode {
-    if quiet {
-        ProgressMode::Quiet
-    } else if verbose {
-        ProgressMode::Lines
-    } else if std::io::stderr().is_terminal() {
-        ProgressMode::Bar
-    } else {
-        ProgressMode::Quiet
     }
 }
 
@@ -152,16 +138,20 @@ pub fn put_config(args: &crate::cli::PutArgs, verbose: bool, quiet: bool) -> Res
             human(max_chunk)
         );
     }
+    let mut budget = MemoryBudget::new(memory_limit);
+    budget.buffers("chunk buffers", streams as usize, max_chunk);
+    let packs = budget.buffers("packs", packs.min(streams as usize + args.parallel), capacity);
+    log::debug!("{budget}");
     Ok(crate::put::PutConfig {
         name: args.name.clone(),
         input,
         idle_timeout: args.fifo.idle_timeout(),
         max_chunk: max_chunk as usize,
         object_size: object_size as usize,
-        packs: packs.min(streams as usize + args.parallel),
+        packs,
         parallel: args.parallel,
         manifest_limit: memory_limit,
-        progress: progress_of(verbose, quiet),
+        progress: ProgressMode::choose(verbose, quiet, true),
     })
 }
 
@@ -187,7 +177,8 @@ pub fn get_config(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Res
                 idle_timeout: None,
                 writers: args.writers,
                 buffers,
-                memory_limit,
+                ended_files_memory: memory_limit / 8,
+                manifest_limit: memory_limit,
                 buffer_size: max_chunk as usize,
                 overwrite: args.overwrite,
                 fsync: !args.no_fsync,
@@ -197,7 +188,7 @@ pub fn get_config(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Res
                 decompress: args.decompress,
                 decompress_threads: if args.decompress { 2 } else { 0 },
                 stats_json: None,
-                progress: progress_of(verbose, quiet),
+                progress: ProgressMode::choose(verbose, quiet, true),
             }))
         }
         (None, _) => match Endpoint::from_args(&args.fifo, End::Write) {

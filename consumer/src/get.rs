@@ -66,14 +66,9 @@ pub struct GetConfig {
 
 /// Runs a get; returns the one-line summary.
 pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
-    let cancel = Cancel::new();
-    signals.watch(&cancel);
     let started = std::time::Instant::now();
-    let result = get(config, store, signals, &cancel);
-    match signals.error() {
-        Some(error) => Err(error),
-        None => result.map(|summary| format!("{summary} in {:.2} s", started.elapsed().as_secs_f64())),
-    }
+    let summary = signals.run(|cancel| get(config, store, signals, cancel))?;
+    Ok(format!("{summary} in {:.2} s", started.elapsed().as_secs_f64()))
 }
 
 fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
@@ -129,27 +124,20 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
     let total: u64 = index.streams.iter().map(|s| s.bytes).sum();
 
     thread::scope(|scope| -> Result<String> {
+        let failure = &failure;
         for i in 0..config.parallel.max(1) {
-            let (jobs, failure) = (job_receiver.clone(), &failure);
-            let name = format!("download-{i}");
-            thread::Builder::new()
-                .name(name.clone())
-                .spawn_scoped(scope, move || failure.run_stage(&name, || download(&jobs, store, cancel)))
-                .expect("spawn downloader");
+            let jobs = job_receiver.clone();
+            failure.spawn_stage(scope, format!("download-{i}"), move || download(&jobs, store, cancel));
         }
         drop(job_receiver);
         let mut readers = Vec::with_capacity(streams);
         for stored in &index.streams {
             let pool = BufferPool::new(window, largest.max(1));
             let (order, ordered) = crossbeam_channel::bounded(window);
-            let (jobs, failure, packs) = (jobs.clone(), &failure, &stored.packs);
-            let name = format!("plan-{}", stored.index);
-            thread::Builder::new()
-                .name(name.clone())
-                .spawn_scoped(scope, move || {
-                    failure.run_stage(&name, || plan(packs, parse_packs, &pool, &jobs, &order, cancel))
-                })
-                .expect("spawn planner");
+            let (jobs, packs) = (jobs.clone(), &stored.packs);
+            failure.spawn_stage(scope, format!("plan-{}", stored.index), move || {
+                plan(packs, parse_packs, &pool, &jobs, &order, cancel)
+            });
             readers.push(PackStream { ordered, current: None, position: 0, cancel: cancel.clone() });
         }
         drop(jobs);
@@ -421,12 +409,7 @@ fn deliver(
             if !index.proven && !config.allow_partial {
                 log::warn!("backup {} was stored without a manifest: the extraction cannot be proven", config.name);
             }
-            let inputs: Vec<InputStream> = readers
-                .into_iter()
-                .enumerate()
-                .map(|(i, reader)| InputStream { name: format!("stored stream {i}"), file: Box::new(reader) })
-                .collect();
-            crate::extract::extract(extract, inputs, signals, cancel)
+            crate::extract::extract(extract, stored_inputs(readers), signals, cancel)
         }
         GetOutput::Stream(endpoint) => {
             if let Endpoint::Fifos { count, .. } = endpoint {
@@ -530,14 +513,18 @@ fn to_stdout(
         );
     };
     let files = manifest.files.len() as u64;
-    let inputs = readers
+    let written = crate::merge::merge(stored_inputs(readers), config.max_chunk as u64, manifest, &mut out)?;
+    out.finish()?;
+    Ok(format!("{} streams merged into one on STDOUT ({}){}", streams, human(written), checked_note(Some(files))))
+}
+
+/// The stored streams as the input streams of an extraction or a merge, named for messages.
+fn stored_inputs(readers: Vec<PackStream>) -> Vec<InputStream> {
+    readers
         .into_iter()
         .enumerate()
         .map(|(i, reader)| InputStream { name: format!("stored stream {i}"), file: Box::new(reader) })
-        .collect();
-    let written = crate::merge::merge(inputs, config.max_chunk as u64, manifest, &mut out)?;
-    out.finish()?;
-    Ok(format!("{} streams merged into one on STDOUT ({}){}", streams, human(written), checked_note(Some(files))))
+        .collect()
 }
 
 /// What the summary says of the check against the manifest: how many files passed it, or that there was none.

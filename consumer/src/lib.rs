@@ -4,7 +4,7 @@ The consumer: reads one xbstream from STDIN or N from named pipes and turns it b
 manifest proves every file present and intact.
 
 Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → a module per command: [`extract`] (the
-wiring of an extraction), [`list`] (`--list`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored
+wiring of an extraction), [`listing`] (`extract --list`, as `xbstream -t`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored
 backups), [`verify`] (re-checking an extracted tree), [`decompress`] (`.zst` files of an extracted tree back into
 originals).
 
@@ -31,7 +31,7 @@ pub mod extract;
 pub mod get;
 pub mod input;
 pub mod layout;
-pub mod list;
+pub mod listing;
 pub mod merge;
 mod proof;
 pub mod put;

@@ -265,16 +265,11 @@ pub fn put_streams(
     let (upload_sender, upload_receiver) = crossbeam_channel::bounded::<Upload>(config.packs);
 
     let streams: Vec<Option<StreamPut>> = thread::scope(|scope| {
+        let (failure, uploaded) = (&failure, &uploaded);
         let uploaders: Vec<_> = (0..config.parallel)
             .map(|index| {
-                let (jobs, failure, uploaded) = (upload_receiver.clone(), &failure, &uploaded);
-                let name = format!("upload-{index}");
-                thread::Builder::new()
-                    .name(name.clone())
-                    .spawn_scoped(scope, move || {
-                        failure.run_stage(&name, || upload(&jobs, store, cancel, uploaded));
-                    })
-                    .expect("spawn uploader")
+                let jobs = upload_receiver.clone();
+                failure.spawn_stage(scope, format!("upload-{index}"), move || upload(&jobs, store, cancel, uploaded))
             })
             .collect();
         drop(upload_receiver);
@@ -291,16 +286,10 @@ pub fn put_streams(
                     Arc::clone(&same_backup),
                 )
                 .pass_marker(true);
-                let (uploads, packs, failure, counters) = (upload_sender.clone(), &packs, &failure, &counters);
-                let name = format!("reader-{index}");
-                thread::Builder::new()
-                    .name(name.clone())
-                    .spawn_scoped(scope, move || {
-                        failure.run_stage(&name, || {
-                            read_stream(config, &claim.put_id, source, &uploads, packs, cancel, counters)
-                        })
-                    })
-                    .expect("spawn reader")
+                let (uploads, packs, counters) = (upload_sender.clone(), &packs, &counters);
+                failure.spawn_stage(scope, format!("reader-{index}"), move || {
+                    read_stream(config, &claim.put_id, source, &uploads, packs, cancel, counters)
+                })
             })
             .collect();
         drop(upload_sender);
@@ -311,12 +300,7 @@ pub fn put_streams(
         streams
     });
     progress.stop();
-    if let Some(error) = signals.error() {
-        return Err(error);
-    }
-    if let Some(error) = failure.take() {
-        return Err(error);
-    }
+    failure.outcome(signals)?;
     let streams: Vec<StreamPut> = streams
         .into_iter()
         .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))

@@ -95,7 +95,7 @@ impl<'a> Writer<'a> {
         announced: &'a Announced,
     ) -> Writer<'a> {
         // An eighth of the budget, shared by the writers, holds ended files (at 256M: 167,000 of them).
-        let ended_limit = (config.memory_limit / 8 / ENDED_BYTES / config.writers as u64).max(1024) as usize;
+        let ended_limit = (config.ended_files_memory / ENDED_BYTES / config.writers as u64).max(1024) as usize;
         Writer {
             index,
             target,

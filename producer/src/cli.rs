@@ -48,7 +48,8 @@ pub struct Args {
     #[arg(long, default_value = "1M", value_name = "SIZE")]
     pub pipe_buffer_size: String,
 
-    /// Read threads.
+    /// Read threads: every file's chunks are read by this many threads at once (xtrabackup's --parallel copies
+    /// whole files per thread instead).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,
 

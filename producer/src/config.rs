@@ -1,6 +1,5 @@
 //! Validated settings: everything [`crate::pipeline::run`] needs, derived once from the raw [`crate::cli::Args`].
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use proto::Digest;
 
 use crate::cli::{Args, Binding, DigestArg};
+use runtime::budget::MemoryBudget;
 use runtime::progress::ProgressMode;
-use runtime::size::{human, parse_size};
+use runtime::size::{human, size_arg};
 use transport::{End, Endpoint};
 
 /// Where the backup goes.
@@ -51,6 +51,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Read threads.
     pub read_threads: usize,
+    /// `--memory-limit` and what it was divided into.
+    pub budget: MemoryBudget,
     /// Process threads (and, when compressing, as many compress threads).
     pub process_threads: usize,
     /// zstd level when compressing.
@@ -119,8 +121,7 @@ impl Config {
             }
         };
 
-        let chunk_size =
-            parse_size(&args.read_buffer_size).map_err(anyhow::Error::msg).context("--read-buffer-size")?;
+        let chunk_size = size_arg(&args.read_buffer_size, "--read-buffer-size")?;
         if !(4096..=proto::DEFAULT_MAX_PAYLOAD).contains(&chunk_size) {
             bail!(
                 "--read-buffer-size must be between 4K and {} (readers reject larger chunks)",
@@ -131,9 +132,8 @@ impl Config {
         if args.validate_pages && chunk_size % (64 << 10) != 0 {
             bail!("--validate-pages needs a --read-buffer-size that is a multiple of 64K (the largest InnoDB page)");
         }
-        let pipe_buffer_size =
-            parse_size(&args.pipe_buffer_size).map_err(anyhow::Error::msg).context("--pipe-buffer-size")?;
-        let memory_limit = parse_size(&args.memory_limit).map_err(anyhow::Error::msg).context("--memory-limit")?;
+        let pipe_buffer_size = size_arg(&args.pipe_buffer_size, "--pipe-buffer-size")?;
+        let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
         if args.parallel == 0 || args.compress_threads == 0 {
             bail!("--parallel and --compress-threads must be at least 1");
         }
@@ -151,7 +151,8 @@ impl Config {
         let wanted = rt + pt + wt + rt.max(pt).max(wt) + ct;
         // The limit is a cap, not a target: twice MEB's rule keeps every thread busy with room to reorder, and
         // more buffers only cost page faults and cache misses (measured: 256 × 1 MiB ran ~25% slower than 22 × 2 MiB).
-        let buffers = allowed.min(2 * wanted);
+        let mut budget = MemoryBudget::new(memory_limit);
+        let buffers = budget.buffers("chunk buffers", allowed.min(2 * wanted), chunk_size);
         if buffers < ct + 2 {
             bail!("--memory-limit {} is too small for {ct} compress threads", human(memory_limit));
         }
@@ -164,15 +165,7 @@ impl Config {
             );
         }
 
-        let progress = if args.quiet {
-            ProgressMode::Quiet
-        } else if args.verbose {
-            ProgressMode::Lines
-        } else if std::io::stderr().is_terminal() {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Quiet
-        };
+        let progress = ProgressMode::choose(args.verbose, args.quiet, true);
 
         Ok(Config {
             source,
@@ -184,6 +177,7 @@ impl Config {
             process_threads: pt,
             compress_level: args.compress.map(|_| args.compress_level),
             buffers,
+            budget,
             digest: match args.digest {
                 DigestArg::Crc32 | DigestArg::StreamSha1 => Digest::Crc32,
                 DigestArg::Sha1 => Digest::Sha1,

@@ -60,6 +60,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     // reported as changed too.
     let scan_started = SystemTime::now() - Duration::from_millis(100);
     let suffix = if config.compress_level.is_some() { proto::ZSTD_SUFFIX } else { "" };
+    log::debug!("{}", config.budget);
     let pre = prescan(config, suffix, cancel)?;
 
     // Before any output is opened: a backup whose records will not fit in memory needs TMPDIR.

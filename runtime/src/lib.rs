@@ -1,6 +1,7 @@
 /*!
 What the producer and the consumer share, below both binaries (so that `consumer` never depends on `producer`):
 
+- [`budget`]: `--memory-limit` divided once into named parts;
 - [`cancel`]: the stop signal every blocking wait of a pipeline listens to;
 - [`pool`]: the memory budget, a fixed pool of equal buffers, the only home of chunk data;
 - [`failure`]: the first real error of a multi-threaded run, the one panic policy of its threads, the one way a
@@ -16,6 +17,7 @@ What the producer and the consumer share, below both binaries (so that `consumer
 The format itself lives in `proto`; how streams travel (STDIO, pipes, idle deadlines) in `transport`.
 */
 
+pub mod budget;
 pub mod cancel;
 pub mod failure;
 pub mod limits;

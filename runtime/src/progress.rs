@@ -19,6 +19,22 @@ pub enum ProgressMode {
     Quiet,
 }
 
+impl ProgressMode {
+    /// What `-q` and `-v` ask for; otherwise a bar if one is `wanted` (the output is not itself the product) and
+    /// stderr is a terminal, else nothing.
+    pub fn choose(verbose: bool, quiet: bool, wanted: bool) -> ProgressMode {
+        if quiet {
+            ProgressMode::Quiet
+        } else if verbose {
+            ProgressMode::Lines
+        } else if wanted && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Quiet
+        }
+    }
+}
+
 /// Counters the pipeline bumps.
 #[derive(Debug, Default)]
 pub struct Counters {

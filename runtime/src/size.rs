@@ -1,6 +1,11 @@
 //! Byte sizes on the command line: `1048576`, `64K`, `10M`, `1G`, `256MiB` (binary multiples, as xtrabackup's
 //! `--read-buffer-size` and MEB's `--limit-memory`).
 
+/// A size option of the command line, `name` (`--memory-limit`) saying which in the error.
+pub fn size_arg(text: &str, name: &str) -> anyhow::Result<u64> {
+    parse_size(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
 /// Parses a size with an optional K/M/G/T suffix (optionally followed by `B` or `iB`); multiples of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();

@@ -21,7 +21,7 @@ use crate::input::open_inputs;
 use crate::source::{check_markers, missing_manifest, SameBackup, StreamEnd, StreamSource};
 
 #[derive(Default)]
-struct Listed {
+struct ListedFile {
     coverage: Coverage,
     chunks: u64,
     ended: bool,
@@ -30,7 +30,7 @@ struct Listed {
 /// Every file seen so far, by wire path, and the manifest's bytes.
 #[derive(Default)]
 struct Seen {
-    files: BTreeMap<Vec<u8>, Listed>,
+    files: BTreeMap<Vec<u8>, ListedFile>,
     manifest: Vec<u8>,
 }
 
@@ -85,7 +85,7 @@ pub fn run(config: &ExtractConfig, signals: &runtime::signals::Signals) -> Resul
                 let seen = &seen;
                 let source =
                     StreamSource::new(index, input, config.buffer_size as u64, false, stream_count, Arc::clone(&same));
-                scope.spawn(move || list_stream(source, config.memory_limit, seen))
+                scope.spawn(move || list_stream(source, config.manifest_limit, seen))
             })
             .collect();
         handles
@@ -151,7 +151,7 @@ pub fn run(config: &ExtractConfig, signals: &runtime::signals::Signals) -> Resul
 fn check_against_manifest(
     bytes: &[u8],
     ours: Option<&str>,
-    files: &BTreeMap<Vec<u8>, Listed>,
+    files: &BTreeMap<Vec<u8>, ListedFile>,
     ends: &[StreamEnd],
 ) -> Result<()> {
     let manifest = Manifest::from_json(bytes).context("cannot read the stream's manifest")?;
