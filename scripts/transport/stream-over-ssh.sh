@@ -2,9 +2,9 @@
 # stream-over-ssh.sh: a backup over N ssh connections, stream i on connection i, into N pipes on the remote host,
 # where `consumer` extracts or stores it. Everything is started from the sending side.
 #
-#   scripts/stream-over-ssh.sh --to backup@db2 --streams 4 --remote 'consumer extract -C /restore' \
+#   scripts/transport/stream-over-ssh.sh --to backup@db2 --streams 4 --remote 'consumer extract -C /restore' \
 #       -- --source /var/lib/mysql
-#   scripts/stream-over-ssh.sh --to backup@db2 --remote 'consumer put NIGHTLY --storage file:///backups' \
+#   scripts/transport/stream-over-ssh.sh --to backup@db2 --remote 'consumer put NIGHTLY --storage file:///backups' \
 #       --rate 50M -- --source /var/lib/mysql
 #
 # --remote CMD: the consumer command line run by the remote shell; the recipe appends the pipe options

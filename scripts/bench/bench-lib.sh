@@ -1,6 +1,6 @@
 # Shared by the benchmark scripts: dataset, tools, a hyperfine wrapper and the table printer. Source it.
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin="$root/target/release"
 shared="$root/../shared/peers"
 

@@ -15,7 +15,7 @@ find_binary() {
   local name=$1 override=$2
   if [ -n "$override" ]; then echo "$override"; return; fi
   if command -v "$name" >/dev/null; then command -v "$name"; return; fi
-  if [ -x "$here/../target/release/$name" ]; then echo "$here/../target/release/$name"; return; fi
+  if [ -x "$here/../../target/release/$name" ]; then echo "$here/../../target/release/$name"; return; fi
   die "cannot find $name: put it on PATH or set ${name^^}=/path/to/$name"
 }
 

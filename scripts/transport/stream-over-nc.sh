@@ -2,9 +2,9 @@
 # stream-over-nc.sh: a backup over N TCP connections (netcat), stream i on connection i, into N pipes at the
 # receiver. Start the receiving side first; it waits for the sender.
 #
-#   receiver$ scripts/stream-over-nc.sh receive --port 9100 --streams 4 -- extract -C /restore
-#   receiver$ scripts/stream-over-nc.sh receive --port 9100 --streams 4 -- put NIGHTLY --storage file:///backups
-#   sender$   scripts/stream-over-nc.sh send --host db2 --port 9100 --streams 4 [--rate 50M] -- --source /var/lib/mysql
+#   receiver$ scripts/transport/stream-over-nc.sh receive --port 9100 --streams 4 -- extract -C /restore
+#   receiver$ scripts/transport/stream-over-nc.sh receive --port 9100 --streams 4 -- put NIGHTLY --storage file:///backups
+#   sender$   scripts/transport/stream-over-nc.sh send --host db2 --port 9100 --streams 4 [--rate 50M] -- --source /var/lib/mysql
 #
 # After `--`: the receiver's `consumer` subcommand and its options, or the sender's `producer` options; the
 # recipe adds the pipe options (--fifo-dir, --fifo-streams) and, on the sender, --digest sha1 --stats-json.
