@@ -25,18 +25,8 @@ usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 role=$1; shift
 host="" port="" streams=4 listen=0.0.0.0 rate="" wait_s=60
-while [ $# -gt 0 ]; do
-  case $1 in
-    --host) host=$2; shift 2 ;;
-    --port) port=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --listen) listen=$2; shift 2 ;;
-    --rate) rate=$2; shift 2 ;;
-    --wait) wait_s=$2; shift 2 ;;
-    --) shift; break ;;
-    *) usage ;;
-  esac
-done
+parse_options --host=host --port=port --listen=listen -- "$@"
+set -- "${rest[@]}"
 [ -n "$port" ] || die "--port is required"
 [[ $streams =~ ^[1-9][0-9]*$ ]] || die "--streams must be a positive number"
 need_tools nc

@@ -20,18 +20,8 @@ source "$(dirname "$0")/transport-lib.sh"
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 to="" remote="" streams=4 rate="" wait_s=60 ssh_cmd=ssh
-while [ $# -gt 0 ]; do
-  case $1 in
-    --to) to=$2; shift 2 ;;
-    --remote) remote=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --rate) rate=$2; shift 2 ;;
-    --wait) wait_s=$2; shift 2 ;;
-    --ssh) ssh_cmd=$2; shift 2 ;;
-    --) shift; break ;;
-    *) usage ;;
-  esac
-done
+parse_options --to=to --remote=remote --ssh=ssh_cmd -- "$@"
+set -- "${rest[@]}"
 [ -n "$to" ] && [ -n "$remote" ] || usage
 [[ $streams =~ ^[1-9][0-9]*$ ]] || die "--streams must be a positive number"
 read -r -a ssh_argv <<< "$ssh_cmd"

@@ -83,5 +83,26 @@ finish_streams() {
   done
 }
 
+# parse_options OPTION=VAR... -- ARG...: a recipe's command line. Each `OPTION VALUE` in ARG... sets VAR, for the
+# OPTIONs named and the ones every recipe takes (--streams, --rate, --wait: streams, rate, wait_s); `--` ends them,
+# and the arguments after it (the producer's or the consumer's) are left in the array `rest`; anything else is the
+# recipe's usage.
+parse_options() {
+  local -A vars=([--streams]=streams [--rate]=rate [--wait]=wait_s)
+  while [ "$1" != -- ]; do vars[${1%%=*}]=${1#*=}; shift; done
+  shift
+  rest=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --) shift; rest=("$@"); break ;;
+      *)
+        if [ -z "$1" ] || [ -z "${vars[$1]:-}" ]; then usage; fi
+        printf -v "${vars[$1]}" '%s' "$2"
+        shift 2
+        ;;
+    esac
+  done
+}
+
 # rate_limit RATE: `pv -q -L RATE` when RATE is set, else `cat`.
 rate_limit() { if [ -n "$1" ]; then pv -q -L "$1"; else cat; fi; }
