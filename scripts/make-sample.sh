@@ -3,7 +3,9 @@
 #
 # A mixed sample tree of about SIZE_MB MiB, with nothing but bash and coreutils: one big file (half the size,
 # alternating random and text MiB blocks), 16 medium files, 200 small files in nested directories (1..64 KiB), and
-# an empty file. Used by scripts/demo.sh; the benchmarks use shared/peers/make-dataset.sh when it is present.
+# an empty file. Every directory holds a file of its own: mbstream -x / xbstream -x create only a file's immediate
+# parent, so a tree with a directory that holds only directories is one they cannot extract (and the producer warns
+# about it). Used by scripts/demo.sh; the benchmarks use shared/peers/make-dataset.sh when it is present.
 set -euo pipefail
 dir=${1:?usage: make-sample.sh DIR SIZE_MB}
 size_mb=${2:?usage: make-sample.sh DIR SIZE_MB}
@@ -21,6 +23,7 @@ for i in $(seq 0 15); do
 done
 for i in $(seq 0 199); do
   d="$dir/small/d$(( i % 8 ))/e$(( i % 3 ))"
+  if (( i < 8 )); then d="$dir/small/d$i"; fi # the first file of each small/dN in the directory itself
   mkdir -p "$d"
   if (( i % 2 )); then head -c $(( (i % 64 + 1) * 1024 )) /dev/urandom; else text "s$i" $(( (i % 64 + 1) * 1024 )); fi > "$d/s$i.dat"
 done

@@ -1,5 +1,5 @@
-//! The transport recipes, end to end: `scripts/stream-over-nc.sh` (both sides on 127.0.0.1, free ports) and
-//! `scripts/stream-over-ssh.sh` (against a real `sshd` the test starts on 127.0.0.1 with a throwaway host key and
+//! The transport recipes, end to end: `scripts/transport/stream-over-nc.sh` (both sides on 127.0.0.1, free ports) and
+//! `scripts/transport/stream-over-ssh.sh` (against a real `sshd` the test starts on 127.0.0.1 with a throwaway host key and
 //! user key). Each asserts the exit status of both sides, what they say, and what arrived.
 
 use std::fs;
@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/transport").join(name)
 }
 
-/// `bash scripts/NAME ARGS…` with our binaries and STDOUT/STDERR piped.
+/// `bash scripts/transport/NAME ARGS…` with our binaries and STDOUT/STDERR piped.
 fn recipe(name: &str, args: &[&str]) -> Command {
     let mut command = Command::new("bash");
     command

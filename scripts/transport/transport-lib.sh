@@ -15,7 +15,7 @@ find_binary() {
   local name=$1 override=$2
   if [ -n "$override" ]; then echo "$override"; return; fi
   if command -v "$name" >/dev/null; then command -v "$name"; return; fi
-  if [ -x "$here/../target/release/$name" ]; then echo "$here/../target/release/$name"; return; fi
+  if [ -x "$here/../../target/release/$name" ]; then echo "$here/../../target/release/$name"; return; fi
   die "cannot find $name: put it on PATH or set ${name^^}=/path/to/$name"
 }
 
@@ -80,6 +80,27 @@ finish_streams() {
     rc=0
     wait "${pids[$i]}" || rc=$?
     [ $rc -eq 0 ] || failed_streams+=("$i")
+  done
+}
+
+# parse_options OPTION=VAR... -- ARG...: a recipe's command line. Each `OPTION VALUE` in ARG... sets VAR, for the
+# OPTIONs named and the ones every recipe takes (--streams, --rate, --wait: streams, rate, wait_s); `--` ends them,
+# and the arguments after it (the producer's or the consumer's) are left in the array `rest`; anything else is the
+# recipe's usage.
+parse_options() {
+  local -A vars=([--streams]=streams [--rate]=rate [--wait]=wait_s)
+  while [ "$1" != -- ]; do vars[${1%%=*}]=${1#*=}; shift; done
+  shift
+  rest=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --) shift; rest=("$@"); break ;;
+      *)
+        if [ -z "$1" ] || [ -z "${vars[$1]:-}" ]; then usage; fi
+        printf -v "${vars[$1]}" '%s' "$2"
+        shift 2
+        ;;
+    esac
   done
 }
 

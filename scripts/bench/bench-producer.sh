@@ -6,11 +6,7 @@
 # pipes (each drained by its own cat). Medians of RUNS (default 5) hyperfine runs; the cache is re-warmed before
 # every run (mbstream evicts its input). Prints a markdown table for docs/benchmarks.md.
 source "$(dirname "$0")/bench-lib.sh"
-ds=${1:-/tmp/xbkit-bench/ds2g}
-size_mb=${2:-2048}
-runs=${3:-5}
-need hyperfine mbstream python3
-bytes=$(prepare "$ds" "$size_mb")
+dataset_bench 5 hyperfine mbstream python3 -- "$@"
 fifo=/tmp/xbkit-bench/fifo
 json=/tmp/xbkit-bench/producer.json
 mkdir -p /tmp/xbkit-bench

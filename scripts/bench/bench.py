@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The benchmark matrix (run it through scripts/bench.sh, which builds and provides matplotlib and boto3).
+"""The benchmark matrix (run it through scripts/bench/bench.sh, which builds and provides matplotlib and boto3).
 
 Ours: {STDOUT, FIFO 1, 2, 4, 8} x {drain to /dev/null, extract, put file://, put s3://} x {no compression, zstd -1},
 and the peers on the same bytes in the same run: reading the files (`cat`), a raw pipe, `tar | cat`, `tar | tar`,
 `mbstream -c | mbstream -x`, `tar | zstd -1 -T2`, boto3 upload to the same S3 server. Then the emulated link: the
 receiver in a network namespace behind a veth pair, every TCP connection capped by an htb class, streams carried
-by scripts/stream-over-nc.sh, N = 1, 2, 4, 8.
+by scripts/transport/stream-over-nc.sh, N = 1, 2, 4, 8.
 
 Writes OUT/results.json (every run), OUT/results.md (the tables) and OUT/throughput.svg (the plot; and a PNG of
 it).
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release")
 PRODUCER, CONSUMER = os.path.join(BIN, "producer"), os.path.join(BIN, "consumer")
 LAYOUTS = ["stdout", 1, 2, 4, 8]
@@ -311,7 +311,7 @@ class Bench:
             record = timed(name, command, self.args.runs, before=self.reset_targets)
             self.add(record, group="peer", kind=kind, compression=compression)
         if self.args.s3:
-            peer = os.path.join(ROOT, "scripts", "boto3-peer.py")
+            peer = os.path.join(ROOT, "scripts", "bench", "boto3-peer.py")
             pid = self.server.pid
             for mode, name in (("up", "boto3 upload_file, 8 threads"), ("puts", "boto3 put_object x 8 MiB, 8 threads")):
                 out = os.path.join(self.work, "boto3.json")
@@ -353,7 +353,7 @@ class Bench:
             sh(f"tc class add dev {VETH_TX} parent 1: classid 1:{10 + i} htb rate {cap}mbit ceil {cap}mbit && "
                f"tc filter add dev {VETH_TX} protocol ip parent 1: prio 1 u32 match ip dport {port + 1 + i} 0xffff "
                f"flowid 1:{10 + i}")
-        recipe = os.path.join(ROOT, "scripts", "stream-over-nc.sh")
+        recipe = os.path.join(ROOT, "scripts", "transport", "stream-over-nc.sh")
         env = dict(os.environ, PRODUCER=PRODUCER, CONSUMER=CONSUMER)
         for n in (1, 2, 4, 8):
             receive = (f"ip netns exec {NETNS} {recipe} receive --listen {RX_ADDR} --port {port} --streams {n} "

@@ -2,9 +2,9 @@
 # stream-over-ssh.sh: a backup over N ssh connections, stream i on connection i, into N pipes on the remote host,
 # where `consumer` extracts or stores it. Everything is started from the sending side.
 #
-#   scripts/stream-over-ssh.sh --to backup@db2 --streams 4 --remote 'consumer extract -C /restore' \
+#   scripts/transport/stream-over-ssh.sh --to backup@db2 --streams 4 --remote 'consumer extract -C /restore' \
 #       -- --source /var/lib/mysql
-#   scripts/stream-over-ssh.sh --to backup@db2 --remote 'consumer put NIGHTLY --storage file:///backups' \
+#   scripts/transport/stream-over-ssh.sh --to backup@db2 --remote 'consumer put NIGHTLY --storage file:///backups' \
 #       --rate 50M -- --source /var/lib/mysql
 #
 # --remote CMD: the consumer command line run by the remote shell; the recipe appends the pipe options
@@ -20,18 +20,8 @@ source "$(dirname "$0")/transport-lib.sh"
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 to="" remote="" streams=4 rate="" wait_s=60 ssh_cmd=ssh
-while [ $# -gt 0 ]; do
-  case $1 in
-    --to) to=$2; shift 2 ;;
-    --remote) remote=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --rate) rate=$2; shift 2 ;;
-    --wait) wait_s=$2; shift 2 ;;
-    --ssh) ssh_cmd=$2; shift 2 ;;
-    --) shift; break ;;
-    *) usage ;;
-  esac
-done
+parse_options --to=to --remote=remote --ssh=ssh_cmd -- "$@"
+set -- "${rest[@]}"
 [ -n "$to" ] && [ -n "$remote" ] || usage
 [[ $streams =~ ^[1-9][0-9]*$ ]] || die "--streams must be a positive number"
 read -r -a ssh_argv <<< "$ssh_cmd"

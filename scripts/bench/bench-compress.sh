@@ -6,11 +6,7 @@
 # tar -c | zstd -1, in the same run; plus the compressed round trip into tmpfs against tar | zstd -T2 | zstd -d |
 # tar -x. Medians of RUNS (default 3). Prints markdown tables.
 source "$(dirname "$0")/bench-lib.sh"
-ds=${1:-/tmp/xbkit-bench/ds2g}
-size_mb=${2:-2048}
-runs=${3:-3}
-need hyperfine zstd python3
-bytes=$(prepare "$ds" "$size_mb")
+dataset_bench 3 hyperfine zstd python3 -- "$@"
 sizes=/tmp/xbkit-bench/compress-sizes
 out=/dev/shm/xbkit-bench-zout
 mkdir -p "$sizes"

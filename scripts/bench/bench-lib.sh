@@ -1,6 +1,6 @@
 # Shared by the benchmark scripts: dataset, tools, a hyperfine wrapper and the table printer. Source it.
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin="$root/target/release"
 shared="$root/../shared/peers"
 
@@ -30,6 +30,22 @@ tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s
 
 # prepare DIR SIZE_MB: build, make the dataset if needed, print its size in bytes.
 prepare() { build; dataset "$1" "$2" >&2; tree_bytes "$1"; }
+
+# dataset_bench DEFAULT_RUNS TOOL... -- [DATASET_DIR [SIZE_MB [RUNS]]]: how the benchmarks on the mixed dataset
+# start: sets ds (default /tmp/xbkit-bench/ds2g), size_mb (default 2048) and runs (default DEFAULT_RUNS) from the
+# script's arguments, checks the tools, builds, makes the dataset if needed and sets bytes to its size.
+# shellcheck disable=SC2034 # runs and bytes are for the script that sources this
+dataset_bench() {
+  local default_runs=$1 tools=()
+  shift
+  while [ "$1" != -- ]; do tools+=("$1"); shift; done
+  shift
+  ds=${1:-/tmp/xbkit-bench/ds2g}
+  size_mb=${2:-2048}
+  runs=${3:-$default_runs}
+  need "${tools[@]}"
+  bytes=$(prepare "$ds" "$size_mb")
+}
 
 warm_cmd() { echo "find '$1' -type f -print0 | xargs -0 cat > /dev/null"; }
 

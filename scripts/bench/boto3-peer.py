@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The boto3 peer of scripts/bench-store.sh and scripts/bench.py: the same bytes to the same S3 server, timed in-process."""
+"""The boto3 peer of scripts/bench/bench-store.sh and scripts/bench/bench.py: the same bytes to the same S3 server, timed in-process."""
 import json, os, resource, statistics, sys, time
 import boto3
 from boto3.s3.transfer import TransferConfig

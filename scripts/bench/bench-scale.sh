@@ -8,7 +8,7 @@
 # 3 million): 10,000,000 files run with empty files on disk, extracted into a file system with enough inodes, e.g.
 #   truncate -s 8G /var/tmp/scale.img && mkfs.ext4 -q -N 10500000 /var/tmp/scale.img &&
 #   mkdir -p /mnt/scale && mount -o loop /var/tmp/scale.img /mnt/scale &&
-#   SCALE_DIR=/var/tmp SCALE_OUT=/mnt/scale/out SCALE_BYTES=0 RUNS=1 bash scripts/bench-scale.sh 10000000
+#   SCALE_DIR=/var/tmp SCALE_OUT=/mnt/scale/out SCALE_BYTES=0 RUNS=1 bash scripts/bench/bench-scale.sh 10000000
 source "$(dirname "$0")/bench-lib.sh"
 [ $# -gt 0 ] || set -- 1000000
 runs=${RUNS:-3}

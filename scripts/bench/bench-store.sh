@@ -51,7 +51,7 @@ endpoint=http://127.0.0.1:$port
 for _ in $(seq 40); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.25; done
 
 # boto3: the peer (up/down RUNS times after one warm-up, timed around the transfer only), and small helpers.
-boto() { python3 "$root/scripts/boto3-peer.py" "$1" "$endpoint" "$ak" "$sk" "$bucket" "${@:2}"; }
+boto() { python3 "$root/scripts/bench/boto3-peer.py" "$1" "$endpoint" "$ak" "$sk" "$bucket" "${@:2}"; }
 boto mkbucket
 
 server_cpu() { python3 -c "import os; f = open('/proc/$server/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))"; }

@@ -2,9 +2,9 @@
 # stream-over-nc.sh: a backup over N TCP connections (netcat), stream i on connection i, into N pipes at the
 # receiver. Start the receiving side first; it waits for the sender.
 #
-#   receiver$ scripts/stream-over-nc.sh receive --port 9100 --streams 4 -- extract -C /restore
-#   receiver$ scripts/stream-over-nc.sh receive --port 9100 --streams 4 -- put NIGHTLY --storage file:///backups
-#   sender$   scripts/stream-over-nc.sh send --host db2 --port 9100 --streams 4 [--rate 50M] -- --source /var/lib/mysql
+#   receiver$ scripts/transport/stream-over-nc.sh receive --port 9100 --streams 4 -- extract -C /restore
+#   receiver$ scripts/transport/stream-over-nc.sh receive --port 9100 --streams 4 -- put NIGHTLY --storage file:///backups
+#   sender$   scripts/transport/stream-over-nc.sh send --host db2 --port 9100 --streams 4 [--rate 50M] -- --source /var/lib/mysql
 #
 # After `--`: the receiver's `consumer` subcommand and its options, or the sender's `producer` options; the
 # recipe adds the pipe options (--fifo-dir, --fifo-streams) and, on the sender, --digest sha1 --stats-json.
@@ -25,18 +25,8 @@ usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 role=$1; shift
 host="" port="" streams=4 listen=0.0.0.0 rate="" wait_s=60
-while [ $# -gt 0 ]; do
-  case $1 in
-    --host) host=$2; shift 2 ;;
-    --port) port=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --listen) listen=$2; shift 2 ;;
-    --rate) rate=$2; shift 2 ;;
-    --wait) wait_s=$2; shift 2 ;;
-    --) shift; break ;;
-    *) usage ;;
-  esac
-done
+parse_options --host=host --port=port --listen=listen -- "$@"
+set -- "${rest[@]}"
 [ -n "$port" ] || die "--port is required"
 [[ $streams =~ ^[1-9][0-9]*$ ]] || die "--streams must be a positive number"
 need_tools nc

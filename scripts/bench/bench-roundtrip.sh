@@ -7,12 +7,8 @@
 # every run. The consumer runs with its defaults, which include a final syncfs that tar and mbstream do not do;
 # the --no-fsync case is the like-for-like one. Prints a markdown table.
 source "$(dirname "$0")/bench-lib.sh"
-ds=${1:-/tmp/xbkit-bench/ds2g}
-size_mb=${2:-2048}
-runs=${3:-3}
+dataset_bench 3 hyperfine mbstream python3 -- "$@"
 parent=${4:-/dev/shm}
-need hyperfine mbstream python3
-bytes=$(prepare "$ds" "$size_mb")
 out="$parent/xbkit-bench-out"
 fifo=/tmp/xbkit-bench/rt-fifo
 json=/tmp/xbkit-bench/roundtrip-$(basename "$parent").json
