@@ -25,7 +25,8 @@ use proto::{FileRecord, StoredForm, WirePath};
 use runtime::cancel::{recv, send, Cancel, Cancelled};
 use runtime::pool::PooledBuffer;
 
-use crate::file::{FileState, Outlet, ReadBatch};
+use crate::file::FileState;
+use crate::work::{Outlet, ReadBatch};
 
 /// Pool buffer size that holds a compressed chunk of `chunk_size` bytes in the worst case.
 pub fn buffer_size(chunk_size: usize) -> usize {

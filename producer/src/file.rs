@@ -22,8 +22,8 @@
 //! batch is simply read again, a clock tick later, until a read runs without a change ([`CHANGE_CHECKS`] reads at
 //! most).
 //!
-//! Small files (up to [`BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the scanner groups
-//! them into a [`Job::Batch`], one reader reads them whole into one pool buffer, a process thread takes their CRCs,
+//! Small files (up to [`crate::work::BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the
+//! scanner groups them into a [`crate::work::Job::Batch`], one reader reads them whole into one pool buffer, a process thread takes their CRCs,
 //! and the batch reaches a stream writer as one item — one hand-off per stage for hundreds of files, where chunks
 //! cost one each. On the wire nothing changes: each file is still its own `P` and `E` chunks, in order.
 
@@ -42,91 +42,7 @@ use runtime::pool::PooledBuffer;
 use sha1::{Digest as _, Sha1};
 
 use crate::scan::{ScannedFile, Stamp};
-
-/// Where released chunks go: straight to the stream writers, or first through the compression stage.
-pub trait Outlet: Sync {
-    /// A payload chunk, released in order: `index` counts this file's released chunks from 0, `offset` is its
-    /// place in the original file, `crc` the CRC-32 of `data`.
-    fn payload(&self, file: &Arc<FileState>, index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
-    /// The file is complete after `chunks` payload chunks; `record` describes its original content.
-    fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
-    /// The file vanished before it could be read: nothing of it goes out, and it is done.
-    fn vanished(&self, file: &Arc<FileState>) -> Result<()>;
-    /// Small files read whole into one buffer, their CRCs taken: each is concluded
-    /// ([`FileState::conclude_batched`]) and the batch goes out as one item. Never holds a compressed file.
-    fn batch(&self, batch: ReadBatch) -> Result<()>;
-}
-
-/// Largest file that travels in a batch ([`Job::Batch`]): one reader reads many such files into one buffer, and
-/// the batch crosses every stage as one hand-off. Larger files are cut into chunks read in parallel.
-pub const BATCH_FILE_MAX: u64 = 64 << 10;
-
-/// Most files in one batch, so a batch of empty files still goes out promptly.
-pub const BATCH_FILES_MAX: usize = 512;
-
-/// Work for a read thread.
-#[derive(Debug)]
-pub enum Job {
-    /// One chunk of a file.
-    Chunk(ChunkJob),
-    /// Small files (single-job, uncompressed, not page-validated), each read whole, one after another, into one
-    /// pool buffer: the sum of their sizes plus one probe byte each fits in the buffer.
-    Batch(Vec<Arc<FileState>>),
-}
-
-/// What a read thread hands the process threads.
-#[derive(Debug)]
-pub enum Read {
-    /// One chunk.
-    Chunk(ReadChunk),
-    /// A batch of small files.
-    Batch(ReadBatch),
-}
-
-/// Small files read into one pool buffer, one after another.
-#[derive(Debug)]
-pub struct ReadBatch {
-    /// The files' bytes, back to back.
-    pub data: PooledBuffer,
-    /// Each file's place in `data`, in the order read.
-    pub files: Vec<BatchedFile>,
-}
-
-/// One file of a [`ReadBatch`].
-#[derive(Debug)]
-pub struct BatchedFile {
-    /// The file.
-    pub file: Arc<FileState>,
-    /// Where its bytes start in the batch buffer.
-    pub start: usize,
-    /// How many bytes were read (fewer than scanned if it shrank; at most the scanned size).
-    pub len: usize,
-    /// The file was gone when opened.
-    pub vanished: bool,
-    /// The file had more bytes than scanned (the probe byte was read).
-    pub grew: bool,
-    /// CRC-32 of its bytes, filled in by a process thread.
-    pub crc: u32,
-}
-
-impl ReadBatch {
-    /// Reads each of `files` whole into `data`, back to back (see [`Job::Batch`]).
-    pub fn read(files: Vec<Arc<FileState>>, mut data: PooledBuffer) -> Result<ReadBatch> {
-        data.set_len(0);
-        let mut read = Vec::with_capacity(files.len());
-        for file in files {
-            let start = data.len();
-            let (len, vanished, grew) = file.read_whole(&mut data)?;
-            read.push(BatchedFile { file, start, len, vanished, grew, crc: 0 });
-        }
-        Ok(ReadBatch { data, files: read })
-    }
-
-    /// The bytes of `file` (one of [`ReadBatch::files`]).
-    pub fn bytes(&self, file: &BatchedFile) -> &[u8] {
-        &self.data[file.start..file.start + file.len]
-    }
-}
+use crate::work::Outlet;
 
 /// Whether `scanned` is checked page by page under `--validate-pages` (a file named like an InnoDB tablespace).
 pub fn validates_pages(scanned: &ScannedFile, validate: bool) -> bool {
@@ -368,7 +284,7 @@ impl FileState {
     /// Reads the whole file (at most its scanned size, plus one probe byte) onto the end of `data`, for a batch:
     /// opened without following a symlink and closed at once. Returns (bytes kept, vanished, grew). The caller
     /// leaves room for `size + 1` bytes.
-    fn read_whole(&self, data: &mut PooledBuffer) -> Result<(usize, bool, bool)> {
+    pub(crate) fn read_whole(&self, data: &mut PooledBuffer) -> Result<(usize, bool, bool)> {
         let start = data.len();
         let size = self.scanned.size as usize;
         let opened =

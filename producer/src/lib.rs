@@ -18,7 +18,8 @@ file per stage: `scanner.rs` (the walk turned into read jobs, files placed on st
 into pool buffers, `--throttle`), `process_stage.rs` (pages, CRC-32), [`file`](mod@file) (per-file state and the
 in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second in-order step), `router.rs` (chunks
 to streams, in scan order, counted), `output.rs` (the outputs and one writer thread per stream, over [`sink`]),
-`documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`. Beside them: [`scan`] (the
+`documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`; [`work`] holds what
+moves between the stages (jobs, what was read, the `Outlet` released chunks go to). Beside them: [`scan`] (the
 source walk), [`records`] (manifest records beyond memory), [`validate`] (`--validate-pages`: InnoDB page checks
 with re-reads) and [`stats`] (`--stats-json`). What the consumer shares (cancel, pool, failure and panic policy,
 stop signals, progress, sizes) lives in `runtime`; how streams travel in `transport`.
@@ -41,3 +42,4 @@ pub mod sink;
 pub mod stats;
 mod summary;
 pub mod validate;
+pub mod work;

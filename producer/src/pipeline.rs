@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Every channel is bounded by the pool size and carries handles; chunk bytes live only in pool buffers. Small
-//! files go as batches (one job, one buffer, one item per stage for many files: [`crate::file::Job::Batch`]). The
+//! files go as batches (one job, one buffer, one item per stage for many files: [`crate::work::Job::Batch`]). The
 //! router holds each file's chunks until every file scanned before it has appeared, so files first appear on the
 //! streams in scan order. Any thread's error is recorded in [`Failure`] and fires the shared [`Cancel`], which
 //! wakes every blocked wait, so the run stops promptly and reports the first real error. On success the manifest
@@ -33,7 +33,6 @@ use runtime::size::human;
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
-use crate::file::{Job, Outlet, Read};
 use crate::output::{copy_directories, open_outputs, write_stream};
 use crate::process_stage::process_chunks;
 use crate::read_stage::{read_chunks, Throttle};
@@ -43,6 +42,7 @@ use crate::scan;
 use crate::scanner::{scan_files, ScanPlan};
 use crate::sink::{SinkReport, StreamItem};
 use crate::summary::{summarize, RunFacts};
+use crate::work::{Job, Outlet, Read};
 
 /// Runs a backup as configured. Returns a one-line summary; an error means the backup is not complete (and, on a
 /// stream, that the consumer will not find a manifest). A stop signal (`signals`) is such an error.

@@ -5,8 +5,8 @@ use crossbeam_channel::Receiver;
 use runtime::cancel::{recv, Cancel};
 
 use crate::config::Config;
-use crate::file::{Outlet, Read};
 use crate::validate::PageCounters;
+use crate::work::{Outlet, Read};
 
 /// One process thread: InnoDB pages checked (`--validate-pages`; a re-read may replace the bytes), CRC-32 taken,
 /// and the chunk handed to its file's in-order sequencer ([`crate::file::FileState::arrive`]); a batch's files

@@ -14,7 +14,7 @@ use runtime::pool::BufferPool;
 use runtime::progress::Counters;
 
 use crate::config::Config;
-use crate::file::{Job, Read, ReadBatch};
+use crate::work::{Job, Read, ReadBatch};
 
 /// `--throttle N`: at most N chunk reads per second across all read threads.
 pub(crate) struct Throttle {

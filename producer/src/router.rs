@@ -16,10 +16,11 @@ use runtime::lock::{Locked, RwLocked};
 use runtime::pool::PooledBuffer;
 use runtime::reorder::Reorder;
 
-use crate::file::{FileState, Outlet, ReadBatch};
+use crate::file::FileState;
 use crate::records::RecordLog;
 use crate::scan;
 use crate::sink::{BatchEntry, StreamItem};
+use crate::work::{Outlet, ReadBatch};
 
 /// Routes released chunks to streams and counts what each stream was sent.
 pub(crate) struct Router {

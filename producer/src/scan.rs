@@ -303,59 +303,11 @@ pub fn walk(
         }
         if kind != Kind::File {
             totals.skipped += 1;
-            // In the streaming scan: an entry that changed (ctime) since the pre-scan began was a regular file the
-            // pre-scan counted, and is now left out: say so, naming it.
-            if let Pass::Stream { strict, changed_since } = pass {
-                let ctime = fstatat(&level.dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok().map(|st| {
-                    std::time::UNIX_EPOCH
-                        + std::time::Duration::new(
-                            st.st_ctime.max(0) as u64,
-                            st.st_ctime_nsec.clamp(0, 999_999_999) as u32,
-                        )
-                });
-                if ctime.is_some_and(|t| t >= changed_since) {
-                    let message = format!(
-                        "{} is no longer a regular file (it changed since the scan): it is not in the backup",
-                        relative.display()
-                    );
-                    if strict {
-                        bail!("{message} (--strict)");
-                    }
-                    log::warn!("{message}");
-                }
-            }
-            if warn {
-                let what = if kind == Kind::Symlink {
-                    match nix::fcntl::readlinkat(&level.dir, name.as_os_str()) {
-                        Ok(target) => format!("symlink -> {}", Path::new(&target).display()),
-                        Err(_) => "symlink".to_string(),
-                    }
-                } else {
-                    "special file".to_string()
-                };
-                log::warn!("skipping {} ({what}): only regular files are backed up", relative.display());
-            }
+            report_not_a_file(&level.dir, &name, &relative, kind, pass)?;
             continue;
         }
-        let bytes = name.as_bytes();
-        if top_level && (bytes == MANIFEST_NAME.as_bytes() || bytes == SHA1SUMS_NAME.as_bytes()) {
+        if top_level && is_taken_name(name.as_bytes(), &relative, warn) {
             totals.skipped += 1;
-            if warn {
-                log::warn!(
-                    "skipping {}: taken for an earlier backup's manifest; this backup writes its own",
-                    relative.display()
-                );
-            }
-            continue;
-        }
-        if top_level && proto::is_marker_name(bytes) {
-            totals.skipped += 1;
-            if warn {
-                log::warn!(
-                    "skipping {}: taken for an earlier backup's stream marker; this backup writes its own",
-                    relative.display()
-                );
-            }
             continue;
         }
         let wire = wire_of(&relative)?;
@@ -391,6 +343,56 @@ pub fn walk(
         visit(Found::File(ScannedFile { source, wire, size, mode, mtime, placeholder: false, stamp }))?;
     }
     Ok(totals)
+}
+
+/// An entry that is not a regular file is left out: the pre-scan says so (naming a symlink's target); the
+/// streaming scan says so only of one that changed (ctime) since the pre-scan began, which the pre-scan counted as
+/// a regular file (an error with `--strict`).
+fn report_not_a_file(dir: &Dir, name: &OsStr, relative: &Path, kind: Kind, pass: Pass) -> Result<()> {
+    if let Pass::Stream { strict, changed_since } = pass {
+        let ctime = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok().map(|st| {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::new(st.st_ctime.max(0) as u64, st.st_ctime_nsec.clamp(0, 999_999_999) as u32)
+        });
+        if ctime.is_some_and(|t| t >= changed_since) {
+            let message = format!(
+                "{} is no longer a regular file (it changed since the scan): it is not in the backup",
+                relative.display()
+            );
+            if strict {
+                bail!("{message} (--strict)");
+            }
+            log::warn!("{message}");
+        }
+    }
+    if matches!(pass, Pass::Check { .. }) {
+        let what = if kind == Kind::Symlink {
+            match nix::fcntl::readlinkat(dir, name) {
+                Ok(target) => format!("symlink -> {}", Path::new(&target).display()),
+                Err(_) => "symlink".to_string(),
+            }
+        } else {
+            "special file".to_string()
+        };
+        log::warn!("skipping {} ({what}): only regular files are backed up", relative.display());
+    }
+    Ok(())
+}
+
+/// Whether a file at the top of the source has a name this backup writes itself (the manifest, the SHA-1 list, a
+/// stream marker): an earlier backup's, left out (said once, by the pre-scan: `warn`).
+fn is_taken_name(name: &[u8], relative: &Path, warn: bool) -> bool {
+    let what = if name == MANIFEST_NAME.as_bytes() || name == SHA1SUMS_NAME.as_bytes() {
+        "manifest"
+    } else if proto::is_marker_name(name) {
+        "stream marker"
+    } else {
+        return false;
+    };
+    if warn {
+        log::warn!("skipping {}: taken for an earlier backup's {what}; this backup writes its own", relative.display());
+    }
+    true
 }
 
 /// How the walk opens directories: never through a symlink.

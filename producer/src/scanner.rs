@@ -12,9 +12,10 @@ use runtime::cancel::{send, Cancel};
 
 use crate::cli::Binding;
 use crate::config::Config;
-use crate::file::{FileState, Job, BATCH_FILES_MAX, BATCH_FILE_MAX};
+use crate::file::FileState;
 use crate::router::Router;
 use crate::scan;
+use crate::work::{Job, BATCH_FILES_MAX, BATCH_FILE_MAX};
 
 /// Small files the scanner is gathering into one [`Job::Batch`].
 #[derive(Default)]

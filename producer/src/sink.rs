@@ -37,7 +37,7 @@ pub enum StreamItem {
         /// The file.
         file: Arc<FileState>,
     },
-    /// Small files read whole into one buffer ([`crate::file::ReadBatch`]): for each, a payload chunk (unless it
+    /// Small files read whole into one buffer ([`crate::work::ReadBatch`]): for each, a payload chunk (unless it
     /// is empty) and an `E`.
     Batch {
         /// The files' bytes, back to back.
