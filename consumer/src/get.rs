@@ -25,8 +25,9 @@ use proto::{Manifest, MANIFEST_NAME};
 use runtime::cancel::{recv, send, Cancel};
 use runtime::failure::Failure;
 use runtime::pool::{BufferPool, PooledBuffer};
+use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
-use runtime::size::human;
+use runtime::size::{human, size_arg};
 use store::Store;
 use transport::{End, Endpoint, FifoSet, IdlePipe, OpenedStream};
 
@@ -62,6 +63,66 @@ pub struct GetConfig {
     pub allow_partial: bool,
     /// `--idle-timeout` on output pipes.
     pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl GetConfig {
+    /// Validates `get` arguments.
+    pub fn from_args(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Result<GetConfig> {
+        crate::layout::check_name(&args.name)?;
+        let max_chunk = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
+        let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
+        if args.parallel == 0 || args.writers == 0 {
+            bail!("--parallel and --writers must be at least 1");
+        }
+        let output = match (&args.directory, &args.fifo.fifo_dir) {
+            (Some(_), Some(_)) => bail!("-C and --fifo-dir exclude each other: extract, or feed pipes"),
+            (Some(directory), None) => {
+                // The extract pipeline's chunk buffers get half the budget; the downloads the other half.
+                let buffers = ((memory_limit / 2) / max_chunk).min(64) as usize;
+                if buffers < 3 {
+                    bail!("--memory-limit {} is too small for chunks of {}", human(memory_limit), human(max_chunk));
+                }
+                GetOutput::Extract(Box::new(ExtractConfig {
+                    input: Endpoint::Stdio,
+                    target: directory.clone(),
+                    idle_timeout: None,
+                    writers: args.writers,
+                    buffers,
+                    ended_files_memory: memory_limit / 8,
+                    manifest_limit: memory_limit,
+                    buffer_size: max_chunk as usize,
+                    overwrite: args.overwrite,
+                    fsync: !args.no_fsync,
+                    fadvise: true,
+                    require_manifest: false,
+                    stream_sha1: false,
+                    decompress: args.decompress,
+                    decompress_threads: if args.decompress { 2 } else { 0 },
+                    stats_json: None,
+                    progress: ProgressMode::choose(verbose, quiet, true),
+                }))
+            }
+            (None, _) => match Endpoint::from_args(&args.fifo, End::Write) {
+                Err(transport::EndpointError::TerminalOut) => {
+                    bail!("refusing to write a binary stream to a terminal: redirect STDOUT, or use -C or --fifo-dir")
+                }
+                endpoint => GetOutput::Stream(endpoint?),
+            },
+        };
+        let memory_for_packs = match &output {
+            GetOutput::Extract(_) => memory_limit / 2,
+            _ => memory_limit,
+        };
+        Ok(GetConfig {
+            name: args.name.clone(),
+            output,
+            parallel: args.parallel,
+            memory_limit: memory_for_packs,
+            max_chunk: max_chunk as usize,
+            allow_partial: args.allow_partial,
+            idle_timeout: args.fifo.idle_timeout(),
+        })
+    }
 }
 
 /// Runs a get; returns the one-line summary.

@@ -3,7 +3,7 @@ The consumer: reads one xbstream from STDIN or N from named pipes and turns it b
 `xbstream -x` does — but in parallel, never outside the target directory, and exiting 0 only when the producer's
 manifest proves every file present and intact.
 
-Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → a module per command: [`extract`] (the
+Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated settings) → a module per command: [`extract`] (the
 wiring of an extraction), [`listing`] (`extract --list`, as `xbstream -t`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored
 backups), [`verify`] (re-checking an extracted tree), [`decompress`] (`.zst` files of an extracted tree back into
 originals).
@@ -18,6 +18,7 @@ store's side: [`storage`] (which store), [`layout`] (keys and the index), [`merg
 backup sent back as a stream, checked as it goes). How streams travel is the `transport` crate's.
 */
 
+pub mod app;
 pub mod batch;
 pub mod catalog;
 pub mod cli;

@@ -1,5 +1,5 @@
 //! `consumer`: a thin binary over the `consumer` library.
 
 fn main() {
-    std::process::exit(consumer::cli::main());
+    std::process::exit(consumer::app::main());
 }

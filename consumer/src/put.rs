@@ -36,18 +36,19 @@ use crossbeam_channel::Receiver;
 use proto::{encode_eof, encode_payload_header, MAX_HEADER_LEN};
 use proto::{ChunkKind, CrcPiece};
 use proto::{Manifest, MANIFEST_NAME};
+use runtime::budget::MemoryBudget;
 use runtime::cancel::{recv, send, Cancel};
 use runtime::failure::Failure;
 use runtime::pool::{BufferPool, PooledBuffer};
 use runtime::progress::{Counters, Progress, ProgressMode};
 use runtime::signals::Signals;
-use runtime::size::human;
+use runtime::size::{human, size_arg};
 use store::Store;
 
 use crate::input::{open_inputs, InputStream};
 use crate::layout::{self, BackupIndex, Claim, Pack, StoredStream};
 use crate::source::{check_markers, missing_manifest, SameBackup, StreamEnd, StreamSource};
-use transport::Endpoint;
+use transport::{End, Endpoint};
 
 /// Validated `put` settings.
 #[derive(Debug, Clone)]
@@ -85,6 +86,56 @@ struct StreamPut {
     files: u64,
     bytes: u64,
     manifest: Option<Vec<u8>>,
+}
+
+impl PutConfig {
+    /// Validates `put` arguments.
+    pub fn from_args(args: &crate::cli::PutArgs, verbose: bool, quiet: bool) -> Result<PutConfig> {
+        crate::layout::check_name(&args.name)?;
+        let input = Endpoint::from_args(&args.fifo, End::Read)?;
+        let max_chunk = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
+        if !(4096..=1 << 30).contains(&max_chunk) {
+            bail!("--max-chunk-size must be between 4K and 1G");
+        }
+        let object_size = size_arg(&args.object_size, "--object-size")?;
+        if !(64 << 10..=4 << 30).contains(&object_size) {
+            bail!("--object-size must be between 64K and 4G");
+        }
+        let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
+        if args.parallel == 0 {
+            bail!("--parallel must be at least 1");
+        }
+        let streams = input.stream_count() as u64;
+        let capacity = object_size.max(max_chunk + proto::MAX_HEADER_LEN as u64);
+        // Each reader holds one chunk being parsed and fills one pack; the rest are uploads in flight.
+        let for_packs = memory_limit.saturating_sub(streams * max_chunk);
+        let packs = (for_packs / capacity) as usize;
+        let needed = streams as usize + 1;
+        if packs < needed {
+            bail!(
+            "--memory-limit {} holds {packs} packs of {} after {streams} chunk buffers of --max-chunk-size {}; {needed} \
+             are needed (one per stream and one uploading): raise --memory-limit or lower --object-size",
+            human(memory_limit),
+            human(capacity),
+            human(max_chunk)
+        );
+        }
+        let mut budget = MemoryBudget::new(memory_limit);
+        budget.buffers("chunk buffers", streams as usize, max_chunk);
+        let packs = budget.buffers("packs", packs.min(streams as usize + args.parallel), capacity);
+        log::debug!("{budget}");
+        Ok(PutConfig {
+            name: args.name.clone(),
+            input,
+            idle_timeout: args.fifo.idle_timeout(),
+            max_chunk: max_chunk as usize,
+            object_size: object_size as usize,
+            packs,
+            parallel: args.parallel,
+            manifest_limit: memory_limit,
+            progress: ProgressMode::choose(verbose, quiet, true),
+        })
+    }
 }
 
 /// Runs a put; returns the one-line summary. Any failure says how to clean up — only ever what this put stored:

@@ -8,13 +8,12 @@
 //! ```
 //!
 //! Original-content checksums are taken before compression, in the first in-order step. A frame's size is known
-//! only after compression, so offsets in the `.zst` are assigned by a second per-file sequencer, [`StoredSequence`].
+//! only after compression, so offsets in the `.zst` are assigned by a second per-file sequencer, [`crate::file::StoredSequence`].
 //! Each compress thread owns one pool buffer as scratch: it compresses into the scratch and swaps it with the
 //! chunk's buffer, so compression never waits on the pool (no deadlock) and memory stays within the budget.
 //! Each payload starts with a skippable frame carrying its original offset ([`proto::OriginalRange`]).
 
 use runtime::lock::Locked;
-use runtime::reorder::Reorder;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -25,8 +24,7 @@ use proto::{FileRecord, StoredForm, WirePath};
 use runtime::cancel::{recv, send, Cancel, Cancelled};
 use runtime::pool::PooledBuffer;
 
-use crate::file::FileState;
-use crate::work::{Outlet, ReadBatch};
+use crate::file::{FileState, Outlet, Stored};
 
 /// Pool buffer size that holds a compressed chunk of `chunk_size` bytes in the worst case.
 pub fn buffer_size(chunk_size: usize) -> usize {
@@ -102,11 +100,6 @@ impl Outlet for CompressStage<'_> {
     fn vanished(&self, file: &Arc<FileState>) -> Result<()> {
         self.next.vanished(file)
     }
-
-    /// Batched files are never compressed (the scanner batches only without `--compress`): straight on.
-    fn batch(&self, batch: ReadBatch) -> Result<()> {
-        self.next.batch(batch)
-    }
 }
 
 /// One compress thread: a reused zstd context (content checksum on) and one scratch buffer from the pool, taken
@@ -139,22 +132,6 @@ pub fn compress_worker(
         }
     }
     Ok(())
-}
-
-/// The second in-order step of one file: where each compressed frame goes in `<path>.zst`.
-#[derive(Debug, Default)]
-pub struct StoredSequence {
-    /// Frames back from the compress threads, placed in chunk order.
-    order: Reorder<Stored>,
-    offset: u64,
-    crc: CrcPiece,
-}
-
-/// A compressed chunk, or the file's end, waiting for its turn.
-#[derive(Debug)]
-enum Stored {
-    Chunk { data: PooledBuffer, crc: u32 },
-    End { chunks: u64, record: FileRecord },
 }
 
 fn arrive_stored(file: &Arc<FileState>, index: u64, item: Stored, next: &dyn Outlet) -> Result<()> {

@@ -42,7 +42,17 @@ use runtime::pool::PooledBuffer;
 use sha1::{Digest as _, Sha1};
 
 use crate::scan::{ScannedFile, Stamp};
-use crate::work::Outlet;
+
+/// Where released chunks go: straight to the stream writers, or first through the compression stage.
+pub trait Outlet: Sync {
+    /// A payload chunk, released in order: `index` counts this file's released chunks from 0, `offset` is its
+    /// place in the original file, `crc` the CRC-32 of `data`.
+    fn payload(&self, file: &Arc<FileState>, index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
+    /// The file is complete after `chunks` payload chunks; `record` describes its original content.
+    fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
+    /// The file vanished before it could be read: nothing of it goes out, and it is done.
+    fn vanished(&self, file: &Arc<FileState>) -> Result<()>;
+}
 
 /// Whether `scanned` is checked page by page under `--validate-pages` (a file named like an InnoDB tablespace).
 pub fn validates_pages(scanned: &ScannedFile, validate: bool) -> bool {
@@ -65,7 +75,7 @@ pub struct FileState {
     /// Whether the file's chunks are compressed.
     pub compressed: bool,
     /// The compression stage's in-order state (unused without compression).
-    pub(crate) stored: Mutex<crate::compress::StoredSequence>,
+    pub(crate) stored: Mutex<StoredSequence>,
     /// With `--validate-pages`, for a file named like an InnoDB tablespace: its format, read once from page 0
     /// (`None` inside: it could not be told, and the file is copied unchecked), and the pages recorded corrupt.
     pages: Option<PageState>,
@@ -132,6 +142,25 @@ struct Sequence {
     shrank: bool,
     /// From the last chunk's probe: `Some(true)` grew, `Some(false)` did not, `None` not probed.
     grew: Option<bool>,
+}
+
+/// The second in-order step of one file (`--compress`, see [`crate::compress`]): where each compressed frame goes
+/// in `<path>.zst`.
+#[derive(Debug, Default)]
+pub struct StoredSequence {
+    /// Frames back from the compress threads, placed in chunk order.
+    pub(crate) order: Reorder<Stored>,
+    /// Where the next frame goes in `<path>.zst`.
+    pub(crate) offset: u64,
+    /// CRC-32 of the frames placed so far.
+    pub(crate) crc: CrcPiece,
+}
+
+/// A compressed chunk, or the file's end, waiting for its turn.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    Chunk { data: PooledBuffer, crc: u32 },
+    End { chunks: u64, record: FileRecord },
 }
 
 /// A chunk as read: its buffer holds exactly the bytes read (fewer than planned if the file shrank).

@@ -13,7 +13,7 @@ scan ─► chunk jobs ─► read threads ─► process threads ─► per-fil
 Memory is a fixed [`runtime::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
 buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
 
-Modules: [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (the wiring of a backup), with a
+Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (the wiring of a backup), with a
 file per stage: `scanner.rs` (the walk turned into read jobs, files placed on streams), `read_stage.rs` (pread
 into pool buffers, `--throttle`), `process_stage.rs` (pages, CRC-32), [`file`](mod@file) (per-file state and the
 in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second in-order step), `router.rs` (chunks
@@ -25,6 +25,7 @@ with re-reads) and [`stats`] (`--stats-json`). What the consumer shares (cancel,
 stop signals, progress, sizes) lives in `runtime`; how streams travel in `transport`.
 */
 
+pub mod app;
 pub mod cli;
 pub mod compress;
 pub mod config;

@@ -1,5 +1,5 @@
 //! `producer`: a thin binary over the `producer` library.
 
 fn main() {
-    std::process::exit(producer::cli::main());
+    std::process::exit(producer::app::main());
 }

@@ -33,6 +33,7 @@ use runtime::size::human;
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
+use crate::file::Outlet;
 use crate::output::{copy_directories, open_outputs, write_stream};
 use crate::process_stage::process_chunks;
 use crate::read_stage::{read_chunks, Throttle};
@@ -42,7 +43,7 @@ use crate::scan;
 use crate::scanner::{scan_files, ScanPlan};
 use crate::sink::{SinkReport, StreamItem};
 use crate::summary::{summarize, RunFacts};
-use crate::work::{Job, Outlet, Read};
+use crate::work::{Job, Read};
 
 /// Runs a backup as configured. Returns a one-line summary; an error means the backup is not complete (and, on a
 /// stream, that the consumer will not find a manifest). A stop signal (`signals`) is such an error.
@@ -128,7 +129,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         for index in 0..config.process_threads {
             let (read, page_counters) = (read_receiver.clone(), &page_counters);
             workers.push(failure.spawn_stage(scope, format!("process-{index}"), move || {
-                process_chunks(config, read, outlet, page_counters, cancel)
+                process_chunks(config, read, outlet, router, page_counters, cancel)
             }));
         }
         drop(read_receiver);

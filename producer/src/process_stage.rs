@@ -5,8 +5,9 @@ use crossbeam_channel::Receiver;
 use runtime::cancel::{recv, Cancel};
 
 use crate::config::Config;
+use crate::file::Outlet;
 use crate::validate::PageCounters;
-use crate::work::{Outlet, Read};
+use crate::work::{BatchOutlet, Read};
 
 /// One process thread: InnoDB pages checked (`--validate-pages`; a re-read may replace the bytes), CRC-32 taken,
 /// and the chunk handed to its file's in-order sequencer ([`crate::file::FileState::arrive`]); a batch's files
@@ -15,6 +16,7 @@ pub(crate) fn process_chunks(
     config: &Config,
     read: Receiver<Read>,
     outlet: &dyn Outlet,
+    batches: &dyn BatchOutlet,
     page_counters: &PageCounters,
     cancel: &Cancel,
 ) -> Result<()> {
@@ -25,7 +27,7 @@ pub(crate) fn process_chunks(
                 for index in 0..batch.files.len() {
                     batch.files[index].crc = proto::CrcPiece::of(batch.bytes(&batch.files[index])).crc;
                 }
-                outlet.batch(batch)?;
+                batches.batch(batch)?;
                 continue;
             }
         };

@@ -16,11 +16,11 @@ use runtime::lock::{Locked, RwLocked};
 use runtime::pool::PooledBuffer;
 use runtime::reorder::Reorder;
 
-use crate::file::FileState;
+use crate::file::{FileState, Outlet};
 use crate::records::RecordLog;
 use crate::scan;
 use crate::sink::{BatchEntry, StreamItem};
-use crate::work::{Outlet, ReadBatch};
+use crate::work::{BatchOutlet, ReadBatch};
 
 /// Routes released chunks to streams and counts what each stream was sent.
 pub(crate) struct Router {
@@ -209,7 +209,9 @@ impl Outlet for Router {
         self.finished(file);
         Ok(())
     }
+}
 
+impl BatchOutlet for Router {
     /// The whole batch goes to one stream, as one item.
     fn batch(&self, batch: ReadBatch) -> Result<()> {
         let Some(first) = batch.files.first() else { return Ok(()) };

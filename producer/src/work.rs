@@ -1,26 +1,18 @@
 //! What moves between the producer's stages: the jobs the scanner hands the read threads, what a read thread hands
-//! the process threads (a chunk, or a batch of small files read whole), and the [`Outlet`] that released chunks go
-//! to (the router, or first the compression stage).
+//! the process threads (a chunk, or a batch of small files read whole), and the [`BatchOutlet`] batches go to
+//! (released chunks go to a [`crate::file::Outlet`]).
 
 use std::sync::Arc;
 
 use anyhow::Result;
-use proto::FileRecord;
 use runtime::pool::PooledBuffer;
 
 use crate::file::{ChunkJob, FileState, ReadChunk};
 
-/// Where released chunks go: straight to the stream writers, or first through the compression stage.
-pub trait Outlet: Sync {
-    /// A payload chunk, released in order: `index` counts this file's released chunks from 0, `offset` is its
-    /// place in the original file, `crc` the CRC-32 of `data`.
-    fn payload(&self, file: &Arc<FileState>, index: u64, offset: u64, data: PooledBuffer, crc: u32) -> Result<()>;
-    /// The file is complete after `chunks` payload chunks; `record` describes its original content.
-    fn end(&self, file: &Arc<FileState>, chunks: u64, record: FileRecord) -> Result<()>;
-    /// The file vanished before it could be read: nothing of it goes out, and it is done.
-    fn vanished(&self, file: &Arc<FileState>) -> Result<()>;
-    /// Small files read whole into one buffer, their CRCs taken: each is concluded
-    /// ([`FileState::conclude_batched`]) and the batch goes out as one item. Never holds a compressed file.
+/// Where batches of small files go once their CRCs are taken (the router: they are never compressed): each file
+/// is concluded ([`FileState::conclude_batched`]) and the batch goes out as one item.
+pub trait BatchOutlet: Sync {
+    /// Small files read whole into one buffer, their CRCs taken.
     fn batch(&self, batch: ReadBatch) -> Result<()>;
 }
 

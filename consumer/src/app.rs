@@ -1,0 +1,73 @@
+//! The command line's driver: arguments parsed ([`crate::cli`]), logging set up, stop signals installed for the
+//! commands that stream, each command's settings validated and the command run, and the exit code.
+
+use clap::Parser;
+
+use crate::cli::{Args, Command};
+
+/// Parses the process arguments, runs the command and returns the exit code: 0 only when everything was delivered
+/// and proven, 1 on any failure (printed to stderr), 2 for bad arguments.
+pub fn main() -> i32 {
+    let args = Args::parse();
+    let level = if args.verbose { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .format_timestamp_secs()
+        .init();
+    // Stop signals become a failure of the run, with cleanup, for the commands that stream (installed first, before
+    // any thread exists). `verify` and `decompress` keep the default: a signal ends them at once (decompress leaves
+    // at most its staging directory, and nothing moved into place).
+    runtime::limits::raise_open_file_limit();
+    let streams = matches!(args.command, Command::Extract(_) | Command::Put(_) | Command::Get(_));
+    let signals = if streams { runtime::signals::Signals::install() } else { runtime::signals::Signals::none() };
+    let result = match &args.command {
+        Command::Extract(extract) => match crate::config::ExtractConfig::from_args(extract, args.verbose, args.quiet) {
+            Err(e) => {
+                eprintln!("consumer: error: {e:#}");
+                return 2;
+            }
+            Ok(config) if extract.list => crate::listing::run(&config, &signals),
+            Ok(config) => crate::extract::run(&config, &signals),
+        },
+        Command::Verify(verify) => crate::verify::run(&verify.directory, verify.parallel.max(1)),
+        Command::Decompress(args) => {
+            crate::decompress::run(&args.directory, args.remove_original, args.overwrite, args.parallel)
+        }
+        Command::Put(put) => {
+            match (crate::put::PutConfig::from_args(put, args.verbose, args.quiet), put.storage.open()) {
+                (Ok(config), Ok(store)) => crate::put::run(&config, store.as_ref(), &signals),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("consumer: error: {e:#}");
+                    return 2;
+                }
+            }
+        }
+        Command::Get(get) => {
+            match (crate::get::GetConfig::from_args(get, args.verbose, args.quiet), get.storage.open()) {
+                (Ok(config), Ok(store)) => crate::get::run(&config, store.as_ref(), &signals),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("consumer: error: {e:#}");
+                    return 2;
+                }
+            }
+        }
+        Command::List(list) => {
+            list.storage.open().and_then(|store| crate::catalog::run_list(store.as_ref(), list.json))
+        }
+        Command::Delete(delete) => {
+            delete.storage.open().and_then(|store| crate::catalog::delete(store.as_ref(), &delete.name))
+        }
+    };
+    match result {
+        Ok(summary) => {
+            if !args.quiet && !summary.is_empty() {
+                eprintln!("consumer: {summary}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("consumer: error: {e:#}");
+            1
+        }
+    }
+}
