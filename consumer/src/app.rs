@@ -3,7 +3,12 @@
 
 use clap::Parser;
 
+use store::Store;
+
 use crate::cli::{Args, Command};
+use crate::get::GetConfig;
+use crate::put::PutConfig;
+use crate::storage::StorageArgs;
 
 /// Parses the process arguments, runs the command and returns the exit code: 0 only when everything was delivered
 /// and proven, 1 on any failure (printed to stderr), 2 for bad arguments.
@@ -33,24 +38,14 @@ pub fn main() -> i32 {
         Command::Decompress(args) => {
             crate::decompress::run(&args.directory, args.remove_original, args.overwrite, args.parallel)
         }
-        Command::Put(put) => {
-            match (crate::put::PutConfig::from_args(put, args.verbose, args.quiet), put.storage.open()) {
-                (Ok(config), Ok(store)) => crate::put::run(&config, store.as_ref(), &signals),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("consumer: error: {e:#}");
-                    return 2;
-                }
-            }
-        }
-        Command::Get(get) => {
-            match (crate::get::GetConfig::from_args(get, args.verbose, args.quiet), get.storage.open()) {
-                (Ok(config), Ok(store)) => crate::get::run(&config, store.as_ref(), &signals),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("consumer: error: {e:#}");
-                    return 2;
-                }
-            }
-        }
+        Command::Put(put) => match configured(PutConfig::from_args(put, args.verbose, args.quiet), &put.storage) {
+            Some((config, store)) => crate::put::run(&config, store.as_ref(), &signals),
+            None => return 2,
+        },
+        Command::Get(get) => match configured(GetConfig::from_args(get, args.verbose, args.quiet), &get.storage) {
+            Some((config, store)) => crate::get::run(&config, store.as_ref(), &signals),
+            None => return 2,
+        },
         Command::List(list) => {
             list.storage.open().and_then(|store| crate::catalog::run_list(store.as_ref(), list.json))
         }
@@ -68,6 +63,18 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("consumer: error: {e:#}");
             1
+        }
+    }
+}
+
+/// A command's validated settings and its opened store; `None` once the reason why not is printed (the caller
+/// exits 2: bad arguments).
+fn configured<C>(config: anyhow::Result<C>, storage: &StorageArgs) -> Option<(C, Box<dyn Store>)> {
+    match (config, storage.open()) {
+        (Ok(config), Ok(store)) => Some((config, store)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("consumer: error: {e:#}");
+            None
         }
     }
 }
