@@ -29,6 +29,7 @@ pub fn main() -> i32 {
         }
         Err(e) => {
             eprintln!("producer: error: {e:#}");
+            eprintln!("producer: {}", runtime::failure::kind_of(&e, |_| None).advice());
             1
         }
     }

@@ -115,6 +115,60 @@ impl Failure {
     }
 }
 
+/// What kind of failure ended a run: whether running it again may help. Every error above the format says it
+/// through [`kind_of`], so the last line an operator reads says whether to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Something outside was unavailable or too slow (a service after its retries, a stalled or vanished peer):
+    /// running it again may succeed.
+    Retryable,
+    /// Running it again fails the same way until the cause is fixed (damaged data, a full disk, a permission,
+    /// a refused request).
+    Permanent,
+    /// The run was stopped (a signal), not failed.
+    Cancelled,
+}
+
+impl FailureKind {
+    /// One line of advice, for the end of a failed run.
+    pub fn advice(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => {
+                "retryable: something outside was unavailable or too slow; running it again may succeed"
+            }
+            FailureKind::Permanent => "permanent: running it again fails the same way until the cause above is fixed",
+            FailureKind::Cancelled => "stopped: nothing was completed; run it again when ready",
+        }
+    }
+}
+
+/// The kind of `error`: that of the first cause in its chain that tells (a stop signal or a cancel; an I/O
+/// timeout, or a peer that reset or closed the connection; whatever `known` recognises, such as a store's
+/// errors), else [`FailureKind::Permanent`].
+pub fn kind_of(
+    error: &anyhow::Error,
+    known: impl Fn(&(dyn std::error::Error + 'static)) -> Option<FailureKind>,
+) -> FailureKind {
+    for cause in error.chain() {
+        if cause.downcast_ref::<Cancelled>().is_some() || cause.downcast_ref::<crate::signals::Stopped>().is_some() {
+            return FailureKind::Cancelled;
+        }
+        if let Some(kind) = known(cause) {
+            return kind;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                TimedOut | ConnectionReset | ConnectionAborted | ConnectionRefused | BrokenPipe | Interrupted => {
+                    return FailureKind::Retryable
+                }
+                _ => {}
+            }
+        }
+    }
+    FailureKind::Permanent
+}
+
 /// The environment variable of the one fault-injection point, for tests: `panic:<stage>` (e.g. `panic:reader-0`,
 /// `panic:writer-1`) makes that thread panic as it starts, so tests can prove that a panicked thread is a failure.
 pub const FAILPOINT_VARIABLE: &str = "XBKIT_FAILPOINT";
@@ -162,6 +216,22 @@ mod tests {
         failure.record(anyhow::anyhow!("later"));
         assert_eq!(failure.take().unwrap().to_string(), "disk full");
         assert_eq!(failure.run_stage("x", || Ok(5)), Some(5));
+    }
+
+    #[test]
+    fn a_failure_says_its_kind_from_its_causes() {
+        let none = |_: &(dyn std::error::Error + 'static)| None;
+        let timeout = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::TimedOut)).context("stream 2");
+        assert_eq!(kind_of(&timeout, none), FailureKind::Retryable);
+        let full = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::StorageFull)).context("out/ibdata1");
+        assert_eq!(kind_of(&full, none), FailureKind::Permanent);
+        assert_eq!(kind_of(&anyhow::Error::new(Cancelled).context("reader"), none), FailureKind::Cancelled);
+        let stopped = anyhow::Error::new(crate::signals::Stopped(nix::sys::signal::Signal::SIGTERM));
+        assert_eq!(kind_of(&stopped, none), FailureKind::Cancelled);
+        assert_eq!(stopped.to_string(), "stopped by SIGTERM: the run did not complete");
+        let known = |_: &(dyn std::error::Error + 'static)| Some(FailureKind::Retryable);
+        assert_eq!(kind_of(&anyhow::anyhow!("a service said no"), known), FailureKind::Retryable);
+        assert!(FailureKind::Retryable.advice().starts_with("retryable"));
     }
 
     #[test]

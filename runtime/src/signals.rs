@@ -20,6 +20,11 @@ use nix::sys::signal::{SigSet, Signal};
 /// The signals that end a run.
 pub const STOP_SIGNALS: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE];
 
+/// A run ended by a stop signal (its kind is [`crate::failure::FailureKind::Cancelled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped by {0}: the run did not complete")]
+pub struct Stopped(pub Signal);
+
 /// The signal watcher of a process; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Signals {
@@ -99,7 +104,7 @@ impl Signals {
 
     /// The error a run reports after a stop signal: names the signal and says that nothing is complete.
     pub fn error(&self) -> Option<anyhow::Error> {
-        self.received().map(|signal| anyhow::anyhow!("stopped by {signal}: the run did not complete"))
+        self.received().map(|signal| anyhow::Error::new(Stopped(signal)))
     }
 
     fn arrived(&self, signal: Signal) {
