@@ -153,7 +153,9 @@ fn compression_stays_within_the_memory_limit() {
     for i in 0..4 {
         fs::write(src.path().join(format!("f{i}")), &text).unwrap();
     }
-    let stats = src.path().join("../stats-compress.json");
+    // Beside the source, in a directory of its own: a fixed name in /tmp is shared with every other run.
+    let work = tempfile::tempdir().unwrap();
+    let stats = work.path().join("stats-compress.json");
     let streamed = run_to_null(
         producer_to_stdout(src.path()).args(["--compress", "--memory-limit", "32M"]).arg("--stats-json").arg(&stats),
     );

@@ -146,7 +146,9 @@ fn one_big_file_is_read_by_every_thread() {
     let src = tempfile::tempdir().unwrap();
     let file = fs::File::create(src.path().join("huge.ibd")).unwrap();
     file.set_len(200_000_000).unwrap();
-    let stats = src.path().join("../stats-big.json");
+    // Beside the source, in a directory of its own: a fixed name in /tmp is shared with every other run.
+    let work = tempfile::tempdir().unwrap();
+    let stats = work.path().join("stats-big.json");
     run_to_null(
         producer_to_stdout(src.path())
             .args(["--parallel", "4", "--read-buffer-size", "1M"])
