@@ -295,6 +295,26 @@ pub(crate) async fn refused(response: reqwest::Response) -> String {
     format!("{status}: {}", body.trim())
 }
 
+/// `location`'s key below `root` (the store's prefix), as it was put. A key's characters that an `object_store`
+/// path does not take as they are (non-ASCII letters, `%`, `#`, …) are stored percent-encoded, and listed so:
+/// each part is decoded back (`Path::from` encodes `%` too, so decoding undoes exactly what it did).
+fn listed_key(root: &Path, location: &Path) -> String {
+    let parts: Vec<String> = match location.prefix_match(root) {
+        Some(parts) => parts.map(|part| decoded(part.as_ref())).collect(),
+        None => location.parts().map(|part| decoded(part.as_ref())).collect(),
+    };
+    parts.join("/")
+}
+
+/// A listed path part (`object_store`'s raw, percent-encoded form) as it was put; as it is if it does not decode
+/// to UTF-8 (a name some other program stored).
+fn decoded(part: &str) -> String {
+    match percent_encoding::percent_decode_str(part).decode_utf8() {
+        Ok(text) => text.into_owned(),
+        Err(_) => part.to_string(),
+    }
+}
+
 impl<C: Cloud> Store for CloudStore<C> {
     fn describe(&self) -> String {
         format!("{}://{}", C::SCHEME, crate::join_key(&[self.cloud.container(), &self.prefix]))
@@ -358,14 +378,13 @@ impl<C: Cloud> Store for CloudStore<C> {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let path = self.path(prefix);
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let root = Path::from(self.prefix.as_str());
         self.on_lane("list", prefix, async |client| {
             let mut stream = self.objects(client).list(Some(&path));
             let mut found = Vec::new();
             while let Some(meta) = stream.next().await {
                 let meta = meta.map_err(|e| self.failed("list", prefix, &e))?;
-                let key = meta.location.as_ref().strip_prefix(&strip).unwrap_or(meta.location.as_ref()).to_string();
-                found.push(ObjectInfo { key, size: meta.size });
+                found.push(ObjectInfo { key: listed_key(&root, &meta.location), size: meta.size });
             }
             found.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(found)
@@ -377,8 +396,7 @@ impl<C: Cloud> Store for CloudStore<C> {
         let listed = self.on_lane("list", prefix, async |client| {
             self.objects(client).list_with_delimiter(Some(&path)).await.map_err(|e| self.failed("list", prefix, &e))
         })?;
-        let mut names: Vec<String> =
-            listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        let mut names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(decoded)).collect();
         names.sort();
         Ok(names)
     }
@@ -389,5 +407,24 @@ impl<C: Cloud> Store for CloudStore<C> {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed("delete", key, &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listed keys come back as they were put: `object_store`'s percent-encoding of a path undone, part by part,
+    /// below the store's prefix.
+    #[test]
+    fn listed_keys_are_decoded_below_the_prefix() {
+        for key in ["odd/ünï/cödé", "a/100%/x", "a/%2F/b", "b#c/[d]/e f", "plain/0000000000.xbs", "x/./y"] {
+            for prefix in ["", "pre", "pré/fix"] {
+                let location = Path::from(crate::join_key(&[prefix, key]));
+                assert_eq!(listed_key(&Path::from(prefix), &location), key, "{prefix:?} {key:?} as {location}");
+            }
+        }
+        // A name some other program stored that does not decode to UTF-8 stays as listed.
+        assert_eq!(listed_key(&Path::ROOT, &Path::parse("a/%FF").unwrap()), "a/%FF");
     }
 }

@@ -118,7 +118,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// they go and how much it takes); returns the object's size.
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64>;
 
-    /// Every object whose key starts with `prefix` followed by `/` (all levels below), sorted by key.
+    /// Every object whose key starts with `prefix` followed by `/` (all levels below), sorted by key; for `""`
+    /// (the root), every object. Keys are listed as they were put.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
     /// The names one level below `prefix` (`""` for the root) that hold objects: the "directories".

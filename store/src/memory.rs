@@ -112,7 +112,8 @@ impl Store for MemoryStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.request("list", prefix)?;
-        let start = format!("{prefix}/");
+        // Below `prefix/`; everything for the root (`""`), as the other stores list it.
+        let start = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
         let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         Ok(objects
             .range(start.clone()..)
@@ -157,5 +158,18 @@ mod tests {
         assert_eq!(store.list("a").unwrap().len(), 2);
         assert!(store.list("a").is_err(), "dead after one more request");
         assert_eq!(store.keys(), ["a/1", "a/2"]);
+    }
+
+    /// `""` is the root: every object, as the directory store and the clouds list it (the consumer's catalog and
+    /// the tests' raw listings take it so).
+    #[test]
+    fn the_empty_prefix_lists_every_object() {
+        let store = MemoryStore::new();
+        for key in ["b/2", "a/1", "a/sub/3", "top"] {
+            store.put(key, Bytes::from_static(b"x")).unwrap();
+        }
+        let keys: Vec<String> = store.list("").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["a/1", "a/sub/3", "b/2", "top"]);
+        assert_eq!(store.list("a").unwrap().len(), 2, "a prefix still lists only what is below it");
     }
 }
