@@ -1,9 +1,10 @@
 //! An in-memory store that injects faults on demand, so the put and get logic can be tested against failures a
 //! real service produces only by chance: a request that fails, a service that dies after N requests.
 //!
-//! Faults are permanent failures (what a real client reports once its retries are spent): the caller must fail
-//! cleanly — exit non-zero, nothing looking complete — rather than retry. Retrying transient faults is the real
-//! client's job (`object_store`), tested against a real server behind a faulty proxy.
+//! A fault is what a real client reports once its retries are spent (a 503 that outlasted them): a
+//! [`FailureKind::Retryable`] failure — a later run may succeed — on which the caller must fail cleanly (exit
+//! non-zero, nothing looking complete) rather than retry. Retrying transient faults is the real client's job
+//! (`object_store`), tested against a real server behind a faulty proxy.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::{ObjectInfo, Result, Store, StoreError};
+use crate::{FailureKind, ObjectInfo, Result, Store, StoreError};
 
 /// Which requests fail.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +63,8 @@ impl MemoryStore {
                 op,
                 key: key.to_string(),
                 message: "injected fault: 503 Service Unavailable after all retries".into(),
+                kind: FailureKind::Retryable,
+                cause: None,
             });
         }
         Ok(())
@@ -154,6 +157,9 @@ mod tests {
         store.put("a/2", Bytes::from_static(b"y")).unwrap();
         let err = store.put("a/index.json", Bytes::from_static(b"{}")).unwrap_err();
         assert!(err.to_string().contains("injected fault"), "{err}");
+        // A 503 that outlasted the client's retries: a later run may succeed.
+        assert_eq!(err.kind(), Some(FailureKind::Retryable), "{err:?}");
+        assert!(err.is_retryable());
         store.set_faults(Faults { fail_after: Some(store.requests() + 1), ..Faults::default() });
         assert_eq!(store.list("a").unwrap().len(), 2);
         assert!(store.list("a").is_err(), "dead after one more request");
