@@ -64,7 +64,8 @@ pub struct GetConfig {
     pub idle_timeout: Option<std::time::Duration>,
 }
 
-/// Runs a get; returns the one-line summary.
+/// Runs a get; returns the one-line summary. A failure the store caused says whether a later get may succeed
+/// ([`crate::storage::with_retry_advice`]).
 pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
     let cancel = Cancel::new();
     signals.watch(&cancel);
@@ -72,7 +73,9 @@ pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<S
     let result = get(config, store, signals, &cancel);
     match signals.error() {
         Some(error) => Err(error),
-        None => result.map(|summary| format!("{summary} in {:.2} s", started.elapsed().as_secs_f64())),
+        None => result
+            .map(|summary| format!("{summary} in {:.2} s", started.elapsed().as_secs_f64()))
+            .map_err(|e| crate::storage::with_retry_advice(e, "get")),
     }
 }
 
@@ -361,7 +364,8 @@ impl PackStream {
         let pack = recv(&next, &self.cancel)
             .map_err(io::Error::other)?
             .ok_or_else(|| io::Error::other("a download stopped"))?
-            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            // Shown as before (the chain flattened), the kind of a store failure kept for the advice.
+            .map_err(|e| io::Error::other(crate::storage::FlatError::new(&e)))?;
         Ok(Some(pack))
     }
 

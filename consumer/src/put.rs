@@ -88,8 +88,14 @@ struct StreamPut {
 }
 
 /// Runs a put; returns the one-line summary. Any failure says how to clean up — only ever what this put stored:
-/// a NAME another put holds is never this put's to delete.
+/// a NAME another put holds is never this put's to delete — and, when the store failed, whether a later put may
+/// succeed ([`crate::storage::with_retry_advice`]).
 pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
+    run_put(config, store, signals).map_err(|e| crate::storage::with_retry_advice(e, "put"))
+}
+
+/// [`run`], but for the advice on retrying after a store failure.
+fn run_put(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
     let cancel = Cancel::new();
     signals.watch(&cancel);
     let started = Instant::now();

@@ -1,4 +1,5 @@
-//! `--storage` and each cloud's options (xbcloud's names where it has them), turned into a [`store::Store`].
+//! `--storage` and each cloud's options (xbcloud's names where it has them), turned into a [`store::Store`]; and
+//! what a failed command tells of the store's failure ([`with_retry_advice`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use store::cloud::{Cloud, CloudStore, RequestOptions};
 use store::gcs::{Gcs, GcsOptions};
 use store::local::LocalStore;
 use store::s3::{BucketLookup, S3Options, S3};
-use store::Store;
+use store::{FailureKind, Store, StoreError};
 
 /// Where backups are kept, and how to reach them.
 #[derive(Debug, Clone, ClapArgs)]
@@ -189,5 +190,104 @@ impl StorageArgs {
             .and_then(|cloud| CloudStore::new(cloud, prefix))
             .with_context(|| format!("cannot use --storage {}", self.storage))?;
         Ok(Box::new(store))
+    }
+}
+
+/// The kind of the store failure that caused `error`, if one did: the first [`StoreError::Failed`] in its chain,
+/// or one carried through an I/O error as a [`FlatError`] (a download read as a stream).
+pub fn store_failure_kind(error: &anyhow::Error) -> Option<FailureKind> {
+    error.chain().find_map(|cause| {
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            return store.kind();
+        }
+        if let Some(flat) = cause.downcast_ref::<FlatError>() {
+            return flat.kind;
+        }
+        // An I/O error, bare or as a stream reader reports it (which shows its text rather than chain it).
+        let io = match cause.downcast_ref::<proto::ReadError>() {
+            Some(proto::ReadError::Io { cause, .. }) => Some(cause),
+            _ => cause.downcast_ref::<std::io::Error>(),
+        };
+        io.and_then(|io| io.get_ref()).and_then(|inner| inner.downcast_ref::<FlatError>()).and_then(|flat| flat.kind)
+    })
+}
+
+/// `error`, when a store failure caused it, with a word in front on whether running `command` (`put`, `get`)
+/// again may help; as it was otherwise. The words go in front so that what the error said before is still said,
+/// whole and in the same words, after them.
+pub fn with_retry_advice(error: anyhow::Error, command: &str) -> anyhow::Error {
+    match store_failure_kind(&error) {
+        Some(FailureKind::Retryable) => {
+            error.context(format!("the store's failure may be temporary: a later {command} may succeed"))
+        }
+        Some(FailureKind::Permanent) => error.context(format!(
+            "the store's failure is not temporary: retrying the {command} will not help until it is fixed"
+        )),
+        None => error,
+    }
+}
+
+/// An error chain flattened into one message (`{:#}`), for where it must travel as an [`std::io::Error`] (a
+/// download read through `Read`), which still says what kind of store failure caused it, if one did.
+#[derive(Debug)]
+pub struct FlatError {
+    message: String,
+    kind: Option<FailureKind>,
+}
+
+impl FlatError {
+    /// `error` flattened, its store failure's kind kept.
+    pub fn new(error: &anyhow::Error) -> FlatError {
+        FlatError { message: format!("{error:#}"), kind: store_failure_kind(error) }
+    }
+}
+
+impl std::fmt::Display for FlatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FlatError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(kind: FailureKind) -> StoreError {
+        StoreError::Failed {
+            store: "memory://".into(),
+            op: "get",
+            key: "N/index.json".into(),
+            message: "503 Service Unavailable".into(),
+            kind,
+            cause: None,
+        }
+    }
+
+    /// The advice goes in front of what the error said, which stays whole; only a store failure gets it, wherever
+    /// it is in the chain, even carried through an I/O error as a stream reader reports it.
+    #[test]
+    fn a_store_failure_gets_advice_in_front_of_the_message() {
+        let error = anyhow::Error::from(failed(FailureKind::Retryable)).context("the get of N failed");
+        let before = format!("{error:#}");
+        let advised = format!("{:#}", with_retry_advice(error, "get"));
+        assert_eq!(advised, format!("the store's failure may be temporary: a later get may succeed: {before}"));
+
+        let error = anyhow::Error::from(failed(FailureKind::Permanent));
+        let flat = std::io::Error::other(FlatError::new(&error.context("pack 3")));
+        assert_eq!(flat.to_string(), "pack 3: memory://: get N/index.json: 503 Service Unavailable");
+        let read = anyhow::Error::from(proto::ReadError::Io { stream_offset: 0, cause: flat }).context("stream 0");
+        let before = format!("{read:#}");
+        let advised = format!("{:#}", with_retry_advice(read, "get"));
+        assert!(advised.starts_with("the store's failure is not temporary: retrying the get will not help"));
+        assert!(advised.ends_with(&before), "{advised}");
+
+        let not_found = StoreError::NotFound { store: "memory://".into(), key: "N/index.json".into() };
+        assert_eq!(
+            format!("{:#}", with_retry_advice(not_found.into(), "get")),
+            "memory://: N/index.json: no such object"
+        );
+        assert_eq!(format!("{:#}", with_retry_advice(anyhow::anyhow!("no data"), "put")), "no data");
     }
 }
