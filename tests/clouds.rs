@@ -131,6 +131,7 @@ fn azure_a_wrong_access_key_is_a_clear_error_at_once() {
     let stderr = assert_failure(&put, "a put with a wrong access key");
     assert!(started.elapsed() < Duration::from_secs(10), "failed after {:?}: {stderr}", started.elapsed());
     assert!(stderr.contains("AuthenticationFailed") || stderr.contains("403"), "the service's error: {stderr}");
+    assert!(stderr.contains("consumer: permanent: running it again fails the same way"), "{stderr}");
     let good = azure_storage(&server.endpoint(), "backups", store::azure::DEVELOPMENT_KEY);
     let list = run_consumer(&["list", "--json"], &good, None);
     assert!(

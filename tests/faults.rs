@@ -82,6 +82,8 @@ fn put_onto_a_full_file_store_fails_and_get_refuses_the_backup() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let message = stderr(&output);
     assert!(message.contains("No space left on device") && message.contains("consumer delete NIGHTLY"), "{message}");
+    // A full disk is not something a retry mends, and the error says so.
+    assert!(message.contains("consumer: permanent: running it again fails the same way"), "{message}");
     assert!(!disk.path().join("store/NIGHTLY/index.json").exists(), "an index marks a backup that did not fit");
     let out = tempfile::tempdir().unwrap();
     let get = spawn(

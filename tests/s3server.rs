@@ -206,6 +206,7 @@ fn s3_a_wrong_secret_key_is_a_clear_error_without_a_retry_storm() {
         stderr.contains("SignatureDoesNotMatch") || stderr.contains("AccessDenied") || stderr.contains("403"),
         "the service's error code: {stderr}"
     );
+    assert!(stderr.contains("consumer: permanent: running it again fails the same way"), "{stderr}");
     assert!(proxy.requests() <= 3, "{} requests: a retry storm? {stderr}", proxy.requests());
     assert_eq!(proxy.faults(), 0);
     assert_eq!(proxy.problems(), Vec::<String>::new());
@@ -337,6 +338,8 @@ fn s3_a_server_that_dies_mid_get_fails_the_get_and_poisons_the_stream_it_wrote()
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!status.success(), "get exited 0 with its server dead: {stderr}");
     assert!(stderr.contains("error:"), "{stderr}");
+    // A server that went away may come back: the error says a later get may succeed.
+    assert!(stderr.contains("consumer: retryable: something outside was unavailable or too slow"), "{stderr}");
     assert!(got.len() < fs::metadata(&stream).unwrap().len() as usize + 1024, "more bytes than were stored");
     // What it wrote is never a valid backup: our consumer refuses it.
     let out = work.path().join("out");
@@ -370,5 +373,6 @@ fn s3_slow_responses_are_waited_for_and_a_stalled_server_is_a_timeout_error() {
     let stderr = String::from_utf8_lossy(&stalled.stderr).to_lowercase();
     assert_eq!(stalled.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("timed out") || stderr.contains("timeout"), "{stderr}");
+    assert!(stderr.contains("consumer: retryable: something outside was unavailable or too slow"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "a stalled server held the get for {:?}", started.elapsed());
 }

@@ -208,6 +208,9 @@ fn a_failing_store_never_leaves_a_complete_backup() {
         let result = put_memory("F", &memory, &stream, &cancel);
         let err = result.expect_err("the put must fail");
         assert!(format!("{err:#}").contains("injected fault"), "{faults:?}: {err:#}");
+        // The store's failure comes through the put's threads as itself: its kind is there for the advice.
+        let kind = consumer::storage::store_failure_kind(&err);
+        assert_eq!(kind, Some(store::FailureKind::Retryable), "{faults:?}: {err:#}");
         assert!(!memory.keys().iter().any(|k| k.ends_with("index.json")), "{faults:?}: no index");
     }
     let memory = MemoryStore::new();

@@ -24,15 +24,6 @@ struct Deviations {
     /// A create-only put refuses an existing key, but two at the same moment can both succeed (`s3s-fs` checks,
     /// then writes: the README's table; here most rounds of six at once had two to five winners).
     put_new_not_atomic: bool,
-    /// `list("")` lists nothing, where the trait's callers (`raw_objects`, the consumer's catalog) take it for
-    /// every object (the in-memory store looks for keys starting with `"/"`).
-    empty_prefix_lists_nothing: bool,
-    /// A key with characters `object_store` does not take in a path as they are (non-ASCII letters among them) is
-    /// stored under its percent-encoded name, and listed so: `put` and `get` of the key as given work, but `list`
-    /// and `list_dirs` show another name (every cloud backend: `CloudStore` hands keys to `object_store` as
-    /// `Path::from`, which encodes them, and lists `Path::as_ref`, the encoded form). The consumer's keys never
-    /// hold such characters: backup names are letters, digits and `. _ - + = @ :`.
-    lists_keys_percent_encoded: bool,
 }
 
 /// The objects the listing checks store: nested levels, a sibling whose name extends another's (`a` and `ab`), an
@@ -41,13 +32,10 @@ const LISTED: [(&str, usize); 7] =
     [("c/a/1", 1), ("c/a/2", 2), ("c/a/sub/3", 3), ("c/a/sub/deeper/4", 4), ("c/ab/5", 5), ("c/b/6", 6), ("c/top", 7)];
 
 /// Keys with characters beyond letters and digits: those a backup name may hold (`. _ - + = @ :`, which become
-/// key prefixes), a space, and non-ASCII letters; with the name each is listed under where
-/// [`Deviations::lists_keys_percent_encoded`].
-const ODD_KEYS: [(&str, &str); 3] = [
-    ("odd/a.b_c-d+e=f@g:h/0000000000.xbs", "odd/a.b_c-d+e=f@g:h/0000000000.xbs"),
-    ("odd/with space/x", "odd/with space/x"),
-    ("odd/ünï/cödé", "odd/%C3%BCn%C3%AF/c%C3%B6d%C3%A9"),
-];
+/// key prefixes), a space, non-ASCII letters, and `%` with what looks like an escape after it. The clouds store
+/// the last two percent-encoded (`object_store`'s `Path::from`), and list them decoded, as they were put.
+const ODD_KEYS: [&str; 4] =
+    ["odd/a.b_c-d+e=f@g:h/0000000000.xbs", "odd/with space/x", "odd/ünï/cödé", "odd/100%/%C3%BC"];
 
 /// Runs every check on `store`, a fresh (empty, and for a cloud not yet created) store, allowing for `known`.
 fn conformance(store: &dyn Store, known: Deviations) {
@@ -58,7 +46,7 @@ fn conformance(store: &dyn Store, known: Deviations) {
     store.ensure_container().unwrap_or_else(|e| panic!("{name}: ensure_container again: {e}"));
     assert_eq!(keys(store, ""), Vec::<String>::new(), "{name}: a new store is empty");
 
-    listing(store, known);
+    listing(store);
     round_trip_and_replace(store);
     missing_objects(store);
     empty_and_large_objects(store);
@@ -67,8 +55,8 @@ fn conformance(store: &dyn Store, known: Deviations) {
     concurrent_create_only_puts(store, known);
     concurrent_puts_of_distinct_keys(store);
     bodies_are_not_kept(store);
-    odd_keys(store, known);
-    deletes(store, known);
+    odd_keys(store);
+    deletes(store);
 }
 
 /// `put` then `get`: the same bytes, in order, and the size; `get_small` takes the same.
@@ -212,7 +200,7 @@ fn concurrent_puts_of_distinct_keys(store: &dyn Store) {
 /// `list(prefix)`: every object below `prefix/` (all levels, not a sibling whose name extends it), sorted by key,
 /// with its size; nothing for a prefix that holds nothing; everything for `""`. `list_dirs(prefix)`: the names one
 /// level below it that hold objects (the trait promises no order: compared sorted).
-fn listing(store: &dyn Store, known: Deviations) {
+fn listing(store: &dyn Store) {
     let name = store.describe();
     for (key, size) in LISTED {
         store.put(key, Bytes::from(vec![b'x'; size])).unwrap();
@@ -230,12 +218,7 @@ fn listing(store: &dyn Store, known: Deviations) {
     for prefix in ["c/nothing", "nothing-at-all", "c/a/su", "c/a/1", "c/top"] {
         assert_eq!(store.list(prefix).unwrap(), [], "{name}: list({prefix:?}) holds nothing");
     }
-    if known.empty_prefix_lists_nothing {
-        // The known deviation.
-        assert_eq!(store.list("").unwrap(), [], "{name}: list(\"\")");
-    } else {
-        assert_eq!(store.list("").unwrap(), under("c"), "{name}: list(\"\") is every object");
-    }
+    assert_eq!(store.list("").unwrap(), under("c"), "{name}: list(\"\") is every object");
 
     let dirs = |prefix: &str| -> Vec<String> {
         let mut names = store.list_dirs(prefix).unwrap();
@@ -276,32 +259,28 @@ fn bodies_are_not_kept(store: &dyn Store) {
     assert_eq!(get_all(store, "kept/put"), (300_000, vec![7; 300_000]), "{name}");
 }
 
-/// Keys with odd characters round-trip, and list as they were given.
-fn odd_keys(store: &dyn Store, known: Deviations) {
+/// Keys with odd characters round-trip, list as they were given, and each listed name reads back its object.
+fn odd_keys(store: &dyn Store) {
     let name = store.describe();
-    for (i, (key, _)) in ODD_KEYS.iter().enumerate() {
+    for (i, key) in ODD_KEYS.iter().enumerate() {
         store.put(key, Bytes::from(vec![i as u8; i + 1])).unwrap_or_else(|e| panic!("{name}: put {key:?}: {e}"));
         assert_eq!(get_all(store, key).1, vec![i as u8; i + 1], "{name}: get {key:?}");
     }
-    let listed: BTreeSet<String> = store.list("odd").unwrap().into_iter().map(|o| o.key).collect();
+    let listed = store.list("odd").unwrap();
+    let keys: BTreeSet<String> = listed.iter().map(|o| o.key.clone()).collect();
+    assert_eq!(keys, ODD_KEYS.iter().map(|key| key.to_string()).collect(), "{name}: the keys as given");
+    for object in &listed {
+        let (size, _) = get_all(store, &object.key);
+        assert_eq!(size, object.size, "{name}: the listed {:?} reads back", object.key);
+    }
     let mut dirs = store.list_dirs("odd").unwrap();
     dirs.sort();
-    if known.lists_keys_percent_encoded {
-        // The known deviation: listed as stored, percent-encoded; that name does not read back (it is encoded
-        // again on the way in).
-        assert_eq!(listed, ODD_KEYS.iter().map(|(_, listed)| listed.to_string()).collect(), "{name}");
-        assert_eq!(dirs, ["%C3%BCn%C3%AF", "a.b_c-d+e=f@g:h", "with space"], "{name}: list_dirs(\"odd\")");
-        let (_, encoded) = ODD_KEYS[2];
-        assert!(store.get(encoded, &mut |_| Ok(())).unwrap_err().is_not_found(), "{name}: get {encoded:?}");
-    } else {
-        assert_eq!(listed, ODD_KEYS.iter().map(|(key, _)| key.to_string()).collect(), "{name}: the keys as given");
-        assert_eq!(dirs, ["a.b_c-d+e=f@g:h", "with space", "ünï"], "{name}: list_dirs(\"odd\")");
-    }
+    assert_eq!(dirs, ["100%", "a.b_c-d+e=f@g:h", "with space", "ünï"], "{name}: list_dirs(\"odd\")");
 }
 
 /// `delete`: the object is gone (get, list, list_dirs); deleting it again, or a key never stored, is not an error.
 /// Last: every object deleted, the store lists empty.
-fn deletes(store: &dyn Store, known: Deviations) {
+fn deletes(store: &dyn Store) {
     let name = store.describe();
     store.delete("c/a/2").unwrap();
     assert!(store.get("c/a/2", &mut |_| Ok(())).unwrap_err().is_not_found(), "{name}: deleted");
@@ -311,8 +290,8 @@ fn deletes(store: &dyn Store, known: Deviations) {
     store.delete("c/a/sub/deeper/4").unwrap();
     assert_eq!(store.list_dirs("c/a/sub").unwrap(), Vec::<String>::new(), "{name}: no object below deeper/");
 
-    // By the names they were stored under (a listed name need not be one: see `odd_keys`).
-    for (key, _) in ODD_KEYS {
+    // By the names they were stored under, listed ones (below) being the same.
+    for key in ODD_KEYS {
         store.delete(key).unwrap();
     }
     let prefixes = ["c", "rt", "sizes", "new", "race", "many", "kept", "odd"];
@@ -322,9 +301,7 @@ fn deletes(store: &dyn Store, known: Deviations) {
         }
         assert_eq!(store.list(prefix).unwrap(), [], "{name}: {prefix}/ emptied");
     }
-    if !known.empty_prefix_lists_nothing {
-        assert_eq!(keys(store, ""), Vec::<String>::new(), "{name}: nothing left");
-    }
+    assert_eq!(keys(store, ""), Vec::<String>::new(), "{name}: nothing left");
     assert_eq!(store.list_dirs("").unwrap(), Vec::<String>::new(), "{name}: no directory left");
 }
 
@@ -367,20 +344,20 @@ fn conformance_of_the_directory_store() {
 fn conformance_of_the_memory_store() {
     let store = store::memory::MemoryStore::new();
     assert_eq!(store.describe(), "memory://");
-    conformance(&store, Deviations { empty_prefix_lists_nothing: true, ..Deviations::default() });
+    conformance(&store, Deviations::default());
 }
 
 #[test]
 fn conformance_of_s3_on_s3s_fs() {
     let server = S3Server::start();
-    let known = Deviations { put_new_not_atomic: true, lists_keys_percent_encoded: true, ..Deviations::default() };
+    let known = Deviations { put_new_not_atomic: true, ..Deviations::default() };
     run_on(&server.storage_args("conformance/prefix"), "s3://conformance/prefix", known);
 }
 
 #[test]
 fn conformance_of_google_cloud_storage_on_fake_gcs_server() {
     let server = start_fake_gcs();
-    let known = Deviations { put_new_overwrites: true, lists_keys_percent_encoded: true, ..Deviations::default() };
+    let known = Deviations { put_new_overwrites: true, ..Deviations::default() };
     run_on(&gcs_storage(&server, &server.endpoint(), "conformance/prefix"), "gs://conformance/prefix", known);
 }
 
@@ -389,6 +366,5 @@ fn conformance_of_azure_blob_storage_on_azurite() {
     let server = start_azurite();
     let storage = azure_storage(&server.endpoint(), "conformance/prefix", store::azure::DEVELOPMENT_KEY);
     // Create-only puts are atomic here: 68 rounds of six at once (17 runs) had exactly one winner each.
-    let known = Deviations { lists_keys_percent_encoded: true, ..Deviations::default() };
-    run_on(&storage, "az://conformance/prefix", known);
+    run_on(&storage, "az://conformance/prefix", Deviations::default());
 }

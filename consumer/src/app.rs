@@ -62,7 +62,7 @@ pub fn main() -> i32 {
         }
         Err(e) => {
             eprintln!("consumer: error: {e:#}");
-            eprintln!("consumer: {}", runtime::failure::kind_of(&e, store_kind).advice());
+            eprintln!("consumer: {}", crate::storage::failure_kind(&e).advice());
             1
         }
     }
@@ -78,11 +78,4 @@ fn configured<C>(config: anyhow::Result<C>, storage: &StorageArgs) -> Option<(C,
             None
         }
     }
-}
-
-/// The kind of a store's error, for [`runtime::failure::kind_of`]: a service that stayed unavailable after the
-/// retries may answer a later run; a refusal will not change.
-fn store_kind(cause: &(dyn std::error::Error + 'static)) -> Option<runtime::failure::FailureKind> {
-    let _ = cause.downcast_ref::<store::StoreError>()?;
-    None
 }

@@ -410,7 +410,8 @@ impl PackStream {
         let pack = recv(&next, &self.cancel)
             .map_err(io::Error::other)?
             .ok_or_else(|| io::Error::other("a download stopped"))?
-            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            // Shown as before (the chain flattened), the kind of a store failure kept for the advice.
+            .map_err(|e| io::Error::other(crate::storage::FlatError::new(&e)))?;
         Ok(Some(pack))
     }
 

@@ -1,4 +1,5 @@
-//! `--storage` and each cloud's options (xbcloud's names where it has them), turned into a [`store::Store`].
+//! `--storage` and each cloud's options (xbcloud's names where it has them), turned into a [`store::Store`]; and
+//! what kind of failure a failed command had, the store's own kinds included ([`failure_kind`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use store::cloud::{Cloud, CloudStore, RequestOptions};
 use store::gcs::{Gcs, GcsOptions};
 use store::local::LocalStore;
 use store::s3::{BucketLookup, S3Options, S3};
-use store::Store;
+use store::{FailureKind, Store, StoreError};
 
 /// Where backups are kept, and how to reach them.
 #[derive(Debug, Clone, ClapArgs)]
@@ -189,5 +190,102 @@ impl StorageArgs {
             .and_then(|cloud| CloudStore::new(cloud, prefix))
             .with_context(|| format!("cannot use --storage {}", self.storage))?;
         Ok(Box::new(store))
+    }
+}
+
+/// The kind of the store failure that caused `error`, if one did: the first [`StoreError::Failed`] in its chain,
+/// or one carried through an I/O error as a [`FlatError`] (a download read as a stream).
+pub fn store_failure_kind(error: &anyhow::Error) -> Option<FailureKind> {
+    error.chain().find_map(|cause| {
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            return store.kind();
+        }
+        if let Some(flat) = cause.downcast_ref::<FlatError>() {
+            return flat.kind;
+        }
+        // An I/O error, bare or as a stream reader reports it (which shows its text rather than chain it).
+        let io = match cause.downcast_ref::<proto::ReadError>() {
+            Some(proto::ReadError::Io { cause, .. }) => Some(cause),
+            _ => cause.downcast_ref::<std::io::Error>(),
+        };
+        io.and_then(|io| io.get_ref()).and_then(|inner| inner.downcast_ref::<FlatError>()).and_then(|flat| flat.kind)
+    })
+}
+
+/// The kind of the failure `error` describes, for the last line of a failed run: stopped (a signal, a cancel)
+/// first; then the kind of the store failure that caused it, if one did (a service that stayed unavailable may
+/// answer a later run; a refusal will not change); otherwise what [`runtime::failure::kind_of`] finds.
+pub fn failure_kind(error: &anyhow::Error) -> runtime::failure::FailureKind {
+    use runtime::failure::{kind_of, FailureKind as Kind};
+    match kind_of(error, |_| None) {
+        Kind::Cancelled => Kind::Cancelled,
+        other => match store_failure_kind(error) {
+            Some(FailureKind::Retryable) => Kind::Retryable,
+            Some(FailureKind::Permanent) => Kind::Permanent,
+            None => other,
+        },
+    }
+}
+
+/// An error chain flattened into one message (`{:#}`), for where it must travel as an [`std::io::Error`] (a
+/// download read through `Read`), which still says what kind of store failure caused it, if one did.
+#[derive(Debug)]
+pub struct FlatError {
+    message: String,
+    kind: Option<FailureKind>,
+}
+
+impl FlatError {
+    /// `error` flattened, its store failure's kind kept.
+    pub fn new(error: &anyhow::Error) -> FlatError {
+        FlatError { message: format!("{error:#}"), kind: store_failure_kind(error) }
+    }
+}
+
+impl std::fmt::Display for FlatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FlatError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(kind: FailureKind) -> StoreError {
+        StoreError::Failed {
+            store: "memory://".into(),
+            op: "get",
+            key: "N/index.json".into(),
+            message: "503 Service Unavailable".into(),
+            kind,
+            cause: None,
+        }
+    }
+
+    /// A store failure's kind is found wherever it is in the chain, even carried through an I/O error as a stream
+    /// reader reports it; a signal outranks it; other errors are classified by their causes.
+    #[test]
+    fn a_failure_is_classified_by_the_store_failure_behind_it() {
+        use runtime::failure::FailureKind as Kind;
+        let error = anyhow::Error::from(failed(FailureKind::Retryable)).context("the get of N failed");
+        assert_eq!(failure_kind(&error), Kind::Retryable);
+
+        let error = anyhow::Error::from(failed(FailureKind::Permanent));
+        let flat = std::io::Error::other(FlatError::new(&error.context("pack 3")));
+        assert_eq!(flat.to_string(), "pack 3: memory://: get N/index.json: 503 Service Unavailable");
+        let read = anyhow::Error::from(proto::ReadError::Io { stream_offset: 0, cause: flat }).context("stream 0");
+        assert_eq!(failure_kind(&read), Kind::Permanent);
+
+        let not_found = StoreError::NotFound { store: "memory://".into(), key: "N/index.json".into() };
+        assert_eq!(failure_kind(&not_found.into()), Kind::Permanent);
+        // As a put reports a stop that came once its index was stored.
+        let stopped = anyhow::Error::new(runtime::signals::Stopped(nix::sys::signal::Signal::SIGINT))
+            .context("the backup is complete, but the put was stopped as it ended");
+        assert_eq!(failure_kind(&stopped), Kind::Cancelled);
+        let timeout = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)).context("STDIN");
+        assert_eq!(failure_kind(&timeout), Kind::Retryable);
     }
 }

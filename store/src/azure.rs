@@ -6,7 +6,7 @@ use object_store::azure::{AzureAuthorizer, AzureConfigKey, MicrosoftAzure, Micro
 
 use object_store::ObjectStore;
 
-use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudStore, RequestOptions};
+use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudError, CloudStore, RequestOptions};
 
 /// The account of Azure's storage emulators (Azurite), published by Microsoft.
 pub const DEVELOPMENT_ACCOUNT: &str = "devstoreaccount1";
@@ -99,20 +99,18 @@ impl Cloud for Azure {
 
     /// `PUT /container?restype=container`, signed by `object_store`'s authorizer with the client's credential
     /// (afresh for each attempt: the signature covers the date), retried like its own requests.
-    async fn create_container(&self, client: &MicrosoftAzure) -> Result<(), String> {
+    async fn create_container(&self, client: &MicrosoftAzure) -> Result<(), CloudError> {
         let url = format!("{}/{}?restype=container", self.endpoint, self.container);
         let http = reqwest::Client::new();
         let response = send_retrying(&self.requests, "create container", async || {
-            let credential = client.credentials().get_credential().await.map_err(|e| error_message(&e))?;
+            let credential = client.credentials().get_credential().await?;
             let mut request = http::Request::builder()
                 .method(http::Method::PUT)
                 .uri(&url)
                 .header("content-length", "0")
                 .body(object_store::client::HttpRequestBody::from(bytes::Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            AzureAuthorizer::new(&credential, &self.account)
-                .try_authorize(&mut request)
-                .map_err(|e| error_message(&e))?;
+                .map_err(|e| CloudError::permanent(e.to_string()).caused_by(e))?;
+            AzureAuthorizer::new(&credential, &self.account).try_authorize(&mut request)?;
             Ok(http.put(request.uri().to_string()).headers(request.headers().clone()))
         })
         .await?;
@@ -120,11 +118,11 @@ impl Cloud for Azure {
             return Ok(());
         }
         // 409 ContainerAlreadyExists: another put created it meanwhile.
-        let message = refused(response).await;
-        if message.contains("ContainerAlreadyExists") {
+        let refused = refused(response).await;
+        if refused.message.contains("ContainerAlreadyExists") {
             Ok(())
         } else {
-            Err(message)
+            Err(refused)
         }
     }
 }

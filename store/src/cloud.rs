@@ -13,7 +13,7 @@
 //! bucket is created (the one thing `object_store` does not do).
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
-use crate::{ObjectInfo, Result, Store, StoreError};
+use crate::{Cause, FailureKind, ObjectInfo, Result, Store, StoreError};
 
 /// How requests are retried and timed out: the same for every service.
 #[derive(Debug, Clone)]
@@ -47,12 +47,15 @@ impl Default for RequestOptions {
 }
 
 impl RequestOptions {
-    /// `object_store`'s retry policy for these options.
+    /// `object_store`'s retry policy for these options. The first wait is 100 ms, or `max_backoff` when that is
+    /// shorter (at least 1 ms): `object_store` draws each wait between the first and twice the one before, and
+    /// panics when that range is empty (a longest wait below half the first one did that on the third try).
     pub(crate) fn retry_config(&self) -> RetryConfig {
+        let max_backoff = self.max_backoff.max(Duration::from_millis(1));
         RetryConfig {
             backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: self.max_backoff,
+                init_backoff: Duration::from_millis(100).min(max_backoff),
+                max_backoff,
                 base: 2.0,
             },
             max_retries: self.max_retries,
@@ -105,7 +108,7 @@ pub trait Cloud: Send + Sync + 'static {
             match self.objects(client).put_opts(path, PutPayload::from_bytes(body), options).await {
                 Ok(_) => Ok(()),
                 Err(object_store::Error::AlreadyExists { .. }) => Err(PutRefused::Exists),
-                Err(e) => Err(PutRefused::Failed(error_message(&e))),
+                Err(e) => Err(PutRefused::Failed(e.into())),
             }
         }
     }
@@ -118,19 +121,19 @@ pub trait Cloud: Send + Sync + 'static {
         &self,
         client: &Self::Client,
         probe: &Path,
-    ) -> impl Future<Output = std::result::Result<bool, String>> {
+    ) -> impl Future<Output = std::result::Result<bool, CloudError>> {
         async move {
             match self.objects(client).list_with_delimiter(Some(probe)).await {
                 Ok(_) => Ok(true),
                 Err(e) if self.is_missing_container(&e) => Ok(false),
-                Err(e) => Err(error_message(&e)),
+                Err(e) => Err(e.into()),
             }
         }
     }
 
-    /// Creates the bucket; an error is the service's own message. A bucket that another `put` created meanwhile
-    /// is not an error.
-    fn create_container(&self, client: &Self::Client) -> impl Future<Output = std::result::Result<(), String>>;
+    /// Creates the bucket; an error carries the service's own message. A bucket that another `put` created
+    /// meanwhile is not an error.
+    fn create_container(&self, client: &Self::Client) -> impl Future<Output = std::result::Result<(), CloudError>>;
 }
 
 /// Why a cloud did not store an object.
@@ -138,14 +141,98 @@ pub trait Cloud: Send + Sync + 'static {
 pub enum PutRefused {
     /// A create-only put found an object of that name.
     Exists,
-    /// Anything else: the service's own message.
-    Failed(String),
+    /// Anything else: the service's own message, and whether a retry may help.
+    Failed(CloudError),
 }
 
-impl From<String> for PutRefused {
-    fn from(message: String) -> PutRefused {
-        PutRefused::Failed(message)
+impl From<CloudError> for PutRefused {
+    fn from(error: CloudError) -> PutRefused {
+        PutRefused::Failed(error)
     }
+}
+
+/// A request to a cloud that failed, as a [`Cloud`] reports it to [`CloudStore`] (which makes it a
+/// [`StoreError::Failed`]): the text shown, whether retrying may help, and the error behind it.
+#[derive(Debug, Clone)]
+pub struct CloudError {
+    /// What is shown: the service's own words (or ours, for a request that could not be made).
+    pub message: String,
+    /// Whether a later run may succeed.
+    pub kind: FailureKind,
+    /// The error behind the message (`object_store`'s, the HTTP client's), when there is one.
+    pub cause: Option<Cause>,
+}
+
+impl CloudError {
+    /// A failure that no retry mends (a URL that cannot be built, a setting that is missing), without a cause.
+    pub fn permanent(message: impl Into<String>) -> CloudError {
+        CloudError { message: message.into(), kind: FailureKind::Permanent, cause: None }
+    }
+
+    /// The same failure, with `cause` kept as the error behind it.
+    pub fn caused_by(self, cause: impl std::error::Error + Send + Sync + 'static) -> CloudError {
+        CloudError { cause: Some(Arc::new(cause)), ..self }
+    }
+
+    /// A request that got no answer (it could not connect, send or receive): retryable, as every client retries
+    /// it; one that could not even be built (a bad URL or header) is permanent. The message is the error's chain.
+    pub fn of_transport(error: reqwest::Error) -> CloudError {
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let kind = if error.is_builder() { FailureKind::Permanent } else { FailureKind::Retryable };
+        CloudError { message, kind, cause: Some(Arc::new(error)) }
+    }
+}
+
+impl From<object_store::Error> for CloudError {
+    /// The service's own words (the error's chain, without repeats), classified by [`failure_kind`], the error kept.
+    fn from(error: object_store::Error) -> CloudError {
+        CloudError { message: error_message(&error), kind: failure_kind(&error), cause: Some(Arc::new(error)) }
+    }
+}
+
+/// Whether retrying may help after `error`, which `object_store` reports once its own retries are spent.
+///
+/// Permanent: what `object_store` has a variant for — no permission (403), no valid credentials (401), a path it
+/// does not take, an operation or configuration key the service does not support, a failed precondition (412),
+/// and the answers `NotFound`, `AlreadyExists`, `NotModified` where the caller did not expect them. The rest
+/// (`Generic`, a task that did not join) is retryable — a 5xx, 408 or 429 that outlasted the retries, a
+/// connection that failed, a response cut short — unless its message shows a status that says otherwise (a 400, a
+/// 405, a 403 on a listing, which `object_store` reports as generic) or a redirect that cannot be followed (a
+/// wrong region).
+pub fn failure_kind(error: &object_store::Error) -> FailureKind {
+    use object_store::Error as E;
+    match error {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. }
+        | E::Precondition { .. }
+        | E::NotFound { .. }
+        | E::AlreadyExists { .. }
+        | E::NotModified { .. } => FailureKind::Permanent,
+        _ => {
+            let message = error_message(error);
+            match status_in(&message) {
+                Some(status) => FailureKind::of_status(status),
+                None if message.contains("redirect without LOCATION") => FailureKind::Permanent,
+                None => FailureKind::Retryable,
+            }
+        }
+    }
+}
+
+/// The HTTP status `object_store` shows in a message (`… status code: 403 Forbidden: …`), if it shows one.
+fn status_in(message: &str) -> Option<http::StatusCode> {
+    let (_, after) = message.split_once("status code: ")?;
+    http::StatusCode::from_bytes(after.get(..3)?.as_bytes()).ok()
 }
 
 /// A bucket (and a prefix in it) of one of the clouds, used as an object store.
@@ -182,11 +269,15 @@ impl<C: Cloud> CloudStore<C> {
         let idle = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let lane = match idle {
             Some(lane) => lane,
-            None => Self::lane(&self.cloud).map_err(|e| StoreError::Failed {
-                store: self.describe(),
-                op,
-                key: key.to_string(),
-                message: format!("cannot make a client: {e:#}"),
+            None => Self::lane(&self.cloud).map_err(|e| {
+                // The configuration was checked when the first lane was made: what fails now is the system's.
+                let kind = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<std::io::Error>())
+                    .map_or(FailureKind::Permanent, FailureKind::of_io);
+                let message = format!("cannot make a client: {e:#}");
+                let cause: Box<dyn std::error::Error + Send + Sync> = e.into();
+                self.store_error(op, key, CloudError { message, kind, cause: Some(Arc::from(cause)) })
             })?,
         };
         let result = lane.runtime.block_on(work(&lane.client));
@@ -204,9 +295,7 @@ impl<C: Cloud> CloudStore<C> {
         self.on_lane("put", key, async |client| {
             self.cloud.put(client, &path, body, create_only).await.map_err(|refused| match refused {
                 PutRefused::Exists => StoreError::AlreadyExists { store: self.describe(), key: key.to_string() },
-                PutRefused::Failed(message) => {
-                    StoreError::Failed { store: self.describe(), op: "put", key: key.to_string(), message }
-                }
+                PutRefused::Failed(error) => self.store_error("put", key, error),
             })
         })
     }
@@ -215,11 +304,18 @@ impl<C: Cloud> CloudStore<C> {
         Path::from(crate::join_key(&[&self.prefix, key]))
     }
 
-    fn failed(&self, op: &'static str, key: &str, error: &object_store::Error) -> StoreError {
+    /// `object_store`'s `error` from `op` of `key`: a missing object for a `get`, a failure otherwise.
+    fn failed(&self, op: &'static str, key: &str, error: object_store::Error) -> StoreError {
         if matches!(error, object_store::Error::NotFound { .. }) && op == "get" {
             return StoreError::NotFound { store: self.describe(), key: key.to_string() };
         }
-        StoreError::Failed { store: self.describe(), op, key: key.to_string(), message: error_message(error) }
+        self.store_error(op, key, error.into())
+    }
+
+    /// The failure `error` of `op` of `key`.
+    fn store_error(&self, op: &'static str, key: &str, error: CloudError) -> StoreError {
+        let CloudError { message, kind, cause } = error;
+        StoreError::Failed { store: self.describe(), op, key: key.to_string(), message, kind, cause }
     }
 }
 
@@ -252,47 +348,65 @@ pub(crate) fn error_message(error: &object_store::Error) -> String {
 pub(crate) async fn send_retrying(
     options: &RequestOptions,
     what: &str,
-    mut make: impl AsyncFnMut() -> std::result::Result<reqwest::RequestBuilder, String>,
-) -> std::result::Result<reqwest::Response, String> {
+    mut make: impl AsyncFnMut() -> std::result::Result<reqwest::RequestBuilder, CloudError>,
+) -> std::result::Result<reqwest::Response, CloudError> {
     let mut attempt = 0;
     loop {
         let failure = match make().await?.send().await {
             Ok(response) => {
-                let status = response.status();
-                let retryable = status.is_server_error()
-                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
-                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-                if !retryable {
+                if FailureKind::of_status(response.status()) == FailureKind::Permanent {
                     return Ok(response);
                 }
                 refused(response).await
             }
-            Err(e) => {
-                let mut message = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    message.push_str(": ");
-                    message.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                message
-            }
+            Err(e) => CloudError::of_transport(e),
         };
+        if failure.kind == FailureKind::Permanent {
+            return Err(failure);
+        }
         if attempt >= options.max_retries {
-            return Err(format!("{failure} (after {attempt} retries)"));
+            return Err(CloudError { message: format!("{} (after {attempt} retries)", failure.message), ..failure });
         }
         let backoff = Duration::from_millis(100).saturating_mul(1 << attempt.min(20)).min(options.max_backoff);
-        log::debug!("{what}: {failure}; retrying in {backoff:?}");
+        log::debug!("{what}: {}; retrying in {backoff:?}", failure.message);
         tokio::time::sleep(backoff).await;
         attempt += 1;
     }
 }
 
-/// A response's status and body as one message, for the requests `object_store` does not make for us.
-pub(crate) async fn refused(response: reqwest::Response) -> String {
+/// A response the caller will not take, for the requests `object_store` does not make for us: its status and
+/// body as the message, classified by its status ([`FailureKind::of_status`]: 5xx, 408 and 429 retryable, any
+/// other 4xx permanent), the HTTP client's error for the status kept as the cause.
+pub(crate) async fn refused(response: reqwest::Response) -> CloudError {
     let status = response.status();
+    let cause = response.error_for_status_ref().err();
     let body = response.text().await.unwrap_or_default();
-    format!("{status}: {}", body.trim())
+    let refused =
+        CloudError { message: format!("{status}: {}", body.trim()), kind: FailureKind::of_status(status), cause: None };
+    match cause {
+        Some(cause) => refused.caused_by(cause),
+        None => refused,
+    }
+}
+
+/// `location`'s key below `root` (the store's prefix), as it was put. A key's characters that an `object_store`
+/// path does not take as they are (non-ASCII letters, `%`, `#`, …) are stored percent-encoded, and listed so:
+/// each part is decoded back (`Path::from` encodes `%` too, so decoding undoes exactly what it did).
+fn listed_key(root: &Path, location: &Path) -> String {
+    let parts: Vec<String> = match location.prefix_match(root) {
+        Some(parts) => parts.map(|part| decoded(part.as_ref())).collect(),
+        None => location.parts().map(|part| decoded(part.as_ref())).collect(),
+    };
+    parts.join("/")
+}
+
+/// A listed path part (`object_store`'s raw, percent-encoded form) as it was put; as it is if it does not decode
+/// to UTF-8 (a name some other program stored).
+fn decoded(part: &str) -> String {
+    match percent_encoding::percent_decode_str(part).decode_utf8() {
+        Ok(text) => text.into_owned(),
+        Err(_) => part.to_string(),
+    }
 }
 
 impl<C: Cloud> Store for CloudStore<C> {
@@ -302,14 +416,11 @@ impl<C: Cloud> Store for CloudStore<C> {
 
     fn ensure_container(&self) -> Result<()> {
         let root = self.path("");
-        let failed = |op: &'static str, message: String| StoreError::Failed {
-            store: self.describe(),
-            op,
-            key: if op == "list" { String::new() } else { self.cloud.container().to_string() },
-            message,
+        let failed = |op: &'static str, error: CloudError| {
+            self.store_error(op, if op == "list" { "" } else { self.cloud.container() }, error)
         };
         let exists = self.on_lane("list", "", async |client| {
-            self.cloud.container_exists(client, &root).await.map_err(|message| failed("list", message))
+            self.cloud.container_exists(client, &root).await.map_err(|error| failed("list", error))
         })?;
         if exists {
             return Ok(());
@@ -321,9 +432,9 @@ impl<C: Cloud> Store for CloudStore<C> {
                 Ok(()) => Ok(()),
                 // Another put (of another name) created it meanwhile, and the service says so in its own words
                 // (`BucketAlreadyExists`, "already exists"): it is there now, and ours to use if we can list it.
-                Err(message) => match self.cloud.container_exists(client, &root).await {
+                Err(error) => match self.cloud.container_exists(client, &root).await {
                     Ok(true) => Ok(()),
-                    _ => Err(failed(op, message)),
+                    _ => Err(failed(op, error)),
                 },
             }
         })
@@ -340,11 +451,11 @@ impl<C: Cloud> Store for CloudStore<C> {
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64> {
         let path = self.path(key);
         self.on_lane("get", key, async |client| {
-            let result = self.objects(client).get(&path).await.map_err(|e| self.failed("get", key, &e))?;
+            let result = self.objects(client).get(&path).await.map_err(|e| self.failed("get", key, e))?;
             let mut stream = result.into_stream();
             let mut total = 0u64;
             while let Some(piece) = stream.next().await {
-                let piece = piece.map_err(|e| self.failed("get", key, &e))?;
+                let piece = piece.map_err(|e| self.failed("get", key, e))?;
                 consume(&piece).map_err(|source| StoreError::Consumer {
                     store: self.describe(),
                     key: key.to_string(),
@@ -358,14 +469,13 @@ impl<C: Cloud> Store for CloudStore<C> {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let path = self.path(prefix);
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let root = Path::from(self.prefix.as_str());
         self.on_lane("list", prefix, async |client| {
             let mut stream = self.objects(client).list(Some(&path));
             let mut found = Vec::new();
             while let Some(meta) = stream.next().await {
-                let meta = meta.map_err(|e| self.failed("list", prefix, &e))?;
-                let key = meta.location.as_ref().strip_prefix(&strip).unwrap_or(meta.location.as_ref()).to_string();
-                found.push(ObjectInfo { key, size: meta.size });
+                let meta = meta.map_err(|e| self.failed("list", prefix, e))?;
+                found.push(ObjectInfo { key: listed_key(&root, &meta.location), size: meta.size });
             }
             found.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(found)
@@ -375,10 +485,9 @@ impl<C: Cloud> Store for CloudStore<C> {
     fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         let path = self.path(prefix);
         let listed = self.on_lane("list", prefix, async |client| {
-            self.objects(client).list_with_delimiter(Some(&path)).await.map_err(|e| self.failed("list", prefix, &e))
+            self.objects(client).list_with_delimiter(Some(&path)).await.map_err(|e| self.failed("list", prefix, e))
         })?;
-        let mut names: Vec<String> =
-            listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        let mut names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(decoded)).collect();
         names.sort();
         Ok(names)
     }
@@ -387,7 +496,188 @@ impl<C: Cloud> Store for CloudStore<C> {
         let path = self.path(key);
         match self.on_lane("delete", key, async |client| Ok(self.objects(client).delete(&path).await))? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.failed("delete", key, &e)),
+            Err(e) => Err(self.failed("delete", key, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP server on 127.0.0.1 that answers every request with `status` (and a short body), one connection
+    /// per request; returns its URL and the count of requests it answered. It runs until the test process ends.
+    fn answering(status: u16) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&answered);
+        std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                let Ok(mut connection) = connection else { continue };
+                let mut reader = BufReader::new(connection.try_clone().unwrap());
+                // The head, then the body (read whole: a response sent over an unread body can reach the client as
+                // a reset connection rather than an answer).
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let _ = reader.by_ref().take(length as u64).read_to_end(&mut Vec::new());
+                // Counted before it is answered: a test reads the count once it has its answer.
+                count.fetch_add(1, Ordering::SeqCst);
+                let body = format!("<Error><Code>Status{status}</Code></Error>");
+                let _ = write!(
+                    connection,
+                    "HTTP/1.1 {status} Whatever\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, answered)
+    }
+
+    /// Two retries, a millisecond apart at most (shorter than `object_store`'s usual first wait: see
+    /// [`RequestOptions::retry_config`]).
+    fn quick_retries() -> RequestOptions {
+        RequestOptions {
+            max_retries: 2,
+            max_backoff: Duration::from_millis(1),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn block_on<T>(work: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(work)
+    }
+
+    /// Our own requests: a 403 is answered at once, for the caller to refuse (permanent); a 503 is retried, then
+    /// reported retryable; a server that is not there (a refused connection) is retryable too.
+    #[test]
+    fn our_requests_are_retried_and_classified_by_status() {
+        let client = reqwest::Client::new();
+        let send = |url: String| {
+            let client = client.clone();
+            block_on(async move {
+                match send_retrying(&quick_retries(), "test", async || Ok(client.put(&url).body("x"))).await {
+                    Ok(response) => Err(refused(response).await),
+                    Err(failure) => Ok(failure),
+                }
+            })
+        };
+
+        let (url, answered) = answering(403);
+        let refusal = send(url).expect_err("a 403 comes back as an answer, not after retries");
+        assert_eq!(refusal.kind, FailureKind::Permanent, "{refusal:?}");
+        assert!(refusal.message.starts_with("403 Forbidden: <Error>"), "{}", refusal.message);
+        let cause = refusal.cause.as_deref().and_then(|c| c.downcast_ref::<reqwest::Error>()).expect("the cause");
+        assert_eq!(cause.status(), Some(reqwest::StatusCode::FORBIDDEN));
+        assert_eq!(answered.load(Ordering::SeqCst), 1, "a 403 is not retried");
+
+        for status in [503, 500, 429, 408] {
+            let (url, answered) = answering(status);
+            let failure = send(url).expect("retried until the retries are spent");
+            assert_eq!(failure.kind, FailureKind::Retryable, "{status}: {failure:?}");
+            assert!(failure.message.ends_with("(after 2 retries)"), "{status}: {}", failure.message);
+            assert_eq!(answered.load(Ordering::SeqCst), 3, "{status}: the first try and two retries");
+        }
+        for status in [400, 401, 404, 409] {
+            let (url, _) = answering(status);
+            assert_eq!(send(url).unwrap_err().kind, FailureKind::Permanent, "{status}");
+        }
+
+        // Nothing listens on a port just released: the connection is refused, every time.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let failure = send(format!("http://127.0.0.1:{port}")).expect("a transport failure, after the retries");
+        assert_eq!(failure.kind, FailureKind::Retryable, "{failure:?}");
+        assert!(failure.cause.as_deref().is_some_and(|c| c.is::<reqwest::Error>()), "{failure:?}");
+    }
+
+    /// `object_store`'s errors: its variants for refusals are permanent; a generic error is retryable unless the
+    /// status it shows is one no retry mends.
+    #[test]
+    fn object_store_errors_are_classified_by_variant_and_status() {
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "the service's words".into() };
+        let path = || "bucket/key".to_string();
+        for error in [
+            object_store::Error::PermissionDenied { path: path(), source: source() },
+            object_store::Error::Unauthenticated { path: path(), source: source() },
+            object_store::Error::Precondition { path: path(), source: source() },
+            object_store::Error::NotSupported { source: source() },
+            object_store::Error::NotImplemented { operation: "x".into(), implementer: "y".into() },
+            object_store::Error::UnknownConfigurationKey { store: "S3", key: "x".into() },
+            object_store::Error::NotFound { path: path(), source: source() },
+        ] {
+            assert_eq!(failure_kind(&error), FailureKind::Permanent, "{error}");
+        }
+        let generic = |text: &str| object_store::Error::Generic { store: "S3", source: text.to_string().into() };
+        let shown = |status: &str| {
+            generic(&format!(
+                "Error performing GET http://127.0.0.1/b?list-type=2 in 3ms - Server returned non-2xx status code: \
+                 {status}: <Error/>"
+            ))
+        };
+        for status in
+            ["503 Service Unavailable", "500 Internal Server Error", "429 Too Many Requests", "408 Request Timeout"]
+        {
+            assert_eq!(failure_kind(&shown(status)), FailureKind::Retryable, "{status}");
+        }
+        for status in ["403 Forbidden", "400 Bad Request", "405 Method Not Allowed", "301 Moved Permanently"] {
+            assert_eq!(failure_kind(&shown(status)), FailureKind::Permanent, "{status}");
+        }
+        assert_eq!(failure_kind(&generic("error sending request: connection reset")), FailureKind::Retryable);
+        let error = CloudError::from(shown("403 Forbidden"));
+        assert!(error.cause.as_deref().is_some_and(|c| c.is::<object_store::Error>()), "the error is kept");
+        assert_eq!(error.message, error_message(&shown("403 Forbidden")), "the message is as before");
+    }
+
+    /// Through a whole store: S3 at a server that refuses every request (403: permanent) or is unavailable (503:
+    /// retryable, once `object_store`'s retries are spent); the message is the one shown before.
+    #[test]
+    fn a_cloud_store_reports_refusals_as_permanent_and_unavailability_as_retryable() {
+        for (status, kind) in [(403, FailureKind::Permanent), (503, FailureKind::Retryable)] {
+            let (url, answered) = answering(status);
+            let options = crate::s3::S3Options {
+                endpoint: Some(url),
+                region: Some("us-east-1".into()),
+                access_key: Some("key".into()),
+                secret_key: Some("secret".into()),
+                ..crate::s3::S3Options::default()
+            };
+            let store = CloudStore::new(crate::s3::S3::new("bucket", &options, &quick_retries()), "prefix").unwrap();
+            let err = store.put("a/b", Bytes::from_static(b"x")).unwrap_err();
+            assert_eq!(err.kind(), Some(kind), "{status}: {err:?}");
+            assert!(err.to_string().starts_with("s3://bucket/prefix: put a/b: "), "{err}");
+            assert!(err.to_string().contains(&status.to_string()), "{err}");
+            assert!(err.cause().is_some_and(|c| c.is::<object_store::Error>()), "{err:?}");
+            let tries = if kind == FailureKind::Retryable { 3 } else { 1 };
+            assert_eq!(answered.load(Ordering::SeqCst), tries, "{status}");
+            let err = store.list("a").unwrap_err();
+            assert_eq!(err.kind(), Some(kind), "{status}: list: {err:?}");
+        }
+    }
+
+    /// Listed keys come back as they were put: `object_store`'s percent-encoding of a path undone, part by part,
+    /// below the store's prefix.
+    #[test]
+    fn listed_keys_are_decoded_below_the_prefix() {
+        for key in ["odd/ünï/cödé", "a/100%/x", "a/%2F/b", "b#c/[d]/e f", "plain/0000000000.xbs", "x/./y"] {
+            for prefix in ["", "pre", "pré/fix"] {
+                let location = Path::from(crate::join_key(&[prefix, key]));
+                assert_eq!(listed_key(&Path::from(prefix), &location), key, "{prefix:?} {key:?} as {location}");
+            }
+        }
+        // A name some other program stored that does not decode to UTF-8 stays as listed.
+        assert_eq!(listed_key(&Path::ROOT, &Path::parse("a/%FF").unwrap()), "a/%FF");
     }
 }

@@ -16,7 +16,7 @@ use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use object_store::path::Path;
 use object_store::ObjectStore;
 
-use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudStore, PutRefused, RequestOptions};
+use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudError, CloudStore, PutRefused, RequestOptions};
 
 /// Google's endpoint, when none is given.
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -104,15 +104,18 @@ impl Gcs {
         &self,
         client: &GcsClient,
         request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, String> {
-        let credential = client.objects.credentials().get_credential().await.map_err(|e| error_message(&e))?;
+    ) -> Result<reqwest::RequestBuilder, CloudError> {
+        let credential = client.objects.credentials().get_credential().await?;
         Ok(if credential.bearer.is_empty() { request } else { request.bearer_auth(&credential.bearer) })
     }
 
     /// `{endpoint}/{path}` with `path`'s segments escaped.
-    fn url(&self, segments: &[&str]) -> Result<reqwest::Url, String> {
-        let mut url = reqwest::Url::parse(&self.endpoint).map_err(|e| format!("{}: {e}", self.endpoint))?;
-        url.path_segments_mut().map_err(|()| format!("{} cannot be a base URL", self.endpoint))?.extend(segments);
+    fn url(&self, segments: &[&str]) -> Result<reqwest::Url, CloudError> {
+        let mut url = reqwest::Url::parse(&self.endpoint)
+            .map_err(|e| CloudError::permanent(format!("{}: {e}", self.endpoint)).caused_by(e))?;
+        url.path_segments_mut()
+            .map_err(|()| CloudError::permanent(format!("{} cannot be a base URL", self.endpoint)))?
+            .extend(segments);
         Ok(url)
     }
 }
@@ -173,7 +176,7 @@ impl Cloud for Gcs {
     /// `GET /storage/v1/b/BUCKET` (JSON API): a listing of a missing bucket is not always a 404 (the emulator
     /// answers 500, which is retried); anything but a 200 or a 404 (no permission to read bucket metadata, say)
     /// falls back to the listing.
-    async fn container_exists(&self, client: &GcsClient, probe: &Path) -> Result<bool, String> {
+    async fn container_exists(&self, client: &GcsClient, probe: &Path) -> Result<bool, CloudError> {
         let request =
             self.authorized(client, client.http.get(self.url(&["storage", "v1", "b", &self.bucket])?)).await?;
         match request.send().await.map(|response| response.status()) {
@@ -182,20 +185,23 @@ impl Cloud for Gcs {
             _ => match client.objects.list_with_delimiter(Some(probe)).await {
                 Ok(_) => Ok(true),
                 Err(e) if self.is_missing_container(&e) => Ok(false),
-                Err(e) => Err(error_message(&e)),
+                Err(e) => Err(e.into()),
             },
         }
     }
 
     /// `POST /storage/v1/b?project=P` with `{"name": bucket}`, authorized by `object_store`'s token.
-    async fn create_container(&self, client: &GcsClient) -> Result<(), String> {
-        let project = self.project.as_deref().ok_or(
-            "creating a bucket needs a project: give --google-project, GOOGLE_CLOUD_PROJECT, or a key file with \
-             project_id (or create the bucket first)",
-        )?;
+    async fn create_container(&self, client: &GcsClient) -> Result<(), CloudError> {
+        let project = self.project.as_deref().ok_or_else(|| {
+            CloudError::permanent(
+                "creating a bucket needs a project: give --google-project, GOOGLE_CLOUD_PROJECT, or a key file with \
+                 project_id (or create the bucket first)",
+            )
+        })?;
         let mut url = self.url(&["storage", "v1", "b"])?;
         url.query_pairs_mut().append_pair("project", project);
-        let body = serde_json::to_vec(&serde_json::json!({ "name": self.bucket })).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&serde_json::json!({ "name": self.bucket }))
+            .map_err(|e| CloudError::permanent(e.to_string()).caused_by(e))?;
         let response = send_retrying(&self.requests, "create bucket", async || {
             let request = client.http.post(url.clone()).header("content-type", "application/json").body(body.clone());
             self.authorized(client, request).await
@@ -206,11 +212,11 @@ impl Cloud for Gcs {
         }
         // 409 "you already own it": another put created it meanwhile (a name owned by someone else is a 409 too,
         // and stays an error).
-        let message = refused(response).await;
-        if message.starts_with("409") && message.contains("already own") {
+        let refused = refused(response).await;
+        if refused.message.starts_with("409") && refused.message.contains("already own") {
             Ok(())
         } else {
-            Err(message)
+            Err(refused)
         }
     }
 }

@@ -13,6 +13,12 @@ The backends:
 
 Keys are `/`-separated relative names (`NIGHTLY/0/0000000000.xbs`); each backend maps them below its root (a
 directory, or a bucket and prefix). What is stored where — the backup layout — is the consumer's business.
+
+A failed operation is a [`StoreError`] that names the store, the operation and the key. A failure of the store
+([`StoreError::Failed`]) also says whether retrying may help ([`StoreError::kind`]: [`FailureKind::Retryable`] when
+the service was unavailable, throttled or timed out even after the client's own retries, [`FailureKind::Permanent`]
+for credentials, permissions, bad requests and local file-system errors) and keeps the error behind it
+([`StoreError::cause`]), without showing it a second time.
 */
 
 pub mod azure;
@@ -23,6 +29,7 @@ pub mod memory;
 pub mod s3;
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -56,7 +63,10 @@ pub enum StoreError {
         key: String,
     },
     /// The service refused the request for good (wrong credentials, no permission, a bad request) or kept failing
-    /// after every retry; the message is the service's.
+    /// after every retry; the message is the service's. `kind` says which (whether a later run may succeed).
+    ///
+    /// The underlying error is kept in `cause` but is not this error's [`source`](std::error::Error::source):
+    /// `message` already shows it, and a chain printed whole (`anyhow`'s `{:#}`) would show it twice.
     #[error("{store}: {op} {key}: {message}")]
     Failed {
         /// The store, for messages.
@@ -65,8 +75,12 @@ pub enum StoreError {
         op: &'static str,
         /// The key or prefix.
         key: String,
-        /// What the service (or the file system) said.
+        /// What the service (or the file system) said: the text shown.
         message: String,
+        /// Whether retrying may help.
+        kind: FailureKind,
+        /// The error the backend got (`object_store`'s, the file system's, the HTTP client's), when there is one.
+        cause: Option<Cause>,
     },
     /// The caller's consumer of a downloaded object failed (e.g. the object is larger than it can take).
     #[error("{store}: get {key}: {source}")]
@@ -81,7 +95,96 @@ pub enum StoreError {
     },
 }
 
+/// An underlying error kept in a [`StoreError`], shared so that the error can be handed on.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether retrying a failed store operation may help: what [`StoreError::kind`] says of a
+/// [`StoreError::Failed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The service was unavailable, throttled or timed out (a 5xx, a 408 or a 429, a connection reset or refused,
+    /// a timeout) even after the client's own retries: a later run may succeed as it is.
+    Retryable,
+    /// The request cannot succeed as it is: credentials, permission, a bad request or key, a missing bucket, a
+    /// local file-system error (no space left, permission denied, a read-only file system). Retrying does not help
+    /// until that is fixed.
+    Permanent,
+}
+
+impl FailureKind {
+    /// The kind of an HTTP answer that is not a success: 5xx, 408 (Request Timeout) and 429 (Too Many Requests)
+    /// are retryable (as the clients' own retries have it), any other status permanent.
+    pub fn of_status(status: http::StatusCode) -> FailureKind {
+        if status.is_server_error()
+            || status == http::StatusCode::REQUEST_TIMEOUT
+            || status == http::StatusCode::TOO_MANY_REQUESTS
+        {
+            FailureKind::Retryable
+        } else {
+            FailureKind::Permanent
+        }
+    }
+
+    /// The kind of a file-system or socket error: timeouts, interruptions, a busy resource and a connection
+    /// that was reset, refused, aborted or cannot be routed are retryable; the rest (no space, no permission, a
+    /// read-only file system, an I/O error, a name that is not there or not a directory) permanent.
+    pub fn of_io(error: &std::io::Error) -> FailureKind {
+        use std::io::ErrorKind;
+        match error.kind() {
+            ErrorKind::TimedOut
+            | ErrorKind::Interrupted
+            | ErrorKind::WouldBlock
+            | ErrorKind::ResourceBusy
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+            | ErrorKind::BrokenPipe
+            | ErrorKind::NetworkDown
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::HostUnreachable => FailureKind::Retryable,
+            _ => FailureKind::Permanent,
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Permanent => "permanent",
+        })
+    }
+}
+
 impl StoreError {
+    /// Whether retrying may help, for a failure of the store ([`StoreError::Failed`]). `None` for the errors that
+    /// are answers rather than failures — [`StoreError::NotFound`] and [`StoreError::AlreadyExists`] (the service
+    /// did what it was asked and said so: the same request gets the same answer) — and for
+    /// [`StoreError::Consumer`] (the caller's own error, not the store's).
+    pub fn kind(&self) -> Option<FailureKind> {
+        match self {
+            StoreError::Failed { kind, .. } => Some(*kind),
+            StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Consumer { .. } => None,
+        }
+    }
+
+    /// Whether the store failed in a way that a later try may not meet: unavailable, throttled or timed out after
+    /// the client's own retries ([`FailureKind::Retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == Some(FailureKind::Retryable)
+    }
+
+    /// The underlying error: what the backend got for a [`StoreError::Failed`] (when it got one: a key refused
+    /// before any request has none), the caller's error for a [`StoreError::Consumer`]; `None` otherwise.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            StoreError::Failed { cause, .. } => cause.as_deref(),
+            StoreError::Consumer { source, .. } => Some(&**source),
+            StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } => None,
+        }
+    }
+
     /// Whether the object was missing.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
@@ -118,7 +221,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// they go and how much it takes); returns the object's size.
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64>;
 
-    /// Every object whose key starts with `prefix` followed by `/` (all levels below), sorted by key.
+    /// Every object whose key starts with `prefix` followed by `/` (all levels below), sorted by key; for `""`
+    /// (the root), every object. Keys are listed as they were put.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
     /// The names one level below `prefix` (`""` for the root) that hold objects: the "directories".

@@ -9,10 +9,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{ObjectInfo, Result, Store, StoreError};
+use crate::{FailureKind, ObjectInfo, Result, Store, StoreError};
 
 /// Prefix of the temporary names objects are written under before they are renamed into place.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -35,13 +36,43 @@ impl LocalStore {
             .split('/')
             .all(|part| !part.is_empty() && part != "." && part != ".." && !part.starts_with(TEMP_PREFIX));
         if !valid {
-            return Err(self.failed(op, key, "not a valid key".into()));
+            return Err(StoreError::Failed {
+                store: self.describe(),
+                op,
+                key: key.to_string(),
+                message: "not a valid key".into(),
+                kind: FailureKind::Permanent,
+                cause: None,
+            });
         }
         Ok(self.root.join(key))
     }
 
-    fn failed(&self, op: &'static str, key: &str, message: String) -> StoreError {
-        StoreError::Failed { store: self.describe(), op, key: key.to_string(), message }
+    /// A failure of the file system: the error's own words, classified by [`FailureKind::of_io`] (no space, no
+    /// permission, a read-only file system are permanent), the error kept.
+    fn failed(&self, op: &'static str, key: &str, error: std::io::Error) -> StoreError {
+        StoreError::Failed {
+            store: self.describe(),
+            op,
+            key: key.to_string(),
+            message: error.to_string(),
+            kind: FailureKind::of_io(&error),
+            cause: Some(Arc::new(error)),
+        }
+    }
+
+    /// A failure of a directory walk (a listing): as [`LocalStore::failed`] when it is the file system's, permanent
+    /// otherwise (a symbolic-link loop).
+    fn walk_failed(&self, prefix: &str, error: walkdir::Error) -> StoreError {
+        let kind = error.io_error().map_or(FailureKind::Permanent, FailureKind::of_io);
+        StoreError::Failed {
+            store: self.describe(),
+            op: "list",
+            key: prefix.to_string(),
+            message: error.to_string(),
+            kind,
+            cause: Some(Arc::new(error)),
+        }
     }
 
     /// Writes `body` to a temporary name beside `key`'s file, syncs it, puts it in place as `place` says and syncs
@@ -49,7 +80,7 @@ impl LocalStore {
     /// name, atomically, on every POSIX file system, NFS included) and then removes the temporary name.
     fn store(&self, key: &str, body: &[u8], place: Place) -> Result<()> {
         let path = self.path("put", key)?;
-        let failed = |e: std::io::Error| self.failed("put", key, e.to_string());
+        let failed = |e: std::io::Error| self.failed("put", key, e);
         let dir = path.parent().expect("a key has a parent: the root");
         fs::create_dir_all(dir).map_err(failed)?;
         let name = path.file_name().expect("a checked key has a name").to_string_lossy();
@@ -118,7 +149,7 @@ impl Store for LocalStore {
     }
 
     fn ensure_container(&self) -> Result<()> {
-        fs::create_dir_all(&self.root).map_err(|e| self.failed("create", "", e.to_string()))
+        fs::create_dir_all(&self.root).map_err(|e| self.failed("create", "", e))
     }
 
     fn put(&self, key: &str, body: Bytes) -> Result<()> {
@@ -136,7 +167,7 @@ impl Store for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound { store: self.describe(), key: key.to_string() })
             }
-            Err(e) => return Err(self.failed("get", key, e.to_string())),
+            Err(e) => return Err(self.failed("get", key, e)),
         };
         let mut buffer = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -145,7 +176,7 @@ impl Store for LocalStore {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.failed("get", key, e.to_string())),
+                Err(e) => return Err(self.failed("get", key, e)),
             };
             consume(&buffer[..n]).map_err(|source| StoreError::Consumer {
                 store: self.describe(),
@@ -169,7 +200,7 @@ impl Store for LocalStore {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(self.failed("list", prefix, e.to_string())),
+                Err(e) => return Err(self.walk_failed(prefix, e)),
             };
             let name = entry.file_name().to_string_lossy();
             if !entry.file_type().is_file() || name.starts_with(TEMP_PREFIX) {
@@ -180,7 +211,7 @@ impl Store for LocalStore {
             let size = match entry.metadata() {
                 Ok(meta) => meta.len(),
                 Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(self.failed("list", prefix, e.to_string())),
+                Err(e) => return Err(self.walk_failed(prefix, e)),
             };
             found.push(ObjectInfo { key, size });
         }
@@ -193,11 +224,11 @@ impl Store for LocalStore {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.failed("list", prefix, e.to_string())),
+            Err(e) => return Err(self.failed("list", prefix, e)),
         };
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| self.failed("list", prefix, e.to_string()))?;
+            let entry = entry.map_err(|e| self.failed("list", prefix, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.file_type().is_ok_and(|t| t.is_dir()) && !name.starts_with(TEMP_PREFIX) {
                 names.push(name);
@@ -212,7 +243,7 @@ impl Store for LocalStore {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.failed("delete", key, e.to_string())),
+            Err(e) => return Err(self.failed("delete", key, e)),
         }
         // Empty directories left behind go too (up to, not including, the root), as they would in a bucket.
         let mut dir = path.parent();
@@ -277,6 +308,52 @@ mod tests {
             });
             assert_eq!(wins, 1, "round {round}");
         }
+    }
+
+    /// A failure of the file system is permanent (retrying the same run cannot make room or grant a permission),
+    /// keeps the file system's error, and reads as before: the error's own words.
+    #[test]
+    fn file_system_failures_are_permanent_and_keep_their_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // The root is a file: every put fails with ENOTDIR, whoever runs the test (root ignores permissions).
+        let root = dir.path().join("not-a-directory");
+        fs::write(&root, b"x").unwrap();
+        let store = LocalStore::new(&root);
+        let err = store.put("b/0/0001.xbs", Bytes::from_static(b"one")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("file://{}: put b/0/0001.xbs: Not a directory (os error 20)", root.display())
+        );
+        assert_eq!(err.kind(), Some(FailureKind::Permanent), "{err:?}");
+        assert!(!err.is_retryable());
+        let cause = err.cause().and_then(|c| c.downcast_ref::<std::io::Error>()).expect("the io::Error is kept");
+        assert_eq!(cause.raw_os_error(), Some(nix::errno::Errno::ENOTDIR as i32));
+        // A key refused before it touches the file system: permanent, without a cause.
+        let err = store.get("../x", &mut |_| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), Some(FailureKind::Permanent), "{err:?}");
+        assert!(err.cause().is_none());
+        // Answers are not failures.
+        let store = LocalStore::new(dir.path().join("bucket"));
+        assert_eq!(store.get("b/missing", &mut |_| Ok(())).unwrap_err().kind(), None);
+    }
+
+    /// How file-system and socket errors are classified: a full disk, a denied permission, a read-only file system
+    /// and an I/O error are permanent; a timeout, an interruption, a busy resource and a reset connection are not.
+    #[test]
+    fn io_errors_are_classified_by_kind() {
+        use nix::errno::Errno;
+        let kind = |errno: Errno| FailureKind::of_io(&std::io::Error::from_raw_os_error(errno as i32));
+        for errno in
+            [Errno::ENOSPC, Errno::EACCES, Errno::EPERM, Errno::EROFS, Errno::EIO, Errno::ENOTDIR, Errno::EDQUOT]
+        {
+            assert_eq!(kind(errno), FailureKind::Permanent, "{errno}");
+        }
+        for errno in
+            [Errno::ETIMEDOUT, Errno::EINTR, Errno::EAGAIN, Errno::EBUSY, Errno::ECONNRESET, Errno::ECONNREFUSED]
+        {
+            assert_eq!(kind(errno), FailureKind::Retryable, "{errno}");
+        }
+        assert_eq!(FailureKind::of_io(&std::io::Error::other("anything else")), FailureKind::Permanent);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! An in-memory store that injects faults on demand, so the put and get logic can be tested against failures a
 //! real service produces only by chance: a request that fails, a service that dies after N requests.
 //!
-//! Faults are permanent failures (what a real client reports once its retries are spent): the caller must fail
-//! cleanly — exit non-zero, nothing looking complete — rather than retry. Retrying transient faults is the real
-//! client's job (`object_store`), tested against a real server behind a faulty proxy.
+//! A fault is what a real client reports once its retries are spent (a 503 that outlasted them): a
+//! [`FailureKind::Retryable`] failure — a later run may succeed — on which the caller must fail cleanly (exit
+//! non-zero, nothing looking complete) rather than retry. Retrying transient faults is the real client's job
+//! (`object_store`), tested against a real server behind a faulty proxy.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::{ObjectInfo, Result, Store, StoreError};
+use crate::{FailureKind, ObjectInfo, Result, Store, StoreError};
 
 /// Which requests fail.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +63,8 @@ impl MemoryStore {
                 op,
                 key: key.to_string(),
                 message: "injected fault: 503 Service Unavailable after all retries".into(),
+                kind: FailureKind::Retryable,
+                cause: None,
             });
         }
         Ok(())
@@ -112,7 +115,8 @@ impl Store for MemoryStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.request("list", prefix)?;
-        let start = format!("{prefix}/");
+        // Below `prefix/`; everything for the root (`""`), as the other stores list it.
+        let start = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
         let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         Ok(objects
             .range(start.clone()..)
@@ -153,9 +157,25 @@ mod tests {
         store.put("a/2", Bytes::from_static(b"y")).unwrap();
         let err = store.put("a/index.json", Bytes::from_static(b"{}")).unwrap_err();
         assert!(err.to_string().contains("injected fault"), "{err}");
+        // A 503 that outlasted the client's retries: a later run may succeed.
+        assert_eq!(err.kind(), Some(FailureKind::Retryable), "{err:?}");
+        assert!(err.is_retryable());
         store.set_faults(Faults { fail_after: Some(store.requests() + 1), ..Faults::default() });
         assert_eq!(store.list("a").unwrap().len(), 2);
         assert!(store.list("a").is_err(), "dead after one more request");
         assert_eq!(store.keys(), ["a/1", "a/2"]);
+    }
+
+    /// `""` is the root: every object, as the directory store and the clouds list it (the consumer's catalog and
+    /// the tests' raw listings take it so).
+    #[test]
+    fn the_empty_prefix_lists_every_object() {
+        let store = MemoryStore::new();
+        for key in ["b/2", "a/1", "a/sub/3", "top"] {
+            store.put(key, Bytes::from_static(b"x")).unwrap();
+        }
+        let keys: Vec<String> = store.list("").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["a/1", "a/sub/3", "b/2", "top"]);
+        assert_eq!(store.list("a").unwrap().len(), 2, "a prefix still lists only what is below it");
     }
 }

@@ -10,7 +10,7 @@ use object_store::signer::Signer;
 
 use object_store::ObjectStore;
 
-use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudStore, RequestOptions};
+use crate::cloud::{error_message, refused, send_retrying, Cloud, CloudError, CloudStore, RequestOptions};
 
 /// How buckets are addressed (xbcloud's `--s3-bucket-lookup`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,11 +117,8 @@ impl Cloud for S3 {
     }
 
     /// `PUT /bucket`, presigned by `object_store` (no signing of our own), retried like its own requests.
-    async fn create_container(&self, client: &AmazonS3) -> Result<(), String> {
-        let url = client
-            .signed_url(http::Method::PUT, &Path::from(""), Duration::from_secs(300))
-            .await
-            .map_err(|e| error_message(&e))?;
+    async fn create_container(&self, client: &AmazonS3) -> Result<(), CloudError> {
+        let url = client.signed_url(http::Method::PUT, &Path::from(""), Duration::from_secs(300)).await?;
         let http = reqwest::Client::new();
         let response = send_retrying(&self.requests, "create bucket", async || {
             Ok(http.put(url.clone()).header("content-length", "0"))
@@ -131,11 +128,11 @@ impl Cloud for S3 {
             return Ok(());
         }
         // 409 BucketAlreadyOwnedByYou: another put created it meanwhile.
-        let message = refused(response).await;
-        if message.contains("BucketAlreadyOwnedByYou") {
+        let refused = refused(response).await;
+        if refused.message.contains("BucketAlreadyOwnedByYou") {
             Ok(())
         } else {
-            Err(message)
+            Err(refused)
         }
     }
 }
