@@ -159,6 +159,6 @@ pub enum DigestArg {
     /// CRC-32 and SHA-1 per file.
     Sha1,
     /// CRC-32 per file, and a SHA-1 of every stream in --stats-json only: for checking a transport end to end
-    /// (the recipes in scripts/) without hashing every file too.
+    /// (the recipes in scripts/transport/) without hashing every file too.
     StreamSha1,
 }
