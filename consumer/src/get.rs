@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use proto::{ChunkHeader, CrcPiece};
 use proto::{Manifest, MANIFEST_NAME};
+use runtime::budget::MemoryBudget;
 use runtime::cancel::{recv, send, Cancel};
 use runtime::failure::Failure;
 use runtime::pool::{BufferPool, PooledBuffer};
@@ -55,7 +56,9 @@ pub struct GetConfig {
     pub output: GetOutput,
     /// Downloads in flight.
     pub parallel: usize,
-    /// Memory for downloaded packs.
+    /// What the get itself may hold (downloaded packs, the manifest it checks against, a merge's chunks):
+    /// `--memory-limit`, or half of it with `-C` (the extraction's chunk buffers take the other half). Divided
+    /// into named parts once the index says how many streams and how large their packs are.
     pub memory_limit: u64,
     /// Largest chunk payload accepted.
     pub max_chunk: usize,
@@ -176,6 +179,11 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
         );
     }
     let window = per_stream.min(config.parallel.max(1) + 1);
+    let mut budget = MemoryBudget::new(config.memory_limit);
+    budget.assign("merge chunks and read buffers", merge_reserve);
+    budget.assign("manifest and its check", manifest_reserve);
+    budget.buffers("pack windows", streams * window, largest as u64);
+    log::debug!("{budget}");
     // Sent on verbatim and checked against the manifest: the downloaders parse each pack (and check its chunks'
     // CRCs) as they fetch it, in parallel, so the writer only does the bookkeeping. A merge parses as it goes.
     let parse_packs =

@@ -103,7 +103,7 @@ impl Outlet for CompressStage<'_> {
 }
 
 /// One compress thread: a reused zstd context (content checksum on) and one scratch buffer from the pool, taken
-/// before any reader starts (had the readers taken every buffer first, compression could never begin).
+/// before any read thread starts (had the read threads taken every buffer first, compression could never begin).
 pub fn compress_worker(
     jobs: &Receiver<CompressJob>,
     mut scratch: PooledBuffer,

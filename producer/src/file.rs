@@ -393,7 +393,7 @@ impl FileState {
         })
     }
 
-    /// Reads `buf.len()` bytes at `offset` again, for a page re-check: through the open handle while readers
+    /// Reads `buf.len()` bytes at `offset` again, for a page re-check: through the open handle while read threads
     /// still use it, else opening the file anew (never following a symlink). Returns the bytes read.
     pub fn reread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let open = match &*self.handle.locked() {

@@ -121,6 +121,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         let mut workers = Vec::new();
         for (index, reads) in reads_per_thread.iter().enumerate() {
             let (jobs, read, throttle) = (job_receiver.clone(), read_sender.clone(), throttle.as_ref());
+            // Named `reader-N` in panics and failpoints (as before: tests and scripts use the name); the code
+            // calls them read threads, and `reader` means a stream parser only in the consumer.
             workers.push(failure.spawn_stage(scope, format!("reader-{index}"), move || {
                 read_chunks(config, jobs, read, pool, throttle, counters, reads, cancel)
             }));
@@ -148,7 +150,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         // panic outside it) is a failure too, never an empty report.
         failure.joined(scanner.join(), "scanner");
         for worker in workers {
-            failure.joined(worker.join(), "reader or process");
+            failure.joined(worker.join(), "read or process");
         }
         compress_stage.close();
         for compressor in compressors {

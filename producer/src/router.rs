@@ -33,7 +33,7 @@ pub(crate) struct Router {
     /// Every directory's record, for the manifest (in memory: one per directory, not per file).
     pub(crate) directories: Mutex<Vec<DirectoryRecord>>,
     /// Files handed out by the scanner that have neither ended nor vanished yet, by file number. Bounded: the
-    /// scanner runs at most a channel's length ahead of the readers.
+    /// scanner runs at most a channel's length ahead of the read threads.
     in_flight: Mutex<HashMap<u64, Arc<FileState>>>,
     /// Files' first chunks go out in scan order.
     order: Mutex<FirstAppearance>,
@@ -44,7 +44,7 @@ pub(crate) struct Router {
 /// first appear on the streams in scan order, whichever thread read them first: a directory's own files before
 /// those of its subdirectories, which `mbstream -x` needs to create them (it creates only a file's immediate parent
 /// directory). Held chunks keep their pool buffers, so they are bounded by the pool; no deadlock, because jobs are
-/// taken in scan order by readers that hold a buffer first, so the earliest file still to appear is always being
+/// taken in scan order by read threads that hold a buffer first, so the earliest file still to appear is always being
 /// read.
 ///
 /// Numbered by file: an item parked under file `n` holds the chunks of file `n` (or of a batch starting at `n`)

@@ -115,7 +115,7 @@ impl Batch {
         self.files.push(file);
     }
 
-    /// Hands the gathered files to the readers as one job (nothing if there are none).
+    /// Hands the gathered files to the read threads as one job (nothing if there are none).
     fn send(&mut self, jobs: &Sender<Job>, cancel: &Cancel) -> Result<()> {
         if self.files.is_empty() {
             return Ok(());

@@ -16,7 +16,7 @@ pub trait BatchOutlet: Sync {
     fn batch(&self, batch: ReadBatch) -> Result<()>;
 }
 
-/// Largest file that travels in a batch ([`Job::Batch`]): one reader reads many such files into one buffer, and
+/// Largest file that travels in a batch ([`Job::Batch`]): one read thread reads many such files into one buffer, and
 /// the batch crosses every stage as one hand-off. Larger files are cut into chunks read in parallel.
 pub const BATCH_FILE_MAX: u64 = 64 << 10;
 
