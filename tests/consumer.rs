@@ -315,6 +315,48 @@ fn fifo_consumer_times_out_when_no_producer_comes() {
     assert_eq!(fs::read_dir(work.path().join("fifos")).unwrap().count(), 0, "pipes are removed");
 }
 
+/// A failed run's last line says its kind: a producer that never opened its pipe, or one that stalled mid-stream,
+/// may come on a later run (retryable); a damaged stream will fail the same way again (permanent).
+#[test]
+fn a_failure_says_whether_running_it_again_may_help() {
+    let work = tempfile::tempdir().unwrap();
+    let never = consumer()
+        .args(["extract", "--fifo-timeout", "1", "-C"])
+        .arg(work.path().join("out"))
+        .arg("--fifo-dir")
+        .arg(work.path().join("fifos"))
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&never.get_output().stderr).into_owned();
+    assert!(stderr.ends_with("running it again may succeed\n") && stderr.contains("consumer: retryable:"), "{stderr}");
+
+    // STDIN held open by a writer that never writes: the idle deadline, inside the stream reader's error.
+    let mut stalled = spawn(
+        consumer_command()
+            .args(["extract", "--idle-timeout", "1", "-C"])
+            .arg(work.path().join("out2"))
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let held = stalled.stdin();
+    let output = stalled.wait_output(Duration::from_secs(30));
+    drop(held);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("consumer: retryable:"), "a stalled producer: {stderr}");
+
+    let damaged = consumer()
+        .args(["extract", "-C"])
+        .arg(work.path().join("out3"))
+        .write_stdin(b"XBSTCK01 this is not a chunk".to_vec())
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&damaged.get_output().stderr).into_owned();
+    assert!(stderr.contains("consumer: permanent:"), "a damaged stream: {stderr}");
+}
+
 /// A writer that dies mid-chunk: a truncation error naming the pipe.
 #[test]
 fn writer_dying_mid_chunk_is_a_truncation_error_naming_the_pipe() {

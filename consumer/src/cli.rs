@@ -1,5 +1,5 @@
-//! Raw command-line arguments (clap derive) and the binary's entry point. Arguments are validated into a config
-//! before anything runs.
+//! Raw command-line arguments (clap derive), and nothing else: [`crate::app`] is the entry point, and each
+//! command's arguments are validated into its config before anything runs.
 
 use std::path::PathBuf;
 

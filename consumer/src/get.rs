@@ -30,7 +30,7 @@ use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
 use runtime::size::{human, size_arg};
 use store::Store;
-use transport::{End, Endpoint, FifoSet, IdlePipe, OpenedStream};
+use transport::{End, Endpoint, IdlePipe, OpenedStream};
 
 use crate::config::ExtractConfig;
 use crate::input::InputStream;
@@ -493,7 +493,7 @@ fn deliver(
             }
             let opened = endpoint.open(End::Write, config.idle_timeout, cancel)?;
             match opened.fifos {
-                Some(fifos) => to_pipes(manifest, readers, opened.streams, &fifos, cancel),
+                Some(_fifos) => to_pipes(manifest, readers, opened.streams, endpoint, cancel),
                 None => {
                     let stdout = opened.streams.into_iter().next().expect("STDOUT is one stream");
                     to_stdout(config, manifest, readers, stdout.pipe)
@@ -510,11 +510,14 @@ fn to_pipes(
     manifest: Option<Manifest>,
     readers: Vec<PackStream>,
     pipes: Vec<OpenedStream>,
-    fifos: &FifoSet,
+    endpoint: &Endpoint,
     cancel: &Cancel,
 ) -> Result<String> {
     let count = pipes.len();
-    let dir = fifos.paths()[0].parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+    let dir = match endpoint {
+        Endpoint::Fifos { dir, .. } => dir.clone(),
+        Endpoint::Stdio => std::path::PathBuf::from("STDOUT"),
+    };
     let check = manifest.as_ref().map(SentCheck::new).transpose()?.map(Mutex::new);
     // The first pipe to fail says why; the others stop because it did (their "cancelled" is no news).
     let failure = Failure::new(cancel.clone());

@@ -3,10 +3,10 @@ The consumer: reads one xbstream from STDIN or N from named pipes and turns it b
 `xbstream -x` does — but in parallel, never outside the target directory, and exiting 0 only when the producer's
 manifest proves every file present and intact.
 
-Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated settings) → a module per command: [`extract`] (the
-wiring of an extraction), [`listing`] (`extract --list`, as `xbstream -t`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored
-backups), [`verify`] (re-checking an extracted tree), [`decompress`] (`.zst` files of an extracted tree back into
-originals).
+Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated
+settings) → a module per command: [`extract`] (the wiring of an extraction), [`listing`] (`extract --list`, as `xbstream
+-t`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored backups), [`verify`] (re-checking an extracted tree),
+[`decompress`] (`.zst` files of an extracted tree back into originals).
 
 The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
 owns their file), `decompress_stage.rs` (`--decompress`), `writer.rs` (files written at their offsets, and checked

@@ -23,7 +23,7 @@ pub(crate) struct Outcome {
     pub(crate) streams: Vec<StreamStats>,
 }
 
-/// Phases 1–3 (see the module doc), run once every stream has ended cleanly.
+/// Phases 1–3 (see [`crate::extract`]'s module doc), run once every stream has ended cleanly.
 pub(crate) fn prove_and_commit(
     config: &ExtractConfig,
     target: &Target,

@@ -140,7 +140,7 @@ impl PutConfig {
 
 /// Runs a put; returns the one-line summary. Any failure says how to clean up — only ever what this put stored:
 /// a NAME another put holds is never this put's to delete. (Whether a later put may succeed is said by the
-/// binary, from the error's kind: [`crate::storage::store_failure_kind`].)
+/// binary, from the error's kind: [`crate::storage::failure_kind`].)
 pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<String> {
     let cancel = Cancel::new();
     signals.watch(&cancel);

@@ -217,7 +217,7 @@ pub fn store_failure_kind(error: &anyhow::Error) -> Option<FailureKind> {
 /// answer a later run; a refusal will not change); otherwise what [`runtime::failure::kind_of`] finds.
 pub fn failure_kind(error: &anyhow::Error) -> runtime::failure::FailureKind {
     use runtime::failure::{kind_of, FailureKind as Kind};
-    match kind_of(error, |_| None) {
+    match kind_of(error, transport::failure_kind) {
         Kind::Cancelled => Kind::Cancelled,
         other => match store_failure_kind(error) {
             Some(FailureKind::Retryable) => Kind::Retryable,

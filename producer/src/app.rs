@@ -29,7 +29,7 @@ pub fn main() -> i32 {
         }
         Err(e) => {
             eprintln!("producer: error: {e:#}");
-            eprintln!("producer: {}", runtime::failure::kind_of(&e, |_| None).advice());
+            eprintln!("producer: {}", runtime::failure::kind_of(&e, transport::failure_kind).advice());
             1
         }
     }

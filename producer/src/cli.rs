@@ -1,5 +1,5 @@
-//! Raw command-line arguments (clap derive) and the binary's entry point. Arguments are validated into a
-//! [`crate::config::Config`] before anything runs.
+//! Raw command-line arguments (clap derive), and nothing else: [`crate::app`] is the entry point, and arguments
+//! are validated into a [`crate::config::Config`] before anything runs.
 
 use std::path::PathBuf;
 

@@ -152,6 +152,8 @@ impl Config {
         // The limit is a cap, not a target: twice MEB's rule keeps every thread busy with room to reorder, and
         // more buffers only cost page faults and cache misses (measured: 256 × 1 MiB ran ~25% slower than 22 × 2 MiB).
         let mut budget = MemoryBudget::new(memory_limit);
+        // Counted at the chunk size the limit was divided by; with --compress each buffer is a little larger
+        // (room for the worst-case frame: `compress::buffer_size`).
         let buffers = budget.buffers("chunk buffers", allowed.min(2 * wanted), chunk_size);
         if buffers < ct + 2 {
             bail!("--memory-limit {} is too small for {ct} compress threads", human(memory_limit));

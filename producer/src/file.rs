@@ -1,10 +1,10 @@
-//! One file in flight: its scanned facts, the shared source handle its readers use, and the sequencer that
+//! One file in flight: its scanned facts, the shared source handle its read threads use, and the sequencer that
 //! releases its chunks strictly in offset order.
 //!
 //! Chunks of one file are read by any thread and finish in any order. [`FileState::arrive`] parks a chunk until
 //! every chunk before it has been released, then releases it: it folds the chunk's CRC into the file's CRC, feeds
 //! the SHA-1 (`--digest sha1`), and hands the chunk to the [`Outlet`]. After the last chunk the file's `E` chunk
-//! follows and its manifest record is returned. Deadlock-free because readers take a buffer *before* taking a job:
+//! follows and its manifest record is returned. Deadlock-free because read threads take a buffer *before* taking a job:
 //! the lowest unreleased chunk always already holds its buffer.
 //!
 //! A file that shrinks while it is copied yields short reads: everything from the first short read on is dropped,
@@ -23,9 +23,10 @@
 //! most).
 //!
 //! Small files (up to [`crate::work::BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the
-//! scanner groups them into a [`crate::work::Job::Batch`], one reader reads them whole into one pool buffer, a process thread takes their CRCs,
-//! and the batch reaches a stream writer as one item — one hand-off per stage for hundreds of files, where chunks
-//! cost one each. On the wire nothing changes: each file is still its own `P` and `E` chunks, in order.
+//! scanner groups them into a [`crate::work::Job::Batch`], one read thread reads them whole into one pool buffer, a
+//! process thread takes their CRCs, and the batch reaches a stream writer as one item — one hand-off per stage for
+//! hundreds of files, where chunks cost one each. On the wire nothing changes: each file is still its own `P` and `E`
+//! chunks, in order.
 
 use runtime::lock::Locked;
 use runtime::reorder::Reorder;

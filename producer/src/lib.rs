@@ -13,16 +13,16 @@ scan ─► chunk jobs ─► read threads ─► process threads ─► per-fil
 Memory is a fixed [`runtime::pool::BufferPool`] sized by `--memory-limit`; every channel is bounded and carries
 buffer handles. The manifest is written last (on stream 0, after every other stream has finished).
 
-Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated settings) → [`pipeline`] (the wiring of a backup), with a
-file per stage: `scanner.rs` (the walk turned into read jobs, files placed on streams), `read_stage.rs` (pread
-into pool buffers, `--throttle`), `process_stage.rs` (pages, CRC-32), [`file`](mod@file) (per-file state and the
-in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second in-order step), `router.rs` (chunks
-to streams, in scan order, counted), `output.rs` (the outputs and one writer thread per stream, over [`sink`]),
-`documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`; [`work`] holds what
-moves between the stages (jobs, what was read, the `Outlet` released chunks go to). Beside them: [`scan`] (the
-source walk), [`records`] (manifest records beyond memory), [`validate`] (`--validate-pages`: InnoDB page checks
-with re-reads) and [`stats`] (`--stats-json`). What the consumer shares (cancel, pool, failure and panic policy,
-stop signals, progress, sizes) lives in `runtime`; how streams travel in `transport`.
+Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated
+settings) → [`pipeline`] (the wiring of a backup), with a file per stage: `scanner.rs` (the walk turned into read jobs,
+files placed on streams), `read_stage.rs` (pread into pool buffers, `--throttle`), `process_stage.rs` (pages, CRC-32),
+[`file`](mod@file) (per-file state and the in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second
+in-order step), `router.rs` (chunks to streams, in scan order, counted), `output.rs` (the outputs and one writer thread
+per stream, over [`sink`]), `documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`;
+[`work`] holds what moves between the stages (jobs, what was read, the `BatchOutlet` batches go to; released chunks go
+to `file::Outlet`). Beside them: [`scan`] (the source walk), [`records`] (manifest records beyond memory), [`validate`]
+(`--validate-pages`: InnoDB page checks with re-reads) and [`stats`] (`--stats-json`). What the consumer shares (cancel,
+pool, failure and panic policy, stop signals, progress, sizes) lives in `runtime`; how streams travel in `transport`.
 */
 
 pub mod app;

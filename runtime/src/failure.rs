@@ -137,14 +137,16 @@ impl FailureKind {
                 "retryable: something outside was unavailable or too slow; running it again may succeed"
             }
             FailureKind::Permanent => "permanent: running it again fails the same way until the cause above is fixed",
-            FailureKind::Cancelled => "stopped: nothing was completed; run it again when ready",
+            FailureKind::Cancelled => {
+                "stopped by a signal: only what the line above says was completed is complete; run it again when ready"
+            }
         }
     }
 }
 
-/// The kind of `error`: that of the first cause in its chain that tells (a stop signal or a cancel; an I/O
-/// timeout, or a peer that reset or closed the connection; whatever `known` recognises, such as a store's
-/// errors), else [`FailureKind::Permanent`].
+/// The kind of `error`: that of the first cause in its chain that tells (a stop signal or a cancel; whatever
+/// `known` recognises, such as a store's errors or a pipe nobody opened; an I/O timeout, or a peer that reset or
+/// closed the connection, bare or inside the format's reader and writer errors), else [`FailureKind::Permanent`].
 pub fn kind_of(
     error: &anyhow::Error,
     known: impl Fn(&(dyn std::error::Error + 'static)) -> Option<FailureKind>,
@@ -156,7 +158,14 @@ pub fn kind_of(
         if let Some(kind) = known(cause) {
             return kind;
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        // The format's reader and writer carry their I/O error in their message rather than as a source.
+        let io = match (cause.downcast_ref::<proto::ReadError>(), cause.downcast_ref::<proto::WriteError>()) {
+            (Some(proto::ReadError::Io { cause, .. }), _) | (_, Some(proto::WriteError::Io { cause, .. })) => {
+                Some(cause)
+            }
+            _ => cause.downcast_ref::<std::io::Error>(),
+        };
+        if let Some(io) = io {
             use std::io::ErrorKind::*;
             match io.kind() {
                 TimedOut | ConnectionReset | ConnectionAborted | ConnectionRefused | BrokenPipe | Interrupted => {
@@ -229,6 +238,12 @@ mod tests {
         let stopped = anyhow::Error::new(crate::signals::Stopped(nix::sys::signal::Signal::SIGTERM));
         assert_eq!(kind_of(&stopped, none), FailureKind::Cancelled);
         assert_eq!(stopped.to_string(), "stopped by SIGTERM: the run did not complete");
+        let stalled = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let read = anyhow::Error::new(proto::ReadError::Io { stream_offset: 7, cause: stalled }).context("stream 0");
+        assert_eq!(kind_of(&read, none), FailureKind::Retryable, "a stalled producer, as extract reports it");
+        let gone = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let write = proto::WriteError::Io { path: "db/t.ibd".into(), stream_offset: 9, cause: gone };
+        assert_eq!(kind_of(&anyhow::Error::new(write), none), FailureKind::Retryable, "a consumer that went away");
         let known = |_: &(dyn std::error::Error + 'static)| Some(FailureKind::Retryable);
         assert_eq!(kind_of(&anyhow::anyhow!("a service said no"), known), FailureKind::Retryable);
         assert!(FailureKind::Retryable.advice().starts_with("retryable"));

@@ -4,7 +4,8 @@
 //! The producer uses it three times: a file's chunks are checksummed in parallel but released in file order
 //! (`FileState::arrive`), compressed frames likewise (`arrive_stored`), and files first appear on the streams in
 //! scan order (the router's `FirstAppearance`, where one item may account for a range of numbers: a batch of small
-//! files). What is parked is bounded by the caller: every parked item holds a pool buffer.
+//! files). What is parked is bounded by the caller: in the producer every parked chunk holds a pool buffer (an end or a
+//! vanished file's place holds none, and at most one per file in flight).
 
 use std::collections::BTreeMap;
 

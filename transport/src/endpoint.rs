@@ -151,7 +151,7 @@ pub enum OpenError {
     #[error(transparent)]
     Fifo(#[from] FifoError),
     /// A stream could not be set up for deadlines (`fstat`, reopening, `fcntl`).
-    #[error("cannot use {name}: {source}")]
+    #[error("cannot use {name}")]
     Wrap {
         /// The stream.
         name: String,

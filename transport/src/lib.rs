@@ -25,3 +25,17 @@ pub use endpoint::{Endpoint, EndpointError, OpenError, Opened, OpenedStream};
 pub use fifo::{End, FifoError, FifoSet};
 pub use idle::{Activity, IdlePipe};
 pub use preamble::SkipControlByte;
+
+/// The kind of a transport failure, for [`runtime::failure::kind_of`]: a peer that never opened its end of a pipe
+/// (`--fifo-timeout`) may come on a later run.
+pub fn failure_kind(cause: &(dyn std::error::Error + 'static)) -> Option<runtime::failure::FailureKind> {
+    // An endpoint's open error is transparent: its pipe error is not a cause of its own in the chain.
+    let fifo = match cause.downcast_ref::<OpenError>() {
+        Some(OpenError::Fifo(fifo)) => Some(fifo),
+        _ => cause.downcast_ref::<FifoError>(),
+    };
+    match fifo {
+        Some(FifoError::Timeout { .. }) => Some(runtime::failure::FailureKind::Retryable),
+        _ => None,
+    }
+}
