@@ -6,6 +6,7 @@ mod support;
 mod clouds;
 mod compression;
 mod consumer;
+mod crypt_interop;
 mod directories;
 mod faults;
 mod fidelity;

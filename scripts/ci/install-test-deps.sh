@@ -19,8 +19,10 @@ as_root() {
 
 # Real peers the tests run: mbstream (mariadb-backup), a private MariaDB server (mariadb-server), zstd; and what the
 # transport recipes' tests use: nc (netcat-openbsd), pv, a private sshd (openssh-server), pgrep/pkill (procps); and
-# qemu-utils, whose qemu-storage-daemon exports a disk image with injected read errors as a FUSE file (a dying disk).
-packages=(mariadb-backup mariadb-server zstd netcat-openbsd pv openssh-server openssh-client procps iproute2 qemu-utils)
+# qemu-utils, whose qemu-storage-daemon exports a disk image with injected read errors as a FUSE file (a dying disk);
+# and the stock age (age, age-keygen), which must decrypt every file of an encrypted backup.
+packages=(mariadb-backup mariadb-server zstd netcat-openbsd pv openssh-server openssh-client procps iproute2 qemu-utils
+  age)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -36,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     { tail -30 /tmp/test-deps-apt.log; exit 1; }
 fi
 for tool in mbstream mariadb-backup mariadbd mariadb-install-db innochecksum zstd sha1sum setpriv nc pv ssh ssh-keygen \
-  /usr/sbin/sshd pgrep ss qemu-img qemu-storage-daemon; do
+  /usr/sbin/sshd pgrep ss qemu-img qemu-storage-daemon age age-keygen; do
   command -v "$tool" >/dev/null || { echo "test-deps: $tool missing after install" >&2; exit 1; }
 done
 

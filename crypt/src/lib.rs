@@ -1,0 +1,162 @@
+/*!
+age-compatible encryption of a backup's files, in parallel.
+
+Every file of an encrypted backup travels as `<path>.age`, a valid age v1 file that stock `age -d -i KEY` decrypts
+on its own. What makes it fast is that the files of one backup share one age header: one random file key, wrapped
+once per recipient (one X25519 agreement, or one scrypt, per backup rather than per file), and a fresh random
+16-byte nonce at the start of each file's payload, from which (HKDF-SHA-256, as age specifies) each file gets its
+own payload key. A file's payload is a sequence of 64 KiB segments, each sealed with ChaCha20-Poly1305 under its
+own counter, the last one flagged: a chunk that starts on a segment boundary is sealed alone, by any thread, in any
+order, and lands at an offset computed from its plaintext offset ([`ciphertext_offset`]).
+
+- [`BackupKey`]: the file key and the header, made once per backup ([`BackupKey::new`]).
+- [`FileSealer`]: one file's payload key and nonce; seals runs of segments ([`FileSealer::seal`]).
+
+The construction, and why sharing the header is sound, is in `docs/security.md`.
+*/
+
+mod header;
+mod payload;
+
+pub use header::BackupKey;
+pub use payload::{ciphertext_len, ciphertext_offset, FileSealer, NONCE_LEN, SEGMENT, TAG_LEN};
+
+/// Why a backup cannot be encrypted or decrypted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptError {
+    /// No recipient and no passphrase: nothing to encrypt to.
+    #[error("no recipient to encrypt to")]
+    NoRecipients,
+    /// A recipient refused to wrap the file key (age's own error).
+    #[error("cannot encrypt to a recipient: {0}")]
+    Wrap(String),
+    /// A run of segments that does not start on a segment boundary, or a non-final run that is not whole segments.
+    #[error("{0}")]
+    Misaligned(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use age::secrecy::SecretString;
+
+    use super::*;
+
+    /// The `.age` file of `plaintext`, sealed in runs of `run` bytes taken in reverse order (as parallel threads
+    /// may finish them) and placed at their computed offsets.
+    fn sealed_file(key: &BackupKey, plaintext: &[u8], run: usize) -> Vec<u8> {
+        let sealer = key.new_file();
+        let mut file = vec![0u8; ciphertext_len(key.header().len() as u64, plaintext.len() as u64) as usize];
+        file[..key.header().len()].copy_from_slice(key.header());
+        file[key.header().len()..key.header().len() + NONCE_LEN].copy_from_slice(sealer.nonce());
+        let runs: Vec<(usize, &[u8])> = if plaintext.is_empty() {
+            vec![(0, &[][..])]
+        } else {
+            plaintext.chunks(run).enumerate().map(|(i, piece)| (i * run, piece)).collect()
+        };
+        let last = runs.len() - 1;
+        for (index, (offset, piece)) in runs.into_iter().enumerate().rev() {
+            let mut sealed = Vec::new();
+            sealer.seal(offset as u64, piece, index == last, &mut sealed).unwrap();
+            let at = sealer.ciphertext_offset(offset as u64) as usize;
+            file[at..at + sealed.len()].copy_from_slice(&sealed);
+        }
+        file
+    }
+
+    fn decrypt(file: &[u8], identity: &dyn age::Identity) -> Result<Vec<u8>, String> {
+        let decryptor = age::Decryptor::new(file).map_err(|e| e.to_string())?;
+        let mut reader = decryptor.decrypt(std::iter::once(identity)).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn files_sealed_in_runs_out_of_order_decrypt_with_age_and_share_one_header() {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let key = BackupKey::new(&[&recipient]).unwrap();
+        let sizes = [0, 1, 65_535, 65_536, 65_537, 3 * 65_536, 300_000];
+        let mut nonces = std::collections::HashSet::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            let plaintext = bytes(size, i as u8);
+            let file = sealed_file(&key, &plaintext, 2 * SEGMENT as usize);
+            assert!(file.starts_with(key.header()), "one header for every file");
+            assert!(nonces.insert(file[key.header().len()..key.header().len() + NONCE_LEN].to_vec()));
+            assert_eq!(decrypt(&file, &identity).unwrap(), plaintext, "{size} bytes");
+        }
+    }
+
+    #[test]
+    fn either_of_two_recipients_decrypts_and_a_passphrase_works_alone() {
+        let (a, b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let (ra, rb) = (a.to_public(), b.to_public());
+        let key = BackupKey::new(&[&ra, &rb]).unwrap();
+        let plaintext = bytes(200_000, 7);
+        let file = sealed_file(&key, &plaintext, SEGMENT as usize);
+        assert_eq!(decrypt(&file, &a).unwrap(), plaintext);
+        assert_eq!(decrypt(&file, &b).unwrap(), plaintext);
+        assert!(decrypt(&file, &age::x25519::Identity::generate()).is_err(), "a stranger's key");
+
+        let mut passphrase = age::scrypt::Recipient::new(SecretString::from("correct horse".to_string()));
+        passphrase.set_work_factor(10);
+        let key = BackupKey::new(&[&passphrase]).unwrap();
+        let file = sealed_file(&key, &plaintext, 3 * SEGMENT as usize);
+        let identity = age::scrypt::Identity::new(SecretString::from("correct horse".to_string()));
+        assert_eq!(decrypt(&file, &identity).unwrap(), plaintext);
+        assert!(BackupKey::new(&[&passphrase, &ra]).is_err(), "age allows a passphrase only alone");
+        assert!(matches!(BackupKey::new(&[]), Err(CryptError::NoRecipients)));
+    }
+
+    #[test]
+    fn any_change_to_a_sealed_file_fails_its_decryption() {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let key = BackupKey::new(&[&recipient]).unwrap();
+        let plaintext = bytes(3 * SEGMENT as usize + 10, 3);
+        let file = sealed_file(&key, &plaintext, SEGMENT as usize);
+        let header = key.header().len();
+        for at in [10, header + 3, header + NONCE_LEN + 5, file.len() - 1] {
+            let mut changed = file.clone();
+            changed[at] ^= 1;
+            assert!(decrypt(&changed, &identity).is_err(), "a flipped byte at {at}");
+        }
+        // A dropped final segment: the new end is not flagged as the last.
+        let cut = sealed_file(&key, &plaintext, SEGMENT as usize);
+        assert!(decrypt(&cut[..sealed_len_of(header, 3 * SEGMENT)], &identity).is_err(), "truncated");
+        // Two segments swapped.
+        let mut swapped = file.clone();
+        let (s0, s1) =
+            (ciphertext_offset(header as u64, 0) as usize, ciphertext_offset(header as u64, SEGMENT) as usize);
+        let len = (SEGMENT + TAG_LEN) as usize;
+        let first = swapped[s0..s0 + len].to_vec();
+        swapped.copy_within(s1..s1 + len, s0);
+        swapped[s1..s1 + len].copy_from_slice(&first);
+        assert!(decrypt(&swapped, &identity).is_err(), "reordered");
+    }
+
+    fn sealed_len_of(header: usize, plaintext: u64) -> usize {
+        ciphertext_offset(header as u64, plaintext) as usize
+    }
+
+    #[test]
+    fn runs_must_start_on_a_segment_and_only_the_last_may_end_inside_one() {
+        let recipient = age::x25519::Identity::generate().to_public();
+        let sealer = BackupKey::new(&[&recipient]).unwrap().new_file();
+        let mut out = Vec::new();
+        assert!(sealer.seal(100, &[0; 10], true, &mut out).is_err());
+        assert!(sealer.seal(0, &[0; 10], false, &mut out).is_err());
+        assert!(sealer.seal(0, &[], false, &mut out).is_err());
+        sealer.seal(SEGMENT, &vec![0; SEGMENT as usize], false, &mut out).unwrap();
+        assert_eq!(out.len() as u64, SEGMENT + TAG_LEN);
+        assert_eq!(ciphertext_len(100, 0), 100 + 16 + 16);
+        assert_eq!(ciphertext_len(100, SEGMENT + 1), 100 + 16 + SEGMENT + 1 + 32);
+    }
+}

@@ -1,0 +1,94 @@
+//! One file's payload: a 16-byte nonce, then 64 KiB segments sealed with ChaCha20-Poly1305 (age's STREAM: an
+//! 11-byte big-endian counter and a last-segment flag as the AEAD nonce), under a key derived from the backup's
+//! file key and this file's nonce.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use zeroize::Zeroizing;
+
+use crate::CryptError;
+
+/// Plaintext bytes per segment (age's chunk size).
+pub const SEGMENT: u64 = 64 << 10;
+/// The Poly1305 tag each segment carries.
+pub const TAG_LEN: u64 = 16;
+/// The payload nonce that starts every file's payload.
+pub const NONCE_LEN: usize = 16;
+
+/// Where the segment holding plaintext offset `offset` (a multiple of [`SEGMENT`]) starts in a `.age` file whose
+/// header is `header_len` bytes.
+pub fn ciphertext_offset(header_len: u64, offset: u64) -> u64 {
+    header_len + NONCE_LEN as u64 + offset / SEGMENT * (SEGMENT + TAG_LEN)
+}
+
+/// The size of the `.age` file of `plaintext_len` bytes (an empty file still has one, empty, final segment).
+pub fn ciphertext_len(header_len: u64, plaintext_len: u64) -> u64 {
+    let segments = plaintext_len.div_ceil(SEGMENT).max(1);
+    header_len + NONCE_LEN as u64 + plaintext_len + segments * TAG_LEN
+}
+
+/// One file's payload key and nonce: seals runs of segments, from any thread, in any order.
+pub struct FileSealer {
+    cipher: ChaCha20Poly1305,
+    nonce: [u8; NONCE_LEN],
+    header_len: u64,
+}
+
+impl FileSealer {
+    pub(crate) fn new(file_key: &[u8], nonce: [u8; NONCE_LEN], header_len: u64) -> FileSealer {
+        let key = Zeroizing::new(age_core::primitives::hkdf(&nonce, b"payload", file_key));
+        FileSealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&key[..])), nonce, header_len }
+    }
+
+    /// The bytes that follow the header: the payload nonce.
+    pub fn nonce(&self) -> &[u8; NONCE_LEN] {
+        &self.nonce
+    }
+
+    /// Where plaintext offset `offset` (a segment boundary) lands in this file's `.age` form.
+    pub fn ciphertext_offset(&self, offset: u64) -> u64 {
+        ciphertext_offset(self.header_len, offset)
+    }
+
+    /// Seals `plaintext`, the file's bytes from `offset` (a multiple of [`SEGMENT`]), appending the sealed segments
+    /// to `out`. Unless `last`, `plaintext` must be whole segments; with `last`, its final segment (possibly short,
+    /// or empty for an empty file) is flagged as the file's end.
+    pub fn seal(&self, offset: u64, plaintext: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), CryptError> {
+        if offset % SEGMENT != 0 {
+            return Err(CryptError::Misaligned(format!("offset {offset} is not a multiple of {SEGMENT}")));
+        }
+        if !last && (plaintext.is_empty() || plaintext.len() as u64 % SEGMENT != 0) {
+            return Err(CryptError::Misaligned(format!(
+                "{} bytes at offset {offset}: only the last run may end inside a segment",
+                plaintext.len()
+            )));
+        }
+        let mut segments: Vec<&[u8]> = plaintext.chunks(SEGMENT as usize).collect();
+        if segments.is_empty() {
+            segments.push(&[]);
+        }
+        let count = segments.len();
+        let first = offset / SEGMENT;
+        for (index, segment) in segments.into_iter().enumerate() {
+            let counter = first + index as u64;
+            let mut nonce = [0u8; 12];
+            // The counter, 11 bytes big-endian (the top three bytes are zero: no file has 2^64 segments).
+            nonce[3..11].copy_from_slice(&counter.to_be_bytes());
+            nonce[11] = u8::from(last && index + 1 == count);
+            let start = out.len();
+            out.extend_from_slice(segment);
+            let tag = self
+                .cipher
+                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut out[start..])
+                .expect("ChaCha20-Poly1305 seals any segment of 64 KiB");
+            out.extend_from_slice(&tag);
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for FileSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSealer").field("header_len", &self.header_len).finish_non_exhaustive()
+    }
+}
