@@ -71,3 +71,37 @@ fn stock_age_decrypts_every_file_of_a_backup_with_either_key() {
     .wait_output(SHORT);
     assert!(!refused.status.success(), "a key the backup was not encrypted to");
 }
+
+/// The other way round: a file the stock `age -r` encrypted (its own random file key and nonce) is unwrapped and
+/// opened segment run by segment run, last run first, by our cipher.
+#[test]
+fn a_file_stock_age_encrypted_opens_in_runs_with_our_cipher() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "a.key");
+    let plaintext = pseudo_random_bytes(5 * crypt::SEGMENT as usize + 123, 5);
+    fs::write(work.path().join("plain"), &plaintext).unwrap();
+    let encrypted = work.path().join("plain.age");
+    run_ok(
+        Command::new(tool("age"))
+            .arg("-r")
+            .arg(recipient.to_string())
+            .arg("-o")
+            .arg(&encrypted)
+            .arg(work.path().join("plain")),
+        SHORT,
+    );
+    let file = fs::read(&encrypted).unwrap();
+    let text = fs::read_to_string(&key).unwrap();
+    let identity =
+        age::x25519::Identity::from_str(text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap()).unwrap();
+    let backup = crypt::BackupKey::unwrap(&file, &[&identity]).unwrap();
+    let header = backup.header().len();
+    let cipher = backup.file(file[header..header + crypt::NONCE_LEN].try_into().unwrap());
+    let whole = 2 * (crypt::SEGMENT + crypt::TAG_LEN) as usize;
+    let runs: Vec<&[u8]> = file[header + crypt::NONCE_LEN..].chunks(whole).collect();
+    let mut pieces = vec![Vec::new(); runs.len()];
+    for (index, run) in runs.iter().enumerate().rev() {
+        cipher.open(index as u64 * 2 * crypt::SEGMENT, run, index + 1 == runs.len(), &mut pieces[index]).unwrap();
+    }
+    assert!(pieces.concat() == plaintext, "the plaintext stock age encrypted");
+}

@@ -1,15 +1,15 @@
 //! The header every file of a backup shares: age's `age-encryption.org/v1` line, one stanza per recipient (made
 //! once), `---` and the header's HMAC-SHA-256 under a key derived from the file key.
 
-use age::Recipient;
-use age_core::format::{FileKey, FILE_KEY_BYTES};
+use age::{Identity, Recipient};
+use age_core::format::{FileKey, Stanza, FILE_KEY_BYTES};
 use age_core::secrecy::ExposeSecret;
 use base64::{prelude::BASE64_STANDARD_NO_PAD, Engine};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::payload::FileSealer;
+use crate::payload::FileCipher;
 use crate::CryptError;
 
 /// A backup's file key and the age header that wraps it for every recipient: made once, shared by every file.
@@ -64,10 +64,48 @@ impl BackupKey {
     }
 
     /// A sealer for one more file: a fresh random payload nonce, so a payload key of its own.
-    pub fn new_file(&self) -> FileSealer {
+    pub fn new_file(&self) -> FileCipher {
         let mut nonce = [0u8; crate::NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        FileSealer::new(self.file_key.expose_secret(), nonce, self.header.len() as u64)
+        self.file(nonce)
+    }
+
+    /// The cipher of the file whose payload starts with `nonce` (to open it, or to seal with a chosen nonce).
+    pub fn file(&self, nonce: [u8; crate::NONCE_LEN]) -> FileCipher {
+        FileCipher::new(self.file_key.expose_secret(), nonce, self.header.len() as u64)
+    }
+
+    /// The backup key of an age file (or of every file of a backup: they share one header) that starts
+    /// `file`, unwrapped by the first of `identities` that can: once per backup, whatever the number of files.
+    /// The header must be age v1; a passphrase stanza must be alone (as age requires); its MAC must match.
+    pub fn unwrap(file: &[u8], identities: &[&dyn Identity]) -> Result<BackupKey, CryptError> {
+        let damaged = |what: &str| CryptError::Header(what.to_string());
+        let mut rest =
+            file.strip_prefix(b"age-encryption.org/v1\n".as_slice()).ok_or_else(|| damaged("no age v1 line"))?;
+        let mut stanzas = Vec::new();
+        while !rest.starts_with(b"---") {
+            let (after, stanza) =
+                age_core::format::read::age_stanza(rest).map_err(|_| damaged("a damaged recipient stanza"))?;
+            stanzas.push(Stanza::from(stanza));
+            rest = after;
+        }
+        let mac_at = file.len() - rest.len();
+        let line_end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| damaged("no end to the header"))?;
+        let encoded = rest[..line_end].strip_prefix(b"--- ".as_slice()).ok_or_else(|| damaged("no MAC"))?;
+        let mac = BASE64_STANDARD_NO_PAD.decode(encoded).map_err(|_| damaged("a damaged MAC"))?;
+        if stanzas.iter().any(|stanza| stanza.tag == "scrypt") && stanzas.len() != 1 {
+            return Err(damaged("a passphrase stanza beside others"));
+        }
+        let file_key = identities
+            .iter()
+            .find_map(|identity| identity.unwrap_stanzas(&stanzas))
+            .ok_or(CryptError::NoIdentity)?
+            .map_err(|e| CryptError::Unwrap(e.to_string()))?;
+        let mac_key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
+        let mut check = Hmac::<Sha256>::new_from_slice(&mac_key).expect("HMAC takes any key length");
+        check.update(&file[..mac_at + 3]);
+        check.verify_slice(&mac).map_err(|_| CryptError::HeaderMac)?;
+        Ok(BackupKey { file_key, header: file[..mac_at + line_end + 1].to_vec() })
     }
 
     /// Length of the file key, for documentation and tests.

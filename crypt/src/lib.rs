@@ -9,8 +9,10 @@ own payload key. A file's payload is a sequence of 64 KiB segments, each sealed 
 own counter, the last one flagged: a chunk that starts on a segment boundary is sealed alone, by any thread, in any
 order, and lands at an offset computed from its plaintext offset ([`ciphertext_offset`]).
 
-- [`BackupKey`]: the file key and the header, made once per backup ([`BackupKey::new`]).
-- [`FileSealer`]: one file's payload key and nonce; seals runs of segments ([`FileSealer::seal`]).
+- [`BackupKey`]: the file key and the header, made once per backup ([`BackupKey::new`]), or recovered from a
+  header with an identity, once per backup ([`BackupKey::unwrap`]).
+- [`FileCipher`]: one file's payload key and nonce; seals and opens runs of segments ([`FileCipher::seal`],
+  [`FileCipher::open`]).
 
 The construction, and why sharing the header is sound, is in `docs/security.md`.
 */
@@ -19,7 +21,7 @@ mod header;
 mod payload;
 
 pub use header::BackupKey;
-pub use payload::{ciphertext_len, ciphertext_offset, FileSealer, NONCE_LEN, SEGMENT, TAG_LEN};
+pub use payload::{ciphertext_len, ciphertext_offset, FileCipher, NONCE_LEN, SEGMENT, TAG_LEN};
 
 /// Why a backup cannot be encrypted or decrypted.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,24 @@ pub enum CryptError {
     /// A run of segments that does not start on a segment boundary, or a non-final run that is not whole segments.
     #[error("{0}")]
     Misaligned(String),
+    /// Not an age v1 header, or a damaged one.
+    #[error("not an age file of ours: {0}")]
+    Header(String),
+    /// None of the identities given unwraps the backup's file key.
+    #[error("no identity given can decrypt this backup (it was encrypted to other keys, or with a passphrase)")]
+    NoIdentity,
+    /// An identity failed on the header's stanza (a wrong passphrase, a damaged stanza).
+    #[error("cannot decrypt the backup's key: {0}")]
+    Unwrap(String),
+    /// The header's MAC does not match: it was changed, or made without the key.
+    #[error("the age header's MAC does not match: it was changed")]
+    HeaderMac,
+    /// A segment that does not authenticate: changed, reordered, truncated, or from another file.
+    #[error("the segment at plaintext offset {offset} does not authenticate (changed, moved, or cut short)")]
+    Segment {
+        /// Where the segment's plaintext starts in the file.
+        offset: u64,
+    },
 }
 
 #[cfg(test)]
@@ -144,6 +164,58 @@ mod tests {
 
     fn sealed_len_of(header: usize, plaintext: u64) -> usize {
         ciphertext_offset(header as u64, plaintext) as usize
+    }
+
+    /// Opens a whole `.age` file with `key`, in runs of `run` segments, first run last.
+    fn open_file(key: &BackupKey, file: &[u8], run: usize) -> Result<Vec<u8>, CryptError> {
+        let header = key.header().len();
+        let nonce: [u8; NONCE_LEN] = file[header..header + NONCE_LEN].try_into().unwrap();
+        let cipher = key.file(nonce);
+        let sealed = &file[header + NONCE_LEN..];
+        let whole = run * (SEGMENT + TAG_LEN) as usize;
+        let runs: Vec<&[u8]> = sealed.chunks(whole).collect();
+        let mut pieces = vec![Vec::new(); runs.len()];
+        for (index, piece) in runs.iter().enumerate().rev() {
+            cipher.open((index * run) as u64 * SEGMENT, piece, index + 1 == runs.len(), &mut pieces[index])?;
+        }
+        Ok(pieces.concat())
+    }
+
+    #[test]
+    fn a_backup_key_is_unwrapped_once_from_the_shared_header_and_opens_every_file() {
+        let (a, b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let recipient = a.to_public();
+        let key = BackupKey::new(&[&recipient]).unwrap();
+        let files: Vec<(Vec<u8>, Vec<u8>)> = [0, 5, 65_536, 200_000]
+            .into_iter()
+            .map(|size| {
+                let plaintext = bytes(size, 9);
+                (sealed_file(&key, &plaintext, SEGMENT as usize), plaintext)
+            })
+            .collect();
+        let unwrapped = BackupKey::unwrap(&files[1].0, &[&b, &a]).unwrap();
+        assert_eq!(unwrapped.header(), key.header());
+        for (file, plaintext) in &files {
+            assert!(file.starts_with(unwrapped.header()));
+            assert_eq!(&open_file(&unwrapped, file, 2).unwrap(), plaintext);
+        }
+        assert!(matches!(BackupKey::unwrap(&files[0].0, &[&b]), Err(CryptError::NoIdentity)));
+        let mut forged = files[2].0.clone();
+        let mac_at = key.header().len() - 10;
+        forged[mac_at] = if forged[mac_at] == b'A' { b'B' } else { b'A' };
+        assert!(matches!(BackupKey::unwrap(&forged, &[&a]), Err(CryptError::HeaderMac)));
+        assert!(matches!(BackupKey::unwrap(b"not age at all", &[&a]), Err(CryptError::Header(_))));
+
+        // A file cut at a segment boundary, or a segment of another file of the backup: named by its offset.
+        let (file, _) = &files[3];
+        let header = key.header().len();
+        let cut = &file[..ciphertext_offset(header as u64, 2 * SEGMENT) as usize];
+        assert!(matches!(open_file(&unwrapped, cut, 1), Err(CryptError::Segment { offset }) if offset == SEGMENT));
+        let mut mixed = file.clone();
+        let other = &files[2].0;
+        let at = ciphertext_offset(header as u64, 0) as usize;
+        mixed[at..at + 100].copy_from_slice(&other[at..at + 100]);
+        assert!(matches!(open_file(&unwrapped, &mixed, 1), Err(CryptError::Segment { offset: 0 })));
     }
 
     #[test]

@@ -27,17 +27,17 @@ pub fn ciphertext_len(header_len: u64, plaintext_len: u64) -> u64 {
     header_len + NONCE_LEN as u64 + plaintext_len + segments * TAG_LEN
 }
 
-/// One file's payload key and nonce: seals runs of segments, from any thread, in any order.
-pub struct FileSealer {
+/// One file's payload key and nonce: seals and opens runs of segments, from any thread, in any order.
+pub struct FileCipher {
     cipher: ChaCha20Poly1305,
     nonce: [u8; NONCE_LEN],
     header_len: u64,
 }
 
-impl FileSealer {
-    pub(crate) fn new(file_key: &[u8], nonce: [u8; NONCE_LEN], header_len: u64) -> FileSealer {
+impl FileCipher {
+    pub(crate) fn new(file_key: &[u8], nonce: [u8; NONCE_LEN], header_len: u64) -> FileCipher {
         let key = Zeroizing::new(age_core::primitives::hkdf(&nonce, b"payload", file_key));
-        FileSealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&key[..])), nonce, header_len }
+        FileCipher { cipher: ChaCha20Poly1305::new(Key::from_slice(&key[..])), nonce, header_len }
     }
 
     /// The bytes that follow the header: the payload nonce.
@@ -71,15 +71,13 @@ impl FileSealer {
         let first = offset / SEGMENT;
         for (index, segment) in segments.into_iter().enumerate() {
             let counter = first + index as u64;
-            let mut nonce = [0u8; 12];
             // The counter, 11 bytes big-endian (the top three bytes are zero: no file has 2^64 segments).
-            nonce[3..11].copy_from_slice(&counter.to_be_bytes());
-            nonce[11] = u8::from(last && index + 1 == count);
+            let nonce = segment_nonce(counter, last && index + 1 == count);
             let start = out.len();
             out.extend_from_slice(segment);
             let tag = self
                 .cipher
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut out[start..])
+                .encrypt_in_place_detached(&nonce, &[], &mut out[start..])
                 .expect("ChaCha20-Poly1305 seals any segment of 64 KiB");
             out.extend_from_slice(&tag);
         }
@@ -87,8 +85,57 @@ impl FileSealer {
     }
 }
 
-impl std::fmt::Debug for FileSealer {
+impl FileCipher {
+    /// Opens `sealed`, the file's sealed segments from plaintext offset `offset` (a multiple of [`SEGMENT`]),
+    /// appending the plaintext to `out`. Unless `last`, `sealed` must be whole sealed segments; with `last`, its
+    /// final segment must carry the end flag (a file cut short, or a segment from the middle, fails). Any change,
+    /// reordering, or a segment of another file fails, naming the offset.
+    pub fn open(&self, offset: u64, sealed: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), CryptError> {
+        let whole = (SEGMENT + TAG_LEN) as usize;
+        if offset % SEGMENT != 0 || (!last && (sealed.is_empty() || sealed.len() % whole != 0)) {
+            return Err(CryptError::Misaligned(format!("{} sealed bytes at offset {offset}", sealed.len())));
+        }
+        let segments: Vec<&[u8]> = sealed.chunks(whole).collect();
+        let count = segments.len();
+        for (index, segment) in segments.into_iter().enumerate() {
+            let at = offset + index as u64 * SEGMENT;
+            if segment.len() < TAG_LEN as usize {
+                return Err(CryptError::Segment { offset: at });
+            }
+            let final_segment = last && index + 1 == count;
+            let (data, tag) = segment.split_at(segment.len() - TAG_LEN as usize);
+            // An empty final segment is allowed only as the whole of an empty file (age's rule).
+            if data.is_empty() && !(final_segment && at == 0) {
+                return Err(CryptError::Segment { offset: at });
+            }
+            let start = out.len();
+            out.extend_from_slice(data);
+            self.cipher
+                .decrypt_in_place_detached(
+                    &segment_nonce(at / SEGMENT, final_segment),
+                    &[],
+                    &mut out[start..],
+                    tag.into(),
+                )
+                .map_err(|_| {
+                    out.truncate(start);
+                    CryptError::Segment { offset: at }
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The AEAD nonce of segment `counter`: the counter as 11 bytes big-endian, then the last-segment flag.
+fn segment_nonce(counter: u64, last: bool) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[3..11].copy_from_slice(&counter.to_be_bytes());
+    nonce[11] = u8::from(last);
+    *Nonce::from_slice(&nonce)
+}
+
+impl std::fmt::Debug for FileCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileSealer").field("header_len", &self.header_len).finish_non_exhaustive()
+        f.debug_struct("FileCipher").field("header_len", &self.header_len).finish_non_exhaustive()
     }
 }
