@@ -91,10 +91,9 @@ fn a_file_stock_age_encrypted_opens_in_runs_with_our_cipher() {
         SHORT,
     );
     let file = fs::read(&encrypted).unwrap();
-    let text = fs::read_to_string(&key).unwrap();
-    let identity =
-        age::x25519::Identity::from_str(text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap()).unwrap();
-    let backup = crypt::BackupKey::unwrap(&file, &[&identity]).unwrap();
+    // The identity file exactly as age-keygen wrote it, read as `--identity` will read it.
+    let identities = crypt::keys::identities(&[&key]).unwrap();
+    let backup = crypt::BackupKey::unwrap(&file, &[identities[0].as_ref()]).unwrap();
     let header = backup.header().len();
     let cipher = backup.file(file[header..header + crypt::NONCE_LEN].try_into().unwrap());
     let whole = 2 * (crypt::SEGMENT + crypt::TAG_LEN) as usize;

@@ -13,11 +13,13 @@ order, and lands at an offset computed from its plaintext offset ([`ciphertext_o
   header with an identity, once per backup ([`BackupKey::unwrap`]).
 - [`FileCipher`]: one file's payload key and nonce; seals and opens runs of segments ([`FileCipher::seal`],
   [`FileCipher::open`]).
+- [`keys`]: recipients, identity files and passphrase files as an operator hands them over.
 
 The construction, and why sharing the header is sound, is in `docs/security.md`.
 */
 
 mod header;
+pub mod keys;
 mod payload;
 
 pub use header::BackupKey;
@@ -27,6 +29,9 @@ pub use payload::{ciphertext_len, ciphertext_offset, FileCipher, NONCE_LEN, SEGM
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CryptError {
+    /// A recipient, identity or passphrase that cannot be read or parsed (the message names the file and line).
+    #[error("{0}")]
+    Key(String),
     /// No recipient and no passphrase: nothing to encrypt to.
     #[error("no recipient to encrypt to")]
     NoRecipients,
