@@ -201,6 +201,11 @@ fn summarize(
     } else {
         "completeness unproven (no manifest)".to_string()
     };
+    // An encrypted backup without a key: proven as it travels, its files left as `.age`.
+    let proof = match outcome.encrypted {
+        true => format!("{proof}; the files are age-encrypted and kept as <path>.age (age -d -i KEY decrypts each)"),
+        false => proof,
+    };
     Ok(format!(
         "extracted {} files, {} in {elapsed:.2} s ({:.0} MB/s) from {stream_count} stream{} into {}; {proof}",
         outcome.files,

@@ -20,6 +20,8 @@ pub(crate) struct Outcome {
     pub(crate) files: u64,
     pub(crate) bytes: u64,
     pub(crate) proven: bool,
+    /// The manifest says the files are encrypted (`<path>.age`, kept as they are).
+    pub(crate) encrypted: bool,
     pub(crate) streams: Vec<StreamStats>,
 }
 
@@ -64,6 +66,10 @@ pub(crate) fn prove_and_commit(
             }
         };
         let proven = head.is_some();
+        let encrypted = head.as_ref().is_some_and(|head| head.encryption.is_some());
+        if encrypted && config.decompress {
+            log::warn!("--decompress: this backup's files are encrypted, so they are kept as they came (`.zst.age`)");
+        }
         // 2. Verify: every writer finishes its checks at the same time.
         let mut answers = Vec::with_capacity(writers.len());
         for writer in writers {
@@ -108,6 +114,7 @@ pub(crate) fn prove_and_commit(
             files: found.files,
             bytes: found.bytes,
             proven,
+            encrypted,
             streams: streams
                 .iter()
                 .map(|end| StreamStats {

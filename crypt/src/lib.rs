@@ -13,17 +13,19 @@ order, and lands at an offset computed from its plaintext offset ([`ciphertext_o
   header with an identity, once per backup ([`BackupKey::unwrap`]).
 - [`FileCipher`]: one file's payload key and nonce; seals and opens runs of segments ([`FileCipher::seal`],
   [`FileCipher::open`]).
+- [`args`]: the command-line options that ask for encryption.
 - [`keys`]: recipients, identity files and passphrase files as an operator hands them over.
 
 The construction, and why sharing the header is sound, is in `docs/security.md`.
 */
 
+pub mod args;
 mod header;
 pub mod keys;
 mod payload;
 
 pub use header::BackupKey;
-pub use payload::{ciphertext_len, ciphertext_offset, FileCipher, NONCE_LEN, SEGMENT, TAG_LEN};
+pub use payload::{ciphertext_len, ciphertext_offset, sealed_len, FileCipher, NONCE_LEN, SEGMENT, TAG_LEN};
 
 /// Why a backup cannot be encrypted or decrypted.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +223,28 @@ mod tests {
         let at = ciphertext_offset(header as u64, 0) as usize;
         mixed[at..at + 100].copy_from_slice(&other[at..at + 100]);
         assert!(matches!(open_file(&unwrapped, &mixed, 1), Err(CryptError::Segment { offset: 0 })));
+    }
+
+    #[test]
+    fn sealing_in_place_gives_the_bytes_seal_gives() {
+        let recipient = age::x25519::Identity::generate().to_public();
+        let key = BackupKey::new(&[&recipient]).unwrap();
+        let sealer = key.new_file();
+        for (offset, len, last) in
+            [(0, 0, true), (0, 5, true), (SEGMENT, 3 * SEGMENT as usize, false), (0, 200_000, true)]
+        {
+            let plaintext = bytes(len, 1);
+            let mut expected = Vec::new();
+            sealer.seal(offset, &plaintext, last, &mut expected).unwrap();
+            let lead = 40;
+            let mut buffer = vec![0xEE; lead + sealed_len(len as u64) as usize];
+            buffer[..len].copy_from_slice(&plaintext);
+            let end = sealer.seal_in_place(offset, &mut buffer, len, last, lead).unwrap();
+            assert_eq!(&buffer[lead..end], &expected[..], "{len} bytes at {offset}");
+        }
+        let mut small = vec![0; 10];
+        assert!(sealer.seal_in_place(0, &mut small, 10, true, 0).is_err(), "no room for the tag");
+        assert!(sealer.seal_in_place(0, &mut [0; 100], 10, false, 0).is_err(), "a short run not last");
     }
 
     #[test]

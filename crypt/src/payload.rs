@@ -21,10 +21,15 @@ pub fn ciphertext_offset(header_len: u64, offset: u64) -> u64 {
     header_len + NONCE_LEN as u64 + offset / SEGMENT * (SEGMENT + TAG_LEN)
 }
 
+/// How many bytes `plaintext_len` bytes of a file take sealed: each started segment gains a tag (no bytes still
+/// take one empty segment).
+pub fn sealed_len(plaintext_len: u64) -> u64 {
+    plaintext_len + plaintext_len.div_ceil(SEGMENT).max(1) * TAG_LEN
+}
+
 /// The size of the `.age` file of `plaintext_len` bytes (an empty file still has one, empty, final segment).
 pub fn ciphertext_len(header_len: u64, plaintext_len: u64) -> u64 {
-    let segments = plaintext_len.div_ceil(SEGMENT).max(1);
-    header_len + NONCE_LEN as u64 + plaintext_len + segments * TAG_LEN
+    header_len + NONCE_LEN as u64 + sealed_len(plaintext_len)
 }
 
 /// One file's payload key and nonce: seals and opens runs of segments, from any thread, in any order.
@@ -86,6 +91,53 @@ impl FileCipher {
 }
 
 impl FileCipher {
+    /// Seals in place, for a stage that owns one fixed buffer per chunk: `buffer[..len]` holds the file's bytes
+    /// from `offset` (a multiple of [`SEGMENT`]; whole segments unless `last`, as for [`FileCipher::seal`]), and
+    /// the sealed segments are written from `buffer[lead]` on, leaving `lead` bytes in front for the caller (the
+    /// header and nonce, before a file's first segment). Returns where the sealed bytes end. `buffer` must hold
+    /// [`sealed_len`]`(len) + lead` bytes.
+    pub fn seal_in_place(
+        &self,
+        offset: u64,
+        buffer: &mut [u8],
+        len: usize,
+        last: bool,
+        lead: usize,
+    ) -> Result<usize, CryptError> {
+        if offset % SEGMENT != 0 {
+            return Err(CryptError::Misaligned(format!("offset {offset} is not a multiple of {SEGMENT}")));
+        }
+        if !last && (len == 0 || len as u64 % SEGMENT != 0) {
+            return Err(CryptError::Misaligned(format!(
+                "{len} bytes at offset {offset}: only the last run may end inside a segment"
+            )));
+        }
+        let end = lead + sealed_len(len as u64) as usize;
+        if buffer.len() < end {
+            return Err(CryptError::Misaligned(format!(
+                "a buffer of {} bytes cannot hold {len} bytes sealed after {lead}",
+                buffer.len()
+            )));
+        }
+        let segment = SEGMENT as usize;
+        let count = len.div_ceil(segment).max(1);
+        // Last segment first: each moves right (to make room for the tags before it), never over a segment not
+        // yet moved, since segment i lands at or after its own start.
+        for index in (0..count).rev() {
+            let from = index * segment;
+            let size = segment.min(len - from);
+            let to = lead + index * (segment + TAG_LEN as usize);
+            buffer.copy_within(from..from + size, to);
+            let nonce = segment_nonce(offset / SEGMENT + index as u64, last && index + 1 == count);
+            let tag = self
+                .cipher
+                .encrypt_in_place_detached(&nonce, &[], &mut buffer[to..to + size])
+                .expect("ChaCha20-Poly1305 seals any segment of 64 KiB");
+            buffer[to + size..to + size + TAG_LEN as usize].copy_from_slice(&tag);
+        }
+        Ok(end)
+    }
+
     /// Opens `sealed`, the file's sealed segments from plaintext offset `offset` (a multiple of [`SEGMENT`]),
     /// appending the plaintext to `out`. Unless `last`, `sealed` must be whole sealed segments; with `last`, its
     /// final segment must carry the end flag (a file cut short, or a segment from the middle, fails). Any change,

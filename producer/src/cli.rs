@@ -62,6 +62,11 @@ pub struct Args {
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "zstd", value_name = "METHOD")]
     pub compress: Option<CompressArg>,
 
+    /// Encryption: every file as `<path>.age` (`<path>.zst.age` with --compress), an age file stock `age -d`
+    /// decrypts; the manifest too (docs/security.md).
+    #[command(flatten)]
+    pub encrypt: crypt::args::EncryptArgs,
+
     /// zstd level for --compress (1 = fastest, 19 = smallest).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compress_level: i32,

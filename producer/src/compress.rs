@@ -153,6 +153,7 @@ fn arrive_stored(file: &Arc<FileState>, index: u64, item: Stored, next: &dyn Out
                     path: WirePath(file.wire.clone()),
                     size: sequence.offset,
                     crc32: sequence.crc.crc,
+                    nonce: None,
                 });
                 next.end(file, chunks, record)?;
             }

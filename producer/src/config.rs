@@ -1,6 +1,7 @@
 //! Validated settings: everything [`crate::pipeline::run`] needs, derived once from the raw [`crate::cli::Args`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -57,6 +58,10 @@ pub struct Config {
     pub process_threads: usize,
     /// zstd level when compressing.
     pub compress_level: Option<i32>,
+    /// The backup's key when encrypting: one age header, one recipient wrap, for every file.
+    pub encryption: Option<Arc<crypt::BackupKey>>,
+    /// Size of each pool buffer: a chunk, or room for a chunk's worst-case zstd frame, padding and age overhead.
+    pub buffer_size: usize,
     /// Buffers in the pool (memory limit / chunk size).
     pub buffers: usize,
     /// Per-file checksums.
@@ -82,6 +87,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// What every file's wire name gets: `.zst` when compressing, `.age` when encrypting, `.zst.age` both.
+    pub fn wire_suffix(&self) -> &'static str {
+        match (self.compress_level.is_some(), self.encryption.is_some()) {
+            (false, false) => "",
+            (true, false) => proto::ZSTD_SUFFIX,
+            (false, true) => ".age",
+            (true, true) => ".zst.age",
+        }
+    }
+
     /// Validates raw arguments.
     pub fn from_args(args: &Args) -> Result<Config> {
         let meta = std::fs::metadata(&args.source)
@@ -132,17 +147,41 @@ impl Config {
         if args.validate_pages && chunk_size % (64 << 10) != 0 {
             bail!("--validate-pages needs a --read-buffer-size that is a multiple of 64K (the largest InnoDB page)");
         }
+        let encryption = args.encrypt.backup_key()?.map(Arc::new);
+        if encryption.is_some() {
+            // Every chunk but a file's last must be whole age segments, to be sealed alone.
+            if chunk_size % crypt::SEGMENT != 0 {
+                bail!("encryption needs a --read-buffer-size that is a multiple of 64K (age's segment)");
+            }
+            if args.digest == DigestArg::Sha1 {
+                bail!(
+                    "--digest sha1 cannot be combined with encryption yet: backup-manifest.sha1 would show every \
+                     file's SHA-1 in the clear (use --digest crc32 or stream-sha1)"
+                );
+            }
+        }
         let pipe_buffer_size = size_arg(&args.pipe_buffer_size, "--pipe-buffer-size")?;
         let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
         if args.parallel == 0 || args.compress_threads == 0 {
             bail!("--parallel and --compress-threads must be at least 1");
         }
-        let allowed = (memory_limit / chunk_size) as usize;
+        // Each buffer holds a chunk, or its worst-case zstd frame, or (encrypted) that sealed behind the header:
+        // the limit is divided by what a buffer really takes.
+        let mut buffer_size = chunk_size as usize;
+        if args.compress.is_some() {
+            buffer_size = crate::compress::buffer_size(buffer_size);
+        }
+        if let Some(key) = &encryption {
+            buffer_size = crate::encrypt::buffer_size(buffer_size, args.compress.is_some(), key.header().len());
+        }
+        let allowed = (memory_limit / buffer_size as u64) as usize;
         if allowed < 2 {
             bail!(
-                "--memory-limit {} holds fewer than 2 buffers of --read-buffer-size {}",
+                "--memory-limit {} holds fewer than 2 buffers of {} (--read-buffer-size {}{})",
                 human(memory_limit),
-                human(chunk_size)
+                human(buffer_size as u64),
+                human(chunk_size),
+                if buffer_size as u64 > chunk_size { ", with room for compression or encryption" } else { "" }
             );
         }
         let (rt, pt, wt) = (args.parallel, args.compress_threads, output.stream_count());
@@ -154,9 +193,17 @@ impl Config {
         let mut budget = MemoryBudget::new(memory_limit);
         // Counted at the chunk size the limit was divided by; with --compress each buffer is a little larger
         // (room for the worst-case frame: `compress::buffer_size`).
-        let buffers = budget.buffers("chunk buffers", allowed.min(2 * wanted), chunk_size);
-        if buffers < ct + 2 {
-            bail!("--memory-limit {} is too small for {ct} compress threads", human(memory_limit));
+        let buffers = budget.buffers("chunk buffers", allowed.min(2 * wanted), buffer_size as u64);
+        // Besides the scratches: one to read into, one to move, and with encryption one held back per file.
+        let needed = ct + 2 + usize::from(encryption.is_some());
+        if buffers < needed {
+            bail!(
+                "--memory-limit {} holds {buffers} buffers of {}: too few for {ct} compress threads{} (at least \
+                 {needed})",
+                human(memory_limit),
+                human(buffer_size as u64),
+                if encryption.is_some() { " and encryption" } else { "" }
+            );
         }
         if buffers < wanted {
             log::warn!(
@@ -178,6 +225,8 @@ impl Config {
             read_threads: rt,
             process_threads: pt,
             compress_level: args.compress.map(|_| args.compress_level),
+            encryption,
+            buffer_size,
             buffers,
             budget,
             digest: match args.digest {

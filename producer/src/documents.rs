@@ -1,10 +1,19 @@
 //! What the producer writes besides files: the start marker at the head of every stream, and on stream 0, last,
 //! the SHA-1 list (`--digest sha1`) and the manifest, written as they are made, a pool buffer at a time.
+//!
+//! An encrypted backup has two manifests. The encrypted one ([`proto::SECRET_MANIFEST_NAME`], an age file under
+//! the backup's header, so nobody without a key can read or forge it) holds the real records: each file's original
+//! path, size and CRC-32, and its `.age` form's size, CRC-32 and payload nonce, which binds the path to that
+//! ciphertext. The clear one lists every file as it travels (its `.age` path, size and CRC-32; nothing of its
+//! content), the encrypted manifest among them, so a consumer without the key still proves every byte arrived.
 
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use proto::{Compression, Digest, FileRecord, Manifest, ManifestWriter, StreamMarker, StreamRecord, WirePath};
+use crypt::{BackupKey, FileCipher, NONCE_LEN};
+use proto::{
+    Compression, Digest, Encryption, FileRecord, Manifest, ManifestWriter, StreamMarker, StreamRecord, WirePath,
+};
 use runtime::lock::Locked;
 use runtime::pool::{BufferPool, PooledBuffer};
 use sha1::{Digest as _, Sha1};
@@ -44,6 +53,7 @@ fn start_marker(config: &Config, backup_id: &str, index: usize, streams: usize) 
             Output::Streams { binding: Binding::Chunk, .. } if streams > 1 => proto::MarkerBinding::Chunk,
             _ => proto::MarkerBinding::File,
         },
+        encryption: config.encryption.as_ref().map(|_| Encryption::Age),
     };
     (proto::marker_name(index).into_bytes(), marker.to_json())
 }
@@ -94,7 +104,7 @@ pub(crate) fn send_documents(
             corrupt_pages_total: 0,
         })?;
     }
-    let head = Manifest {
+    let mut head = Manifest {
         format: proto::MANIFEST_FORMAT,
         tool: format!("producer {}", env!("CARGO_PKG_VERSION")),
         created_unix,
@@ -102,28 +112,65 @@ pub(crate) fn send_documents(
         chunk_size: config.chunk_size as u64,
         compression: compression(config),
         digest: config.digest,
-        streams: router
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(index, count)| StreamRecord {
-                index: index as u32,
-                chunks: count.chunks.load(Ordering::Relaxed),
-                bytes: count.bytes.load(Ordering::Relaxed),
-            })
-            .collect(),
+        streams: stream_records(router),
+        encryption: config.encryption.as_ref().map(|_| Encryption::Age),
         files: Vec::new(),
         directories: Vec::new(),
     };
+    if let Some(key) = &config.encryption {
+        // The encrypted manifest: the real records, sealed as one more age file of the backup.
+        let name = proto::SECRET_MANIFEST_NAME.as_bytes().to_vec();
+        let pieces = DocumentPieces::new(router, pool, name.clone(), config.chunk_size, false).sealed(key);
+        let mut manifest = ManifestWriter::new(pieces, &head)?;
+        records.for_each(|record| Ok(manifest.record(record)?))?;
+        for directory in router.directories.locked().iter() {
+            manifest.directory(directory)?;
+        }
+        let written = manifest.finish()?.finish()?;
+        router.count(0, &name, written.chunks, written.len);
+        records.push_uncounted(FileRecord {
+            path: WirePath(name),
+            size: written.len,
+            mode: 0o600,
+            mtime: created_unix as i64,
+            chunks: written.chunks,
+            crc32: written.crc,
+            sha1: None,
+            stored: None,
+            corrupt_pages: Vec::new(),
+            corrupt_pages_total: 0,
+        })?;
+        // The clear manifest describes the files as they travel: opaque `.age` files, none compressed.
+        head.compression = Compression::None;
+        head.streams = stream_records(router);
+    }
+    let encrypted = config.encryption.is_some();
     let pieces = DocumentPieces::new(router, pool, proto::MANIFEST_NAME.as_bytes().to_vec(), config.chunk_size, false);
     let mut manifest = ManifestWriter::new(pieces, &head)?;
-    records.for_each(|record| Ok(manifest.record(record)?))?;
+    records.for_each(|record| match encrypted {
+        true => Ok(manifest.record(&crate::encrypt::clear_record(record))?),
+        false => Ok(manifest.record(record)?),
+    })?;
     for directory in router.directories.locked().iter() {
         manifest.directory(directory)?;
     }
     manifest.finish()?.finish()?;
     *router.records.locked() = records;
     Ok(())
+}
+
+/// What each stream was sent so far.
+fn stream_records(router: &Router) -> Vec<StreamRecord> {
+    router
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(index, count)| StreamRecord {
+            index: index as u32,
+            chunks: count.chunks.load(Ordering::Relaxed),
+            bytes: count.bytes.load(Ordering::Relaxed),
+        })
+        .collect()
 }
 
 /// A document written to stream 0 as it is made, one chunk (in a pool buffer) at a time.
@@ -136,6 +183,33 @@ struct DocumentPieces<'r> {
     written: Written,
     crc: proto::CrcPiece,
     sha1: Option<Sha1>,
+    seal: Option<DocumentSeal<'r>>,
+}
+
+/// A document written as an age file of the backup: each full piece is held back until the next one shows it is
+/// not the last, then sealed where it lies (the first behind the header and nonce).
+struct DocumentSeal<'k> {
+    header: &'k [u8],
+    cipher: FileCipher,
+    held: Option<PooledBuffer>,
+    /// Plaintext offset of the held piece.
+    offset: u64,
+}
+
+impl DocumentSeal<'_> {
+    fn seal(&mut self, mut piece: PooledBuffer, last: bool) -> Result<PooledBuffer> {
+        let len = piece.len();
+        let lead = if self.offset == 0 { self.header.len() + NONCE_LEN } else { 0 };
+        piece.set_len(piece.capacity());
+        let end = self.cipher.seal_in_place(self.offset, &mut piece, len, last, lead)?;
+        if lead > 0 {
+            piece[..self.header.len()].copy_from_slice(self.header);
+            piece[self.header.len()..lead].copy_from_slice(self.cipher.nonce());
+        }
+        piece.set_len(end);
+        self.offset += len as u64;
+        Ok(piece)
+    }
 }
 
 /// What a [`DocumentPieces`] wrote.
@@ -158,12 +232,31 @@ impl<'r> DocumentPieces<'r> {
             written: Written::default(),
             crc: proto::CrcPiece::default(),
             sha1: sha1.then(Sha1::new),
+            seal: None,
         }
     }
 
-    /// Sends the piece filled so far (nothing if it is empty).
+    /// The document as an age file of the backup `key` (its pieces must be whole segments: the chunk size is).
+    fn sealed(mut self, key: &'r BackupKey) -> Self {
+        self.seal = Some(DocumentSeal { header: key.header(), cipher: key.new_file(), held: None, offset: 0 });
+        self
+    }
+
+    /// Sends the piece filled so far (nothing if it is empty); when sealing, the piece before it.
     fn send_piece(&mut self) -> Result<()> {
         let Some(piece) = self.piece.take().filter(|piece| !piece.is_empty()) else { return Ok(()) };
+        let Some(seal) = &mut self.seal else { return self.emit(piece) };
+        match seal.held.replace(piece) {
+            Some(held) => {
+                let sealed = seal.seal(held, false)?;
+                self.emit(sealed)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Sends one piece as it is, at the end of what was sent.
+    fn emit(&mut self, piece: PooledBuffer) -> Result<()> {
         self.crc = self.crc.append(proto::CrcPiece::of(&piece));
         if let Some(sha1) = &mut self.sha1 {
             sha1.update(&piece[..]);
@@ -178,6 +271,18 @@ impl<'r> DocumentPieces<'r> {
     /// Sends the last piece and the document's end; reports what was written.
     fn finish(mut self) -> Result<Written> {
         self.send_piece()?;
+        if let Some(seal) = &mut self.seal {
+            let last = match seal.held.take() {
+                Some(held) => held,
+                None => {
+                    let mut empty = self.pool.take(&self.router.cancel)?;
+                    empty.set_len(0);
+                    empty
+                }
+            };
+            let sealed = seal.seal(last, true)?;
+            self.emit(sealed)?;
+        }
         self.router.send(0, StreamItem::DocumentEnd { path: self.path.clone() })?;
         self.written.crc = self.crc.crc;
         self.written.sha1 = self.sha1.take().map(|sha1| hex::encode(sha1.finalize()));

@@ -55,6 +55,15 @@ pub trait Outlet: Sync {
     fn vanished(&self, file: &Arc<FileState>) -> Result<()>;
 }
 
+/// How a file's payload is transformed on its way out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transform {
+    /// `--compress`: every chunk a zstd frame, the file `<path>.zst`.
+    pub compress: bool,
+    /// Encryption: the file `<path>.age` (after compression).
+    pub encrypt: bool,
+}
+
 /// Whether `scanned` is checked page by page under `--validate-pages` (a file named like an InnoDB tablespace).
 pub fn validates_pages(scanned: &ScannedFile, validate: bool) -> bool {
     validate && scanned.source.file_name().is_some_and(|name| innodb::is_tablespace_name(&name.to_string_lossy()))
@@ -71,12 +80,19 @@ pub struct FileState {
     pub jobs: u64,
     /// The stream this file is bound to (`--fifo-binding=file`, or a single stream).
     pub stream: Option<usize>,
-    /// The path on the wire: the relative path, plus `.zst` when the file is compressed.
+    /// The path on the wire: the relative path, plus `.zst` when the file is compressed, plus `.age` when it is
+    /// encrypted.
     pub wire: Vec<u8>,
     /// Whether the file's chunks are compressed.
     pub compressed: bool,
+    /// Whether the file's chunks are encrypted ([`crate::encrypt`]).
+    pub encrypted: bool,
     /// The compression stage's in-order state (unused without compression).
     pub(crate) stored: Mutex<StoredSequence>,
+    /// The encryption stage's state: the payload held back, and the in-order step after sealing (unused without
+    /// encryption).
+    pub(crate) sealing: Mutex<crate::encrypt::SealState>,
+    pub(crate) sealed: Mutex<crate::encrypt::SealedSequence>,
     /// With `--validate-pages`, for a file named like an InnoDB tablespace: its format, read once from page 0
     /// (`None` inside: it could not be told, and the file is copied unchecked), and the pages recorded corrupt.
     pages: Option<PageState>,
@@ -208,16 +224,19 @@ impl FileState {
         stream: Option<usize>,
         strict: bool,
         sha1: bool,
-        compress: bool,
+        transform: Transform,
         validate_pages: bool,
     ) -> Arc<FileState> {
         let jobs = scanned.size.div_ceil(chunk_size).max(1);
         // Every file is compressed, empty ones included (as one frame of empty content: an empty `.zst` is not a
         // zstd file), so no compressed name can collide with an uncompressed one.
-        let compressed = compress;
+        let compressed = transform.compress;
         let mut wire = scanned.wire.clone();
         if compressed {
             wire.extend_from_slice(proto::ZSTD_SUFFIX.as_bytes());
+        }
+        if transform.encrypt {
+            wire.extend_from_slice(proto::AGE_SUFFIX.as_bytes());
         }
         let pages = validates_pages(&scanned, validate_pages).then(PageState::default);
         Arc::new(FileState {
@@ -228,7 +247,10 @@ impl FileState {
             stream,
             wire,
             compressed,
+            encrypted: transform.encrypt,
             stored: Mutex::default(),
+            sealing: Mutex::default(),
+            sealed: Mutex::default(),
             handle: Mutex::new(Handle::NotOpened),
             sequence: Mutex::new(Sequence {
                 order: Reorder::new(),
@@ -569,8 +591,9 @@ impl FileState {
         if got < chunk.planned {
             sequence.shrank = true;
         }
-        // An empty compressed file still gets its one (empty) frame.
-        let only_frame = self.compressed && sequence.chunks == 0 && chunk.index + 1 == self.jobs;
+        // An empty compressed or encrypted file still gets its one (empty) payload: a `.zst` or `.age` file is never
+        // empty. Nothing follows an empty first payload: the file is empty, or it shrank (later chunks are dropped).
+        let only_frame = (self.compressed || self.encrypted) && sequence.chunks == 0;
         if got == 0 && !only_frame {
             return Ok(());
         }
@@ -684,7 +707,7 @@ mod tests {
             placeholder: false,
             stamp: None,
         };
-        FileState::new(0, scanned, 1 << 20, Some(0), false, false, false, validate)
+        FileState::new(0, scanned, 1 << 20, Some(0), false, false, Transform::default(), validate)
     }
 
     /// A small file read whole: one that changed since the scan is read again and its new content copied; one
@@ -714,7 +737,7 @@ mod tests {
         let stamp = Stamp::of(&File::open(&path).unwrap()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, vec![b'b'; 1000]).unwrap();
-        let file = FileState::new(0, scanned(Some(stamp)), 1 << 20, Some(0), false, false, false, false);
+        let file = FileState::new(0, scanned(Some(stamp)), 1 << 20, Some(0), false, false, Transform::default(), false);
         assert_eq!(read(&file).unwrap(), vec![b'b'; 1000]);
         // Written every millisecond, through every read.
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -728,7 +751,7 @@ mod tests {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
             });
-            let file = FileState::new(1, scanned(None), 1 << 20, Some(0), false, false, false, false);
+            let file = FileState::new(1, scanned(None), 1 << 20, Some(0), false, false, Transform::default(), false);
             let err = read(&file).unwrap_err().to_string();
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             assert!(err.contains("t.frm kept changing while it was read (10 reads)"), "{err}");

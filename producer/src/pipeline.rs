@@ -5,7 +5,8 @@
 //! scanner ──jobs──► read threads ──read──► process threads ──► FileState::arrive ──► Router ──stream i──► writer i
 //! (scanner.rs)      (read_stage.rs)        (process_stage.rs)   (file.rs, in order   (router.rs)          (output.rs)
 //!                    take a pool buffer,    pages, CRC-32        per file; compress.rs
-//!                    then a job; pread                           with --compress)
+//!                    then a job; pread                           with --compress, then
+//!                                                                encrypt.rs encrypting)
 //! ```
 //!
 //! Every channel is bounded by the pool size and carries handles; chunk bytes live only in pool buffers. Small
@@ -33,6 +34,7 @@ use runtime::size::human;
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
+use crate::encrypt::{seal_worker, EncryptStage, SealJob};
 use crate::file::Outlet;
 use crate::output::{copy_directories, open_outputs, write_stream};
 use crate::process_stage::process_chunks;
@@ -60,7 +62,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     // change from passing unnoticed; its cost is that an entry changed within it before the backup began is
     // reported as changed too.
     let scan_started = SystemTime::now() - Duration::from_millis(100);
-    let suffix = if config.compress_level.is_some() { proto::ZSTD_SUFFIX } else { "" };
+    let suffix = config.wire_suffix();
     log::debug!("{}", config.budget);
     let pre = prescan(config, suffix, cancel)?;
 
@@ -68,12 +70,8 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let records = RecordLog::for_files(pre.files)?;
     let (sinks, _fifos) = open_outputs(config, cancel)?;
     let stream_count = sinks.len();
-    // Compressed output shares the budget: buffers are sized for the worst-case frame.
-    let buffer_size = match config.compress_level {
-        Some(_) => crate::compress::buffer_size(config.chunk_size),
-        None => config.chunk_size,
-    };
-    let pool = BufferPool::new(config.buffers, buffer_size);
+    // Compressed or encrypted output shares the budget: buffers are sized for the worst-case frame, sealed.
+    let pool = BufferPool::new(config.buffers, config.buffer_size);
     let failure = Failure::new(cancel.clone());
     let counters = Arc::new(Counters::default());
     counters.bytes_total.store(pre.bytes, Ordering::Relaxed);
@@ -87,9 +85,18 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     if !matches!(config.output, Output::Directory(_)) {
         crate::documents::send_markers(config, &router, &backup_id)?;
     }
+    // Released chunks go to the router, through the encryption stage when encrypting, and the compression stage
+    // before that when compressing.
+    let (seal_sender, seal_receiver) = crossbeam_channel::bounded::<SealJob>(config.buffers);
+    let encrypt_stage =
+        config.encryption.as_deref().map(|key| EncryptStage::new(seal_sender, key, &router, cancel.clone()));
+    let after_compress: &dyn Outlet = match &encrypt_stage {
+        Some(stage) => stage,
+        None => &router,
+    };
     let (compress_sender, compress_receiver) = crossbeam_channel::bounded::<CompressJob>(config.buffers);
-    let compress_stage = CompressStage::new(compress_sender, &router, cancel.clone());
-    let outlet: &dyn Outlet = if config.compress_level.is_some() { &compress_stage } else { &router };
+    let compress_stage = CompressStage::new(compress_sender, after_compress, cancel.clone());
+    let outlet: &dyn Outlet = if config.compress_level.is_some() { &compress_stage } else { after_compress };
     let reads_per_thread: Vec<AtomicU64> = (0..config.read_threads).map(|_| AtomicU64::new(0)).collect();
     let page_counters = crate::validate::PageCounters::default();
     let throttle = config.throttle.map(Throttle::new);
@@ -140,11 +147,21 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
             for (index, scratch) in scratches.into_iter().enumerate() {
                 let jobs = compress_receiver.clone();
                 compressors.push(failure.spawn_stage(scope, format!("compress-{index}"), move || {
-                    compress_worker(&jobs, scratch, level, router, cancel)
+                    compress_worker(&jobs, scratch, level, after_compress, cancel)
                 }));
             }
         }
         drop(compress_receiver);
+        let mut sealers = Vec::new();
+        if let Some(key) = config.encryption.as_deref() {
+            for index in 0..config.process_threads {
+                let jobs = seal_receiver.clone();
+                sealers.push(failure.spawn_stage(scope, format!("seal-{index}"), move || {
+                    seal_worker(&jobs, key.header(), router, cancel)
+                }));
+            }
+        }
+        drop(seal_receiver);
 
         // Every thread runs under `run_stage`, which records its error or panic; a join that still fails (a
         // panic outside it) is a failure too, never an empty report.
@@ -155,6 +172,12 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         compress_stage.close();
         for compressor in compressors {
             failure.joined(compressor.join(), "compress");
+        }
+        if let Some(stage) = &encrypt_stage {
+            stage.close();
+        }
+        for sealer in sealers {
+            failure.joined(sealer.join(), "seal");
         }
         finish_streams(config, router, pool, failure, writers, created_unix, &backup_id)
     });

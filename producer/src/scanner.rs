@@ -132,7 +132,7 @@ pub(crate) struct ScanPlan {
     pub(crate) streams: usize,
     /// File or chunk binding (file binding on one stream or a directory).
     pub(crate) binding: Binding,
-    /// `.zst` when compressing: the suffix every file's wire name gets.
+    /// `.zst` when compressing, `.age` when encrypting (`.zst.age` both): the suffix every file's wire name gets.
     pub(crate) suffix: &'static str,
     /// Entries changed after this instant (the pre-scan's start, less a margin) are reported as changed.
     pub(crate) changed_since: SystemTime,
@@ -163,7 +163,9 @@ pub(crate) fn scan_files(
                 return Ok(());
             }
         };
+        // Batched files travel untransformed: compressed and encrypted files go as chunks.
         let small = config.compress_level.is_none()
+            && config.encryption.is_none()
             && scanned.size < BATCH_FILE_MAX.min(config.chunk_size as u64)
             && !crate::file::validates_pages(&scanned, config.validate_pages.is_some());
         // A batch holds consecutive files: it goes before a file that is not batched, so jobs stay in scan order
@@ -195,7 +197,7 @@ pub(crate) fn scan_files(
             stream,
             config.strict,
             config.digest == Digest::Sha1,
-            config.compress_level.is_some(),
+            crate::file::Transform { compress: config.compress_level.is_some(), encrypt: config.encryption.is_some() },
             config.validate_pages.is_some(),
         );
         file_number += 1;

@@ -30,6 +30,14 @@ pub const SHA1SUMS_NAME: &str = "backup-manifest.sha1";
 /// leading `.`: `mbstream -x` refuses such names.
 pub const PLACEHOLDER_NAME: &str = "xbkit-directory-placeholder";
 
+/// The encrypted manifest of an encrypted backup ([`Encryption::Age`]): the full manifest, its records naming
+/// each file's original path, size and checksums and binding it to its `.age` form and payload nonce, as one age
+/// file under the backup's header. Streamed just before [`MANIFEST_NAME`], which lists it like any other file.
+pub const SECRET_MANIFEST_NAME: &str = "backup-manifest.json.age";
+
+/// The suffix of every file of an encrypted backup (`<path>.age`, `<path>.zst.age` when also compressed).
+pub const AGE_SUFFIX: &str = ".age";
+
 /// Version of the manifest layout; a consumer refuses versions it does not know.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -53,6 +61,12 @@ pub struct Manifest {
     pub digest: Digest,
     /// One record per output stream, in stream order.
     pub streams: Vec<StreamRecord>,
+    /// How the files are encrypted (absent: they are not). In the clear manifest of an encrypted backup every
+    /// record describes a file's `.age` form as it travels (so a consumer without the key still proves that every
+    /// byte arrived), `compression` is `none`, and the real records are in [`SECRET_MANIFEST_NAME`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    // `files` must stay the last field written ([`ManifestWriter`]).
     /// Every file in the backup except the manifest itself, in the order they were completed.
     pub files: Vec<FileRecord>,
     /// Every directory below the top of the backup, parents before children, with its mode and mtime: xbstream
@@ -60,6 +74,15 @@ pub struct Manifest {
     /// written before directories were recorded.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directories: Vec<DirectoryRecord>,
+}
+
+/// How an encrypted backup's files are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "method")]
+pub enum Encryption {
+    /// Each file travels as `<path>.age`, an age v1 file; every file of the backup shares one header (one file
+    /// key, wrapped once per recipient) and has a payload nonce of its own.
+    Age,
 }
 
 /// One backed-up directory (the top of the backup is not one: it is the consumer's `-C OUT`).
@@ -155,6 +178,11 @@ pub struct StoredForm {
     pub size: u64,
     /// CRC-32 of the bytes on the wire.
     pub crc32: u32,
+    /// For an `.age` form, in the encrypted manifest: the 16-byte payload nonce that follows its header, lowercase
+    /// hex. It binds the path to its ciphertext (each file's payload key derives from it; age authenticates no
+    /// name), so a file swapped for another of the same backup is caught.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// A path as raw bytes, serialised as a JSON string when it is UTF-8 (the usual case) and as `{"hex": "..."}`
@@ -642,6 +670,7 @@ mod tests {
                     corrupt_pages_total: 0,
                 },
             ],
+            encryption: None,
             directories: vec![
                 DirectoryRecord { path: WirePath(b"db".to_vec()), mode: 0o750, mtime: 3, placeholder: false },
                 DirectoryRecord { path: WirePath(b"db/empty".to_vec()), mode: 0o700, mtime: 4, placeholder: true },

@@ -76,6 +76,9 @@ pub struct StreamMarker {
     pub digest: Digest,
     /// How chunks are spread over the streams.
     pub binding: Binding,
+    /// How the files are encrypted (absent: they are not): every file travels as `<path>.age`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::Encryption>,
 }
 
 /// Why a marker could not be used.
@@ -137,6 +140,7 @@ mod tests {
             compression: Compression::Zstd { level: 1 },
             digest: Digest::Sha1,
             binding: Binding::File,
+            encryption: None,
         }
     }
 

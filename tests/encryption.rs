@@ -1,0 +1,239 @@
+//! Encrypted backups (`producer --encrypt-recipient …`): what the real tools make of them. The real `mbstream -x`
+//! extracts the stream; Debian's stock `age -d` decrypts every `.age` file it left (through `zstd -d` when
+//! compressed) to the original bytes, with any of the recipients' keys, or the passphrase; the encrypted manifest
+//! binds every path to its file's nonce; the clear one gives nothing of the content away; and our consumer without
+//! a key proves every encrypted byte arrived, and catches one changed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+/// A key made by the stock `age-keygen` in `dir`: its file and its public recipient (`age1…`).
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    run_ok(Command::new(tool("age-keygen")).arg("-o").arg(&key), SHORT);
+    let text = fs::read_to_string(&key).unwrap();
+    let public = text.lines().find_map(|line| line.strip_prefix("# public key: ")).expect("age-keygen's public key");
+    (key, public.trim().to_string())
+}
+
+/// `age -d -i KEY FILE`, through `zstd -d` when `compressed`: the plaintext, asserting both succeed.
+fn stock_decrypt(key: &Path, file: &Path, compressed: bool) -> Vec<u8> {
+    let decrypted = run_ok(Command::new(tool("age")).arg("-d").arg("-i").arg(key).arg(file), SHORT);
+    if !compressed {
+        return decrypted;
+    }
+    let output = run_with_stdin(Command::new(tool("zstd")).args(["-d", "-q", "-c"]), &decrypted);
+    assert!(output.status.success(), "zstd -d {}: {}", file.display(), stderr(&output));
+    output.stdout
+}
+
+/// A tree with every size that matters to 64 KiB segments and 128 KiB chunks, and one file of text a reader of
+/// the stream must not find.
+fn tree() -> Vec<(&'static str, Vec<u8>)> {
+    let mut files = sample_files(128 << 10);
+    files.push(("db/segment", pseudo_random_bytes(64 << 10, 9)));
+    files.push(("db/secret.ibd", b"CUSTOMER-CARD-4111111111111111;".repeat(20_000)));
+    files
+}
+
+#[test]
+fn mbstream_extracts_an_encrypted_stream_and_stock_age_decrypts_every_file() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "backup.key");
+    let files = tree();
+    let src = temp_tree(&files);
+    for compressed in [false, true] {
+        let mut args = vec!["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
+        if compressed {
+            args.push("--compress");
+        }
+        let stream = produce(src.path(), &args);
+        assert!(
+            !stream.windows(20).any(|w| w == b"CUSTOMER-CARD-411111"),
+            "plaintext in the encrypted stream (compressed: {compressed})"
+        );
+        let out = work.path().join(format!("out-{compressed}"));
+        mbstream_extract(&stream, &out);
+        let suffix = if compressed { ".zst.age" } else { ".age" };
+        for (path, contents) in &files {
+            let sealed = out.join(format!("{path}{suffix}"));
+            assert!(!out.join(path).exists(), "{path} in the clear");
+            assert!(stock_decrypt(&key, &sealed, compressed) == *contents, "{path}{suffix} decrypts to the original");
+        }
+
+        // The encrypted manifest, which stock age decrypts too: the real records, each path bound to its `.age`
+        // file's nonce (the 16 bytes after the shared header).
+        let secret = stock_decrypt(&key, &out.join(proto::SECRET_MANIFEST_NAME), false);
+        let manifest = proto::Manifest::from_json(&secret).unwrap();
+        assert_eq!(manifest.encryption, Some(proto::Encryption::Age));
+        assert_eq!(manifest.files.len(), files.len());
+        let header_len = {
+            let first = fs::read(out.join(format!("one{suffix}"))).unwrap();
+            let mac = first.windows(4).position(|w| w == b"--- ").expect("the header's MAC line");
+            mac + first[mac..].iter().position(|&b| b == b'\n').unwrap() + 1
+        };
+        for record in &manifest.files {
+            let (_, contents) =
+                files.iter().find(|(path, _)| path.as_bytes() == record.path.0).expect("a file of ours");
+            assert_eq!(record.size, contents.len() as u64);
+            assert_eq!(record.crc32, crc32fast::hash(contents));
+            let stored = record.stored.as_ref().expect("the .age form");
+            let sealed = fs::read(out.join(String::from_utf8(stored.path.0.clone()).unwrap())).unwrap();
+            assert_eq!(stored.size, sealed.len() as u64);
+            assert_eq!(stored.nonce.as_deref(), Some(hex::encode(&sealed[header_len..header_len + 16]).as_str()));
+        }
+
+        // The clear manifest lists the files as they travel and nothing of their content.
+        let clear = fs::read(out.join(proto::MANIFEST_NAME)).unwrap();
+        let listed = proto::Manifest::from_json(&clear).unwrap();
+        assert_eq!(listed.encryption, Some(proto::Encryption::Age));
+        assert_eq!(listed.compression, proto::Compression::None);
+        assert_eq!(listed.files.len(), files.len() + 1, "every file and the encrypted manifest");
+        for record in &listed.files {
+            assert!(record.path.0.ends_with(b".age") && record.stored.is_none() && record.sha1.is_none());
+            let sealed = fs::read(out.join(String::from_utf8(record.path.0.clone()).unwrap())).unwrap();
+            assert_eq!((record.size, record.crc32), (sealed.len() as u64, crc32fast::hash(&sealed)));
+        }
+        for (_, contents) in &files {
+            let crc = crc32fast::hash(contents).to_string();
+            assert!(
+                !String::from_utf8_lossy(&clear).contains(&format!("\"crc32\":{crc},")),
+                "an original CRC-32 in the clear manifest"
+            );
+        }
+    }
+}
+
+#[test]
+fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_passphrase() {
+    let work = tempfile::tempdir().unwrap();
+    let (key_a, recipient_a) = keygen(work.path(), "a.key");
+    let (key_b, recipient_b) = keygen(work.path(), "b.key");
+    let (stranger, _) = keygen(work.path(), "c.key");
+    let list = work.path().join("recipients.txt");
+    fs::write(&list, format!("# the second backup key\n{recipient_b}\n")).unwrap();
+    let contents = pseudo_random_bytes(300_000, 4);
+    let src = temp_tree(&[("ibdata1", contents.clone())]);
+    let stream = produce(
+        src.path(),
+        &["--encrypt-recipient", &recipient_a, "--encrypt-recipients-file", list.to_str().unwrap()],
+    );
+    let out = work.path().join("out");
+    mbstream_extract(&stream, &out);
+    let sealed = out.join("ibdata1.age");
+    for key in [&key_a, &key_b] {
+        assert!(stock_decrypt(key, &sealed, false) == contents, "{}", key.display());
+    }
+    let refused = run_with_stdin(Command::new(tool("age")).arg("-d").arg("-i").arg(&stranger).arg(&sealed), b"");
+    assert!(!refused.status.success(), "a key the backup was not encrypted to");
+
+    // A passphrase: stock age asks for it on a terminal only, so it gets one (`script` gives it a pty).
+    let passphrase = work.path().join("passphrase");
+    fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    let stream = produce(src.path(), &["--encrypt-passphrase-file", passphrase.to_str().unwrap()]);
+    let out = work.path().join("out-passphrase");
+    mbstream_extract(&stream, &out);
+    let decrypted = work.path().join("decrypted");
+    let command = format!("age -d -o '{}' '{}'", decrypted.display(), out.join("ibdata1.age").display());
+    let typed = run_with_stdin(
+        Command::new(tool("script")).args(["-qec", &command, "/dev/null"]),
+        b"correct horse battery staple\n",
+    );
+    assert!(typed.status.success(), "age -d with the passphrase: {}", String::from_utf8_lossy(&typed.stdout));
+    assert!(fs::read(&decrypted).unwrap() == contents, "the passphrase restores");
+}
+
+#[test]
+fn the_consumer_without_a_key_proves_every_encrypted_byte_and_catches_one_changed() {
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path(), "backup.key");
+    let files = tree();
+    let src = temp_tree(&files);
+    let out = work.path().join("out");
+    let said = round_trip(src.path(), &out, 3, &["--read-buffer-size", "128K", "--encrypt-recipient", &recipient], &[]);
+    assert!(said.contains("all verified") && said.contains("age-encrypted"), "{said}");
+    for (path, _) in &files {
+        assert!(out.join(format!("{path}.age")).is_file() && !out.join(path).exists(), "{path}");
+    }
+
+    // One ciphertext byte changed, its chunk's CRC-32 made to match: the clear manifest's CRC-32 of the file
+    // catches it, naming the file.
+    let stream = produce(src.path(), &["--read-buffer-size", "128K", "--encrypt-recipient", &recipient]);
+    let mut chunks = parse(&stream);
+    let (_, payload) = chunks
+        .iter_mut()
+        .find(|(header, payload)| header.path == b"db/t1.ibd.age" && payload.len() > 1000)
+        .expect("a payload of db/t1.ibd.age");
+    payload[500] ^= 0x40;
+    let changed = encode(&chunks);
+    let output = consume(&["extract", "-C", work.path().join("changed").to_str().unwrap()], &changed);
+    let said = assert_failure(&output, "a changed ciphertext");
+    assert!(said.contains("db/t1.ibd.age"), "{said}");
+}
+
+#[test]
+fn bad_keys_and_settings_encryption_cannot_take_are_refused_before_a_byte_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path(), "backup.key");
+    let src = temp_tree(&[("f", vec![1u8; 1000])]);
+    let bad_list = work.path().join("bad.txt");
+    fs::write(&bad_list, format!("{recipient}\nage1notarecipient\n")).unwrap();
+    let empty_passphrase = work.path().join("empty");
+    fs::write(&empty_passphrase, "\n").unwrap();
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["--encrypt-recipient", "age1nope"], "age1nope"),
+        (vec!["--encrypt-recipients-file", bad_list.to_str().unwrap()], "bad.txt:2"),
+        (vec!["--encrypt-passphrase-file", empty_passphrase.to_str().unwrap()], "no passphrase"),
+        (vec!["--encrypt-recipient", &recipient, "--read-buffer-size", "100K"], "multiple of 64K"),
+        (vec!["--encrypt-recipient", &recipient, "--digest", "sha1"], "--digest sha1"),
+    ];
+    for (args, expected) in cases {
+        let output = run_with_stdin(producer_to_stdout(src.path()).args(&args).stdout(Stdio::piped()), b"");
+        // Refused as bad arguments are (exit 2), before a stream is opened.
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {said}");
+        assert!(said.contains(expected), "{args:?}: {said}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing written");
+    }
+}
+
+/// A file that shrinks while it is read ends early, at a chunk boundary or inside a chunk: its `.age` file still
+/// ends with a segment flagged last (the stage holds each payload back until the next says it was not), so stock
+/// age decrypts exactly what was copied.
+#[test]
+fn a_file_that_shrinks_while_it_is_read_still_ends_as_a_valid_age_file() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "backup.key");
+    let original = pseudo_random_bytes(4 << 20, 3);
+    for shrunk in [2 << 20, (2 << 20) + 100] {
+        let src = tempfile::tempdir().unwrap();
+        let victim = src.path().join("shrinking");
+        fs::write(&victim, &original).unwrap();
+        let mut command = producer_command();
+        // Held back after its first 4 KiB: one reader, 64 KiB chunks, three buffers, a 64 KiB pipe.
+        command.arg("--source").arg(src.path()).args([
+            "--stream=xbstream",
+            "--read-buffer-size",
+            "64K",
+            "--parallel",
+            "1",
+            "--pipe-buffer-size",
+            "64K",
+            "--memory-limit",
+            "256K",
+            "--encrypt-recipient",
+            &recipient,
+        ]);
+        let (status, stream, said) = produce_with_change(&mut command, 4096, || {
+            fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(shrunk as u64).unwrap();
+        });
+        assert!(status.success() && said.contains("shrank while being copied"), "{said}");
+        let out = work.path().join(format!("out-{shrunk}"));
+        mbstream_extract(&stream, &out);
+        let copied = stock_decrypt(&key, &out.join("shrinking.age"), false);
+        assert!(copied == original[..shrunk], "{} bytes decrypted, {shrunk} expected", copied.len());
+    }
+}
