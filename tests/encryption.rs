@@ -237,3 +237,151 @@ fn a_file_that_shrinks_while_it_is_read_still_ends_as_a_valid_age_file() {
         assert!(copied == original[..shrunk], "{} bytes decrypted, {shrunk} expected", copied.len());
     }
 }
+
+/// Copies the tree at `from` to `to` (files and directories only).
+fn copy_tree(from: &Path, to: &Path) {
+    for (relative, contents) in read_tree(from) {
+        let path = to.join(relative);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, contents).unwrap();
+    }
+}
+
+#[test]
+fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_leaving_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "backup.key");
+    let (stranger, _) = keygen(work.path(), "stranger.key");
+    let mut files = tree();
+    files.push(("a/twin", pseudo_random_bytes(200_000, 21)));
+    files.push(("b/twin", pseudo_random_bytes(200_000, 22)));
+    let src = temp_tree(&files);
+    let args = ["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
+    let extracted = work.path().join("extracted");
+    mbstream_extract(&produce(src.path(), &args), &extracted);
+    // Another backup of the same tree to the same key: its files must not pass for this one's.
+    let other = work.path().join("other");
+    mbstream_extract(&produce(src.path(), &args), &other);
+
+    for compressed in [false, true] {
+        let out = work.path().join(format!("restored-{compressed}"));
+        let mut extra = vec!["--decompress"];
+        if compressed {
+            mbstream_extract(&produce(src.path(), &[&args[..], &["--compress"]].concat()), &out);
+        } else {
+            copy_tree(&extracted, &out);
+            extra.clear();
+        }
+        let decrypt = consumer_command()
+            .arg("decrypt")
+            .arg(&out)
+            .arg("--identity")
+            .arg(&key)
+            .args(&extra)
+            .arg("--remove-original")
+            .output()
+            .unwrap();
+        assert_success(&decrypt, "consumer decrypt");
+        for (path, contents) in &files {
+            assert!(fs::read(out.join(path)).unwrap() == *contents, "{path} (compressed: {compressed})");
+            assert!(!out.join(format!("{path}.age")).exists(), "--remove-original");
+        }
+    }
+
+    // Each forgery, made by someone who can write to the files but holds no key.
+    let segment = (crypt::SEGMENT + crypt::TAG_LEN) as usize;
+    type Forgery = Box<dyn Fn(&Path)>;
+    let header_end = |file: &[u8]| {
+        let mac = file.windows(4).position(|w| w == b"--- ").unwrap();
+        mac + file[mac..].iter().position(|&b| b == b'\n').unwrap() + 1 + crypt::NONCE_LEN
+    };
+    let other_dir = other.clone();
+    let forgeries: Vec<(&str, &str, Forgery)> = vec![
+        (
+            "a changed byte",
+            "db/t1.ibd.age",
+            Box::new(|out: &Path| {
+                let path = out.join("db/t1.ibd.age");
+                let mut file = fs::read(&path).unwrap();
+                file[150_000] ^= 1;
+                fs::write(path, file).unwrap();
+            }),
+        ),
+        (
+            "two segments swapped",
+            "ibdata1.age",
+            Box::new(move |out: &Path| {
+                let path = out.join("ibdata1.age");
+                let mut file = fs::read(&path).unwrap();
+                let start = header_end(&file);
+                let first = file[start..start + segment].to_vec();
+                file.copy_within(start + segment..start + 2 * segment, start);
+                file[start + segment..start + 2 * segment].copy_from_slice(&first);
+                fs::write(path, file).unwrap();
+            }),
+        ),
+        (
+            "cut at a segment boundary",
+            "ibdata1.age",
+            Box::new(move |out: &Path| {
+                let path = out.join("ibdata1.age");
+                let file = fs::read(&path).unwrap();
+                let start = header_end(&file);
+                fs::write(path, &file[..start + 2 * segment]).unwrap();
+            }),
+        ),
+        ("a file dropped", "more.age", Box::new(|out: &Path| fs::remove_file(out.join("more.age")).unwrap())),
+        (
+            "two files of one size swapped",
+            "twin.age",
+            Box::new(|out: &Path| {
+                let (a, b) = (out.join("a/twin.age"), out.join("b/twin.age"));
+                let (first, second) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+                fs::write(&a, second).unwrap();
+                fs::write(&b, first).unwrap();
+            }),
+        ),
+        (
+            "a file of another backup to the same key",
+            "one.age",
+            Box::new(move |out: &Path| fs::copy(other_dir.join("one.age"), out.join("one.age")).map(|_| ()).unwrap()),
+        ),
+        (
+            "a changed encrypted manifest",
+            proto::SECRET_MANIFEST_NAME,
+            Box::new(|out: &Path| {
+                let path = out.join(proto::SECRET_MANIFEST_NAME);
+                let mut file = fs::read(&path).unwrap();
+                let at = file.len() - 40;
+                file[at] ^= 1;
+                fs::write(path, file).unwrap();
+            }),
+        ),
+    ];
+    for (what, named, forge) in forgeries {
+        let out = work.path().join(format!("forged-{}", what.replace(' ', "-")));
+        copy_tree(&extracted, &out);
+        forge(&out);
+        let before = list_tree(&out);
+        let output = consumer_command().arg("decrypt").arg(&out).arg("--identity").arg(&key).output().unwrap();
+        let said = assert_failure(&output, what);
+        assert!(said.contains(named), "{what}: {said}");
+        assert_eq!(list_tree(&out), before, "{what}: nothing decrypted is left, nothing removed");
+    }
+
+    // The wrong key, or a passphrase for a backup made for a key: refused before anything is written.
+    let passphrase = work.path().join("passphrase");
+    fs::write(&passphrase, "not this one\n").unwrap();
+    for keys in
+        [vec!["--identity", stranger.to_str().unwrap()], vec!["--passphrase-file", passphrase.to_str().unwrap()]]
+    {
+        let out = work.path().join("wrong-key");
+        let _ = fs::remove_dir_all(&out);
+        copy_tree(&extracted, &out);
+        let before = list_tree(&out);
+        let output = consumer_command().arg("decrypt").arg(&out).args(&keys).output().unwrap();
+        let said = assert_failure(&output, &format!("{keys:?}"));
+        assert!(said.contains("no identity given can decrypt this backup"), "{keys:?}: {said}");
+        assert_eq!(list_tree(&out), before);
+    }
+}

@@ -38,6 +38,14 @@ pub fn main() -> i32 {
         Command::Decompress(args) => {
             crate::decompress::run(&args.directory, args.remove_original, args.overwrite, args.parallel)
         }
+        Command::Decrypt(args) => crate::decrypt::run(&crate::decrypt::DecryptJob {
+            root: &args.directory,
+            keys: &args.keys,
+            decompress: args.decompress,
+            remove_original: args.remove_original,
+            overwrite: args.overwrite,
+            threads: args.parallel,
+        }),
         Command::Put(put) => match configured(PutConfig::from_args(put, args.verbose, args.quiet), &put.storage) {
             Some((config, store)) => crate::put::run(&config, store.as_ref(), &signals),
             None => return 2,

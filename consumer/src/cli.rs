@@ -33,6 +33,10 @@ pub enum Command {
     /// Decompress every `<path>.zst` of an extracted tree into `<path>` (like xtrabackup --decompress), checked
     /// against the manifest.
     Decompress(DecompressArgs),
+    /// Decrypt every `<path>.age` of an encrypted backup's extracted tree (`mbstream -x`, or `extract` without a
+    /// key) into `<path>`: every file authenticated and checked against the encrypted manifest, none placed
+    /// unless all are.
+    Decrypt(DecryptTreeArgs),
     /// Store one stream (STDIN) or N pipes in object storage as backup NAME, like `xbcloud put`; complete only
     /// once every object is stored and the stream proved whole.
     Put(PutArgs),
@@ -169,6 +173,34 @@ pub struct DecompressArgs {
     pub overwrite: bool,
 
     /// Decompress threads (files are spread over them).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub parallel: usize,
+}
+
+/// `consumer decrypt`.
+#[derive(Debug, ClapArgs)]
+pub struct DecryptTreeArgs {
+    /// The extracted tree.
+    #[arg(value_name = "OUT")]
+    pub directory: PathBuf,
+
+    /// The key: `--identity FILE` (repeatable) or `--passphrase-file FILE`.
+    #[command(flatten)]
+    pub keys: crypt::args::DecryptArgs,
+
+    /// Decompress `<path>.zst.age` too, in the same pass (without it they become `<path>.zst`).
+    #[arg(long)]
+    pub decompress: bool,
+
+    /// Delete each `.age` once every decrypted file is in place.
+    #[arg(long)]
+    pub remove_original: bool,
+
+    /// Replace decrypted files that already exist.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Decrypt threads (files are spread over them).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub parallel: usize,
 }

@@ -122,37 +122,25 @@ fn decompress_one(
     let compressed = source.metadata()?.len();
     let (partial, file) = target.create(&output)?;
     let record = records.get(wire).copied();
-    let mut sink = CheckingWriter {
-        inner: file,
-        sparse: target.sparse(),
-        crc: CrcPiece::default(),
-        sha1: record.and_then(|r| r.sha1.as_ref()).map(|_| Sha1::new()),
-    };
+    let mut sink = CheckingWriter::new(file, target.sparse(), record.is_some_and(|r| r.sha1.is_some()));
     let result = zstd::stream::copy_decode(&source, &mut sink)
         .map_err(|e| anyhow!("{}: damaged zstd data: {e}", source_path.display()))
         .and_then(|()| check(&source_path, &sink, record))
-        .and_then(|()| {
-            let file = &sink.inner;
-            let (mode, mtime) = match record {
-                Some(record) => {
-                    (record.mode, std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64))
-                }
-                None => {
-                    let meta = source.metadata()?;
-                    (std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777, meta.modified()?)
-                }
-            };
-            file.set_modified(mtime)?;
-            // Permission bits only: a manifest never sets setuid, setgid or sticky.
-            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o777))?;
-            Ok(())
+        .and_then(|()| match record {
+            Some(record) => Ok(sink.finish_like(record)?),
+            None => {
+                let meta = source.metadata()?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+                Ok(sink.finish_with(mode, meta.modified()?)?)
+            }
         });
     drop(partial);
     result?;
     Ok((compressed, sink.crc.len, record.is_some()))
 }
 
-fn open_nofollow(path: &Path) -> Result<File> {
+/// Opens `path` for reading, never through a symlink.
+pub(crate) fn open_nofollow(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
@@ -161,7 +149,8 @@ fn open_nofollow(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-fn check(path: &Path, sink: &CheckingWriter, record: Option<&FileRecord>) -> Result<()> {
+/// What `sink` wrote must be `record`'s content: size, CRC-32 and (when both have one) SHA-1.
+pub(crate) fn check(path: &Path, sink: &CheckingWriter, record: Option<&FileRecord>) -> Result<()> {
     let Some(record) = record else { return Ok(()) };
     let display = path.display();
     if sink.crc.len != record.size {
@@ -180,12 +169,36 @@ fn check(path: &Path, sink: &CheckingWriter, record: Option<&FileRecord>) -> Res
 }
 
 /// A file writer that keeps the CRC-32 (and optionally SHA-1) of what it wrote, leaving holes for zero blocks.
-struct CheckingWriter {
+pub(crate) struct CheckingWriter {
     inner: File,
     sparse: crate::sparse::SparseWriter,
     /// Bytes written so far (the CRC's length).
     crc: CrcPiece,
     sha1: Option<Sha1>,
+}
+
+impl CheckingWriter {
+    /// Writes to `inner` from its start; `sha1`: keep a SHA-1 too.
+    pub(crate) fn new(inner: File, sparse: crate::sparse::SparseWriter, sha1: bool) -> CheckingWriter {
+        CheckingWriter { inner, sparse, crc: CrcPiece::default(), sha1: sha1.then(Sha1::new) }
+    }
+
+    /// What was written so far.
+    pub(crate) fn written(&self) -> CrcPiece {
+        self.crc
+    }
+
+    /// Gives the file `record`'s modification time and permission bits.
+    pub(crate) fn finish_like(&self, record: &FileRecord) -> io::Result<()> {
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.mtime.max(0) as u64);
+        self.finish_with(record.mode, mtime)
+    }
+
+    fn finish_with(&self, mode: u32, mtime: std::time::SystemTime) -> io::Result<()> {
+        self.inner.set_modified(mtime)?;
+        // Permission bits only: a manifest never sets setuid, setgid or sticky.
+        self.inner.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o777))
+    }
 }
 
 impl Write for CheckingWriter {

@@ -6,7 +6,8 @@ manifest proves every file present and intact.
 Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw arguments) → [`config`] (validated
 settings) → a module per command: [`extract`] (the wiring of an extraction), [`listing`] (`extract --list`, as `xbstream
 -t`), [`put`], [`get`], [`catalog`] (`list` and `delete` of stored backups), [`verify`] (re-checking an extracted tree),
-[`decompress`] (`.zst` files of an extracted tree back into originals).
+[`decompress`] (`.zst` files of an extracted tree back into originals), [`decrypt`] (`.age` files of an encrypted
+backup's extracted tree back into originals, every one authenticated).
 
 The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
 owns their file), `decompress_stage.rs` (`--decompress`), `writer.rs` (files written at their offsets, and checked
@@ -26,6 +27,7 @@ pub mod config;
 pub mod coverage;
 pub mod decompress;
 mod decompress_stage;
+pub mod decrypt;
 mod demux;
 mod dispatch;
 pub mod extract;

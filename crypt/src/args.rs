@@ -49,3 +49,36 @@ impl EncryptArgs {
         BackupKey::new(&recipients).map(Some)
     }
 }
+
+/// `--identity`, `--passphrase-file`: the keys that decrypt a backup (`consumer decrypt`, later `extract` and
+/// `get -C` with `--decrypt`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DecryptArgs {
+    /// An age identity file (`age-keygen`'s output: `AGE-SECRET-KEY-1…` lines), as `age -d -i` reads it;
+    /// repeatable: the first that opens the backup is used.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+
+    /// The passphrase on the first line of FILE, for a backup encrypted with `--encrypt-passphrase-file`.
+    #[arg(long, value_name = "FILE", conflicts_with = "identity")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl DecryptArgs {
+    /// Whether a key was given.
+    pub fn given(&self) -> bool {
+        !self.identity.is_empty() || self.passphrase_file.is_some()
+    }
+
+    /// The identities to try, read from their files (every bad one named), or the passphrase's.
+    pub fn identities(&self) -> Result<Vec<Box<dyn age::Identity>>, CryptError> {
+        if let Some(file) = &self.passphrase_file {
+            return Ok(vec![Box::new(age::scrypt::Identity::new(keys::passphrase(file)?))]);
+        }
+        if self.identity.is_empty() {
+            return Err(CryptError::Key("give the key: --identity FILE or --passphrase-file FILE".into()));
+        }
+        let files: Vec<&std::path::Path> = self.identity.iter().map(PathBuf::as_path).collect();
+        keys::identities(&files)
+    }
+}

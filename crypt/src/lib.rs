@@ -14,6 +14,7 @@ order, and lands at an offset computed from its plaintext offset ([`ciphertext_o
 - [`FileCipher`]: one file's payload key and nonce; seals and opens runs of segments ([`FileCipher::seal`],
   [`FileCipher::open`]).
 - [`args`]: the command-line options that ask for encryption.
+- [`FileReader`]: one file read back as plaintext, front to back, its header, nonce and end checked.
 - [`keys`]: recipients, identity files and passphrase files as an operator hands them over.
 
 The construction, and why sharing the header is sound, is in `docs/security.md`.
@@ -23,9 +24,11 @@ pub mod args;
 mod header;
 pub mod keys;
 mod payload;
+mod reader;
 
 pub use header::BackupKey;
 pub use payload::{ciphertext_len, ciphertext_offset, sealed_len, FileCipher, NONCE_LEN, SEGMENT, TAG_LEN};
+pub use reader::FileReader;
 
 /// Why a backup cannot be encrypted or decrypted.
 #[derive(Debug, thiserror::Error)]

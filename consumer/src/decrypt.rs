@@ -1,0 +1,216 @@
+//! `consumer decrypt OUT`: turns every `<path>.age` of an encrypted backup's extracted tree (by `mbstream -x`, or
+//! by `consumer extract` without a key) back into `<path>`, as `consumer decompress` does for `.zst`.
+//!
+//! The backup's key is unwrapped once, from the encrypted manifest ([`proto::SECRET_MANIFEST_NAME`]), whose own
+//! segments authenticate it; its records then say which files the backup has and bind each path to its `.age`
+//! file's payload nonce. Each file must start with the backup's header (a file of another backup, even to the same
+//! key, fails) and the nonce its path is bound to (a file swapped for another fails); every segment authenticates,
+//! the last one flagged (a cut or reordered file fails); and the plaintext's size and CRC-32 must be the manifest's.
+//! Outputs are staged and moved into place together only when every file passed, so nothing unauthenticated ever
+//! lands in OUT. With `--decompress`, `.zst.age` files are decrypted and decompressed in one pass.
+
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+use crypt::args::DecryptArgs;
+use crypt::{BackupKey, FileReader, NONCE_LEN};
+use proto::{FileRecord, Manifest, AGE_SUFFIX, SECRET_MANIFEST_NAME, ZSTD_SUFFIX};
+use runtime::lock::Locked;
+
+use crate::decompress::{check, open_nofollow, CheckingWriter};
+use crate::target::Target;
+
+/// What `consumer decrypt` is asked to do.
+#[derive(Debug)]
+pub struct DecryptJob<'a> {
+    /// The extracted tree.
+    pub root: &'a Path,
+    /// The keys.
+    pub keys: &'a DecryptArgs,
+    /// Decompress `.zst.age` files too.
+    pub decompress: bool,
+    /// Delete each `.age` once everything is in place.
+    pub remove_original: bool,
+    /// Replace outputs that already exist.
+    pub overwrite: bool,
+    /// Threads (files are spread over them).
+    pub threads: usize,
+}
+
+/// Decrypts every file of the encrypted backup extracted in `job.root`; returns a summary.
+pub fn run(job: &DecryptJob) -> Result<String> {
+    let root = job.root;
+    let identities = job.keys.identities()?;
+    let identities: Vec<&dyn age::Identity> = identities.iter().map(|identity| identity.as_ref()).collect();
+    let (key, manifest) = open_manifest(root, &identities)?;
+
+    // Every file the manifest lists must be here, as the `.age` form it names.
+    let mut missing = Vec::new();
+    let mut work = Vec::new();
+    for record in &manifest.files {
+        let stored = record
+            .stored
+            .as_ref()
+            .filter(|stored| stored.nonce.is_some())
+            .ok_or_else(|| anyhow!("the encrypted manifest gives {} no encrypted form", record.path.display()))?;
+        let relative = proto::safe_relative_path(&stored.path.0)
+            .with_context(|| format!("the encrypted manifest names {}", stored.path.display()))?;
+        if std::fs::symlink_metadata(root.join(&relative)).is_err() {
+            missing.push(stored.path.display());
+        }
+        work.push((record, relative));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} file(s) of the backup are missing from {}: {}{}",
+            missing.len(),
+            root.display(),
+            missing.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+            if missing.len() > 10 { ", …" } else { "" }
+        );
+    }
+    warn_about_strangers(root, &work)?;
+
+    let target = Target::open(root, job.overwrite)?;
+    let next = Mutex::new(work.iter());
+    let problems = Mutex::new(Vec::<String>::new());
+    let totals = Mutex::new((0u64, 0u64, 0u64));
+    std::thread::scope(|scope| {
+        for _ in 0..job.threads.max(1) {
+            scope.spawn(|| loop {
+                let Some((record, relative)) = next.locked().next() else { return };
+                match decrypt_one(root, relative, record, &key, &target, job.decompress) {
+                    Ok((sealed, plain)) => {
+                        let mut t = totals.locked();
+                        *t = (t.0 + 1, t.1 + sealed, t.2 + plain);
+                    }
+                    Err(e) => problems.locked().push(format!("{e:#}")),
+                }
+            });
+        }
+    });
+    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !problems.is_empty() {
+        for problem in &problems {
+            log::error!("{problem}");
+        }
+        bail!("{} of {} files could not be decrypted, so none was; first: {}", problems.len(), work.len(), problems[0]);
+    }
+    target.commit(None, true)?;
+    if job.remove_original {
+        for (_, relative) in &work {
+            let path = root.join(relative);
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let (files, sealed, plain) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(format!(
+        "decrypted {files} files ({sealed} -> {plain} bytes), every one authenticated and checked against \
+         {SECRET_MANIFEST_NAME}"
+    ))
+}
+
+/// The backup's key, unwrapped from the encrypted manifest's header, and the manifest, every segment of it
+/// authenticated.
+fn open_manifest(root: &Path, identities: &[&dyn age::Identity]) -> Result<(BackupKey, Manifest)> {
+    let path = root.join(SECRET_MANIFEST_NAME);
+    let sealed = match std::fs::read(&path) {
+        Ok(sealed) => sealed,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "{} has no {SECRET_MANIFEST_NAME}: not an encrypted backup of ours, or not extracted whole",
+            root.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let key = BackupKey::unwrap(&sealed, identities).with_context(|| format!("{}", path.display()))?;
+    let mut plain = Vec::new();
+    FileReader::new(&key, &sealed[..], None)
+        .map_err(io::Error::other)
+        .and_then(|mut reader| reader.read_to_end(&mut plain))
+        .with_context(|| format!("{} does not authenticate", path.display()))?;
+    let manifest = Manifest::from_json(&plain).with_context(|| format!("cannot read {}", path.display()))?;
+    if manifest.encryption.is_none() {
+        bail!("{} does not describe an encrypted backup", path.display());
+    }
+    Ok((key, manifest))
+}
+
+/// `.age` files the encrypted manifest does not list are left alone: named in a warning (added by someone, or
+/// from another backup extracted into the same directory).
+fn warn_about_strangers(root: &Path, work: &[(&FileRecord, PathBuf)]) -> Result<()> {
+    let listed: std::collections::HashSet<&Path> = work.iter().map(|(_, relative)| relative.as_path()).collect();
+    let mut strangers = Vec::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+        let entry = entry.with_context(|| format!("cannot walk {}", root.display()))?;
+        let relative = entry.path().strip_prefix(root).expect("under the root");
+        let named_age = relative.extension().is_some_and(|extension| extension == &AGE_SUFFIX[1..]);
+        if entry.file_type().is_file() && named_age && relative != Path::new(SECRET_MANIFEST_NAME) {
+            if !listed.contains(relative) {
+                strangers.push(relative.display().to_string());
+            }
+        }
+    }
+    if !strangers.is_empty() {
+        log::warn!(
+            "{} `.age` file(s) the encrypted manifest does not list were left as they are: {}",
+            strangers.len(),
+            strangers.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Decrypts one file into the staging directory, checked; returns (sealed bytes, plaintext bytes written).
+fn decrypt_one(
+    root: &Path,
+    relative: &Path,
+    record: &FileRecord,
+    key: &BackupKey,
+    target: &Target,
+    decompress: bool,
+) -> Result<(u64, u64)> {
+    let stored = record.stored.as_ref().expect("checked: an encrypted form");
+    let source_path = root.join(relative);
+    let shown = source_path.display();
+    let nonce: [u8; NONCE_LEN] = stored
+        .nonce
+        .as_deref()
+        .and_then(|nonce| hex::decode(nonce).ok())
+        .and_then(|nonce| nonce.try_into().ok())
+        .ok_or_else(|| anyhow!("the encrypted manifest gives {} a damaged nonce", record.path.display()))?;
+    let source = open_nofollow(&source_path)?;
+    let sealed_len = source.metadata()?.len();
+    if sealed_len != stored.size {
+        bail!("{shown} is {sealed_len} bytes; the backup's manifest says {}", stored.size);
+    }
+    // Compressed then encrypted: `.zst.age`, decompressed too with --decompress, else kept as `.zst`.
+    let compressed = stored.path.0.ends_with(format!("{ZSTD_SUFFIX}{AGE_SUFFIX}").as_bytes());
+    let mut output = record.path.0.clone();
+    if compressed && !decompress {
+        output.extend_from_slice(ZSTD_SUFFIX.as_bytes());
+    }
+    let output = proto::safe_relative_path(&output)?;
+    let (partial, file) = target.create(&output)?;
+    let mut sink = CheckingWriter::new(file, target.sparse(), record.sha1.is_some() && (decompress || !compressed));
+    let reader = FileReader::new(key, BufReader::with_capacity(1 << 20, source), Some(&nonce))
+        .map_err(|e| anyhow!("{shown}: {e}"))?;
+    let copied = if compressed && decompress {
+        zstd::stream::copy_decode(reader, &mut sink)
+    } else {
+        io::copy(&mut { reader }, &mut sink).map(|_| ())
+    };
+    let result = copied
+        .map_err(|e| anyhow!("{shown}: {e}"))
+        .and_then(|()| match compressed && !decompress {
+            // Kept compressed: authenticated by its segments (and zstd's own checksums when it is decompressed);
+            // its original size and CRC-32 are checked only with --decompress.
+            true => Ok(()),
+            false => check(&source_path, &sink, Some(record)),
+        })
+        .and_then(|()| Ok(sink.finish_like(record)?));
+    drop(partial);
+    result?;
+    Ok((sealed_len, sink.written().len))
+}
