@@ -146,10 +146,9 @@ fn warn_about_strangers(root: &Path, work: &[(&FileRecord, PathBuf)]) -> Result<
         let entry = entry.with_context(|| format!("cannot walk {}", root.display()))?;
         let relative = entry.path().strip_prefix(root).expect("under the root");
         let named_age = relative.extension().is_some_and(|extension| extension == &AGE_SUFFIX[1..]);
-        if entry.file_type().is_file() && named_age && relative != Path::new(SECRET_MANIFEST_NAME) {
-            if !listed.contains(relative) {
-                strangers.push(relative.display().to_string());
-            }
+        let ours = relative == Path::new(SECRET_MANIFEST_NAME) || listed.contains(relative);
+        if entry.file_type().is_file() && named_age && !ours {
+            strangers.push(relative.display().to_string());
         }
     }
     if !strangers.is_empty() {
