@@ -385,3 +385,167 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
         assert_eq!(list_tree(&out), before);
     }
 }
+
+#[test]
+fn extract_and_get_decrypt_on_the_fly_through_pipes_and_a_store() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "backup.key");
+    let files = tree();
+    let src = temp_tree(&files);
+    let key_arg = key.to_str().unwrap();
+    for (pipes, compress) in [(0, false), (3, false), (3, true)] {
+        let out = work.path().join(format!("out-{pipes}-{compress}"));
+        let mut producer_args = vec!["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
+        let mut consumer_args = vec!["--decrypt", "--identity", key_arg];
+        if compress {
+            producer_args.push("--compress");
+            consumer_args.push("--decompress");
+        }
+        let said = round_trip(src.path(), &out, pipes, &producer_args, &consumer_args);
+        assert!(said.contains("every file decrypted and authenticated"), "{said}");
+        for (path, contents) in &files {
+            assert!(fs::read(out.join(path)).unwrap() == *contents, "{path} ({pipes} pipes, compress {compress})");
+        }
+        // The manifest left in OUT is the decrypted one: the tree's real records.
+        let manifest = read_manifest(&out);
+        assert_eq!(manifest.files.len(), files.len());
+        assert!(manifest.files.iter().all(|record| !record.path.0.ends_with(b".age")));
+    }
+
+    // Stored as it travels (no key needed to store it), brought back decrypted with `get -C --decrypt`.
+    let store = work.path().join("store");
+    let storage = ["--storage".to_string(), format!("file://{}", store.display())];
+    let stream = produce(src.path(), &["--encrypt-recipient", &recipient]);
+    let put = run_with_stdin(&mut consumer_with_storage(&["put", "nightly"], &storage), &stream);
+    assert_success(&put, "put of an encrypted stream");
+    let out = work.path().join("got");
+    let got = run_consumer(
+        &["get", "nightly", "-C", out.to_str().unwrap(), "--decrypt", "--identity", key_arg],
+        &storage,
+        None,
+    );
+    assert_success(&got, "get -C --decrypt");
+    for (path, contents) in &files {
+        assert!(fs::read(out.join(path)).unwrap() == *contents, "got {path}");
+    }
+}
+
+/// Every forgery of the stream by someone who holds no key, each chunk's CRC-32 made to match so that only the
+/// cryptography can notice: `extract --decrypt` exits 1 naming the file, and leaves nothing in OUT.
+#[test]
+fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "backup.key");
+    let (stranger, _) = keygen(work.path(), "stranger.key");
+    let mut files = tree();
+    files.push(("a/twin", pseudo_random_bytes(200_000, 21)));
+    files.push(("b/twin", pseudo_random_bytes(200_000, 22)));
+    let src = temp_tree(&files);
+    let args = ["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
+    let stream = parse(&produce(src.path(), &args));
+    let other = parse(&produce(src.path(), &args));
+    let payloads_of = |chunks: &Chunks, path: &[u8]| -> Vec<usize> {
+        (0..chunks.len())
+            .filter(|&i| chunks[i].0.path == path && chunks[i].0.kind == proto::ChunkKind::Payload)
+            .collect()
+    };
+    type Forgery = Box<dyn Fn(&mut Chunks)>;
+    let forgeries: Vec<(&str, &str, Forgery)> = vec![
+        (
+            "a changed byte",
+            "db/t1.ibd",
+            Box::new(move |chunks: &mut Chunks| {
+                let at = payloads_of(chunks, b"db/t1.ibd.age")[1];
+                chunks[at].1[1000] ^= 1;
+            }),
+        ),
+        (
+            "two chunks' payloads swapped",
+            "ibdata1",
+            Box::new(move |chunks: &mut Chunks| {
+                let at = payloads_of(chunks, b"ibdata1.age");
+                let (first, second) = (chunks[at[1]].1.clone(), chunks[at[2]].1.clone());
+                chunks[at[1]].1 = second;
+                chunks[at[2]].1 = first;
+            }),
+        ),
+        (
+            "the last chunk dropped (cut at a segment boundary)",
+            "ibdata1",
+            Box::new(move |chunks: &mut Chunks| {
+                let last = *payloads_of(chunks, b"ibdata1.age").last().unwrap();
+                chunks.remove(last);
+            }),
+        ),
+        (
+            "two files of one size swapped",
+            "twin",
+            Box::new(|chunks: &mut Chunks| {
+                for (header, _) in chunks.iter_mut() {
+                    match header.path.as_slice() {
+                        b"a/twin.age" => header.path = b"b/twin.age".to_vec(),
+                        b"b/twin.age" => header.path = b"a/twin.age".to_vec(),
+                        _ => {}
+                    }
+                }
+            }),
+        ),
+        (
+            "a file of another backup to the same key",
+            "one",
+            Box::new(move |chunks: &mut Chunks| {
+                let at = payloads_of(chunks, b"one.age")[0];
+                let theirs = payloads_of(&other, b"one.age")[0];
+                chunks[at].1 = other[theirs].1.clone();
+            }),
+        ),
+        (
+            "a whole file dropped",
+            "more",
+            Box::new(|chunks: &mut Chunks| chunks.retain(|(header, _)| header.path != b"more.age")),
+        ),
+        (
+            "a changed encrypted manifest",
+            proto::SECRET_MANIFEST_NAME,
+            Box::new(move |chunks: &mut Chunks| {
+                let at = payloads_of(chunks, proto::SECRET_MANIFEST_NAME.as_bytes())[0];
+                let len = chunks[at].1.len();
+                chunks[at].1[len - 30] ^= 1;
+            }),
+        ),
+    ];
+    for (what, named, forge) in forgeries {
+        let mut chunks = stream.clone();
+        forge(&mut chunks);
+        let out = work.path().join("out");
+        let output = consume(
+            &["extract", "-C", out.to_str().unwrap(), "--decrypt", "--identity", key.to_str().unwrap()],
+            &encode(&chunks),
+        );
+        let said = assert_failure(&output, what);
+        assert!(said.contains(named), "{what}: {said}");
+        assert!(list_tree(&out).is_empty(), "{what}: nothing left in OUT: {:?}", list_tree(&out));
+    }
+
+    // The wrong key, or a passphrase for a backup made for a key; and --decrypt on a stream that is not
+    // encrypted: exit 1, nothing in OUT.
+    let passphrase = work.path().join("passphrase");
+    fs::write(&passphrase, "not this one\n").unwrap();
+    let plain = produce(src.path(), &[]);
+    let cases: [(&[u8], [&str; 2], &str); 3] = [
+        (&encode(&stream), ["--identity", stranger.to_str().unwrap()], "no identity given can decrypt this backup"),
+        (
+            &encode(&stream),
+            ["--passphrase-file", passphrase.to_str().unwrap()],
+            "no identity given can decrypt this backup",
+        ),
+        (&plain, ["--identity", key.to_str().unwrap()], "is not encrypted"),
+    ];
+    for (input, keys, expected) in cases {
+        let out = work.path().join("out");
+        let output = consume(&["extract", "-C", out.to_str().unwrap(), "--decrypt", keys[0], keys[1]], input);
+        let said = assert_failure(&output, &format!("{keys:?}"));
+        assert!(said.contains(expected), "{keys:?}: {said}");
+        assert!(list_tree(&out).is_empty(), "{keys:?}");
+    }
+}

@@ -131,6 +131,14 @@ pub struct GetArgs {
     /// With -C: decompress `.zst` files on the fly.
     #[arg(long)]
     pub decompress: bool,
+
+    /// With -C: decrypt an encrypted backup on the fly, as `extract --decrypt` does.
+    #[arg(long)]
+    pub decrypt: bool,
+
+    /// The key for --decrypt.
+    #[command(flatten)]
+    pub keys: crypt::args::DecryptArgs,
 }
 
 /// `consumer list`.
@@ -240,6 +248,16 @@ pub struct ExtractArgs {
     /// Decompress threads for --decompress.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub decompress_threads: usize,
+
+    /// Decrypt an encrypted backup (`producer --encrypt-recipient`) on the fly, in parallel: every file written as
+    /// `<path>`, each segment authenticated and every file checked against the encrypted manifest (with
+    /// --decompress for a compressed one). Needs --identity or --passphrase-file.
+    #[arg(long)]
+    pub decrypt: bool,
+
+    /// The key for --decrypt.
+    #[command(flatten)]
+    pub keys: crypt::args::DecryptArgs,
 
     /// Replace files that already exist in the target directory.
     #[arg(long)]

@@ -11,6 +11,16 @@ use runtime::size::{human, size_arg};
 use crate::cli::{ExtractArgs, StreamDigest};
 use transport::{End, Endpoint};
 
+/// `--decrypt` and its keys, checked to come together.
+pub(crate) fn decryption(decrypt: bool, keys: &crypt::args::DecryptArgs) -> Result<Option<crypt::args::DecryptArgs>> {
+    match (decrypt, keys.given()) {
+        (true, true) => Ok(Some(keys.clone())),
+        (true, false) => bail!("--decrypt needs the key: --identity FILE or --passphrase-file FILE"),
+        (false, true) => bail!("--identity and --passphrase-file are for --decrypt"),
+        (false, false) => Ok(None),
+    }
+}
+
 /// Validated `extract` settings.
 #[derive(Debug, Clone)]
 pub struct ExtractConfig {
@@ -45,6 +55,10 @@ pub struct ExtractConfig {
     pub decompress: bool,
     /// Decompress threads.
     pub decompress_threads: usize,
+    /// `--decrypt`: the keys to decrypt with (read when the run starts).
+    pub decrypt: Option<crypt::args::DecryptArgs>,
+    /// Decrypt threads (with `--decrypt`).
+    pub decrypt_threads: usize,
     /// Where to write statistics.
     pub stats_json: Option<PathBuf>,
     /// Progress display.
@@ -101,6 +115,8 @@ impl ExtractConfig {
             stream_sha1: args.digest == StreamDigest::Sha1,
             decompress: args.decompress,
             decompress_threads,
+            decrypt: decryption(args.decrypt, &args.keys)?,
+            decrypt_threads: args.parallel.max(2),
             stats_json: args.stats_json.clone(),
             progress,
         })

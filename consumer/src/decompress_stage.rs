@@ -1,5 +1,5 @@
-//! The decompress stage of `extract --decompress`: compressed chunks back into original bytes, in parallel, on their
-//! way to the writer that owns their file.
+//! The decompress stage of `extract --decompress`: compressed chunks (decrypted first with `--decrypt`) back into
+//! original bytes, in parallel, on their way to the writer that owns their file.
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -29,7 +29,10 @@ pub(crate) fn decompress_stream(
                 header.stream_offset
             )
         };
-        let (range, frame) = parse_offset_frame(&chunk.data).expect("checked by the reader");
+        // Checked by the reader, or (decrypted first) only now.
+        let Some((range, frame)) = parse_offset_frame(&chunk.data) else {
+            bail!("{}: not a chunk compressed by our producer (no offset frame)", context());
+        };
         if range.len as usize > scratch.capacity() {
             bail!("{}: decompresses to {} bytes, more than --max-chunk-size", context(), range.len);
         }
@@ -41,10 +44,14 @@ pub(crate) fn decompress_stream(
             bail!("{}: the frame decompressed to {written} bytes, its header says {}", context(), range.len);
         }
         scratch.set_len(written);
-        let stored = (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len });
+        // Decrypted first: the payload as it travelled, and its segments, are the decrypt stage's.
+        let (stored, sealed) = match chunk.decoded {
+            Some(decrypted) => (decrypted.stored, decrypted.sealed),
+            None => ((header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len }), None),
+        };
         std::mem::swap(&mut chunk.data, &mut scratch);
-        chunk.decoded = Some(Decoded { offset: range.offset, crc: CrcPiece::of(&chunk.data).crc, stored });
-        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+        chunk.decoded = Some(Decoded { offset: range.offset, crc: CrcPiece::of(&chunk.data).crc, stored, sealed });
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
     }
     Ok(())
 }

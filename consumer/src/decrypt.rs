@@ -43,7 +43,8 @@ pub struct DecryptJob<'a> {
 pub fn run(job: &DecryptJob) -> Result<String> {
     let root = job.root;
     let identities = job.keys.identities()?;
-    let identities: Vec<&dyn age::Identity> = identities.iter().map(|identity| identity.as_ref()).collect();
+    let identities: Vec<&dyn age::Identity> =
+        identities.iter().map(|identity| identity.as_ref() as &dyn age::Identity).collect();
     let (key, manifest) = open_manifest(root, &identities)?;
 
     // Every file the manifest lists must be here, as the `.age` form it names.

@@ -7,15 +7,16 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::Sender;
-use proto::{parse_offset_frame, strip_zstd_suffix, ChunkHeader, ChunkKind, Digest};
+use proto::{parse_offset_frame, strip_zstd_suffix, ChunkHeader, ChunkKind, Digest, AGE_SUFFIX, MANIFEST_NAME};
 use runtime::cancel::{send, Cancel};
 use runtime::pool::{BufferPool, PooledBuffer};
 use runtime::progress::Counters;
 
 use crate::batch::{BatchedChunk, ChunkBatch, Destination};
 use crate::config::ExtractConfig;
+use crate::decrypt_stage::Keyring;
 use crate::dispatch::{owner, Announced, ChunkMessage, WriterMessage};
 use crate::source::{SourceChunk, StreamEnd, StreamSource};
 
@@ -24,6 +25,9 @@ pub(crate) struct Readers<'a> {
     pub(crate) config: &'a ExtractConfig,
     pub(crate) writers: &'a [Sender<WriterMessage>],
     pub(crate) decompressors: &'a Sender<ChunkMessage>,
+    /// With `--decrypt`: the decrypt threads, and the keyring the readers fill.
+    pub(crate) decryptors: &'a Sender<ChunkMessage>,
+    pub(crate) keyring: Option<&'a Keyring>,
     pub(crate) pool: &'a BufferPool,
     pub(crate) cancel: &'a Cancel,
     pub(crate) counters: &'a Counters,
@@ -62,7 +66,7 @@ pub(crate) fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<
                 }
             });
         }
-        if batch.is_none() && !config.decompress {
+        if batch.is_none() && !config.decompress && config.decrypt.is_none() {
             batch = pool.try_take().map(|data| ChunkBatch::new(index, data));
         }
         let mut destination = Destination::new(own.as_mut().expect("taken above"), batch.as_mut());
@@ -110,17 +114,20 @@ pub(crate) fn forward_chunk(
 ) -> Result<()> {
     let Readers { config, writers, decompressors, cancel, .. } = *shared;
     let index = source.index();
+    if let Some(keyring) = shared.keyring {
+        return forward_encrypted(source, header, data, shared, keyring);
+    }
     let original = if config.decompress { strip_zstd_suffix(&header.path) } else { None };
     let Some(original) = original.map(<[u8]>::to_vec) else {
         let key = header.path.clone();
-        let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None };
-        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+        let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None, nonce: None };
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
         return Ok(());
     };
     let relative = proto::safe_relative_path(&original)?;
-    let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None };
+    let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None, nonce: None };
     if chunk.header.kind == ChunkKind::Eof {
-        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(chunk), cancel)?;
+        send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
     } else if parse_offset_frame(&chunk.data).is_none() {
         bail!(
             "{}: {} (chunk at stream offset {:#x}) was not compressed by our producer (no offset frame): extract \
@@ -132,5 +139,66 @@ pub(crate) fn forward_chunk(
     } else {
         send(decompressors, chunk, cancel)?;
     }
+    Ok(())
+}
+
+/// With `--decrypt`: a chunk of an encrypted backup, held under its original name (`.age`, and for a compressed
+/// backup `.zst`, taken off). A payload goes to the decrypt threads with its file's nonce (learnt from the file's
+/// first chunk, which is checked here: see [`Keyring`]); an end goes to the writer. The clear manifest is left
+/// out (the encrypted one, decrypted, is the manifest); a file that is not `.age` is refused, so nothing
+/// unauthenticated is ever written.
+fn forward_encrypted(
+    source: &StreamSource,
+    header: ChunkHeader,
+    data: PooledBuffer,
+    shared: &Readers,
+    keyring: &Keyring,
+) -> Result<()> {
+    let Readers { config, writers, decryptors, cancel, .. } = *shared;
+    let Some(sealed) = header.path.strip_suffix(AGE_SUFFIX.as_bytes()) else {
+        if header.path == MANIFEST_NAME.as_bytes() {
+            return Ok(());
+        }
+        bail!(
+            "{}: {} is not encrypted: --decrypt restores an encrypted backup, every file of which is `.age`",
+            source.describe(),
+            header.display_path()
+        );
+    };
+    let marker = source.marker();
+    let compressed = marker.is_some_and(|marker| marker.compression != proto::Compression::None);
+    // In a compressed backup every file is `.zst.age` but the encrypted manifest (never compressed).
+    let original = match (compressed, strip_zstd_suffix(sealed)) {
+        (true, Some(original)) if config.decompress => original,
+        (true, Some(_)) => bail!(
+            "{}: {} is compressed and encrypted: --decrypt needs --decompress too (or extract without --decrypt, \
+             then run `consumer decrypt --decompress`)",
+            source.describe(),
+            header.display_path()
+        ),
+        (_, _) => sealed,
+    };
+    let key = original.to_vec();
+    let relative = proto::safe_relative_path(&key)?;
+    let nonce = match header.kind {
+        ChunkKind::Eof => {
+            // All of a file's chunks come on one stream, in order, when there is one stream or files are bound to
+            // streams: none can follow its end, so its nonce is forgotten.
+            let bound = marker.is_some_and(|marker| marker.binding == proto::MarkerBinding::File);
+            if bound || marker.is_some_and(|marker| marker.streams == 1) {
+                keyring.forget(&header.path);
+            }
+            let chunk =
+                ChunkMessage { stream: source.index(), header, key, relative, data, decoded: None, nonce: None };
+            send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
+            return Ok(());
+        }
+        ChunkKind::Payload if header.file_offset == 0 => {
+            keyring.start(&header.path, &data).map_err(|e| anyhow!("{}: {e:#}", source.describe()))?
+        }
+        ChunkKind::Payload => keyring.nonce_of(&header.path, header.file_offset, cancel)?,
+    };
+    let chunk = ChunkMessage { stream: source.index(), header, key, relative, data, decoded: None, nonce: Some(nonce) };
+    send(decryptors, chunk, cancel)?;
     Ok(())
 }

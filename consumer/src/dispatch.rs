@@ -30,8 +30,10 @@ pub(crate) struct ChunkMessage {
     pub(crate) key: Vec<u8>,
     pub(crate) relative: PathBuf,
     pub(crate) data: PooledBuffer,
-    /// Set once a decompress thread has turned the payload back into original bytes.
+    /// Set once a decrypt or decompress thread has turned the payload back into original bytes.
     pub(crate) decoded: Option<Decoded>,
+    /// With `--decrypt`, for a chunk of a `.age` file: the payload nonce its file started with.
+    pub(crate) nonce: Option<[u8; crypt::NONCE_LEN]>,
 }
 
 /// Where a decompressed chunk came from and where it goes.
@@ -41,8 +43,22 @@ pub(crate) struct Decoded {
     pub(crate) offset: u64,
     /// CRC-32 of the original bytes.
     pub(crate) crc: u32,
-    /// The compressed payload's place in `<path>.zst`, length and CRC-32 (checked against the manifest's stored form).
+    /// The payload's place in the file as it travelled (`<path>.zst`, `<path>.age`), length and CRC-32 (checked
+    /// against the manifest's stored form).
     pub(crate) stored: (u64, CrcPiece),
+    /// Decrypted: what the file's final check needs of its segments.
+    pub(crate) sealed: Option<SealedPiece>,
+}
+
+/// A decrypted chunk's place among its file's age segments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SealedPiece {
+    /// Where its plaintext ends in the file as encrypted (the original, or the padded `.zst`).
+    pub(crate) end: u64,
+    /// Its final segment is flagged as the file's last.
+    pub(crate) last: bool,
+    /// For the file's first chunk: the payload nonce after its header (bound to the path by the manifest).
+    pub(crate) nonce: Option<[u8; crypt::NONCE_LEN]>,
 }
 
 impl ChunkMessage {
@@ -78,7 +94,8 @@ pub(crate) const MISSING_EXAMPLES: usize = 10;
 
 /// What a writer thread is asked to do: write a chunk, or take part in one of the closing phases.
 pub(crate) enum WriterMessage {
-    Chunk(ChunkMessage),
+    /// One chunk (boxed: a chunk's message is large beside the others).
+    Chunk(Box<ChunkMessage>),
     Batch(Arc<ChunkBatch>),
     /// Hand over the manifest (opened for reading) if this writer holds it.
     EndOfStreams(Sender<Option<File>>),

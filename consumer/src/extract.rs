@@ -19,7 +19,10 @@
 //!    stream carried what the manifest says;
 //! 3. *commit*: partial files are renamed into place, the filesystem is synced, and the manifest is renamed last.
 //!
-//! Each stage has a file of its own: `demux.rs` (the readers), `decompress_stage.rs`, `writer.rs` (which also
+//! With `--decrypt`, chunks of `.age` files pass through the decrypt threads (`decrypt_stage.rs`) first, and the
+//! manifest is the encrypted one, decrypted like every file.
+//!
+//! Each stage has a file of its own: `demux.rs` (the readers), `decrypt_stage.rs`, `decompress_stage.rs`, `writer.rs` (which also
 //! bounds per-file memory), `proof.rs` (the phases); `dispatch.rs` holds what travels between them. This file only
 //! wires them.
 //!
@@ -43,6 +46,7 @@ use serde::Serialize;
 
 use crate::config::ExtractConfig;
 use crate::decompress_stage::decompress_stream;
+use crate::decrypt_stage::{decrypt_chunks, Keyring};
 use crate::demux::{read_stream, Readers};
 use crate::dispatch::{Announced, ChunkMessage, WriterMessage};
 use crate::input::{open_inputs, InputStream};
@@ -62,8 +66,13 @@ pub fn run(config: &ExtractConfig, signals: &Signals) -> Result<String> {
 /// Extracts `inputs` (the streams, in order) as configured: the whole run once the streams are open.
 pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signals, cancel: &Cancel) -> Result<String> {
     let started = Instant::now();
-    let target = Target::open(&config.target, config.overwrite)?;
     let stream_count = inputs.len();
+    // The keys are read before anything is written: a damaged identity file fails here.
+    let keyring = match &config.decrypt {
+        Some(keys) => Some(Keyring::new(keys.identities()?, stream_count)),
+        None => None,
+    };
+    let target = Target::open(&config.target, config.overwrite)?;
     let pool = BufferPool::new(config.buffers, config.buffer_size);
     let failure = Failure::new(cancel.clone());
     // Whether writers hash files as they arrive: asked for (--digest sha1), or announced by the streams' markers.
@@ -106,11 +115,28 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
             .collect();
         drop(decompress_receiver);
 
+        let (decrypt_sender, decrypt_receiver) = crossbeam_channel::bounded::<ChunkMessage>(config.buffers);
+        let keyring = keyring.as_ref();
+        let decryptors: Vec<_> = match keyring {
+            Some(keyring) => (0..config.decrypt_threads)
+                .map(|index| {
+                    let (jobs, senders, decompress) =
+                        (decrypt_receiver.clone(), senders.clone(), decompress_sender.clone());
+                    failure.spawn_stage(scope, format!("decrypt-{index}"), move || {
+                        decrypt_chunks(&jobs, keyring, &senders, &decompress, cancel)
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        drop(decrypt_receiver);
+
         let readers: Vec<_> = inputs
             .into_iter()
             .enumerate()
             .map(|(index, input)| {
-                let (senders, decompress_sender) = (senders.clone(), decompress_sender.clone());
+                let (senders, decompress_sender, decrypt_sender) =
+                    (senders.clone(), decompress_sender.clone(), decrypt_sender.clone());
                 let same_backup = Arc::clone(&same_backup);
                 failure.spawn_stage(scope, format!("reader-{index}"), move || {
                     let max_payload = pool.buffer_size() as u64;
@@ -120,17 +146,27 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                         config,
                         writers: &senders,
                         decompressors: &decompress_sender,
+                        decryptors: &decrypt_sender,
+                        keyring,
                         pool,
                         cancel,
                         counters,
                         announced,
                     };
-                    read_stream(source, &shared)
+                    let ended = read_stream(source, &shared);
+                    // Readers waiting for a file's first chunk recount (see `Keyring::nonce_of`).
+                    if let Some(keyring) = keyring {
+                        keyring.reader_done();
+                    }
+                    ended
                 })
             })
             .collect();
         let streams: Vec<_> = readers.into_iter().map(|r| failure.joined(r.join(), "reader").flatten()).collect();
-        drop(decompress_sender);
+        drop((decrypt_sender, decompress_sender));
+        for decryptor in decryptors {
+            failure.joined(decryptor.join(), "decrypt");
+        }
         for decompressor in decompressors {
             failure.joined(decompressor.join(), "decompress");
         }
@@ -202,9 +238,12 @@ fn summarize(
         "completeness unproven (no manifest)".to_string()
     };
     // An encrypted backup without a key: proven as it travels, its files left as `.age`.
-    let proof = match outcome.encrypted {
-        true => format!("{proof}; the files are age-encrypted and kept as <path>.age (age -d -i KEY decrypts each)"),
-        false => proof,
+    let proof = match (outcome.encrypted, outcome.decrypted) {
+        (true, _) => {
+            format!("{proof}; the files are age-encrypted and kept as <path>.age (age -d -i KEY decrypts each)")
+        }
+        (false, true) => format!("{proof}.age, every file decrypted and authenticated"),
+        (false, false) => proof,
     };
     Ok(format!(
         "extracted {} files, {} in {elapsed:.2} s ({:.0} MB/s) from {stream_count} stream{} into {}; {proof}",

@@ -101,6 +101,8 @@ impl GetConfig {
                     stream_sha1: false,
                     decompress: args.decompress,
                     decompress_threads: if args.decompress { 2 } else { 0 },
+                    decrypt: crate::config::decryption(args.decrypt, &args.keys)?,
+                    decrypt_threads: args.writers.max(2),
                     stats_json: None,
                     progress: ProgressMode::choose(verbose, quiet, true),
                 }))

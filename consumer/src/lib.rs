@@ -10,7 +10,7 @@ settings) → a module per command: [`extract`] (the wiring of an extraction), [
 backup's extracted tree back into originals, every one authenticated).
 
 The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
-owns their file), `decompress_stage.rs` (`--decompress`), `writer.rs` (files written at their offsets, and checked
+owns their file), `decrypt_stage.rs` (`--decrypt`), `decompress_stage.rs` (`--decompress`), `writer.rs` (files written at their offsets, and checked
 against their records), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what
 travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its
 start marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
@@ -28,6 +28,7 @@ pub mod coverage;
 pub mod decompress;
 mod decompress_stage;
 pub mod decrypt;
+mod decrypt_stage;
 mod demux;
 mod dispatch;
 pub mod extract;

@@ -22,6 +22,8 @@ pub(crate) struct Outcome {
     pub(crate) proven: bool,
     /// The manifest says the files are encrypted (`<path>.age`, kept as they are).
     pub(crate) encrypted: bool,
+    /// They were decrypted (`--decrypt`): every one authenticated.
+    pub(crate) decrypted: bool,
     pub(crate) streams: Vec<StreamStats>,
 }
 
@@ -67,7 +69,10 @@ pub(crate) fn prove_and_commit(
         };
         let proven = head.is_some();
         let encrypted = head.as_ref().is_some_and(|head| head.encryption.is_some());
-        if encrypted && config.decompress {
+        if config.decrypt.is_some() && !encrypted {
+            bail!("--decrypt: the stream's manifest describes a backup that is not encrypted");
+        }
+        if encrypted && config.decompress && config.decrypt.is_none() {
             log::warn!("--decompress: this backup's files are encrypted, so they are kept as they came (`.zst.age`)");
         }
         // 2. Verify: every writer finishes its checks at the same time.
@@ -96,7 +101,11 @@ pub(crate) fn prove_and_commit(
             );
         }
         if let Some(head) = &head {
-            check_streams(head, streams)?;
+            // Decrypted, the manifest is the encrypted one, which cannot count its own chunks: every file was
+            // proven against it, authenticated, and that is the proof.
+            if config.decrypt.is_none() {
+                check_streams(head, streams)?;
+            }
             // Placeholders are not part of the backed-up tree: not counted among its files.
             found.files -= target.stage_directories(&head.directories)?;
         }
@@ -114,7 +123,8 @@ pub(crate) fn prove_and_commit(
             files: found.files,
             bytes: found.bytes,
             proven,
-            encrypted,
+            encrypted: encrypted && config.decrypt.is_none(),
+            decrypted: config.decrypt.is_some(),
             streams: streams
                 .iter()
                 .map(|end| StreamStats {
@@ -156,8 +166,9 @@ pub(crate) fn check_against_manifest(
         |record| -> Result<()> {
             crate::verify::report_corrupt_record(&record);
             // The file is held under the name it was written as: its `.zst` name when it is not decompressed.
+            // Decrypted, it is held under its original path (a compressed one is decompressed too).
             let key = match &record.stored {
-                Some(stored) if !config.decompress => stored.path.0.clone(),
+                Some(stored) if !config.decompress && config.decrypt.is_none() => stored.path.0.clone(),
                 _ => record.path.0.clone(),
             };
             let writer = owner(&key, writers.len());

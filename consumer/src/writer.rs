@@ -21,7 +21,7 @@ use sha1::{Digest as _, Sha1};
 
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
-use crate::dispatch::{Announced, ChunkMessage, Decoded, Verified, WriterMessage, MISSING_EXAMPLES};
+use crate::dispatch::{Announced, ChunkMessage, Decoded, SealedPiece, Verified, WriterMessage, MISSING_EXAMPLES};
 use crate::target::{PartialFile, Target};
 
 /// One writer's files.
@@ -68,14 +68,48 @@ struct Ended {
     sha1: Option<Box<[u8; 20]>>,
 }
 
+/// What a decrypted file's final check needs of its segments: its nonce (from its first chunk), the end of the
+/// chunk whose final segment was flagged as the file's last, and the furthest end of any chunk.
+#[derive(Debug, Default)]
+struct SealedEnds {
+    nonce: Option<[u8; crypt::NONCE_LEN]>,
+    last_end: Option<u64>,
+    max_end: u64,
+}
+
+impl SealedEnds {
+    fn add(&mut self, piece: SealedPiece) -> Result<()> {
+        if piece.nonce.is_some() {
+            self.nonce = piece.nonce;
+        }
+        if piece.last && self.last_end.replace(piece.end).is_some() {
+            bail!("two segments are flagged as the file's last");
+        }
+        self.max_end = self.max_end.max(piece.end);
+        Ok(())
+    }
+
+    /// The file ended where its last segment says: not cut short, nothing after it.
+    fn check_end(&self, display: &str) -> Result<()> {
+        match self.last_end {
+            None => bail!("{display}: no segment is flagged as the file's last: it was cut short"),
+            Some(end) if end != self.max_end => bail!("{display}: bytes follow the segment flagged as the file's last"),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 /// A file being extracted.
 struct Slot {
     partial: PartialFile,
     file: Option<File>,
     /// The file's bytes as written (original bytes when decompressed).
     coverage: Coverage,
-    /// For a decompressed file, its compressed bytes as they travelled (checked against the manifest's stored form).
+    /// For a decompressed or decrypted file, its bytes as they travelled (checked against the manifest's stored
+    /// form).
     stored: Option<Coverage>,
+    /// For a decrypted file: its nonce and where its segments end.
+    sealed: Option<SealedEnds>,
     ended: bool,
     /// Checked against its manifest record.
     verified: bool,
@@ -117,7 +151,7 @@ impl<'a> Writer<'a> {
         while let Some(message) = recv(receiver, cancel)? {
             match message {
                 WriterMessage::Chunk(chunk) => {
-                    let ChunkMessage { header, key, relative, data, decoded, stream } = chunk;
+                    let ChunkMessage { header, key, relative, data, decoded, stream, .. } = *chunk;
                     self.write(stream, &header, &key, &relative, &data, decoded)
                         .with_context(|| chunk_context(&header, stream))?;
                 }
@@ -207,7 +241,17 @@ impl<'a> Writer<'a> {
         coverage.insert(0, got).map_err(|overlap| anyhow!("{overlap}"))?;
         let file = partial.reopen_for_write()?;
         self.forgotten -= 1;
-        Ok(Slot { partial, file: Some(file), coverage, stored: None, ended: true, verified: false, stream, sha1: None })
+        Ok(Slot {
+            partial,
+            file: Some(file),
+            coverage,
+            stored: None,
+            sealed: None,
+            ended: true,
+            verified: false,
+            stream,
+            sha1: None,
+        })
     }
 
     /// A whole small file, new to this writer: its one payload (`header`, at offset 0, `data`) and its `E`, which
@@ -251,6 +295,7 @@ impl<'a> Writer<'a> {
                 file: None,
                 coverage,
                 stored: None,
+                sealed: None,
                 ended: true,
                 verified: false,
                 stream: ended.stream as usize,
@@ -265,6 +310,7 @@ impl<'a> Writer<'a> {
                     file: Some(file),
                     coverage: Coverage::default(),
                     stored: None,
+                    sealed: None,
                     ended: false,
                     verified: false,
                     stream,
@@ -309,6 +355,9 @@ impl<'a> Writer<'a> {
                 let (offset, piece) = match decoded {
                     None => (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len }),
                     Some(decoded) => {
+                        if let Some(piece) = decoded.sealed {
+                            slot.sealed.get_or_insert_with(SealedEnds::default).add(piece)?;
+                        }
                         let (stored_offset, stored_piece) = decoded.stored;
                         slot.stored
                             .get_or_insert_with(Coverage::default)
@@ -355,6 +404,10 @@ impl<'a> Writer<'a> {
                 if !slot.ended || !slot.coverage.is_contiguous() {
                     bail!("stream {}: {MANIFEST_NAME} is incomplete: the stream was cut short", slot.stream);
                 }
+                // Decrypted (the encrypted manifest): it must end with its last segment.
+                if let Some(sealed) = &slot.sealed {
+                    sealed.check_end(&format!("the encrypted manifest ({MANIFEST_NAME}.age)"))?;
+                }
                 slot.partial
             }
             (None, Some(_)) => {
@@ -383,6 +436,9 @@ impl<'a> Writer<'a> {
             }
             let sha1 = slot.sha1.take().map(|sha1| sha1.finalize().into());
             let got = slot.coverage.prefix();
+            if let Some(sealed) = &slot.sealed {
+                check_sealed(&display(), record, sealed)?;
+            }
             check_file(key, record, &slot.partial, got, slot.stored.as_ref(), sha1)?;
             self.found.files += 1;
             self.found.bytes += got.len;
@@ -518,6 +574,21 @@ fn check_file(
         }
     }
     partial.set_metadata(record.mode, Some(record.mtime))
+}
+
+/// A decrypted file against its record in the encrypted manifest: the nonce its first chunk carried is the one the
+/// manifest binds to its path (a file swapped for another of the backup fails here), and it ends with its last
+/// segment.
+fn check_sealed(display: &str, record: &FileRecord, sealed: &SealedEnds) -> Result<()> {
+    let expected = record.stored.as_ref().and_then(|stored| stored.nonce.as_deref());
+    let Some(expected) = expected else { bail!("{display}: decrypted, but the manifest gives it no nonce") };
+    match sealed.nonce {
+        None => bail!("{display}: its first chunk (its age header and nonce) never arrived"),
+        Some(nonce) if hex::encode(nonce) != expected => {
+            bail!("{display}: its nonce is not the one the encrypted manifest binds to this path (a file swapped for another)")
+        }
+        Some(_) => sealed.check_end(display),
+    }
 }
 
 /// Where a chunk came from, for a writer's error messages (made only when there is an error).

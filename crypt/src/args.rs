@@ -71,7 +71,7 @@ impl DecryptArgs {
     }
 
     /// The identities to try, read from their files (every bad one named), or the passphrase's.
-    pub fn identities(&self) -> Result<Vec<Box<dyn age::Identity>>, CryptError> {
+    pub fn identities(&self) -> Result<Vec<keys::Identity>, CryptError> {
         if let Some(file) = &self.passphrase_file {
             return Ok(vec![Box::new(age::scrypt::Identity::new(keys::passphrase(file)?))]);
         }

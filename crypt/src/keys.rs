@@ -55,17 +55,39 @@ pub fn passphrase(file: &Path) -> Result<SecretString, CryptError> {
     Ok(SecretString::from(line.to_string()))
 }
 
-/// The identities in each of `files` (age identity files: `AGE-SECRET-KEY-1…` lines, `#` comments).
-pub fn identities(files: &[&Path]) -> Result<Vec<Box<dyn age::Identity>>, CryptError> {
-    let mut out = Vec::new();
+/// An identity that decrypts a backup, usable from any thread.
+pub type Identity = Box<dyn age::Identity + Send + Sync>;
+
+/// The identities in each of `files` (age identity files as `age-keygen` writes them: `AGE-SECRET-KEY-1…` lines,
+/// `#` comments), as X25519 identities every decrypting thread can use. A line that is not one is an error naming
+/// the file and line (never the line itself: it may be a secret); plugin identities are not supported.
+pub fn identities(files: &[&Path]) -> Result<Vec<Identity>, CryptError> {
+    let mut out: Vec<Identity> = Vec::new();
     for file in files {
-        let unreadable = |e: &dyn std::fmt::Display| CryptError::Key(format!("identity file {}: {e}", file.display()));
-        let parsed = age::IdentityFile::from_file(file.display().to_string()).map_err(|e| unreadable(&e))?;
-        let identities = parsed.into_identities().map_err(|e| unreadable(&e))?;
-        if identities.is_empty() {
-            return Err(unreadable(&"it holds no identity"));
+        let text = Zeroizing::new(
+            std::fs::read_to_string(file)
+                .map_err(|e| CryptError::Key(format!("cannot read identity file {}: {e}", file.display())))?,
+        );
+        let before = out.len();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let identity = age::x25519::Identity::from_str(line).map_err(|_| {
+                let plugin =
+                    if line.starts_with("AGE-PLUGIN-") { " (plugin identities are not supported)" } else { "" };
+                CryptError::Key(format!(
+                    "identity file {}:{}: not an age identity (AGE-SECRET-KEY-1…){plugin}",
+                    file.display(),
+                    number + 1
+                ))
+            })?;
+            out.push(Box::new(identity));
         }
-        out.extend(identities);
+        if out.len() == before {
+            return Err(CryptError::Key(format!("identity file {}: it holds no identity", file.display())));
+        }
     }
     Ok(out)
 }

@@ -251,6 +251,40 @@ mod tests {
     }
 
     #[test]
+    fn opening_in_place_finds_the_last_segment_and_refuses_a_cut_or_a_move() {
+        let recipient = age::x25519::Identity::generate().to_public();
+        let key = BackupKey::new(&[&recipient]).unwrap();
+        let cipher = key.new_file();
+        let segment = SEGMENT as usize;
+        let whole = (SEGMENT + TAG_LEN) as usize;
+        for size in [0, 10, segment, 3 * segment, 3 * segment + 5] {
+            let plaintext = bytes(size, 4);
+            let mut sealed = Vec::new();
+            cipher.seal(0, &plaintext, true, &mut sealed).unwrap();
+            // Whole, then in runs of two segments: only the run that ends the file says it is the last.
+            let mut copy = sealed.clone();
+            assert_eq!(cipher.open_in_place(0, &mut copy).unwrap(), (size, true), "{size}");
+            assert_eq!(&copy[..size], &plaintext[..]);
+            let runs: Vec<Vec<u8>> = sealed.chunks(2 * whole).map(<[u8]>::to_vec).collect();
+            for (index, mut run) in runs.iter().cloned().enumerate() {
+                let (len, last) = cipher.open_in_place((index * 2 * segment) as u64, &mut run).unwrap();
+                assert_eq!(last, index + 1 == runs.len(), "{size}: run {index}");
+                assert_eq!(&run[..len], &plaintext[index * 2 * segment..index * 2 * segment + len]);
+            }
+            if size > segment {
+                // A run opened at another offset (moved), or cut inside its final segment.
+                let mut moved = runs[0].clone();
+                assert!(cipher.open_in_place(2 * SEGMENT, &mut moved).is_err(), "{size}: moved");
+                let mut cut = sealed[..whole + 100].to_vec();
+                assert!(
+                    matches!(cipher.open_in_place(0, &mut cut), Err(CryptError::Segment { offset }) if offset == SEGMENT)
+                );
+            }
+        }
+        assert!(cipher.open_in_place(0, &mut []).is_err(), "nothing at all");
+    }
+
+    #[test]
     fn runs_must_start_on_a_segment_and_only_the_last_may_end_inside_one() {
         let recipient = age::x25519::Identity::generate().to_public();
         let sealer = BackupKey::new(&[&recipient]).unwrap().new_file();

@@ -178,6 +178,62 @@ impl FileCipher {
     }
 }
 
+impl FileCipher {
+    /// Opens in place, for a stage that owns one buffer per chunk and does not know whether the chunk is its file's
+    /// last: `sealed` holds sealed segments from plaintext offset `offset` (a multiple of [`SEGMENT`]), all whole
+    /// but perhaps the final one. Each segment is authenticated and decrypted where it lies and its plaintext moved
+    /// to the front. Returns the plaintext length and whether the final segment is flagged as the file's last: a
+    /// short one must be; a whole one is tried as a middle segment first, then as the last (a tag verifies under
+    /// one flag only). A segment that fails both, or an empty one anywhere but as a whole empty file, fails
+    /// naming its offset; on failure `sealed` is left partly decrypted.
+    pub fn open_in_place(&self, offset: u64, sealed: &mut [u8]) -> Result<(usize, bool), CryptError> {
+        if offset % SEGMENT != 0 {
+            return Err(CryptError::Misaligned(format!("offset {offset} is not a multiple of {SEGMENT}")));
+        }
+        if sealed.is_empty() {
+            return Err(CryptError::Segment { offset });
+        }
+        let whole = (SEGMENT + TAG_LEN) as usize;
+        let count = sealed.len().div_ceil(whole);
+        let (mut plain, mut last_found) = (0, false);
+        for index in 0..count {
+            let start = index * whole;
+            let end = (start + whole).min(sealed.len());
+            let at = offset + index as u64 * SEGMENT;
+            let data_len = (end - start).checked_sub(TAG_LEN as usize).ok_or(CryptError::Segment { offset: at })?;
+            let final_in_run = index + 1 == count;
+            if data_len == 0 && !(final_in_run && at == 0) {
+                return Err(CryptError::Segment { offset: at });
+            }
+            let tag: [u8; TAG_LEN as usize] = sealed[start + data_len..end].try_into().expect("a tag's length");
+            let flags: &[bool] = match (final_in_run, end - start < whole) {
+                (false, _) => &[false],
+                (true, true) => &[true],
+                (true, false) => &[false, true],
+            };
+            // The tag is checked before a byte is decrypted: a failed try leaves the segment as it was.
+            let last = flags
+                .iter()
+                .copied()
+                .find(|&last| {
+                    self.cipher
+                        .decrypt_in_place_detached(
+                            &segment_nonce(at / SEGMENT, last),
+                            &[],
+                            &mut sealed[start..start + data_len],
+                            (&tag).into(),
+                        )
+                        .is_ok()
+                })
+                .ok_or(CryptError::Segment { offset: at })?;
+            sealed.copy_within(start..start + data_len, plain);
+            plain += data_len;
+            last_found = last;
+        }
+        Ok((plain, last_found))
+    }
+}
+
 /// The AEAD nonce of segment `counter`: the counter as 11 bytes big-endian, then the last-segment flag.
 fn segment_nonce(counter: u64, last: bool) -> Nonce {
     let mut nonce = [0u8; 12];
