@@ -4,7 +4,8 @@
 # Encrypted backups on the warm mixed dataset (issue #21), every stream drained by `wc -c` so its size is measured
 # in the same run: producer --encrypt-recipient against producer alone and against tar -c | age -r; with
 # --compress against tar -c | zstd -1 -T2 | age -r (and producer --compress alone, for the padding's size cost);
-# then the way back into tmpfs: consumer extract (no key) + consumer decrypt against age -d | tar -x. Medians of
+# then the way back into tmpfs: consumer extract --decrypt (and extract without a key, then consumer decrypt) against
+# age -d | tar -x, and with --decompress against age -d | zstd -d | tar -x. Medians of
 # RUNS (default 3), CPU seconds per GB from hyperfine's user + system times, and the producer's peak RSS against
 # its --memory-limit. Prints markdown tables.
 source "$(dirname "$0")/bench-lib.sh"
@@ -26,13 +27,24 @@ bench "$json" "$runs" "$(warm_cmd "$ds")" \
   "tar -c | zstd -1 -T2 | age -r | wc -c" "tar -C $ds -cf - . | zstd -1 -T2 -q -c | age -r $r | wc -c > $work/sizes/tar-zst-age"
 
 # The way back, from streams made once into tmpfs.
-$p --encrypt-recipient "$r" > /dev/shm/xbkit-bench-enc.xbs
-tar -C "$ds" -cf - . | age -r "$r" > /dev/shm/xbkit-bench-tar.age
+s=/dev/shm/xbkit-bench
+$p --encrypt-recipient "$r" > $s-enc.xbs
+$p --compress --encrypt-recipient "$r" > $s-zenc.xbs
+tar -C "$ds" -cf - . | age -r "$r" > $s-tar.age
+tar -C "$ds" -cf - . | zstd -1 -T2 -q -c | age -r "$r" > $s-tar.zst.age
+c="$bin/consumer -q"
 back=$work/back.json
 bench "$back" "$runs" "rm -rf $out; mkdir -p $out" \
-  "consumer extract + consumer decrypt (tmpfs)" "$bin/consumer -q extract --no-fsync -C $out < /dev/shm/xbkit-bench-enc.xbs && $bin/consumer -q decrypt $out --identity $work/key --remove-original" \
-  "age -d | tar -x (tmpfs)" "age -d -i $work/key < /dev/shm/xbkit-bench-tar.age | tar -C $out -xf -"
-rm -rf "$out" /dev/shm/xbkit-bench-enc.xbs /dev/shm/xbkit-bench-tar.age
+  "consumer extract --decrypt (tmpfs)" "$c extract --no-fsync -C $out --decrypt --identity $work/key < $s-enc.xbs" \
+  "consumer extract, then consumer decrypt (tmpfs)" "$c extract --no-fsync -C $out < $s-enc.xbs && $c decrypt $out --identity $work/key --remove-original" \
+  "age -d | tar -x (tmpfs)" "age -d -i $work/key < $s-tar.age | tar -C $out -xf -" \
+  "consumer extract --decrypt --decompress (tmpfs)" "$c extract --no-fsync -C $out --decrypt --decompress --identity $work/key < $s-zenc.xbs" \
+  "age -d | zstd -d | tar -x (tmpfs)" "age -d -i $work/key < $s-tar.zst.age | zstd -d -q -c | tar -C $out -xf -"
+rm -rf "$out" $s-enc.xbs $s-zenc.xbs $s-tar.age $s-tar.zst.age
+
+# Peak RSS of extract --decrypt (default --memory-limit 256M), from a stream made again.
+rss_back=$( { $p --encrypt-recipient "$r" | /usr/bin/time -f %M $c extract --no-fsync -C $out --decrypt --identity $work/key; } 2>&1 | tail -1)
+rm -rf "$out"
 
 # Peak RSS of the encrypting producer (default --memory-limit 256M).
 rss=$( { /usr/bin/time -f %M $p --encrypt-recipient "$r" --compress > /dev/null; } 2>&1 | tail -1)
@@ -63,4 +75,4 @@ for f in producer producer-age tar-age producer-zst producer-zst-age tar-zst-age
   awk -v n="$f" -v b="$(cat "$work/sizes/$f")" -v o="$bytes" 'BEGIN { printf "| %s | %d | %.4f |\n", n, b, b / o }'
 done
 echo
-echo "producer --compress --encrypt-recipient: peak RSS $((rss / 1024)) MiB (--memory-limit 256M)"
+echo "producer --compress --encrypt-recipient: peak RSS $((rss / 1024)) MiB; consumer extract --decrypt: $((rss_back / 1024)) MiB (--memory-limit 256M each)"
