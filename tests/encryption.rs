@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -548,4 +549,80 @@ fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
         assert!(said.contains(expected), "{keys:?}: {said}");
         assert!(list_tree(&out).is_empty(), "{keys:?}");
     }
+}
+
+/// A foreign stream (`mbstream -c`, and a real `mariadb-backup --stream`) encrypted by `put --encrypt-recipient`
+/// on its way to storage: nothing of it is stored in the clear; `get` gives back an encrypted stream whose files,
+/// once `mbstream -x` extracted them, stock `age -d` decrypts; `get -C --decrypt` gives back exactly what
+/// `mbstream -x` makes of the original stream.
+#[test]
+fn a_foreign_stream_put_encrypted_comes_back_decrypted_as_mbstream_extracts_it() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path(), "backup.key");
+    let src = temp_tree(&[
+        ("ibdata1", pseudo_random_bytes((3 << 20) + 17, 1)),
+        ("db/secret.ibd", b"CUSTOMER-CARD-4111111111111111;".repeat(20_000)),
+        ("backup-my.cnf", b"[mysqld]\n".to_vec()),
+        ("empty", Vec::new()),
+    ]);
+    let mbstream_c = run_ok(
+        Command::new(tool("mbstream"))
+            .args(["-c", "ibdata1", "db/secret.ibd", "backup-my.cnf", "empty"])
+            .current_dir(src.path()),
+        SHORT,
+    );
+    let real = work.path().join("mariadb.xbstream");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/mariadb-backup-stream.sh");
+    // Installing, starting and backing up a server: minutes at worst on a loaded machine.
+    run_ok(Command::new("bash").arg(&script).arg(work.path().join("server")).arg(&real), Duration::from_secs(300));
+    let store = work.path().join("store");
+    let storage = ["--storage".to_string(), format!("file://{}", store.display())];
+    for (name, stream) in [("mbstream-c", mbstream_c), ("mariadb-backup", fs::read(&real).unwrap())] {
+        let put = run_with_stdin(
+            &mut consumer_with_storage(&["put", name, "--encrypt-recipient", &recipient], &storage),
+            &stream,
+        );
+        assert_success(&put, &format!("put --encrypt-recipient of {name}"));
+        for pack in list_tree(&store) {
+            let bytes = fs::read(store.join(&pack)).unwrap();
+            assert!(
+                !bytes.windows(20).any(|w| w == b"CUSTOMER-CARD-411111"),
+                "{name}: plaintext in {}",
+                pack.display()
+            );
+        }
+        let theirs = work.path().join(format!("{name}-mbstream"));
+        mbstream_extract(&stream, &theirs);
+
+        // As it was stored: an encrypted stream, each file of which stock age decrypts.
+        let got = run_consumer(&["get", name], &storage, None);
+        assert_success(&got, &format!("get {name}"));
+        let sealed = work.path().join(format!("{name}-sealed"));
+        mbstream_extract(&got.stdout, &sealed);
+        for (path, contents) in read_tree(&theirs) {
+            let age_file = sealed.join(format!("{}.age", path.display()));
+            assert!(stock_decrypt(&key, &age_file, false) == contents, "{name}: {}", path.display());
+        }
+
+        // Decrypted on the fly: exactly what mbstream -x makes of the original, and the encrypted manifest.
+        let out = work.path().join(format!("{name}-decrypted"));
+        let got = run_consumer(
+            &["get", name, "-C", out.to_str().unwrap(), "--decrypt", "--identity", key.to_str().unwrap()],
+            &storage,
+            None,
+        );
+        let said = assert_success(&got, &format!("get -C --decrypt {name}"));
+        assert!(said.contains("every file decrypted and authenticated"), "{said}");
+        let mut restored = read_tree(&out);
+        restored.retain(|(path, _)| path != Path::new(proto::MANIFEST_NAME));
+        assert!(restored == read_tree(&theirs), "{name}: the tree mbstream -x makes of the original");
+    }
+    // Our own stream is encrypted by the producer, not on its way.
+    let ours = produce(src.path(), &[]);
+    let put = run_with_stdin(
+        &mut consumer_with_storage(&["put", "ours", "--encrypt-recipient", &recipient], &storage),
+        &ours,
+    );
+    let said = assert_failure(&put, "put --encrypt-recipient of our own stream");
+    assert!(said.contains("encrypt it there"), "{said}");
 }

@@ -177,6 +177,7 @@ fn put_config(name: &str) -> consumer::put::PutConfig {
         parallel: 4,
         manifest_limit: 16 << 20,
         progress: ProgressMode::Quiet,
+        encrypt: None,
     }
 }
 

@@ -161,6 +161,7 @@ fn a_put_that_loses_the_index_removes_its_own_objects() {
         parallel: 2,
         manifest_limit: 16 << 20,
         progress: runtime::progress::ProgressMode::Quiet,
+        encrypt: None,
     };
     // B claims N; its claim vanishes from view (as on a store whose listing lags); A claims and stores N.
     let late = consumer::put::claim("N", &memory).unwrap();

@@ -78,6 +78,12 @@ pub struct PutArgs {
     /// Largest chunk payload accepted (our producer sends 2M, mbstream 10M); each stream holds one such buffer.
     #[arg(long, default_value = "10M", value_name = "SIZE")]
     pub max_chunk_size: String,
+
+    /// Encrypt a foreign stream (mariadb-backup, mbstream -c) file by file on its way to storage, as the producer
+    /// encrypts (every file `<path>.age`, an encrypted manifest): `get` gives it back as such, or decrypted with
+    /// `-C --decrypt`. (A stream of our producer is encrypted by the producer.)
+    #[command(flatten)]
+    pub encrypt: crypt::args::EncryptArgs,
 }
 
 /// `consumer get`.

@@ -71,6 +71,15 @@ pub struct PutConfig {
     pub manifest_limit: u64,
     /// Progress display.
     pub progress: ProgressMode,
+    /// `--encrypt-recipient` and friends: the key a foreign stream is encrypted with on its way.
+    pub encrypt: Option<Arc<crypt::BackupKey>>,
+}
+
+/// The size of a pack buffer: `--object-size`, or room for the largest chunk it must take (a foreign chunk, or
+/// a sealed one).
+fn pack_capacity(object_size: usize, max_chunk: usize, encrypt: Option<&crypt::BackupKey>) -> usize {
+    let sealed = encrypt.map_or(0, crate::put_seal::largest_chunk);
+    object_size.max(max_chunk.max(sealed) + MAX_HEADER_LEN)
 }
 
 /// What one reader hands an uploader.
@@ -86,6 +95,8 @@ struct StreamPut {
     files: u64,
     bytes: u64,
     manifest: Option<Vec<u8>>,
+    /// Encrypting: the records of the files sealed, and what the stored stream came to (chunks, encoded bytes).
+    sealed: Option<(Vec<proto::FileRecord>, u64, u64)>,
 }
 
 impl PutConfig {
@@ -106,9 +117,12 @@ impl PutConfig {
             bail!("--parallel must be at least 1");
         }
         let streams = input.stream_count() as u64;
-        let capacity = object_size.max(max_chunk + proto::MAX_HEADER_LEN as u64);
-        // Each reader holds one chunk being parsed and fills one pack; the rest are uploads in flight.
-        let for_packs = memory_limit.saturating_sub(streams * max_chunk);
+        let encrypt = args.encrypt.backup_key()?.map(Arc::new);
+        let capacity = pack_capacity(object_size as usize, max_chunk as usize, encrypt.as_deref()) as u64;
+        // Each reader holds one chunk being parsed and fills one pack; the rest are uploads in flight. Sealing, a
+        // reader also holds what it seals: up to a chunk not yet sealed and a chunk sealed.
+        let held = if encrypt.is_some() { 3 } else { 1 };
+        let for_packs = memory_limit.saturating_sub(held * streams * max_chunk);
         let packs = (for_packs / capacity) as usize;
         let needed = streams as usize + 1;
         if packs < needed {
@@ -121,7 +135,7 @@ impl PutConfig {
         );
         }
         let mut budget = MemoryBudget::new(memory_limit);
-        budget.buffers("chunk buffers", streams as usize, max_chunk);
+        budget.buffers("chunk buffers", held as usize * streams as usize, max_chunk);
         let packs = budget.buffers("packs", packs.min(streams as usize + args.parallel), capacity);
         log::debug!("{budget}");
         Ok(PutConfig {
@@ -134,6 +148,7 @@ impl PutConfig {
             parallel: args.parallel,
             manifest_limit: memory_limit,
             progress: ProgressMode::choose(verbose, quiet, true),
+            encrypt,
         })
     }
 }
@@ -307,7 +322,7 @@ pub fn put_streams(
     cancel: &Cancel,
 ) -> Result<String> {
     let stream_count = inputs.len();
-    let capacity = config.object_size.max(config.max_chunk + MAX_HEADER_LEN);
+    let capacity = pack_capacity(config.object_size, config.max_chunk, config.encrypt.as_deref());
     let packs = BufferPool::new(config.packs, capacity);
     let failure = Failure::new(cancel.clone());
     let counters = Arc::new(Counters::default());
@@ -353,7 +368,7 @@ pub fn put_streams(
     });
     progress.stop();
     failure.outcome(signals)?;
-    let streams: Vec<StreamPut> = streams
+    let mut streams: Vec<StreamPut> = streams
         .into_iter()
         .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))
         .collect::<Result<_>>()?;
@@ -361,10 +376,16 @@ pub fn put_streams(
     if ends.iter().all(|end| end.chunks == 0) {
         bail!("no data: every stream ended before its first chunk (did the producer fail?)");
     }
+    // Encrypted on its way: the manifests are made here, from what was sealed, and stored as one more pack of
+    // stream 0 (they end it, as the producer's end its stream 0).
+    let sealed_manifest = match config.encrypt.as_deref() {
+        Some(key) => Some(store_sealed_manifests(config, store, claim, key, &mut streams)?),
+        None => None,
+    };
 
     // Prove before claiming: a stream of ours must carry its manifest, and match it chunk for chunk.
     let ours = check_markers(&ends)?;
-    let manifest_bytes = streams.iter().find_map(|s| s.manifest.clone());
+    let manifest_bytes = sealed_manifest.or_else(|| streams.iter().find_map(|s| s.manifest.clone()));
     let manifest = match (&ours, &manifest_bytes) {
         (Some(id), None) => return Err(missing_manifest(&ends, id)),
         (_, Some(bytes)) => Some(Manifest::from_json(bytes).context("cannot read the stream's manifest")?),
@@ -380,14 +401,20 @@ pub fn put_streams(
         if manifest.backup_id != ours {
             bail!("the manifest's backup id does not match the streams' markers: refusing it");
         }
-        crate::proof::check_streams(manifest, &ends)?;
+        // Made here when encrypting (from the sealed stream's own counts): nothing to check it against.
+        if config.encrypt.is_none() {
+            crate::proof::check_streams(manifest, &ends)?;
+        }
         store.put(
             &layout::manifest_key(&config.name, Some(&claim.put_id)),
             Bytes::from(manifest_bytes.clone().unwrap_or_default()),
         )?;
     }
     let files = match &manifest {
-        Some(manifest) => manifest.files.len() as u64,
+        // The encrypted manifest of an encrypted backup is listed, but is not one of its files.
+        Some(manifest) => {
+            manifest.files.iter().filter(|f| f.path.0 != proto::SECRET_MANIFEST_NAME.as_bytes()).count() as u64
+        }
         None => streams.iter().map(|s| s.files).sum(),
     };
     let bytes = match &manifest {
@@ -406,11 +433,10 @@ pub fn put_streams(
         bytes,
         streams: streams
             .into_iter()
-            .map(|s| StoredStream {
-                index: s.end.index as u32,
-                chunks: s.end.chunks,
-                bytes: s.end.bytes,
-                packs: s.packs,
+            .map(|s| {
+                // Stored as sealed: what the stored stream holds.
+                let (chunks, bytes) = s.sealed.as_ref().map_or((s.end.chunks, s.end.bytes), |&(_, c, b)| (c, b));
+                StoredStream { index: s.end.index as u32, chunks, bytes, packs: s.packs }
             })
             .collect(),
     };
@@ -425,6 +451,36 @@ pub fn put_streams(
         human(index.streams.iter().map(|s| s.bytes).sum()),
         store.describe()
     ))
+}
+
+/// The encrypted and clear manifests of a foreign stream sealed on its way ([`crate::put_seal::manifests`]), stored
+/// as one more pack at the end of stream 0; returns the clear manifest.
+fn store_sealed_manifests(
+    config: &PutConfig,
+    store: &dyn Store,
+    claim: &Claim,
+    key: &crypt::BackupKey,
+    streams: &mut [StreamPut],
+) -> Result<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut counts = Vec::new();
+    for (index, stream) in streams.iter_mut().enumerate() {
+        let (sealed, chunks, bytes) = stream.sealed.as_mut().expect("every reader seals when encrypting");
+        records.append(sealed);
+        counts.push(proto::StreamRecord { index: index as u32, chunks: *chunks, bytes: *bytes });
+    }
+    let (chunks_bytes, chunks, clear) = crate::put_seal::manifests(key, records, counts, layout::unix_now())?;
+    let first = &mut streams[0];
+    let key = layout::pack_key(&config.name, &claim.put_id, 0, first.packs.len() as u64);
+    let pack =
+        Pack { key: key.clone(), size: chunks_bytes.len() as u64, chunks, crc32: CrcPiece::of(&chunks_bytes).crc };
+    let size = pack.size;
+    store.put(&key, Bytes::from(chunks_bytes))?;
+    first.packs.push(pack);
+    if let Some((_, stream_chunks, stream_bytes)) = &mut first.sealed {
+        (*stream_chunks, *stream_bytes) = (*stream_chunks + chunks, *stream_bytes + size);
+    }
+    Ok(clear)
 }
 
 /// Stores `index` as the backup's index, only if no index exists, and reads it back: the backup is this put's only
@@ -470,7 +526,63 @@ fn commit(store: &dyn Store, index: &BackupIndex, claim: &Claim) -> Result<()> {
     .into())
 }
 
-/// One reader: its stream's chunks, verbatim, into packs; full packs to the uploaders.
+/// A stream's packs being filled: whole encoded chunks into a pool buffer, a full one to the uploaders.
+struct Packer<'a> {
+    config: &'a PutConfig,
+    put: &'a str,
+    stream: usize,
+    uploads: &'a crossbeam_channel::Sender<Upload>,
+    packs: &'a BufferPool,
+    cancel: &'a Cancel,
+    pack: Option<PooledBuffer>,
+    chunks: u64,
+    crc: CrcPiece,
+    header: Vec<u8>,
+    meta: Vec<Pack>,
+    /// Every chunk and encoded byte packed.
+    written: (u64, u64),
+}
+
+impl Packer<'_> {
+    /// Appends one chunk (`checksum`: its payload's CRC-32).
+    fn append(&mut self, kind: ChunkKind, path: &[u8], offset: u64, payload: &[u8], checksum: u32) -> Result<()> {
+        self.header.clear();
+        match kind {
+            ChunkKind::Payload => encode_payload_header(&mut self.header, path, offset, payload.len() as u64, checksum),
+            ChunkKind::Eof => encode_eof(&mut self.header, path),
+        }
+        let body = if kind == ChunkKind::Payload { payload } else { &[] };
+        let need = self.header.len() + body.len();
+        if self.pack.as_ref().is_some_and(|p| p.len() + need > self.config.object_size) {
+            self.flush()?;
+        }
+        let buffer = match &mut self.pack {
+            Some(buffer) => buffer,
+            None => self.pack.insert(self.packs.take(self.cancel)?),
+        };
+        let start = buffer.len();
+        buffer.set_len(start + need);
+        buffer[start..start + self.header.len()].copy_from_slice(&self.header);
+        buffer[start + self.header.len()..].copy_from_slice(body);
+        self.crc = self.crc.append(CrcPiece::of(&buffer[start..]));
+        self.chunks += 1;
+        self.written = (self.written.0 + 1, self.written.1 + need as u64);
+        Ok(())
+    }
+
+    /// Sends the pack filled so far to the uploaders.
+    fn flush(&mut self) -> Result<()> {
+        let Some(data) = self.pack.take() else { return Ok(()) };
+        let key = layout::pack_key(&self.config.name, self.put, self.stream, self.meta.len() as u64);
+        self.meta.push(Pack { key: key.clone(), size: data.len() as u64, chunks: self.chunks, crc32: self.crc.crc });
+        (self.chunks, self.crc) = (0, CrcPiece::default());
+        send(self.uploads, Upload { key, data }, self.cancel)?;
+        Ok(())
+    }
+}
+
+/// One reader: its stream's chunks into packs, verbatim, or (`--encrypt-recipient`) each file sealed on its way
+/// ([`crate::put_seal`]); full packs to the uploaders.
 fn read_stream(
     config: &PutConfig,
     put: &str,
@@ -482,43 +594,52 @@ fn read_stream(
 ) -> Result<StreamPut> {
     let index = source.index();
     let mut payload = Vec::new();
-    let mut header = Vec::with_capacity(MAX_HEADER_LEN);
-    let mut pack: Option<PooledBuffer> = None;
-    let mut meta = Vec::new();
-    let (mut pack_chunks, mut pack_crc) = (0u64, CrcPiece::default());
+    let mut packer = Packer {
+        config,
+        put,
+        stream: index,
+        uploads,
+        packs,
+        cancel,
+        pack: None,
+        chunks: 0,
+        crc: CrcPiece::default(),
+        header: Vec::with_capacity(MAX_HEADER_LEN),
+        meta: Vec::new(),
+        written: (0, 0),
+    };
     let (mut files, mut bytes) = (0u64, 0u64);
     let mut manifest: Option<Vec<u8>> = None;
-    let mut flush = |pack: &mut Option<PooledBuffer>, chunks: &mut u64, crc: &mut CrcPiece| -> Result<()> {
-        let Some(data) = pack.take() else { return Ok(()) };
-        let key = layout::pack_key(&config.name, put, index, meta.len() as u64);
-        meta.push(Pack { key: key.clone(), size: data.len() as u64, chunks: *chunks, crc32: crc.crc });
-        (*chunks, *crc) = (0, CrcPiece::default());
-        send(uploads, Upload { key, data }, cancel)?;
-        Ok(())
-    };
+    let mtime = layout::unix_now() as i64;
+    let mut sealer = config.encrypt.as_deref().map(|key| crate::put_seal::ForeignSealer::new(key, mtime));
     while let Some(chunk) = source.next_chunk(&mut payload)? {
         let h = &chunk.header;
-        header.clear();
-        match h.kind {
-            ChunkKind::Payload => encode_payload_header(&mut header, &h.path, h.file_offset, h.payload_len, h.checksum),
-            ChunkKind::Eof => encode_eof(&mut header, &h.path),
+        if let Some(sealer) = &mut sealer {
+            if chunk.marker {
+                bail!(
+                    "{}: this stream was made by our producer: encrypt it there (producer --encrypt-recipient); put \
+                     --encrypt-recipient is for foreign streams (mariadb-backup, mbstream -c)",
+                    source.describe()
+                );
+            }
+            let mut emit = |path: &[u8], offset: u64, sealed: &[u8]| {
+                packer.append(ChunkKind::Payload, path, offset, sealed, CrcPiece::of(sealed).crc)
+            };
+            match h.kind {
+                ChunkKind::Payload => {
+                    sealer.payload(&h.path, h.file_offset, &payload, &mut emit)?;
+                    bytes += h.payload_len;
+                    counters.bytes_done.fetch_add(h.payload_len, Ordering::Relaxed);
+                }
+                ChunkKind::Eof => {
+                    let wire = sealer.end(&h.path, &mut emit)?;
+                    packer.append(ChunkKind::Eof, &wire, 0, &[], 0)?;
+                    files += 1;
+                }
+            }
+            continue;
         }
-        let need = header.len() + payload.len() * usize::from(h.kind == ChunkKind::Payload);
-        if pack.as_ref().is_some_and(|p| p.len() + need > config.object_size) {
-            flush(&mut pack, &mut pack_chunks, &mut pack_crc)?;
-        }
-        let buffer = match &mut pack {
-            Some(buffer) => buffer,
-            None => pack.insert(packs.take(cancel)?),
-        };
-        let start = buffer.len();
-        buffer.set_len(start + need);
-        buffer[start..start + header.len()].copy_from_slice(&header);
-        if h.kind == ChunkKind::Payload {
-            buffer[start + header.len()..].copy_from_slice(&payload);
-        }
-        pack_crc = pack_crc.append(CrcPiece::of(&buffer[start..]));
-        pack_chunks += 1;
+        packer.append(h.kind, &h.path, h.file_offset, &payload, h.checksum)?;
         if chunk.marker {
             continue;
         }
@@ -540,11 +661,15 @@ fn read_stream(
             ChunkKind::Eof => files += 1,
         }
     }
-    flush(&mut pack, &mut pack_chunks, &mut pack_crc)?;
+    packer.flush()?;
     let end = source.finish();
+    let sealed = match sealer {
+        Some(sealer) => Some((sealer.finish()?, packer.written.0, packer.written.1)),
+        None => None,
+    };
     // The manifest and the marker are not files of the backup.
     let files = files.saturating_sub(u64::from(manifest.is_some()));
-    Ok(StreamPut { end, packs: meta, files, bytes, manifest })
+    Ok(StreamPut { end, packs: packer.meta, files, bytes, manifest, sealed })
 }
 
 /// One uploader: packs to the store; the pack's buffer goes back to the pool when the client is done with it.

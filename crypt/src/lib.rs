@@ -27,7 +27,9 @@ mod payload;
 mod reader;
 
 pub use header::BackupKey;
-pub use payload::{ciphertext_len, ciphertext_offset, sealed_len, FileCipher, NONCE_LEN, SEGMENT, TAG_LEN};
+pub use payload::{
+    ciphertext_len, ciphertext_offset, sealed_len, FileCipher, SequentialSealer, NONCE_LEN, SEGMENT, TAG_LEN,
+};
 pub use reader::FileReader;
 
 /// Why a backup cannot be encrypted or decrypted.
@@ -282,6 +284,29 @@ mod tests {
             }
         }
         assert!(cipher.open_in_place(0, &mut []).is_err(), "nothing at all");
+    }
+
+    #[test]
+    fn a_file_sealed_front_to_back_from_pieces_of_any_size_decrypts_with_age() {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let key = BackupKey::new(&[&recipient]).unwrap();
+        let segment = SEGMENT as usize;
+        for (size, piece) in
+            [(0, 1), (5, 1), (segment, segment), (segment, 7), (3 * segment + 9, 10_000), (300_000, 2 * segment)]
+        {
+            let plaintext = bytes(size, 6);
+            let mut sealer = SequentialSealer::new(&key);
+            let mut file = Vec::new();
+            for part in plaintext.chunks(piece) {
+                sealer.push(part, &mut file).unwrap();
+                // What is out is always the header, the nonce and whole sealed segments.
+                assert!(file.is_empty() || (file.len() - key.header().len() - NONCE_LEN) % (segment + 16) == 0);
+            }
+            sealer.finish(&mut file).unwrap();
+            assert_eq!(file.len() as u64, ciphertext_len(key.header().len() as u64, size as u64), "{size}/{piece}");
+            assert_eq!(decrypt(&file, &identity).unwrap(), plaintext, "{size} in pieces of {piece}");
+        }
     }
 
     #[test]

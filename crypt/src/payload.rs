@@ -247,3 +247,66 @@ impl std::fmt::Debug for FileCipher {
         f.debug_struct("FileCipher").field("header_len", &self.header_len).finish_non_exhaustive()
     }
 }
+
+/// One file sealed front to back from pieces of any size, for a stream that was not cut on segment boundaries (a
+/// foreign stream encrypted on its way to storage): whole segments are sealed as soon as a later byte shows that
+/// none of them is the file's last; the rest waits for more bytes, or for the end. The `.age` file comes out in
+/// order: the header and nonce in front of the first sealed bytes.
+pub struct SequentialSealer {
+    cipher: FileCipher,
+    header: Vec<u8>,
+    /// Bytes not sealed yet: at most one segment once a piece has been taken.
+    carry: Vec<u8>,
+    /// Plaintext offset of `carry`'s first byte.
+    offset: u64,
+    started: bool,
+}
+
+impl SequentialSealer {
+    /// A sealer for one more file of the backup `key` (a fresh nonce).
+    pub fn new(key: &crate::BackupKey) -> SequentialSealer {
+        SequentialSealer {
+            cipher: key.new_file(),
+            header: key.header().to_vec(),
+            carry: Vec::new(),
+            offset: 0,
+            started: false,
+        }
+    }
+
+    /// The file's payload nonce.
+    pub fn nonce(&self) -> &[u8; NONCE_LEN] {
+        self.cipher.nonce()
+    }
+
+    /// Takes the file's next `bytes`; appends to `out` whatever can be sealed now.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), CryptError> {
+        self.carry.extend_from_slice(bytes);
+        // Keep the final segment back (a whole one too: it may be the last).
+        let keep = match self.carry.len() % SEGMENT as usize {
+            0 => (SEGMENT as usize).min(self.carry.len()),
+            partial => partial,
+        };
+        let ready = self.carry.len() - keep;
+        if ready > 0 {
+            self.seal(ready, false, out)?;
+        }
+        Ok(())
+    }
+
+    /// The end of the file: seals what is left as its last segment.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), CryptError> {
+        self.seal(self.carry.len(), true, out)
+    }
+
+    fn seal(&mut self, len: usize, last: bool, out: &mut Vec<u8>) -> Result<(), CryptError> {
+        if !std::mem::replace(&mut self.started, true) {
+            out.extend_from_slice(&self.header);
+            out.extend_from_slice(self.cipher.nonce());
+        }
+        self.cipher.seal(self.offset, &self.carry[..len], last, out)?;
+        self.offset += len as u64;
+        self.carry.drain(..len);
+        Ok(())
+    }
+}

@@ -148,7 +148,7 @@ pub(crate) fn send_documents(
     let pieces = DocumentPieces::new(router, pool, proto::MANIFEST_NAME.as_bytes().to_vec(), config.chunk_size, false);
     let mut manifest = ManifestWriter::new(pieces, &head)?;
     records.for_each(|record| match encrypted {
-        true => Ok(manifest.record(&crate::encrypt::clear_record(record))?),
+        true => Ok(manifest.record(&record.as_travelled())?),
         false => Ok(manifest.record(record)?),
     })?;
     for directory in router.directories.locked().iter() {

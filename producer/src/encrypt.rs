@@ -248,20 +248,6 @@ fn arrive_sealed(file: &Arc<FileState>, index: u64, item: Sealed, next: &dyn Out
     Ok(())
 }
 
-/// The record of a file as it travels, for the clear manifest of an encrypted backup: its `.age` path, size,
-/// CRC-32 and chunks, and nothing of its content (no original size, checksum or digest).
-pub fn clear_record(record: &FileRecord) -> FileRecord {
-    let Some(stored) = &record.stored else { return record.clone() };
-    FileRecord {
-        path: stored.path.clone(),
-        size: stored.size,
-        crc32: stored.crc32,
-        sha1: None,
-        stored: None,
-        ..record.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,6 +350,21 @@ impl FileRecord {
         out.push(b'\n');
     }
 
+    /// The record of a file as it travels, for the clear manifest of an encrypted backup: its `.age` path, size,
+    /// CRC-32 and chunks, and nothing of its content (no original size, checksum or digest). A record without a
+    /// stored form is returned as it is.
+    pub fn as_travelled(&self) -> FileRecord {
+        let Some(stored) = &self.stored else { return self.clone() };
+        FileRecord {
+            path: stored.path.clone(),
+            size: stored.size,
+            crc32: stored.crc32,
+            sha1: None,
+            stored: None,
+            ..self.clone()
+        }
+    }
+
     /// The file as it travels on the wire: its path there, and the size and CRC-32 of its bytes there (the
     /// compressed form's, when it was compressed).
     pub fn as_sent(&self) -> (&[u8], CrcPiece) {
