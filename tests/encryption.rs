@@ -128,6 +128,16 @@ fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_pas
     for key in [&key_a, &key_b] {
         assert!(stock_decrypt(key, &sealed, false) == contents, "{}", key.display());
     }
+    // Our consumer restores with either key too.
+    for (index, key) in [&key_a, &key_b].into_iter().enumerate() {
+        let out = work.path().join(format!("restored-{index}"));
+        let output = consume(
+            &["extract", "-C", out.to_str().unwrap(), "--decrypt", "--identity", key.to_str().unwrap()],
+            &stream,
+        );
+        assert_success(&output, &format!("extract --decrypt with {}", key.display()));
+        assert!(fs::read(out.join("ibdata1")).unwrap() == contents);
+    }
     let refused = run_with_stdin(Command::new(tool("age")).arg("-d").arg("-i").arg(&stranger).arg(&sealed), b"");
     assert!(!refused.status.success(), "a key the backup was not encrypted to");
 
@@ -145,6 +155,13 @@ fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_pas
     );
     assert!(typed.status.success(), "age -d with the passphrase: {}", String::from_utf8_lossy(&typed.stdout));
     assert!(fs::read(&decrypted).unwrap() == contents, "the passphrase restores");
+    let restored = work.path().join("restored-passphrase");
+    let output = consume(
+        &["extract", "-C", restored.to_str().unwrap(), "--decrypt", "--passphrase-file", passphrase.to_str().unwrap()],
+        &stream,
+    );
+    assert_success(&output, "extract --decrypt --passphrase-file");
+    assert!(fs::read(restored.join("ibdata1")).unwrap() == contents, "our consumer restores with the passphrase");
 }
 
 #[test]

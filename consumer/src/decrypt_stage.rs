@@ -124,8 +124,9 @@ impl Keyring {
         }
     }
 
-    /// The file `path` has ended and no chunk of it can come later (all its chunks travel on one stream, in
-    /// order): its nonce is forgotten, so memory does not grow with the number of files.
+    /// No chunk of the file `path` can come any more (all its chunks travel on one stream, in order, and its end
+    /// came; or every byte of it has arrived): its nonce is forgotten, so memory grows with the files in flight,
+    /// not with the backup's.
     pub(crate) fn forget(&self, path: &[u8]) {
         self.state.locked().nonces.remove(path);
     }
@@ -194,4 +195,42 @@ pub(crate) fn decrypt_chunks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's first chunk: the backup's header, a nonce, and (here) nothing more.
+    fn first_chunk(key: &BackupKey, nonce: u8) -> Vec<u8> {
+        [key.header(), &[nonce; NONCE_LEN]].concat()
+    }
+
+    #[test]
+    fn a_chunk_waits_for_its_files_first_chunk_and_fails_once_no_reader_can_bring_it() {
+        let identity = age::x25519::Identity::generate();
+        let key = BackupKey::new(&[&identity.to_public()]).unwrap();
+        let keyring = Keyring::new(vec![Box::new(identity)], 2);
+        let cancel = Cancel::new();
+        std::thread::scope(|scope| {
+            // Reader 1 has a later chunk of f; reader 0 brings f's first chunk a little later.
+            let waiter = scope.spawn(|| keyring.nonce_of(b"f.age", 65_552, &cancel));
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(keyring.start(b"f.age", &first_chunk(&key, 7)).unwrap(), [7; NONCE_LEN]);
+            assert_eq!(waiter.join().unwrap().unwrap(), [7; NONCE_LEN]);
+            // g's first chunk never comes: once reader 0 has ended, reader 1 is told.
+            let waiter = scope.spawn(|| keyring.nonce_of(b"g.age", 65_552, &cancel));
+            std::thread::sleep(Duration::from_millis(100));
+            keyring.reader_done();
+            let error = waiter.join().unwrap().unwrap_err().to_string();
+            assert!(error.contains("g.age") && error.contains("first chunk"), "{error}");
+        });
+        // A file of another backup (another header), or a first chunk twice, is refused; a forgotten file's
+        // nonce is gone.
+        let other = BackupKey::new(&[&age::x25519::Identity::generate().to_public()]).unwrap();
+        assert!(keyring.start(b"h.age", &first_chunk(&other, 1)).unwrap_err().to_string().contains("not the backup's"));
+        assert!(keyring.start(b"f.age", &first_chunk(&key, 8)).is_err(), "f started twice");
+        keyring.forget(b"f.age");
+        assert!(keyring.state.locked().nonces.is_empty());
+    }
 }

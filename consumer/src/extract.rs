@@ -86,13 +86,14 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
 
     let outcome = thread::scope(|scope| -> Result<Outcome> {
         let (target, failure, announced, pool, counters) = (&target, &failure, &announced, &pool, &counters);
+        let keyring = keyring.as_ref();
         let writers: Vec<_> = receivers
             .into_iter()
             .enumerate()
             .map(|(index, receiver)| {
                 let single_stream = stream_count == 1;
                 failure.spawn_stage(scope, format!("writer-{index}"), move || {
-                    Writer::new(index, target, single_stream, config, announced).serve(&receiver, cancel)
+                    Writer::new(index, target, single_stream, config, announced, keyring).serve(&receiver, cancel)
                 })
             })
             .collect();
@@ -116,7 +117,6 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
         drop(decompress_receiver);
 
         let (decrypt_sender, decrypt_receiver) = crossbeam_channel::bounded::<ChunkMessage>(config.buffers);
-        let keyring = keyring.as_ref();
         let decryptors: Vec<_> = match keyring {
             Some(keyring) => (0..config.decrypt_threads)
                 .map(|index| {

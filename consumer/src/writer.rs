@@ -21,6 +21,7 @@ use sha1::{Digest as _, Sha1};
 
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
+use crate::decrypt_stage::Keyring;
 use crate::dispatch::{Announced, ChunkMessage, Decoded, SealedPiece, Verified, WriterMessage, MISSING_EXAMPLES};
 use crate::target::{PartialFile, Target};
 
@@ -51,6 +52,8 @@ pub(crate) struct Writer<'a> {
     /// What the markers announced: whether to hash files as they arrive, so a SHA-1 need not be re-read (read
     /// when a file's first chunk arrives), and whether a manifest must follow.
     announced: &'a Announced,
+    /// With `--decrypt`: the keyring, told when a file has come whole so that its nonce is forgotten.
+    keyring: Option<&'a Keyring>,
 }
 
 /// Memory per ended file kept by a writer, for [`Writer::ended_limit`]: its key, its record and the map's share.
@@ -87,6 +90,14 @@ impl SealedEnds {
         }
         self.max_end = self.max_end.max(piece.end);
         Ok(())
+    }
+
+    /// Whether every byte of the `.age` file (`stored`: what came of it, on the wire) is here, up to the segment
+    /// flagged last: then no chunk of it can still come.
+    fn is_whole(&self, stored: &Coverage, header_len: usize) -> bool {
+        self.last_end.is_some_and(|end| {
+            stored.is_contiguous() && stored.prefix().len == crypt::ciphertext_len(header_len as u64, end)
+        })
     }
 
     /// The file ended where its last segment says: not cut short, nothing after it.
@@ -127,6 +138,7 @@ impl<'a> Writer<'a> {
         single_stream: bool,
         config: &ExtractConfig,
         announced: &'a Announced,
+        keyring: Option<&'a Keyring>,
     ) -> Writer<'a> {
         // An eighth of the budget, shared by the writers, holds ended files (at 256M: 167,000 of them).
         let ended_limit = (config.ended_files_memory / ENDED_BYTES / config.writers as u64).max(1024) as usize;
@@ -144,6 +156,7 @@ impl<'a> Writer<'a> {
             single_stream,
             fadvise: config.fadvise,
             announced,
+            keyring,
         }
     }
 
@@ -391,7 +404,19 @@ impl<'a> Writer<'a> {
                 }
             }
         }
+        self.forget_nonce_if_whole(key, &header.path);
         Ok(())
+    }
+
+    /// Decrypting: once file `key` has ended and every byte of its `.age` form (`wire`) is here, no chunk of it
+    /// can still come on any stream, so the keyring forgets its nonce (it keeps only files in flight).
+    fn forget_nonce_if_whole(&self, key: &[u8], wire: &[u8]) {
+        let Some(keyring) = self.keyring else { return };
+        let Some(slot) = self.files.get(key) else { return };
+        let (Some(sealed), Some(stored), Some(backup)) = (&slot.sealed, &slot.stored, keyring.key()) else { return };
+        if slot.ended && sealed.is_whole(stored, backup.header().len()) {
+            keyring.forget(wire);
+        }
     }
 
     /// The manifest, if this writer holds it: complete, and opened for reading (it is not checked against
