@@ -118,10 +118,17 @@ fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_pas
     fs::write(&list, format!("# the second backup key\n{recipient_b}\n")).unwrap();
     let contents = pseudo_random_bytes(300_000, 4);
     let src = temp_tree(&[("ibdata1", contents.clone())]);
-    let stream = produce(
+    let produced = produce_output(
         src.path(),
         &["--encrypt-recipient", &recipient_a, "--encrypt-recipients-file", list.to_str().unwrap()],
     );
+    let stream = produced.stdout.clone();
+    // The backup key's fingerprint, which every decryption reports (a forged backup has another).
+    let fingerprint = stderr(&produced)
+        .split("backup key ")
+        .nth(1)
+        .map(|rest| rest.trim().to_string())
+        .expect("the producer names the backup key");
     let out = work.path().join("out");
     mbstream_extract(&stream, &out);
     let sealed = out.join("ibdata1.age");
@@ -135,7 +142,8 @@ fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_pas
             &["extract", "-C", out.to_str().unwrap(), "--decrypt", "--identity", key.to_str().unwrap()],
             &stream,
         );
-        assert_success(&output, &format!("extract --decrypt with {}", key.display()));
+        let said = assert_success(&output, &format!("extract --decrypt with {}", key.display()));
+        assert!(said.contains(&format!("(backup key {fingerprint})")), "{said}");
         assert!(fs::read(out.join("ibdata1")).unwrap() == contents);
     }
     let refused = run_with_stdin(Command::new(tool("age")).arg("-d").arg("-i").arg(&stranger).arg(&sealed), b"");
@@ -350,6 +358,11 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
         ),
         ("a file dropped", "more.age", Box::new(|out: &Path| fs::remove_file(out.join("more.age")).unwrap())),
         (
+            "a plaintext file planted beside them",
+            "db/planted.ibd",
+            Box::new(|out: &Path| fs::write(out.join("db/planted.ibd"), b"not of the backup").unwrap()),
+        ),
+        (
             "two files of one size swapped",
             "twin.age",
             Box::new(|out: &Path| {
@@ -521,6 +534,56 @@ fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
             "a whole file dropped",
             "more",
             Box::new(|chunks: &mut Chunks| chunks.retain(|(header, _)| header.path != b"more.age")),
+        ),
+        (
+            "an empty file's only payload dropped",
+            "empty",
+            Box::new(move |chunks: &mut Chunks| {
+                let at = payloads_of(chunks, b"empty.age")[0];
+                chunks.remove(at);
+            }),
+        ),
+        (
+            "a sealed segment added after a file's end",
+            "exact",
+            Box::new(move |chunks: &mut Chunks| {
+                // `exact` is two whole segments; its last chunk, again, one segment further on.
+                let last = *payloads_of(chunks, b"exact.age").last().unwrap();
+                let (mut header, payload) = chunks[last].clone();
+                // Its end is a segment boundary: the added segment lands right after the one flagged last.
+                let whole = (crypt::SEGMENT + crypt::TAG_LEN) as usize;
+                header.file_offset += payload.len() as u64;
+                chunks.insert(last + 1, (header, payload[payload.len() - whole..].to_vec()));
+            }),
+        ),
+        (
+            "a file added (a copy of another under a new name)",
+            "added",
+            Box::new(move |chunks: &mut Chunks| {
+                let copied: Vec<_> = chunks
+                    .iter()
+                    .filter(|(header, _)| header.path == b"one.age")
+                    .map(|(header, payload)| {
+                        let mut header = header.clone();
+                        header.path = b"added.age".to_vec();
+                        (header, payload.clone())
+                    })
+                    .collect();
+                let at = chunks.len() - 4;
+                chunks.splice(at..at, copied);
+            }),
+        ),
+        (
+            "a plaintext file added",
+            "planted.cnf",
+            Box::new(move |chunks: &mut Chunks| {
+                let mut end = chunks.iter().find(|(header, _)| header.kind == proto::ChunkKind::Eof).unwrap().clone();
+                end.0.path = b"planted.cnf".to_vec();
+                let mut data = end.clone();
+                data.0.kind = proto::ChunkKind::Payload;
+                data.1 = b"[mysqld]\nskip-grant-tables\n".to_vec();
+                chunks.splice(3..3, [data, end]);
+            }),
         ),
         (
             "a changed encrypted manifest",

@@ -22,6 +22,9 @@ use runtime::lock::Locked;
 use crate::decompress::{check, open_nofollow, CheckingWriter};
 use crate::target::Target;
 
+/// The largest encrypted manifest read (it is held in memory whole).
+const MAX_MANIFEST: u64 = 1 << 30;
+
 /// What `consumer decrypt` is asked to do.
 #[derive(Debug)]
 pub struct DecryptJob<'a> {
@@ -72,7 +75,7 @@ pub fn run(job: &DecryptJob) -> Result<String> {
             if missing.len() > 10 { ", …" } else { "" }
         );
     }
-    warn_about_strangers(root, &work)?;
+    refuse_strangers(root, &work)?;
 
     let target = Target::open(root, job.overwrite)?;
     let next = Mutex::new(work.iter());
@@ -109,7 +112,8 @@ pub fn run(job: &DecryptJob) -> Result<String> {
     let (files, sealed, plain) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(format!(
         "decrypted {files} files ({sealed} -> {plain} bytes), every one authenticated and checked against \
-         {SECRET_MANIFEST_NAME}"
+         {SECRET_MANIFEST_NAME} (backup key {})",
+        key.fingerprint()
     ))
 }
 
@@ -117,13 +121,17 @@ pub fn run(job: &DecryptJob) -> Result<String> {
 /// authenticated.
 fn open_manifest(root: &Path, identities: &[&dyn age::Identity]) -> Result<(BackupKey, Manifest)> {
     let path = root.join(SECRET_MANIFEST_NAME);
-    let sealed = match std::fs::read(&path) {
+    let sealed = match open_nofollow(&path).and_then(|file| {
+        let mut sealed = Vec::new();
+        file.take(MAX_MANIFEST).read_to_end(&mut sealed)?;
+        Ok(sealed)
+    }) {
         Ok(sealed) => sealed,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::NotFound) => bail!(
             "{} has no {SECRET_MANIFEST_NAME}: not an encrypted backup of ours, or not extracted whole",
             root.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => return Err(e.context(format!("cannot read {}", path.display()))),
     };
     let key = BackupKey::unwrap(&sealed, identities).with_context(|| format!("{}", path.display()))?;
     let mut plain = Vec::new();
@@ -138,25 +146,47 @@ fn open_manifest(root: &Path, identities: &[&dyn age::Identity]) -> Result<(Back
     Ok((key, manifest))
 }
 
-/// `.age` files the encrypted manifest does not list are left alone: named in a warning (added by someone, or
-/// from another backup extracted into the same directory).
-fn warn_about_strangers(root: &Path, work: &[(&FileRecord, PathBuf)]) -> Result<()> {
-    let listed: std::collections::HashSet<&Path> = work.iter().map(|(_, relative)| relative.as_path()).collect();
+/// Every file in the tree must be of the backup: a listed `.age` file (or, decrypted before, its original), a
+/// manifest, a start marker. Anything else (a file added to the stream or the bucket, which no key vouches for) is
+/// refused before anything is decrypted, so a tree that decrypts holds nothing unauthenticated.
+fn refuse_strangers(root: &Path, work: &[(&FileRecord, PathBuf)]) -> Result<()> {
+    let mut ours: std::collections::HashSet<PathBuf> = work.iter().map(|(_, relative)| relative.clone()).collect();
+    for (record, _) in work {
+        use std::os::unix::ffi::OsStrExt;
+        let original = Path::new(std::ffi::OsStr::from_bytes(&record.path.0));
+        ours.insert(original.to_path_buf());
+        ours.insert(PathBuf::from(format!("{}{ZSTD_SUFFIX}", original.display())));
+    }
     let mut strangers = Vec::new();
-    for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+    let walk = walkdir::WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
+    // A staging directory (of a run that was killed, or that runs) is the target's to handle.
+    let walk = walk.filter_entry(|entry| {
+        !entry.file_name().to_string_lossy().starts_with(crate::target::STAGING_PREFIX) || entry.depth() > 1
+    });
+    for entry in walk {
         let entry = entry.with_context(|| format!("cannot walk {}", root.display()))?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
         let relative = entry.path().strip_prefix(root).expect("under the root");
-        let named_age = relative.extension().is_some_and(|extension| extension == &AGE_SUFFIX[1..]);
-        let ours = relative == Path::new(SECRET_MANIFEST_NAME) || listed.contains(relative);
-        if entry.file_type().is_file() && named_age && !ours {
+        use std::os::unix::ffi::OsStrExt;
+        let name = relative.as_os_str().as_bytes();
+        let known = ours.contains(relative)
+            || name == SECRET_MANIFEST_NAME.as_bytes()
+            || name == proto::MANIFEST_NAME.as_bytes()
+            || proto::is_marker_name(name);
+        if !known {
             strangers.push(relative.display().to_string());
         }
     }
     if !strangers.is_empty() {
-        log::warn!(
-            "{} `.age` file(s) the encrypted manifest does not list were left as they are: {}",
+        bail!(
+            "{} file(s) in {} are not of the encrypted backup (nothing vouches for them; remove them, or decrypt \
+             into a tree that holds only what was extracted): {}{}",
             strangers.len(),
-            strangers.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+            root.display(),
+            strangers.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+            if strangers.len() > 10 { ", …" } else { "" }
         );
     }
     Ok(())

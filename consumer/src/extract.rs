@@ -179,7 +179,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                 .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))
                 .collect::<Result<_>>()?;
             log::info!("all {} stream(s) ended after {:.2} s", streams.len(), started.elapsed().as_secs_f64());
-            prove_and_commit(config, target, &senders, &streams, cancel)
+            prove_and_commit(config, keyring, target, &senders, &streams, cancel)
         });
         if result.is_err() {
             cancel.cancel();
@@ -238,12 +238,12 @@ fn summarize(
         "completeness unproven (no manifest)".to_string()
     };
     // An encrypted backup without a key: proven as it travels, its files left as `.age`.
-    let proof = match (outcome.encrypted, outcome.decrypted) {
+    let proof = match (outcome.encrypted, &outcome.decrypted) {
         (true, _) => {
             format!("{proof}; the files are age-encrypted and kept as <path>.age (age -d -i KEY decrypts each)")
         }
-        (false, true) => format!("{proof}.age, every file decrypted and authenticated"),
-        (false, false) => proof,
+        (false, Some(key)) => format!("{proof}.age, every file decrypted and authenticated (backup key {key})"),
+        (false, None) => proof,
     };
     Ok(format!(
         "extracted {} files, {} in {elapsed:.2} s ({:.0} MB/s) from {stream_count} stream{} into {}; {proof}",

@@ -22,14 +22,15 @@ pub(crate) struct Outcome {
     pub(crate) proven: bool,
     /// The manifest says the files are encrypted (`<path>.age`, kept as they are).
     pub(crate) encrypted: bool,
-    /// They were decrypted (`--decrypt`): every one authenticated.
-    pub(crate) decrypted: bool,
+    /// They were decrypted (`--decrypt`): every one authenticated, under the backup key of this fingerprint.
+    pub(crate) decrypted: Option<String>,
     pub(crate) streams: Vec<StreamStats>,
 }
 
 /// Phases 1–3 (see [`crate::extract`]'s module doc), run once every stream has ended cleanly.
 pub(crate) fn prove_and_commit(
     config: &ExtractConfig,
+    keyring: Option<&crate::decrypt_stage::Keyring>,
     target: &Target,
     writers: &[Sender<WriterMessage>],
     streams: &[StreamEnd],
@@ -124,7 +125,7 @@ pub(crate) fn prove_and_commit(
             bytes: found.bytes,
             proven,
             encrypted: encrypted && config.decrypt.is_none(),
-            decrypted: config.decrypt.is_some(),
+            decrypted: keyring.and_then(|keyring| keyring.key()).map(|key| key.fingerprint()),
             streams: streams
                 .iter()
                 .map(|end| StreamStats {

@@ -443,7 +443,11 @@ pub fn put_streams(
     let objects: usize = index.streams.iter().map(|s| s.packs.len()).sum();
     // The index last: its existence is what makes the backup complete.
     commit(store, &index, claim)?;
-    let proof = if index.proven { "proven against its manifest" } else { "completeness unproven (no manifest)" };
+    let proof = match (index.proven, config.encrypt.as_deref()) {
+        (true, Some(key)) => format!("proven against its manifest; encrypted (age), backup key {}", key.fingerprint()),
+        (true, None) => "proven against its manifest".to_string(),
+        (false, _) => "completeness unproven (no manifest)".to_string(),
+    };
     Ok(format!(
         "stored {} as {files} files, {} of content, {} streamed, in {objects} objects to {}; {proof}",
         config.name,
@@ -462,12 +466,17 @@ fn store_sealed_manifests(
     key: &crypt::BackupKey,
     streams: &mut [StreamPut],
 ) -> Result<Vec<u8>> {
-    let mut records = Vec::new();
+    let mut records: Vec<proto::FileRecord> = Vec::new();
     let mut counts = Vec::new();
     for (index, stream) in streams.iter_mut().enumerate() {
         let (sealed, chunks, bytes) = stream.sealed.as_mut().expect("every reader seals when encrypting");
         records.append(sealed);
         counts.push(proto::StreamRecord { index: index as u32, chunks: *chunks, bytes: *bytes });
+    }
+    // A path on two streams would be two files of one name: refused now, not when the backup is restored.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = records.iter().find(|record| !seen.insert(record.path.0.as_slice())) {
+        bail!("{} appears on two streams: refusing to store it as one backup", twice.path.display());
     }
     let (chunks_bytes, chunks, clear) = crate::put_seal::manifests(key, records, counts, layout::unix_now())?;
     let first = &mut streams[0];

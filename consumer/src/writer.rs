@@ -461,13 +461,21 @@ impl<'a> Writer<'a> {
             }
             let sha1 = slot.sha1.take().map(|sha1| sha1.finalize().into());
             let got = slot.coverage.prefix();
-            if let Some(sealed) = &slot.sealed {
-                check_sealed(&display(), record, sealed)?;
+            match (&slot.sealed, self.keyring) {
+                (Some(sealed), _) => check_sealed(&display(), record, sealed)?,
+                // Decrypting, and not one chunk of it was decrypted: its first chunk never came.
+                (None, Some(_)) => bail!("{}: its first chunk (its age header and nonce) never arrived", display()),
+                (None, None) => {}
             }
             check_file(key, record, &slot.partial, got, slot.stored.as_ref(), sha1)?;
             self.found.files += 1;
             self.found.bytes += got.len;
         } else if let Some(ended) = self.ended.get_mut(key) {
+            // Decrypting, every file that came is held whole (its segments' ends too): one that ended without a
+            // payload (only its end-of-file chunk came) never gave its nonce.
+            if self.keyring.is_some() {
+                bail!("{}: its first chunk (its age header and nonce) never arrived", record.path.display());
+            }
             if std::mem::replace(&mut ended.verified, true) {
                 bail!("the manifest lists {} twice: refusing it", record.path.display());
             }
@@ -494,6 +502,9 @@ impl<'a> Writer<'a> {
     fn recall(&mut self, key: &[u8], record: &FileRecord) -> Result<Option<u64>> {
         if self.forgotten == 0 {
             return Ok(None);
+        }
+        if self.keyring.is_some() {
+            bail!("{}: its first chunk (its age header and nonce) never arrived", record.path.display());
         }
         let relative = proto::safe_relative_path(key)?;
         let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;

@@ -48,8 +48,8 @@ impl BackupKey {
         }
         header.extend_from_slice(b"---");
         // HMAC-SHA-256 of everything up to and including `---`, keyed by HKDF-SHA-256(file key, info "header").
-        let mac_key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
-        let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key).expect("HMAC takes any key length");
+        let mac_key = zeroize::Zeroizing::new(age_core::primitives::hkdf(&[], b"header", file_key.expose_secret()));
+        let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key[..]).expect("HMAC takes any key length");
         mac.update(&header);
         let tag = mac.finalize().into_bytes();
         header.push(b' ');
@@ -61,6 +61,16 @@ impl BackupKey {
     /// The age header every `<path>.age` file of the backup starts with.
     pub fn header(&self) -> &[u8] {
         &self.header
+    }
+
+    /// A short name for this backup's key: the first 8 bytes of the SHA-256 of its header, in hex. The producer
+    /// reports it and so does every decryption: a backup forged by someone who has only the recipient (age has no
+    /// sender authentication) has another header, so another fingerprint; the backup id, in the clear, proves
+    /// nothing of the kind.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let digest = Sha256::digest(&self.header);
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// A sealer for one more file: a fresh random payload nonce, so a payload key of its own.
@@ -101,8 +111,8 @@ impl BackupKey {
             .find_map(|identity| identity.unwrap_stanzas(&stanzas))
             .ok_or(CryptError::NoIdentity)?
             .map_err(|e| CryptError::Unwrap(e.to_string()))?;
-        let mac_key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
-        let mut check = Hmac::<Sha256>::new_from_slice(&mac_key).expect("HMAC takes any key length");
+        let mac_key = zeroize::Zeroizing::new(age_core::primitives::hkdf(&[], b"header", file_key.expose_secret()));
+        let mut check = Hmac::<Sha256>::new_from_slice(&mac_key[..]).expect("HMAC takes any key length");
         check.update(&file[..mac_at + 3]);
         check.verify_slice(&mac).map_err(|_| CryptError::HeaderMac)?;
         Ok(BackupKey { file_key, header: file[..mac_at + line_end + 1].to_vec() })

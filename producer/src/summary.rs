@@ -95,8 +95,14 @@ pub(crate) fn summarize(config: &Config, facts: RunFacts<'_>) -> Result<String> 
         0 => String::new(),
         n => format!(" (and {n} directory placeholders)"),
     };
+    // Encrypted: the key's fingerprint, which every decryption reports too (a forged backup has another).
+    let encrypted = match &config.encryption {
+        Some(key) => format!("; encrypted (age), backup key {}", key.fingerprint()),
+        None => String::new(),
+    };
     Ok(format!(
-        "backed up {files} files{placeholders}, {} in {elapsed:.2} s ({:.0} MB/s) to {destination}; {} lists them{pages}",
+        "backed up {files} files{placeholders}, {} in {elapsed:.2} s ({:.0} MB/s) to {destination}; {} lists them\
+         {pages}{encrypted}",
         human(bytes),
         stats.mb_per_second,
         proto::MANIFEST_NAME
