@@ -40,6 +40,14 @@ fn tree() -> Vec<(&'static str, Vec<u8>)> {
     files
 }
 
+/// [`tree`], and two different files of one size (to be swapped).
+fn twin_tree() -> Vec<(&'static str, Vec<u8>)> {
+    let mut files = tree();
+    files.push(("a/twin", pseudo_random_bytes(200_000, 21)));
+    files.push(("b/twin", pseudo_random_bytes(200_000, 22)));
+    files
+}
+
 #[test]
 fn mbstream_extracts_an_encrypted_stream_and_stock_age_decrypts_every_file() {
     let work = tempfile::tempdir().unwrap();
@@ -278,9 +286,7 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path(), "backup.key");
     let (stranger, _) = keygen(work.path(), "stranger.key");
-    let mut files = tree();
-    files.push(("a/twin", pseudo_random_bytes(200_000, 21)));
-    files.push(("b/twin", pseudo_random_bytes(200_000, 22)));
+    let files = twin_tree();
     let src = temp_tree(&files);
     let args = ["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
     let extracted = work.path().join("extracted");
@@ -468,9 +474,7 @@ fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path(), "backup.key");
     let (stranger, _) = keygen(work.path(), "stranger.key");
-    let mut files = tree();
-    files.push(("a/twin", pseudo_random_bytes(200_000, 21)));
-    files.push(("b/twin", pseudo_random_bytes(200_000, 22)));
+    let files = twin_tree();
     let src = temp_tree(&files);
     let args = ["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
     let stream = parse(&produce(src.path(), &args));

@@ -70,30 +70,8 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
     // Outputs are staged and moved into place together once all are proven (see `Target`).
     let target = Target::open(root, overwrite)?;
 
-    let next = Mutex::new(work.iter());
-    let problems = Mutex::new(Vec::<String>::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| loop {
-                let Some(relative) = next.locked().next() else { return };
-                match decompress_one(root, relative, &target, &records) {
-                    Ok((compressed, original, checked)) => {
-                        let mut t = totals.locked();
-                        *t = (t.0 + 1, t.1 + compressed, t.2 + original, t.3 + u64::from(checked));
-                    }
-                    Err(e) => problems.locked().push(format!("{e:#}")),
-                }
-            });
-        }
-    });
-    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
-    if !problems.is_empty() {
-        for problem in &problems {
-            log::error!("{problem}");
-        }
-        bail!("{} of {} files could not be decompressed; first: {}", problems.len(), work.len(), problems[0]);
-    }
+    let done =
+        on_every_file(&work, threads, "decompressed", |relative| decompress_one(root, relative, &target, &records))?;
     target.commit(None, true)?;
     if remove_original {
         for relative in &work {
@@ -101,7 +79,10 @@ pub fn run(root: &Path, remove_original: bool, overwrite: bool, threads: usize) 
             std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
-    let (files, compressed, original, checked) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    let files = done.len();
+    let compressed: u64 = done.iter().map(|(compressed, _, _)| compressed).sum();
+    let original: u64 = done.iter().map(|(_, original, _)| original).sum();
+    let checked = done.iter().filter(|(_, _, checked)| *checked).count();
     Ok(format!(
         "decompressed {files} files ({compressed} -> {original} bytes); {checked} checked against {MANIFEST_NAME}"
     ))
@@ -137,6 +118,39 @@ fn decompress_one(
     drop(partial);
     result?;
     Ok((compressed, sink.crc.len, record.is_some()))
+}
+
+/// Runs `work` on every one of `items`, spread over `threads` threads; returns every result, or (when any item
+/// failed) fails with how many and the first, every failure logged. For the commands that rewrite an extracted
+/// tree file by file (`decompress`, `decrypt`), which place nothing unless every file passed.
+pub(crate) fn on_every_file<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    what: &str,
+    work: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = Mutex::new(items.iter());
+    let done = Mutex::new(Vec::with_capacity(items.len()));
+    let problems = Mutex::new(Vec::<String>::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let Some(item) = next.locked().next() else { return };
+                match work(item) {
+                    Ok(result) => done.locked().push(result),
+                    Err(e) => problems.locked().push(format!("{e:#}")),
+                }
+            });
+        }
+    });
+    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(first) = problems.first() {
+        for problem in &problems {
+            log::error!("{problem}");
+        }
+        bail!("{} of {} files could not be {what}; first: {first}", problems.len(), items.len());
+    }
+    Ok(done.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Opens `path` for reading, never through a symlink.

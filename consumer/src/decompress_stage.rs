@@ -20,15 +20,7 @@ pub(crate) fn decompress_stream(
     let mut decompressor = zstd::bulk::Decompressor::new().context("cannot create a zstd context")?;
     while let Some(mut chunk) = recv(jobs, cancel)? {
         let header = &chunk.header;
-        let context = || {
-            format!(
-                "{} at offset {} (chunk at stream {}, offset {:#x})",
-                header.display_path(),
-                header.file_offset,
-                chunk.stream,
-                header.stream_offset
-            )
-        };
+        let context = || chunk.describe();
         // Checked by the reader, or (decrypted first) only now.
         let Some((range, frame)) = parse_offset_frame(&chunk.data) else {
             bail!("{}: not a chunk compressed by our producer (no offset frame)", context());

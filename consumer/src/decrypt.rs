@@ -11,15 +11,13 @@
 
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use crypt::args::DecryptArgs;
 use crypt::{BackupKey, FileReader, NONCE_LEN};
 use proto::{FileRecord, Manifest, AGE_SUFFIX, SECRET_MANIFEST_NAME, ZSTD_SUFFIX};
-use runtime::lock::Locked;
 
-use crate::decompress::{check, open_nofollow, CheckingWriter};
+use crate::decompress::{check, on_every_file, open_nofollow, CheckingWriter};
 use crate::target::Target;
 
 /// The largest encrypted manifest read (it is held in memory whole).
@@ -78,30 +76,9 @@ pub fn run(job: &DecryptJob) -> Result<String> {
     refuse_strangers(root, &work)?;
 
     let target = Target::open(root, job.overwrite)?;
-    let next = Mutex::new(work.iter());
-    let problems = Mutex::new(Vec::<String>::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64));
-    std::thread::scope(|scope| {
-        for _ in 0..job.threads.max(1) {
-            scope.spawn(|| loop {
-                let Some((record, relative)) = next.locked().next() else { return };
-                match decrypt_one(root, relative, record, &key, &target, job.decompress) {
-                    Ok((sealed, plain)) => {
-                        let mut t = totals.locked();
-                        *t = (t.0 + 1, t.1 + sealed, t.2 + plain);
-                    }
-                    Err(e) => problems.locked().push(format!("{e:#}")),
-                }
-            });
-        }
-    });
-    let problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
-    if !problems.is_empty() {
-        for problem in &problems {
-            log::error!("{problem}");
-        }
-        bail!("{} of {} files could not be decrypted, so none was; first: {}", problems.len(), work.len(), problems[0]);
-    }
+    let done = on_every_file(&work, job.threads, "decrypted (so none was)", |(record, relative)| {
+        decrypt_one(root, relative, record, &key, &target, job.decompress)
+    })?;
     target.commit(None, true)?;
     if job.remove_original {
         for (_, relative) in &work {
@@ -109,7 +86,9 @@ pub fn run(job: &DecryptJob) -> Result<String> {
             std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
-    let (files, sealed, plain) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    let files = done.len();
+    let sealed: u64 = done.iter().map(|(sealed, _)| sealed).sum();
+    let plain: u64 = done.iter().map(|(_, plain)| plain).sum();
     Ok(format!(
         "decrypted {files} files ({sealed} -> {plain} bytes), every one authenticated and checked against \
          {SECRET_MANIFEST_NAME} (backup key {})",

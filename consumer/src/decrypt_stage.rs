@@ -163,23 +163,13 @@ pub(crate) fn decrypt_chunks(
     cancel: &Cancel,
 ) -> Result<()> {
     while let Some(mut chunk) = recv(jobs, cancel)? {
+        let key = keyring.key().ok_or_else(|| anyhow!("{}: no key yet (an internal error)", chunk.describe()))?;
+        let nonce = chunk.nonce.ok_or_else(|| anyhow!("{}: no nonce (an internal error)", chunk.describe()))?;
+        let (lead, offset) =
+            plaintext_place(&chunk.header, key.header().len()).map_err(|e| anyhow!("{}: {e}", chunk.describe()))?;
+        let opened = key.file(nonce).open_in_place(offset, &mut chunk.data[lead..]);
+        let (len, last) = opened.map_err(|e| anyhow!("{}: {e}", chunk.describe()))?;
         let header = &chunk.header;
-        let context = || {
-            format!(
-                "{} at offset {} (chunk at stream {}, offset {:#x})",
-                header.display_path(),
-                header.file_offset,
-                chunk.stream,
-                header.stream_offset
-            )
-        };
-        let key = keyring.key().ok_or_else(|| anyhow!("{}: no key yet (an internal error)", context()))?;
-        let nonce = chunk.nonce.ok_or_else(|| anyhow!("{}: no nonce (an internal error)", context()))?;
-        let (lead, offset) = plaintext_place(header, key.header().len()).map_err(|e| anyhow!("{}: {e}", context()))?;
-        let (len, last) = key
-            .file(nonce)
-            .open_in_place(offset, &mut chunk.data[lead..])
-            .map_err(|e| anyhow!("{}: {e}", context()))?;
         let stored = (header.file_offset, CrcPiece { crc: header.checksum, len: header.payload_len });
         chunk.data.copy_within(lead..lead + len, 0);
         chunk.data.set_len(len);

@@ -65,6 +65,17 @@ impl ChunkMessage {
     pub(crate) fn writer(&self, writers: usize) -> usize {
         owner(&self.key, writers)
     }
+
+    /// The chunk for a message: its file and offset, and where it was in which stream.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} at offset {} (chunk at stream {}, offset {:#x})",
+            self.header.display_path(),
+            self.header.file_offset,
+            self.stream,
+            self.header.stream_offset
+        )
+    }
 }
 
 /// The writer (of `writers`) that owns the file `key`: every chunk of a file goes to the same one.
