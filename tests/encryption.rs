@@ -617,8 +617,11 @@ fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
     let passphrase = work.path().join("passphrase");
     fs::write(&passphrase, "not this one\n").unwrap();
     let plain = produce(src.path(), &[]);
-    let cases: [(&[u8], [&str; 2], &str); 3] = [
+    let damaged = work.path().join("damaged.key");
+    fs::write(&damaged, "# created: today\nAGE-SECRET-KEY-1NOTAKEY\n").unwrap();
+    let cases: [(&[u8], [&str; 2], &str); 4] = [
         (&encode(&stream), ["--identity", stranger.to_str().unwrap()], "no identity given can decrypt this backup"),
+        (&encode(&stream), ["--identity", damaged.to_str().unwrap()], "damaged.key:2: not an age identity"),
         (
             &encode(&stream),
             ["--passphrase-file", passphrase.to_str().unwrap()],
