@@ -484,3 +484,30 @@ fn file_that_vanishes_before_it_is_read_is_left_out_or_fails_with_strict() {
         assert!(manifest.files.iter().all(|f| f.path.0 != b"f19"));
     }
 }
+
+/// Thread counts default to the machine's cores (never below the 2-core defaults), and `--help` says what each
+/// resolves to here; `XBKIT_CORES` stands for the cores (so this checks a 16- and a 32-core machine on any).
+#[test]
+fn thread_defaults_follow_the_machines_cores_and_help_says_what_they_are() {
+    let default_of = |help: &str, option: &str| -> String {
+        let after = &help[help.find(option).unwrap_or_else(|| panic!("{option} in --help"))..];
+        let start = after.find("[default: ").expect("a default") + "[default: ".len();
+        after[start..start + after[start..].find(']').unwrap()].to_string()
+    };
+    let here = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (cores, variable) in [(here, None), (1, Some("1")), (16, Some("16")), (32, Some("32"))] {
+        let help_of = |command: &mut assert_cmd::Command| {
+            if let Some(variable) = variable {
+                command.env("XBKIT_CORES", variable);
+            }
+            String::from_utf8(command.output().unwrap().stdout).unwrap()
+        };
+        let help = help_of(producer().arg("--help"));
+        assert_eq!(default_of(&help, "--parallel <N>"), cores.max(4).to_string(), "{cores} cores");
+        assert_eq!(default_of(&help, "--compress-threads <N>"), cores.max(2).to_string(), "{cores} cores");
+        assert_eq!(default_of(&help, "--memory-limit <SIZE>"), format!("{}M", (16 * cores).max(256)), "{cores} cores");
+        let help = help_of(consumer().args(["extract", "--help"]));
+        assert_eq!(default_of(&help, "--parallel <N>"), cores.max(2).to_string(), "{cores} cores");
+        assert_eq!(default_of(&help, "--decompress-threads <N>"), cores.max(2).to_string(), "{cores} cores");
+    }
+}

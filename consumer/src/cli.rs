@@ -71,8 +71,8 @@ pub struct PutArgs {
     #[arg(long, default_value = "8M", value_name = "SIZE")]
     pub object_size: String,
 
-    /// Hard cap on chunk and pack buffers in memory (suffixes K, M, G).
-    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    /// Hard cap on chunk and pack buffers in memory (suffixes K, M, G). Default: 256M, or 16M a core beyond 16.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Largest chunk payload accepted (our producer sends 2M, mbstream 10M); each stream holds one such buffer.
@@ -110,12 +110,12 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub parallel: usize,
 
-    /// Writer threads for -C.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Writer threads for -C. Default: the machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub writers: usize,
 
-    /// Hard cap on pack and chunk buffers in memory (suffixes K, M, G).
-    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    /// Hard cap on pack and chunk buffers in memory (suffixes K, M, G). Default: 256M, or 16M a core beyond 16.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Largest chunk payload accepted.
@@ -186,8 +186,8 @@ pub struct DecompressArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// Decompress threads (files are spread over them).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Decompress threads (files are spread over them). Default: the machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub parallel: usize,
 }
 
@@ -214,8 +214,8 @@ pub struct DecryptTreeArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// Decrypt threads (files are spread over them).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Decrypt threads (files are spread over them). Default: the machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub parallel: usize,
 }
 
@@ -234,12 +234,13 @@ pub struct ExtractArgs {
     #[command(flatten)]
     pub fifo: transport::args::FifoArgs,
 
-    /// Writer threads (files are spread over them by path).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Writer threads (files are spread over them by path; with --decrypt, as many decrypt threads). Default: the
+    /// machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub parallel: usize,
 
-    /// Hard cap on chunk buffers in memory (suffixes K, M, G).
-    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    /// Hard cap on chunk buffers in memory (suffixes K, M, G). Default: 256M, or 16M a core beyond 16 cores.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Largest chunk payload accepted; one buffer's size (our producer sends 2M, mbstream 10M).
@@ -251,8 +252,8 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub decompress: bool,
 
-    /// Decompress threads for --decompress.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Decompress threads for --decompress. Default: the machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub decompress_threads: usize,
 
     /// Decrypt an encrypted backup (`producer --encrypt-recipient`) on the fly, in parallel: every file written as
@@ -308,7 +309,7 @@ pub struct VerifyArgs {
     #[arg(value_name = "OUT")]
     pub directory: PathBuf,
 
-    /// Files checked at once (each is read back whole by one thread).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Files checked at once (each is read back whole by one thread). Default: the machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub parallel: usize,
 }

@@ -100,7 +100,7 @@ impl GetConfig {
                     require_manifest: false,
                     stream_sha1: false,
                     decompress: args.decompress,
-                    decompress_threads: if args.decompress { 2 } else { 0 },
+                    decompress_threads: if args.decompress { runtime::machine::threads(2) } else { 0 },
                     decrypt: crate::config::decryption(args.decrypt, &args.keys)?,
                     decrypt_threads: args.writers.max(2),
                     stats_json: None,

@@ -49,12 +49,13 @@ pub struct Args {
     pub pipe_buffer_size: String,
 
     /// Read threads: every file's chunks are read by this many threads at once (xtrabackup's --parallel copies
-    /// whole files per thread instead).
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    /// whole files per thread instead). Default: the machine's cores, at least 4.
+    #[arg(long, default_value_t = runtime::machine::threads(4), value_name = "N")]
     pub parallel: usize,
 
-    /// Process threads (checksums), and with --compress as many compress threads.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Process threads (checksums, and encryption's sealing), and with --compress as many compress threads.
+    /// Default: the machine's cores, at least 2.
+    #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub compress_threads: usize,
 
     /// Compress every file (but empty ones and the manifest): each chunk becomes one zstd frame and the file
@@ -72,8 +73,9 @@ pub struct Args {
     pub compress_level: i32,
 
     /// Hard cap on chunk buffers in memory (suffixes K, M, G). The pool uses at most twice MEB's rule of
-    /// read + process + write + max(read, process, write) buffers, and never more than this.
-    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    /// read + process + write + max(read, process, write) buffers, and never more than this. Default: 256M, or
+    /// 16M a core beyond 16 cores.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Content checksum recorded per file: `crc32` (free: combined from chunk CRCs) or `sha1` (also written as

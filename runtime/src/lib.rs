@@ -11,6 +11,7 @@ What the producer and the consumer share, below both binaries (so that `consumer
 - [`size`]: byte sizes on the command line and in messages;
 - [`stats`]: what each stream carried, and peak memory, for `--stats-json`;
 - [`limits`]: the open-file limit raised to what the system allows;
+- [`machine`]: what the machine offers, for defaults that fit it (threads a core, the memory limit);
 - [`lock`]: locks that outlive a panic (one method, not a closure at every call);
 - [`reorder`]: the in-order sequencer, [`reorder::Reorder`].
 
@@ -22,6 +23,7 @@ pub mod cancel;
 pub mod failure;
 pub mod limits;
 pub mod lock;
+pub mod machine;
 pub mod pool;
 pub mod progress;
 pub mod reorder;
