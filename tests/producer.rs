@@ -508,6 +508,7 @@ fn thread_defaults_follow_the_machines_cores_and_help_says_what_they_are() {
         assert_eq!(default_of(&help, "--memory-limit <SIZE>"), format!("{}M", (16 * cores).max(256)), "{cores} cores");
         let help = help_of(consumer().args(["extract", "--help"]));
         assert_eq!(default_of(&help, "--parallel <N>"), cores.max(2).to_string(), "{cores} cores");
+        assert_eq!(default_of(&help, "--memory-limit <SIZE>"), format!("{}M", (32 * cores).max(256)), "{cores} cores");
         assert_eq!(default_of(&help, "--decompress-threads <N>"), cores.max(2).to_string(), "{cores} cores");
     }
 }

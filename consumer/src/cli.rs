@@ -71,8 +71,8 @@ pub struct PutArgs {
     #[arg(long, default_value = "8M", value_name = "SIZE")]
     pub object_size: String,
 
-    /// Hard cap on chunk and pack buffers in memory (suffixes K, M, G). Default: 256M, or 16M a core beyond 16.
-    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
+    /// Hard cap on chunk and pack buffers in memory (suffixes K, M, G). Default: 256M, or 32M a core beyond 8.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(32), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Largest chunk payload accepted (our producer sends 2M, mbstream 10M); each stream holds one such buffer.
@@ -114,8 +114,8 @@ pub struct GetArgs {
     #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub writers: usize,
 
-    /// Hard cap on pack and chunk buffers in memory (suffixes K, M, G). Default: 256M, or 16M a core beyond 16.
-    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
+    /// Hard cap on pack and chunk buffers in memory (suffixes K, M, G). Default: 256M, or 32M a core beyond 8.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(32), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Largest chunk payload accepted.
@@ -239,8 +239,8 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub parallel: usize,
 
-    /// Hard cap on chunk buffers in memory (suffixes K, M, G). Default: 256M, or 16M a core beyond 16 cores.
-    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
+    /// Hard cap on chunk buffers in memory (suffixes K, M, G). Default: 256M, or 32M a core beyond 8 cores.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(32), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Largest chunk payload accepted; one buffer's size (our producer sends 2M, mbstream 10M).

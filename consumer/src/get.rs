@@ -100,7 +100,8 @@ impl GetConfig {
                     require_manifest: false,
                     stream_sha1: false,
                     decompress: args.decompress,
-                    decompress_threads: if args.decompress { runtime::machine::threads(2) } else { 0 },
+                    // Two: each keeps a buffer of the few this extraction gets (half the budget, 64 at most).
+                    decompress_threads: if args.decompress { 2 } else { 0 },
                     decrypt: crate::config::decryption(args.decrypt, &args.keys)?,
                     decrypt_threads: args.writers.max(2),
                     stats_json: None,

@@ -75,7 +75,7 @@ pub struct Args {
     /// Hard cap on chunk buffers in memory (suffixes K, M, G). The pool uses at most twice MEB's rule of
     /// read + process + write + max(read, process, write) buffers, and never more than this. Default: 256M, or
     /// 16M a core beyond 16 cores.
-    #[arg(long, default_value_t = runtime::machine::memory_limit(), value_name = "SIZE")]
+    #[arg(long, default_value_t = runtime::machine::memory_limit(16), value_name = "SIZE")]
     pub memory_limit: String,
 
     /// Content checksum recorded per file: `crc32` (free: combined from chunk CRCs) or `sha1` (also written as

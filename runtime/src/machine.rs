@@ -18,10 +18,11 @@ pub fn threads(floor: usize) -> usize {
     cores().max(floor)
 }
 
-/// `--memory-limit`'s default, as the option spells it: 256M, or 16M a core on machines of more than 16 cores (at
-/// a thread a core, a 2 MiB chunk per thread in each stage and twice MEB's rule stay inside it).
-pub fn memory_limit() -> String {
-    format!("{}M", (16 * cores()).max(256))
+/// `--memory-limit`'s default, as the option spells it: 256M, or `per_core_mb` MiB a core where that is more. The
+/// producer asks 16 (at a thread a core, a 2 MiB chunk per thread in each stage, twice MEB's rule, stays inside
+/// it); the consumer 32 (its buffers are `--max-chunk-size`, 16M, and each decompress thread keeps one).
+pub fn memory_limit(per_core_mb: usize) -> String {
+    format!("{}M", (per_core_mb * cores()).max(256))
 }
 
 #[cfg(test)]
@@ -34,7 +35,7 @@ mod tests {
         assert!(cores >= 1);
         assert_eq!(threads(4), cores.max(4));
         assert_eq!(threads(1), cores);
-        let limit: u64 = memory_limit().trim_end_matches('M').parse().unwrap();
+        let limit: u64 = memory_limit(16).trim_end_matches('M').parse().unwrap();
         assert!(limit >= 256 && limit >= 16 * cores as u64);
     }
 }
