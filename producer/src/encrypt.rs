@@ -3,9 +3,12 @@
 //! sealed in parallel, and a second in-order step puts them back in file order for the streams.
 //!
 //! ```text
-//! FileState::arrive ─► (CompressStage ─► compress threads ─► arrive_stored) ─► EncryptStage ─► seal threads ─► arrive_sealed ─► Router
-//! (in order)                                                                  (in order,      (any order)     (in order)
-//!                                                                              holds one back)
+//! FileState::arrive ─► (CompressStage ─► compress threads ─► arrive_stored) ─►
+//! (in order)                              (any order)         (in order)
+//!
+//!     EncryptStage ─► seal threads ─► arrive_sealed ─► Router
+//!     (in order,      (any order,      (in order)
+//!      holds one back) in place)
 //! ```
 //!
 //! Every file shares the backup's one age header ([`crypt::BackupKey`]: one recipient wrap per backup) and gets a

@@ -22,11 +22,11 @@
 //! batch is simply read again, a clock tick later, until a read runs without a change ([`CHANGE_CHECKS`] reads at
 //! most).
 //!
-//! Small files (up to [`crate::work::BATCH_FILE_MAX`], uncompressed, not page-validated) skip the sequencer: the
-//! scanner groups them into a [`crate::work::Job::Batch`], one read thread reads them whole into one pool buffer, a
-//! process thread takes their CRCs, and the batch reaches a stream writer as one item — one hand-off per stage for
-//! hundreds of files, where chunks cost one each. On the wire nothing changes: each file is still its own `P` and `E`
-//! chunks, in order.
+//! Small files (up to [`crate::work::BATCH_FILE_MAX`], uncompressed, unencrypted, not page-validated) skip the
+//! sequencer: the scanner groups them into a [`crate::work::Job::Batch`], one read thread reads them whole into one
+//! pool buffer, a process thread takes their CRCs, and the batch reaches a stream writer as one item — one hand-off
+//! per stage for hundreds of files, where chunks cost one each. On the wire nothing changes: each file is still its
+//! own `P` and `E` chunks, in order.
 
 use runtime::lock::Locked;
 use runtime::reorder::Reorder;

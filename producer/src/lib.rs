@@ -18,7 +18,8 @@ Modules: [`app`] (the driver: parse, validate, run, exit code) over [`cli`] (raw
 settings) → [`pipeline`] (the wiring of a backup), with a file per stage: `scanner.rs` (the walk turned into read jobs,
 files placed on streams), `read_stage.rs` (pread into pool buffers, `--throttle`), `process_stage.rs` (pages, CRC-32),
 [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second
-in-order step), [`encrypt`] (encryption: age segments sealed in parallel, and a third in-order step), `router.rs` (chunks to streams, in scan order, counted), `output.rs` (the outputs and one writer thread
+in-order step), [`encrypt`] (encryption: age segments sealed in parallel, and a third in-order step),
+`router.rs` (chunks to streams, in scan order, counted), `output.rs` (the outputs and one writer thread
 per stream, over [`sink`]), `documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`;
 [`work`] holds what moves between the stages (jobs, what was read, the `BatchOutlet` batches go to; released chunks go
 to `file::Outlet`). Beside them: [`scan`] (the source walk), [`records`] (manifest records beyond memory), [`validate`]

@@ -9,8 +9,8 @@ use runtime::pool::PooledBuffer;
 
 use crate::file::{ChunkJob, FileState, ReadChunk};
 
-/// Where batches of small files go once their CRCs are taken (the router: they are never compressed): each file
-/// is concluded ([`FileState::conclude_batched`]) and the batch goes out as one item.
+/// Where batches of small files go once their CRCs are taken (the router: they are never compressed or
+/// encrypted): each file is concluded ([`FileState::conclude_batched`]) and the batch goes out as one item.
 pub trait BatchOutlet: Sync {
     /// Small files read whole into one buffer, their CRCs taken.
     fn batch(&self, batch: ReadBatch) -> Result<()>;
@@ -28,8 +28,8 @@ pub const BATCH_FILES_MAX: usize = 512;
 pub enum Job {
     /// One chunk of a file.
     Chunk(ChunkJob),
-    /// Small files (single-job, uncompressed, not page-validated), each read whole, one after another, into one
-    /// pool buffer: the sum of their sizes plus one probe byte each fits in the buffer.
+    /// Small files (single-job, uncompressed, unencrypted, not page-validated), each read whole, one after
+    /// another, into one pool buffer: the sum of their sizes plus one probe byte each fits in the buffer.
     Batch(Vec<Arc<FileState>>),
 }
 
