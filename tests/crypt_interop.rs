@@ -11,11 +11,8 @@ use crate::support::*;
 
 /// A key made by the stock `age-keygen` in `dir`: its file and its public recipient.
 fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, age::x25519::Recipient) {
-    let key = dir.join(name);
-    run_ok(Command::new(tool("age-keygen")).arg("-o").arg(&key), SHORT);
-    let text = fs::read_to_string(&key).unwrap();
-    let public = text.lines().find_map(|line| line.strip_prefix("# public key: ")).expect("age-keygen's public key");
-    (key, age::x25519::Recipient::from_str(public.trim()).unwrap())
+    let (key, public) = age_keygen(dir, name);
+    (key, age::x25519::Recipient::from_str(&public).unwrap())
 }
 
 /// The `.age` file of `plaintext`, sealed in runs of four segments, last run first.

@@ -5,20 +5,11 @@
 //! a key proves every encrypted byte arrived, and catches one changed.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-
-/// A key made by the stock `age-keygen` in `dir`: its file and its public recipient (`age1…`).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(name);
-    run_ok(Command::new(tool("age-keygen")).arg("-o").arg(&key), SHORT);
-    let text = fs::read_to_string(&key).unwrap();
-    let public = text.lines().find_map(|line| line.strip_prefix("# public key: ")).expect("age-keygen's public key");
-    (key, public.trim().to_string())
-}
 
 /// `age -d -i KEY FILE`, through `zstd -d` when `compressed`: the plaintext, asserting both succeed.
 fn stock_decrypt(key: &Path, file: &Path, compressed: bool) -> Vec<u8> {
@@ -51,7 +42,7 @@ fn twin_tree() -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn mbstream_extracts_an_encrypted_stream_and_stock_age_decrypts_every_file() {
     let work = tempfile::tempdir().unwrap();
-    let (key, recipient) = keygen(work.path(), "backup.key");
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
     let files = tree();
     let src = temp_tree(&files);
     for compressed in [false, true] {
@@ -119,9 +110,9 @@ fn mbstream_extracts_an_encrypted_stream_and_stock_age_decrypts_every_file() {
 #[test]
 fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_passphrase() {
     let work = tempfile::tempdir().unwrap();
-    let (key_a, recipient_a) = keygen(work.path(), "a.key");
-    let (key_b, recipient_b) = keygen(work.path(), "b.key");
-    let (stranger, _) = keygen(work.path(), "c.key");
+    let (key_a, recipient_a) = age_keygen(work.path(), "a.key");
+    let (key_b, recipient_b) = age_keygen(work.path(), "b.key");
+    let (stranger, _) = age_keygen(work.path(), "c.key");
     let list = work.path().join("recipients.txt");
     fs::write(&list, format!("# the second backup key\n{recipient_b}\n")).unwrap();
     let contents = pseudo_random_bytes(300_000, 4);
@@ -183,7 +174,7 @@ fn any_of_several_recipients_decrypts_and_a_passphrase_backup_opens_with_the_pas
 #[test]
 fn the_consumer_without_a_key_proves_every_encrypted_byte_and_catches_one_changed() {
     let work = tempfile::tempdir().unwrap();
-    let (_, recipient) = keygen(work.path(), "backup.key");
+    let (_, recipient) = age_keygen(work.path(), "backup.key");
     let files = tree();
     let src = temp_tree(&files);
     let out = work.path().join("out");
@@ -211,7 +202,7 @@ fn the_consumer_without_a_key_proves_every_encrypted_byte_and_catches_one_change
 #[test]
 fn bad_keys_and_settings_encryption_cannot_take_are_refused_before_a_byte_is_written() {
     let work = tempfile::tempdir().unwrap();
-    let (_, recipient) = keygen(work.path(), "backup.key");
+    let (_, recipient) = age_keygen(work.path(), "backup.key");
     let src = temp_tree(&[("f", vec![1u8; 1000])]);
     let bad_list = work.path().join("bad.txt");
     fs::write(&bad_list, format!("{recipient}\nage1notarecipient\n")).unwrap();
@@ -240,7 +231,7 @@ fn bad_keys_and_settings_encryption_cannot_take_are_refused_before_a_byte_is_wri
 #[test]
 fn a_file_that_shrinks_while_it_is_read_still_ends_as_a_valid_age_file() {
     let work = tempfile::tempdir().unwrap();
-    let (key, recipient) = keygen(work.path(), "backup.key");
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
     let original = pseudo_random_bytes(4 << 20, 3);
     for shrunk in [2 << 20, (2 << 20) + 100] {
         let src = tempfile::tempdir().unwrap();
@@ -272,20 +263,11 @@ fn a_file_that_shrinks_while_it_is_read_still_ends_as_a_valid_age_file() {
     }
 }
 
-/// Copies the tree at `from` to `to` (files and directories only).
-fn copy_tree(from: &Path, to: &Path) {
-    for (relative, contents) in read_tree(from) {
-        let path = to.join(relative);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, contents).unwrap();
-    }
-}
-
 #[test]
 fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_leaving_nothing() {
     let work = tempfile::tempdir().unwrap();
-    let (key, recipient) = keygen(work.path(), "backup.key");
-    let (stranger, _) = keygen(work.path(), "stranger.key");
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
+    let (stranger, _) = age_keygen(work.path(), "stranger.key");
     let files = twin_tree();
     let src = temp_tree(&files);
     let args = ["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
@@ -304,15 +286,16 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
             copy_tree(&extracted, &out);
             extra.clear();
         }
-        let decrypt = consumer_command()
-            .arg("decrypt")
-            .arg(&out)
-            .arg("--identity")
-            .arg(&key)
-            .args(&extra)
-            .arg("--remove-original")
-            .output()
-            .unwrap();
+        let decrypt = run_with_stdin(
+            consumer_command()
+                .arg("decrypt")
+                .arg(&out)
+                .arg("--identity")
+                .arg(&key)
+                .args(&extra)
+                .arg("--remove-original"),
+            b"",
+        );
         assert_success(&decrypt, "consumer decrypt");
         for (path, contents) in &files {
             assert!(fs::read(out.join(path)).unwrap() == *contents, "{path} (compressed: {compressed})");
@@ -400,7 +383,7 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
         copy_tree(&extracted, &out);
         forge(&out);
         let before = list_tree(&out);
-        let output = consumer_command().arg("decrypt").arg(&out).arg("--identity").arg(&key).output().unwrap();
+        let output = run_with_stdin(consumer_command().arg("decrypt").arg(&out).arg("--identity").arg(&key), b"");
         let said = assert_failure(&output, what);
         assert!(said.contains(named), "{what}: {said}");
         assert_eq!(list_tree(&out), before, "{what}: nothing decrypted is left, nothing removed");
@@ -416,7 +399,7 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
         let _ = fs::remove_dir_all(&out);
         copy_tree(&extracted, &out);
         let before = list_tree(&out);
-        let output = consumer_command().arg("decrypt").arg(&out).args(&keys).output().unwrap();
+        let output = run_with_stdin(consumer_command().arg("decrypt").arg(&out).args(&keys), b"");
         let said = assert_failure(&output, &format!("{keys:?}"));
         assert!(said.contains("no identity given can decrypt this backup"), "{keys:?}: {said}");
         assert_eq!(list_tree(&out), before);
@@ -426,7 +409,7 @@ fn consumer_decrypt_restores_what_mbstream_extracted_and_refuses_every_forgery_l
 #[test]
 fn extract_and_get_decrypt_on_the_fly_through_pipes_and_a_store() {
     let work = tempfile::tempdir().unwrap();
-    let (key, recipient) = keygen(work.path(), "backup.key");
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
     let files = tree();
     let src = temp_tree(&files);
     let key_arg = key.to_str().unwrap();
@@ -472,8 +455,7 @@ fn extract_and_get_decrypt_on_the_fly_through_pipes_and_a_store() {
 #[test]
 fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
-    let (key, recipient) = keygen(work.path(), "backup.key");
-    let (stranger, _) = keygen(work.path(), "stranger.key");
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
     let files = twin_tree();
     let src = temp_tree(&files);
     let args = ["--read-buffer-size", "128K", "--encrypt-recipient", &recipient];
@@ -611,9 +593,17 @@ fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
         assert!(said.contains(named), "{what}: {said}");
         assert!(list_tree(&out).is_empty(), "{what}: nothing left in OUT: {:?}", list_tree(&out));
     }
+}
 
-    // The wrong key, or a passphrase for a backup made for a key; and --decrypt on a stream that is not
-    // encrypted: exit 1, nothing in OUT.
+/// The wrong key, a damaged identity file, a passphrase for a backup made for a key, and `--decrypt` on a stream
+/// that is not encrypted: `extract --decrypt` exits 1 before any file is written, and nothing is in OUT.
+#[test]
+fn extract_decrypt_refuses_the_wrong_key_and_a_plain_stream_before_writing_anything() {
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
+    let (stranger, _) = age_keygen(work.path(), "stranger.key");
+    let src = temp_tree(&tree());
+    let stream = parse(&produce(src.path(), &["--encrypt-recipient", &recipient]));
     let passphrase = work.path().join("passphrase");
     fs::write(&passphrase, "not this one\n").unwrap();
     let plain = produce(src.path(), &[]);
@@ -645,7 +635,7 @@ fn extract_decrypt_refuses_every_forged_stream_and_leaves_nothing() {
 #[test]
 fn a_foreign_stream_put_encrypted_comes_back_decrypted_as_mbstream_extracts_it() {
     let work = tempfile::tempdir().unwrap();
-    let (key, recipient) = keygen(work.path(), "backup.key");
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
     let src = temp_tree(&[
         ("ibdata1", pseudo_random_bytes((3 << 20) + 17, 1)),
         ("db/secret.ibd", b"CUSTOMER-CARD-4111111111111111;".repeat(20_000)),
@@ -712,4 +702,58 @@ fn a_foreign_stream_put_encrypted_comes_back_decrypted_as_mbstream_extracts_it()
     );
     let said = assert_failure(&put, "put --encrypt-recipient of our own stream");
     assert!(said.contains("encrypt it there"), "{said}");
+}
+
+/// A foreign stream `put --encrypt-recipient` cannot encrypt faithfully — cut inside a file, a file's chunks out
+/// of order, a file twice — fails naming the file, and nothing of it counts as a backup.
+#[test]
+fn a_broken_foreign_stream_is_refused_by_put_encrypt_and_never_stored_as_complete() {
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = age_keygen(work.path(), "backup.key");
+    let store = work.path().join("store");
+    let storage = ["--storage".to_string(), format!("file://{}", store.display())];
+    let (first, second) = (pseudo_random_bytes(100_000, 1), pseudo_random_bytes(50_000, 2));
+    // Foreign streams (no marker), chunk by chunk: `(path, Some(offset, bytes))` a payload, `(path, None)` an end.
+    type Piece<'a> = (&'a [u8], Option<(u64, &'a [u8])>);
+    let stream = |pieces: &[Piece]| {
+        let mut writer = proto::ChunkWriter::new(Vec::new());
+        for (path, payload) in pieces {
+            match payload {
+                Some((offset, bytes)) => writer.write_payload(path, *offset, bytes).unwrap(),
+                None => writer.write_eof(path).unwrap(),
+            }
+        }
+        writer.into_inner()
+    };
+    let cases: [(&str, Vec<Piece>, &str); 3] = [
+        ("cut inside a file", vec![(b"ibdata1", Some((0, &first[..])))], "ended inside ibdata1"),
+        (
+            "chunks out of order",
+            vec![(b"ibdata1", Some((100_000, &second[..]))), (b"ibdata1", Some((0, &first[..]))), (b"ibdata1", None)],
+            "ibdata1: a chunk at offset 100000, where 0 was expected",
+        ),
+        (
+            "a file twice",
+            vec![
+                (b"t.frm", Some((0, &second[..]))),
+                (b"t.frm", None),
+                (b"t.frm", Some((0, &second[..]))),
+                (b"t.frm", None),
+            ],
+            "t.frm appears twice",
+        ),
+    ];
+    for (index, (what, pieces, expected)) in cases.into_iter().enumerate() {
+        let name = format!("broken{index}");
+        let put = run_with_stdin(
+            &mut consumer_with_storage(&["put", &name, "--encrypt-recipient", &recipient], &storage),
+            &stream(&pieces),
+        );
+        let said = assert_failure(&put, what);
+        assert!(said.contains(expected), "{what}: {said}");
+        let listed = list_json(&storage);
+        assert!(listed.iter().all(|entry| entry["name"] != name.as_str() || entry["complete"] != true), "{what}");
+        let got = run_consumer(&["get", &name, "-C", work.path().join("out").to_str().unwrap()], &storage, None);
+        assert!(!got.status.success(), "{what}: get of a backup that was never stored whole");
+    }
 }

@@ -496,17 +496,17 @@ fn thread_defaults_follow_the_machines_cores_and_help_says_what_they_are() {
     };
     let here = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (cores, variable) in [(here, None), (1, Some("1")), (16, Some("16")), (32, Some("32"))] {
-        let help_of = |command: &mut assert_cmd::Command| {
+        let help_of = |command: &mut Command| {
             if let Some(variable) = variable {
                 command.env("XBKIT_CORES", variable);
             }
-            String::from_utf8(command.output().unwrap().stdout).unwrap()
+            String::from_utf8(run_ok(command, SHORT)).unwrap()
         };
-        let help = help_of(producer().arg("--help"));
+        let help = help_of(producer_command().arg("--help"));
         assert_eq!(default_of(&help, "--parallel <N>"), cores.max(4).to_string(), "{cores} cores");
         assert_eq!(default_of(&help, "--compress-threads <N>"), cores.max(2).to_string(), "{cores} cores");
         assert_eq!(default_of(&help, "--memory-limit <SIZE>"), format!("{}M", (16 * cores).max(256)), "{cores} cores");
-        let help = help_of(consumer().args(["extract", "--help"]));
+        let help = help_of(consumer_command().args(["extract", "--help"]));
         assert_eq!(default_of(&help, "--parallel <N>"), cores.max(2).to_string(), "{cores} cores");
         assert_eq!(default_of(&help, "--memory-limit <SIZE>"), format!("{}M", (32 * cores).max(256)), "{cores} cores");
         assert_eq!(default_of(&help, "--decompress-threads <N>"), cores.max(2).to_string(), "{cores} cores");

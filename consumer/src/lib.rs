@@ -15,8 +15,8 @@ against their records), `proof.rs` (the closing phases, shared with `--list` and
 travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its
 start marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
 directory, moved into place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object
-store's side: [`storage`] (which store), [`layout`] (keys and the index), `put_seal.rs` (a foreign stream
-encrypted on its way into the store), [`merge`] and [`sent_check`] (a stored
+store's side: [`storage`] (which store), [`layout`] (keys and the index), `pack.rs` (packs as put fills them), `put_seal.rs`
+(a foreign stream encrypted on its way into the store), [`merge`] and [`sent_check`] (a stored
 backup sent back as a stream, checked as it goes). How streams travel is the `transport` crate's.
 */
 
@@ -38,6 +38,7 @@ pub mod input;
 pub mod layout;
 pub mod listing;
 pub mod merge;
+mod pack;
 mod proof;
 pub mod put;
 mod put_seal;

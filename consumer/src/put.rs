@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use proto::{encode_eof, encode_payload_header, MAX_HEADER_LEN};
+use proto::MAX_HEADER_LEN;
 use proto::{ChunkKind, CrcPiece};
 use proto::{Manifest, MANIFEST_NAME};
 use runtime::budget::MemoryBudget;
-use runtime::cancel::{recv, send, Cancel};
+use runtime::cancel::{recv, Cancel};
 use runtime::failure::Failure;
-use runtime::pool::{BufferPool, PooledBuffer};
+use runtime::pool::BufferPool;
 use runtime::progress::{Counters, Progress, ProgressMode};
 use runtime::signals::Signals;
 use runtime::size::{human, size_arg};
@@ -47,6 +47,7 @@ use store::Store;
 
 use crate::input::{open_inputs, InputStream};
 use crate::layout::{self, BackupIndex, Claim, Pack, StoredStream};
+use crate::pack::{Packer, Upload};
 use crate::source::{check_markers, missing_manifest, SameBackup, StreamEnd, StreamSource};
 use transport::{End, Endpoint};
 
@@ -80,12 +81,6 @@ pub struct PutConfig {
 fn pack_capacity(object_size: usize, max_chunk: usize, encrypt: Option<&crypt::BackupKey>) -> usize {
     let sealed = encrypt.map_or(0, crate::put_seal::largest_chunk);
     object_size.max(max_chunk.max(sealed) + MAX_HEADER_LEN)
-}
-
-/// What one reader hands an uploader.
-struct Upload {
-    key: String,
-    data: PooledBuffer,
 }
 
 /// A stream's packs and what its chunks said, once it has ended.
@@ -535,61 +530,6 @@ fn commit(store: &dyn Store, index: &BackupIndex, claim: &Claim) -> Result<()> {
     .into())
 }
 
-/// A stream's packs being filled: whole encoded chunks into a pool buffer, a full one to the uploaders.
-struct Packer<'a> {
-    config: &'a PutConfig,
-    put: &'a str,
-    stream: usize,
-    uploads: &'a crossbeam_channel::Sender<Upload>,
-    packs: &'a BufferPool,
-    cancel: &'a Cancel,
-    pack: Option<PooledBuffer>,
-    chunks: u64,
-    crc: CrcPiece,
-    header: Vec<u8>,
-    meta: Vec<Pack>,
-    /// Every chunk and encoded byte packed.
-    written: (u64, u64),
-}
-
-impl Packer<'_> {
-    /// Appends one chunk (`checksum`: its payload's CRC-32).
-    fn append(&mut self, kind: ChunkKind, path: &[u8], offset: u64, payload: &[u8], checksum: u32) -> Result<()> {
-        self.header.clear();
-        match kind {
-            ChunkKind::Payload => encode_payload_header(&mut self.header, path, offset, payload.len() as u64, checksum),
-            ChunkKind::Eof => encode_eof(&mut self.header, path),
-        }
-        let body = if kind == ChunkKind::Payload { payload } else { &[] };
-        let need = self.header.len() + body.len();
-        if self.pack.as_ref().is_some_and(|p| p.len() + need > self.config.object_size) {
-            self.flush()?;
-        }
-        let buffer = match &mut self.pack {
-            Some(buffer) => buffer,
-            None => self.pack.insert(self.packs.take(self.cancel)?),
-        };
-        let start = buffer.len();
-        buffer.set_len(start + need);
-        buffer[start..start + self.header.len()].copy_from_slice(&self.header);
-        buffer[start + self.header.len()..].copy_from_slice(body);
-        self.crc = self.crc.append(CrcPiece::of(&buffer[start..]));
-        self.chunks += 1;
-        self.written = (self.written.0 + 1, self.written.1 + need as u64);
-        Ok(())
-    }
-
-    /// Sends the pack filled so far to the uploaders.
-    fn flush(&mut self) -> Result<()> {
-        let Some(data) = self.pack.take() else { return Ok(()) };
-        let key = layout::pack_key(&self.config.name, self.put, self.stream, self.meta.len() as u64);
-        self.meta.push(Pack { key: key.clone(), size: data.len() as u64, chunks: self.chunks, crc32: self.crc.crc });
-        (self.chunks, self.crc) = (0, CrcPiece::default());
-        send(self.uploads, Upload { key, data }, self.cancel)?;
-        Ok(())
-    }
-}
-
 /// One reader: its stream's chunks into packs, verbatim, or (`--encrypt-recipient`) each file sealed on its way
 /// ([`crate::put_seal`]); full packs to the uploaders.
 fn read_stream(
@@ -603,20 +543,7 @@ fn read_stream(
 ) -> Result<StreamPut> {
     let index = source.index();
     let mut payload = Vec::new();
-    let mut packer = Packer {
-        config,
-        put,
-        stream: index,
-        uploads,
-        packs,
-        cancel,
-        pack: None,
-        chunks: 0,
-        crc: CrcPiece::default(),
-        header: Vec::with_capacity(MAX_HEADER_LEN),
-        meta: Vec::new(),
-        written: (0, 0),
-    };
+    let mut packer = Packer::new(config, put, index, uploads, packs, cancel);
     let (mut files, mut bytes) = (0u64, 0u64);
     let mut manifest: Option<Vec<u8>> = None;
     let mtime = layout::unix_now() as i64;
@@ -673,12 +600,12 @@ fn read_stream(
     packer.flush()?;
     let end = source.finish();
     let sealed = match sealer {
-        Some(sealer) => Some((sealer.finish()?, packer.written.0, packer.written.1)),
+        Some(sealer) => Some((sealer.finish()?, packer.written().0, packer.written().1)),
         None => None,
     };
     // The manifest and the marker are not files of the backup.
     let files = files.saturating_sub(u64::from(manifest.is_some()));
-    Ok(StreamPut { end, packs: packer.meta, files, bytes, manifest, sealed })
+    Ok(StreamPut { end, packs: packer.into_packs(), files, bytes, manifest, sealed })
 }
 
 /// One uploader: packs to the store; the pack's buffer goes back to the pool when the client is done with it.

@@ -14,8 +14,16 @@ use crate::CryptError;
 /// The X25519 recipients in `keys` (command-line values) and in each of `files` (recipients files).
 pub fn recipients(keys: &[String], files: &[&Path]) -> Result<Vec<age::x25519::Recipient>, CryptError> {
     let parse = |text: &str, place: &str| {
-        age::x25519::Recipient::from_str(text)
-            .map_err(|e| CryptError::Key(format!("{place}: {text:?} is not an age X25519 recipient (age1…): {e}")))
+        age::x25519::Recipient::from_str(text).map_err(|e| {
+            // An identity given where a recipient belongs is a secret: it is never repeated in a message.
+            if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+                return CryptError::Key(format!(
+                    "{place}: that is an age identity (a secret key), not a recipient: give its public key \
+                     (age-keygen -y), and keep the identity off this host"
+                ));
+            }
+            CryptError::Key(format!("{place}: {text:?} is not an age X25519 recipient (age1…): {e}"))
+        })
     };
     let mut out = Vec::new();
     for key in keys {
@@ -121,6 +129,19 @@ mod tests {
         std::fs::write(&bad, "# nothing\nage1notakey\n").unwrap();
         let error = recipients(&[], &[&bad]).unwrap_err().to_string();
         assert!(error.contains("bad.txt:2") && error.contains("age1notakey"), "{error}");
+        // A secret key where a recipient belongs: refused, and never repeated in the message.
+        let secret = {
+            use age::secrecy::ExposeSecret;
+            identity.to_string().expose_secret().to_string()
+        };
+        std::fs::write(&bad, format!("{secret}\n")).unwrap();
+        let error = recipients(&[], &[&bad]).unwrap_err().to_string();
+        assert!(
+            error.contains("bad.txt:1") && error.contains("secret key") && !error.contains(&secret[15..]),
+            "{error}"
+        );
+        let error = recipients(std::slice::from_ref(&secret), &[]).unwrap_err().to_string();
+        assert!(!error.contains(&secret[15..]), "{error}");
         std::fs::write(&bad, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
         let error = identities(&[&bad]).err().expect("a damaged identity file").to_string();
         assert!(error.contains("bad.txt"), "{error}");

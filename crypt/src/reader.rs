@@ -26,7 +26,7 @@ impl<R: Read> FileReader<R> {
     /// and, when given, the payload nonce `nonce` (the file is the one the manifest names).
     pub fn new(key: &BackupKey, mut inner: R, nonce: Option<&[u8; NONCE_LEN]>) -> Result<FileReader<R>, CryptError> {
         let mut start = vec![0u8; key.header().len() + NONCE_LEN];
-        read_full(&mut inner, &mut start).map_err(|e| CryptError::Header(e.to_string()))?;
+        inner.read_exact(&mut start).map_err(|e| CryptError::Header(format!("its header and nonce: {e}")))?;
         if &start[..key.header().len()] != key.header() {
             return Err(CryptError::Header("its header is not this backup's (another key, or another backup)".into()));
         }
@@ -51,9 +51,8 @@ impl<R: Read> FileReader<R> {
 
     /// Reads up to one sealed segment (fewer bytes only at the end of the file).
     fn read_sealed(&mut self) -> io::Result<Vec<u8>> {
-        let mut sealed = vec![0u8; (SEGMENT + TAG_LEN) as usize];
-        let got = read_full(&mut self.inner, &mut sealed)?;
-        sealed.truncate(got);
+        let mut sealed = Vec::with_capacity((SEGMENT + TAG_LEN) as usize);
+        (&mut self.inner).take(SEGMENT + TAG_LEN).read_to_end(&mut sealed)?;
         Ok(sealed)
     }
 
@@ -91,20 +90,6 @@ impl<R: Read> Read for FileReader<R> {
         self.handed += n;
         Ok(n)
     }
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(inner: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match inner.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 #[cfg(test)]

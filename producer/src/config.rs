@@ -147,19 +147,7 @@ impl Config {
         if args.validate_pages && chunk_size % (64 << 10) != 0 {
             bail!("--validate-pages needs a --read-buffer-size that is a multiple of 64K (the largest InnoDB page)");
         }
-        let encryption = args.encrypt.backup_key()?.map(Arc::new);
-        if encryption.is_some() {
-            // Every chunk but a file's last must be whole age segments, to be sealed alone.
-            if chunk_size % crypt::SEGMENT != 0 {
-                bail!("encryption needs a --read-buffer-size that is a multiple of 64K (age's segment)");
-            }
-            if args.digest == DigestArg::Sha1 {
-                bail!(
-                    "--digest sha1 cannot be combined with encryption yet: backup-manifest.sha1 would show every \
-                     file's SHA-1 in the clear (use --digest crc32 or stream-sha1)"
-                );
-            }
-        }
+        let encryption = encryption(args, chunk_size)?;
         let pipe_buffer_size = size_arg(&args.pipe_buffer_size, "--pipe-buffer-size")?;
         let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
         if args.parallel == 0 || args.compress_threads == 0 {
@@ -167,13 +155,7 @@ impl Config {
         }
         // Each buffer holds a chunk, or its worst-case zstd frame, or (encrypted) that sealed behind the header:
         // the limit is divided by what a buffer really takes.
-        let mut buffer_size = chunk_size as usize;
-        if args.compress.is_some() {
-            buffer_size = crate::compress::buffer_size(buffer_size);
-        }
-        if let Some(key) = &encryption {
-            buffer_size = crate::encrypt::buffer_size(buffer_size, args.compress.is_some(), key.header().len());
-        }
+        let buffer_size = buffer_size(chunk_size as usize, args.compress.is_some(), encryption.as_deref());
         let allowed = (memory_limit / buffer_size as u64) as usize;
         if allowed < 2 {
             bail!(
@@ -246,5 +228,31 @@ impl Config {
             }),
             progress,
         })
+    }
+}
+
+/// The backup's key when any encryption option was given, once the settings encryption cannot take are refused.
+fn encryption(args: &Args, chunk_size: u64) -> Result<Option<Arc<crypt::BackupKey>>> {
+    let Some(key) = args.encrypt.backup_key()? else { return Ok(None) };
+    // Every chunk but a file's last must be whole age segments, to be sealed alone.
+    if chunk_size % crypt::SEGMENT != 0 {
+        bail!("encryption needs a --read-buffer-size that is a multiple of 64K (age's segment)");
+    }
+    if args.digest == DigestArg::Sha1 {
+        bail!(
+            "--digest sha1 cannot be combined with encryption yet: backup-manifest.sha1 would show every file's \
+             SHA-1 in the clear (use --digest crc32 or stream-sha1)"
+        );
+    }
+    Ok(Some(Arc::new(key)))
+}
+
+/// What one pool buffer must hold: a chunk of `chunk_size`, or its worst-case zstd frame when compressing, sealed
+/// behind the header when encrypting.
+fn buffer_size(chunk_size: usize, compress: bool, key: Option<&crypt::BackupKey>) -> usize {
+    let compressed = if compress { crate::compress::buffer_size(chunk_size) } else { chunk_size };
+    match key {
+        Some(key) => crate::encrypt::buffer_size(compressed, compress, key.header().len()),
+        None => compressed,
     }
 }

@@ -5,12 +5,12 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 
 use super::process::{
-    join_within, run_ok_output, run_with_stdin, spawn, spawn_named, tool, wait_for_path, Running, LONG, SHORT,
+    join_within, run_ok, run_ok_output, run_with_stdin, spawn, spawn_named, tool, wait_for_path, Running, LONG, SHORT,
 };
 
 /// Path of the `producer` binary built with these tests (for a command line another program runs: `setpriv`,
@@ -231,6 +231,15 @@ pub fn get_into_pipes_and_extract<S: AsRef<OsStr>>(args: &[S], count: usize, fif
     assert!(got.status.success(), "consumer get: {}", String::from_utf8_lossy(&got.stderr));
     let extracted = extract.wait_output(LONG);
     assert!(extracted.status.success(), "consumer extract: {}", String::from_utf8_lossy(&extracted.stderr));
+}
+
+/// A key made by the real `age-keygen` in `dir`: its identity file, and its public recipient (`age1…`).
+pub fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    run_ok(Command::new(tool("age-keygen")).arg("-o").arg(&key), SHORT);
+    let text = std::fs::read_to_string(&key).unwrap();
+    let public = text.lines().find_map(|line| line.strip_prefix("# public key: ")).expect("age-keygen's public key");
+    (key, public.trim().to_string())
 }
 
 /// Runs the real `mbstream -x -C out` on `stream` and returns its output, whatever its outcome.

@@ -79,6 +79,15 @@ pub fn read_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Copies the regular files under `from` into `to` (directories made as needed), e.g. an extracted tree to damage.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for (relative, contents) in read_tree(from) {
+        let path = to.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+}
+
 /// Whether two files hold the same bytes (compared 1 MiB at a time: the trees of the big tests are hundreds of MB).
 pub fn same_contents(a: &Path, b: &Path) -> bool {
     let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());

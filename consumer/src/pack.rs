@@ -1,0 +1,114 @@
+//! A stream's packs as `put` fills them: whole encoded chunks appended to a pool buffer (`--object-size`), each
+//! full pack handed to the uploaders with its key, size, chunk count and CRC-32 recorded for the index.
+
+use anyhow::Result;
+use crossbeam_channel::Sender;
+use proto::{encode_eof, encode_payload_header, ChunkKind, CrcPiece};
+use runtime::cancel::{send, Cancel};
+use runtime::pool::{BufferPool, PooledBuffer};
+
+use crate::layout::{self, Pack};
+use crate::put::PutConfig;
+
+/// What one reader hands an uploader.
+pub(crate) struct Upload {
+    pub(crate) key: String,
+    pub(crate) data: PooledBuffer,
+}
+
+/// A stream's packs being filled: whole encoded chunks into a pool buffer, a full one to the uploaders.
+pub(crate) struct Packer<'a> {
+    config: &'a PutConfig,
+    put: &'a str,
+    stream: usize,
+    uploads: &'a Sender<Upload>,
+    packs: &'a BufferPool,
+    cancel: &'a Cancel,
+    pack: Option<PooledBuffer>,
+    chunks: u64,
+    crc: CrcPiece,
+    header: Vec<u8>,
+    meta: Vec<Pack>,
+    /// Every chunk and encoded byte packed.
+    written: (u64, u64),
+}
+
+impl<'a> Packer<'a> {
+    /// An empty pack for stream `stream` of put `put`, its buffers from `packs`, full ones to `uploads`.
+    pub(crate) fn new(
+        config: &'a PutConfig,
+        put: &'a str,
+        stream: usize,
+        uploads: &'a Sender<Upload>,
+        packs: &'a BufferPool,
+        cancel: &'a Cancel,
+    ) -> Packer<'a> {
+        Packer {
+            config,
+            put,
+            stream,
+            uploads,
+            packs,
+            cancel,
+            pack: None,
+            chunks: 0,
+            crc: CrcPiece::default(),
+            header: Vec::with_capacity(proto::MAX_HEADER_LEN),
+            meta: Vec::new(),
+            written: (0, 0),
+        }
+    }
+
+    /// Every chunk and encoded byte packed so far.
+    pub(crate) fn written(&self) -> (u64, u64) {
+        self.written
+    }
+
+    /// The packs sent, for the index (after the last [`Packer::flush`]).
+    pub(crate) fn into_packs(self) -> Vec<Pack> {
+        self.meta
+    }
+
+    /// Appends one chunk (`checksum`: its payload's CRC-32).
+    pub(crate) fn append(
+        &mut self,
+        kind: ChunkKind,
+        path: &[u8],
+        offset: u64,
+        payload: &[u8],
+        checksum: u32,
+    ) -> Result<()> {
+        self.header.clear();
+        match kind {
+            ChunkKind::Payload => encode_payload_header(&mut self.header, path, offset, payload.len() as u64, checksum),
+            ChunkKind::Eof => encode_eof(&mut self.header, path),
+        }
+        let body = if kind == ChunkKind::Payload { payload } else { &[] };
+        let need = self.header.len() + body.len();
+        if self.pack.as_ref().is_some_and(|p| p.len() + need > self.config.object_size) {
+            self.flush()?;
+        }
+        let buffer = match &mut self.pack {
+            Some(buffer) => buffer,
+            None => self.pack.insert(self.packs.take(self.cancel)?),
+        };
+        let start = buffer.len();
+        buffer.set_len(start + need);
+        buffer[start..start + self.header.len()].copy_from_slice(&self.header);
+        buffer[start + self.header.len()..].copy_from_slice(body);
+        self.crc = self.crc.append(CrcPiece::of(&buffer[start..]));
+        self.chunks += 1;
+        self.written = (self.written.0 + 1, self.written.1 + need as u64);
+        Ok(())
+    }
+
+    /// Sends the pack filled so far to the uploaders.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        let Some(data) = self.pack.take() else { return Ok(()) };
+        let key = layout::pack_key(&self.config.name, self.put, self.stream, self.meta.len() as u64);
+        self.meta.push(Pack { key: key.clone(), size: data.len() as u64, chunks: self.chunks, crc32: self.crc.crc });
+        (self.chunks, self.crc) = (0, CrcPiece::default());
+        send(self.uploads, Upload { key, data }, self.cancel)?;
+        Ok(())
+    }
+}
