@@ -108,6 +108,9 @@ pub(crate) enum WriterMessage {
     /// One chunk (boxed: a chunk's message is large beside the others).
     Chunk(Box<ChunkMessage>),
     Batch(Arc<ChunkBatch>),
+    /// Every chunk has reached the writers: finish every handed-over write, then reply (see
+    /// `WideWrites::settle`).
+    Settle(Sender<()>),
     /// Hand over the manifest (opened for reading) if this writer holds it.
     EndOfStreams(Sender<Option<File>>),
     /// Check these files against their records.

@@ -2,17 +2,19 @@
 //!
 //! ```text
 //! stream 0 ─► reader 0 ─┐                    ┌─► writer 0 ─► pwrite at offset into the staging directory
-//! stream 1 ─► reader 1 ─┼─ by path (hash) ──►┼─► writer 1
-//!    …                  │                    └─► …
+//! stream 1 ─► reader 1 ─┼─ by path (hash) ──►┼─► writer 1       ▲
+//!    …                  │                    └─► …              └─ a large chunk's bytes: any free writer
 //! ```
 //!
 //! One reader thread per stream parses chunks into pool buffers (CRC checked) and validates each path; chunks are
 //! dispatched to a writer chosen by a hash of the path, so one writer owns each file's state and no locks are
-//! needed, while chunks of one file may come from any stream in any order. Small chunks travel in batches
-//! ([`crate::batch`]): one pool buffer and one message for many files. When every stream has ended cleanly the run
+//! needed, while chunks of one file may come from any stream in any order. The owner writes small chunks itself
+//! and hands a large chunk's bytes to whichever writer is free (`wide.rs`), so one huge file is written by every
+//! writer. Small chunks travel in batches ([`crate::batch`]): one pool buffer and one message for many files. When every stream has ended cleanly the run
 //! proves the result in phases, so that nothing unproven ever looks complete:
 //!
-//! 1. *end of streams*: the writer that holds the manifest hands it over (as its staged file);
+//! 1. *end of streams*: every handed-over write is finished, then the writer that holds the manifest hands it over
+//!    (as its staged file);
 //! 2. *verify*: the manifest is read a record at a time and each record goes to the writer that owns its file,
 //!    which checks it (ended, contiguous, size, CRC-32, SHA-1) and sets its mode and mtime; then every writer
 //!    reports what it holds that no record named, and the run checks that no record went unmatched and that every
@@ -53,6 +55,7 @@ use crate::input::{open_inputs, InputStream};
 use crate::proof::{prove_and_commit, Outcome};
 use crate::source::{SameBackup, StreamEnd, StreamSource};
 use crate::target::Target;
+use crate::wide::WideWrites;
 use crate::writer::Writer;
 
 /// Runs an extraction; returns the one-line summary. A stop signal (`signals`) ends it as a failure.
@@ -84,8 +87,12 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..config.writers).map(|_| crossbeam_channel::bounded::<WriterMessage>(config.buffers)).unzip();
 
+    // Large chunks' bytes, written by whichever writer is free.
+    let wide = WideWrites::new(config.writers, config.buffers, target.sparse(), config.fadvise);
+
     let outcome = thread::scope(|scope| -> Result<Outcome> {
         let (target, failure, announced, pool, counters) = (&target, &failure, &announced, &pool, &counters);
+        let wide = &wide;
         let keyring = keyring.as_ref();
         let writers: Vec<_> = receivers
             .into_iter()
@@ -93,7 +100,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
             .map(|(index, receiver)| {
                 let single_stream = stream_count == 1;
                 failure.spawn_stage(scope, format!("writer-{index}"), move || {
-                    Writer::new(index, target, single_stream, config, announced, keyring).serve(&receiver, cancel)
+                    Writer::new(index, target, single_stream, config, announced, keyring, wide).serve(&receiver, cancel)
                 })
             })
             .collect();
@@ -204,13 +211,14 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
     });
     progress.stop();
     let outcome = outcome?;
-    summarize(config, &pool, outcome, stream_count, started)
+    summarize(config, &pool, &wide, outcome, stream_count, started)
 }
 
 /// Writes `--stats-json` (if asked) and returns the summary line.
 fn summarize(
     config: &ExtractConfig,
     pool: &BufferPool,
+    wide: &WideWrites,
     outcome: Outcome,
     stream_count: usize,
     started: Instant,
@@ -226,6 +234,7 @@ fn summarize(
         buffer_size: pool.buffer_size(),
         buffers: pool.count(),
         peak_buffers_in_use: pool.peak_in_use(),
+        chunks_written_by_other_writers: wide.written_by_others(),
         peak_rss_bytes: peak_rss_bytes(),
     };
     if let Some(path) = &config.stats_json {
@@ -267,5 +276,7 @@ struct ExtractStats {
     buffer_size: usize,
     buffers: usize,
     peak_buffers_in_use: usize,
+    /// Large chunks written by a writer other than the one that owns their file (see `wide.rs`).
+    chunks_written_by_other_writers: u64,
     peak_rss_bytes: u64,
 }

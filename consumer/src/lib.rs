@@ -11,7 +11,7 @@ backup's extracted tree back into originals, every one authenticated).
 
 The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
 owns their file), `decrypt_stage.rs` (`--decrypt`), `decompress_stage.rs` (`--decompress`), `writer.rs` (files written at their offsets, and checked
-against their records), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what
+against their records), `wide.rs` (large chunks written by whichever writer is free), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what
 travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its
 start marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
 directory, moved into place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object
@@ -48,4 +48,5 @@ pub mod sparse;
 pub mod storage;
 pub mod target;
 pub mod verify;
+mod wide;
 mod writer;

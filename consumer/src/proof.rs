@@ -43,8 +43,17 @@ pub(crate) fn prove_and_commit(
     }
     // Ours (every stream starts with a marker of one backup) or foreign (none does).
     let ours = check_markers(streams)?;
-    // 1. End of streams: collect the manifest.
+    // 1. End of streams: every handed-over write done (each writer settles), then the manifest collected.
     let phase = Instant::now();
+    let mut settled = Vec::with_capacity(writers.len());
+    for writer in writers {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        send(writer, WriterMessage::Settle(reply), cancel)?;
+        settled.push(answer);
+    }
+    for answer in settled {
+        recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))?;
+    }
     let mut manifest_file = None;
     for writer in writers {
         let (reply, answer) = crossbeam_channel::bounded(1);

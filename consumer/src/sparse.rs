@@ -42,8 +42,21 @@ impl SparseWriter {
     }
 
     /// Writes `data` at `offset` of `file` (a new file, whose unwritten bytes read as zero), leaving every whole,
-    /// aligned block of zeros unwritten. Afterwards the file is at least `offset + data.len()` bytes long.
+    /// aligned block of zeros unwritten. Afterwards the file is at least `offset + data.len()` bytes long: for a
+    /// file no other thread writes at the same time.
     pub fn write_at(&self, file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Some(end) = self.write_leaving_holes(file, data, offset)? {
+            if file.metadata()?.len() < end {
+                file.set_len(end)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`SparseWriter::write_at`] without the final lengthening, for a file other threads write at the same time
+    /// (a check of its length and a `set_len` could cut off what another thread wrote in between): returns the
+    /// length the file must reach once every write is done, when the last block was left unwritten.
+    pub fn write_leaving_holes(&self, file: &File, data: &[u8], offset: u64) -> std::io::Result<Option<u64>> {
         let block = self.block as u64;
         let mut run: Option<usize> = None;
         let mut at = 0usize;
@@ -68,11 +81,7 @@ impl SparseWriter {
         if let Some(start) = run {
             file.write_all_at(&data[start..], offset + start as u64)?;
         }
-        let end = offset + data.len() as u64;
-        if tail_skipped && file.metadata()?.len() < end {
-            file.set_len(end)?;
-        }
-        Ok(())
+        Ok(tail_skipped.then_some(offset + data.len() as u64))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The writer: one thread owns the files whose paths hash to it, so no locks are needed, while chunks of one file
-//! may come from any stream in any order. It writes each chunk at its offset into the staging directory, keeps
-//! what each file's final check needs, and in the closing phases checks its files against their manifest records.
+//! may come from any stream in any order. It keeps what each file's final check needs, writes small chunks at
+//! their offsets into the staging directory itself and hands large ones to whichever writer is free (`wide.rs`),
+//! and in the closing phases checks its files against their manifest records.
 //!
 //! Per-file memory is bounded: a writer keeps a few dozen bytes for each ended file, up to an eighth of
 //! `--memory-limit`, and beyond that (for streams of ours, where a manifest must follow) forgets whole small files
@@ -14,9 +15,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{select, Receiver};
 use proto::{ChunkHeader, ChunkKind, CrcPiece, FileRecord, MANIFEST_NAME};
-use runtime::cancel::{recv, Cancel};
+use runtime::cancel::{Cancel, Cancelled};
 use sha1::{Digest as _, Sha1};
 
 use crate::config::ExtractConfig;
@@ -24,6 +25,7 @@ use crate::coverage::Coverage;
 use crate::decrypt_stage::Keyring;
 use crate::dispatch::{Announced, ChunkMessage, Decoded, SealedPiece, Verified, WriterMessage, MISSING_EXAMPLES};
 use crate::target::{PartialFile, Target};
+use crate::wide::{FileLength, OpenFile, WideWrites, WriteJob};
 
 /// One writer's files.
 pub(crate) struct Writer<'a> {
@@ -48,7 +50,11 @@ pub(crate) struct Writer<'a> {
     /// What the checks found so far.
     found: Verified,
     single_stream: bool,
-    fadvise: bool,
+    /// Where large chunks' bytes are handed to whichever writer is free.
+    wide: &'a WideWrites,
+    /// Files whose end-of-file chunk came while a handed-over write still held them: ended (see
+    /// [`Writer::end_file`]) once none does. At most as many as writes in flight.
+    unsettled: Vec<Vec<u8>>,
     /// What the markers announced: whether to hash files as they arrive, so a SHA-1 need not be re-read (read
     /// when a file's first chunk arrives), and whether a manifest must follow.
     announced: &'a Announced,
@@ -113,7 +119,10 @@ impl SealedEnds {
 /// A file being extracted.
 struct Slot {
     partial: PartialFile,
-    file: Option<File>,
+    /// Open while chunks are written, shared with the writers writing its large chunks.
+    file: Option<Arc<OpenFile>>,
+    /// The length its writes need, and whether a descriptor is open on it.
+    length: FileLength,
     /// The file's bytes as written (original bytes when decompressed).
     coverage: Coverage,
     /// For a decompressed or decrypted file, its bytes as they travelled (checked against the manifest's stored
@@ -139,6 +148,7 @@ impl<'a> Writer<'a> {
         config: &ExtractConfig,
         announced: &'a Announced,
         keyring: Option<&'a Keyring>,
+        wide: &'a WideWrites,
     ) -> Writer<'a> {
         // An eighth of the budget, shared by the writers, holds ended files (at 256M: 167,000 of them).
         let ended_limit = (config.ended_files_memory / ENDED_BYTES / config.writers as u64).max(1024) as usize;
@@ -154,21 +164,44 @@ impl<'a> Writer<'a> {
             last_dir: None,
             found: Verified::default(),
             single_stream,
-            fadvise: config.fadvise,
+            wide,
+            unsettled: Vec::new(),
             announced,
             keyring,
         }
     }
 
+    /// Serves its own messages and, between them, any writer's handed-over writes, until every sender is gone.
     pub(crate) fn serve(&mut self, receiver: &Receiver<WriterMessage>, cancel: &Cancel) -> Result<()> {
-        while let Some(message) = recv(receiver, cancel)? {
+        loop {
+            cancel.check()?;
+            let message = select! {
+                recv(receiver) -> message => match message {
+                    Ok(message) => message,
+                    // Every sender is gone: finished, unless the run was cancelled.
+                    Err(_) => return cancel.check().map_err(Into::into),
+                },
+                recv(self.wide.receiver()) -> job => {
+                    if let Ok(job) = job {
+                        self.wide.run(job, self.index)?;
+                    }
+                    continue;
+                },
+                recv(cancel.receiver()) -> _ => return Err(Cancelled.into()),
+            };
             match message {
                 WriterMessage::Chunk(chunk) => {
+                    self.end_settled()?;
                     let ChunkMessage { header, key, relative, data, decoded, stream, .. } = *chunk;
-                    self.write(stream, &header, &key, &relative, &data, decoded)
+                    let placed = self
+                        .write(stream, &header, &key, &relative, &data, decoded)
                         .with_context(|| chunk_context(&header, stream))?;
+                    if let Some(Placed { file, offset, display }) = placed {
+                        self.wide.hand_over(WriteJob { file, data, offset, display, owner: self.index })?;
+                    }
                 }
                 WriterMessage::Batch(batch) => {
+                    self.end_settled()?;
                     let me = self.index;
                     let mut chunks = batch.chunks.iter().filter(|chunk| chunk.writer == me).peekable();
                     while let Some(chunk) = chunks.next() {
@@ -182,10 +215,21 @@ impl<'a> Writer<'a> {
                             chunks.next();
                             self.write_whole(batch.stream, header, &chunk.relative, data)
                         } else {
-                            self.write(batch.stream, header, &header.path, &chunk.relative, data, None)
+                            self.write(batch.stream, header, &header.path, &chunk.relative, data, None).and_then(
+                                |placed| match placed {
+                                    Some(placed) => {
+                                        placed.file.write(self.wide.sparse(), data, placed.offset, &placed.display)
+                                    }
+                                    None => Ok(()),
+                                },
+                            )
                         };
                         result.with_context(|| chunk_context(header, batch.stream))?;
                     }
+                }
+                WriterMessage::Settle(reply) => {
+                    self.wide.settle(self.index, cancel)?;
+                    let _ = reply.send(());
                 }
                 WriterMessage::EndOfStreams(reply) => {
                     let manifest = self.take_manifest()?;
@@ -201,7 +245,6 @@ impl<'a> Writer<'a> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Whether nothing of file `key` has arrived yet.
@@ -252,11 +295,13 @@ impl<'a> Writer<'a> {
         let mut coverage = Coverage::default();
         let got = crc_of_file(&partial.reopen_for_read()?, &partial, &mut self.read_back)?;
         coverage.insert(0, got).map_err(|overlap| anyhow!("{overlap}"))?;
-        let file = partial.reopen_for_write()?;
+        let length = FileLength::default();
+        let file = length.open(partial.reopen_for_write()?);
         self.forgotten -= 1;
         Ok(Slot {
             partial,
             file: Some(file),
+            length,
             coverage,
             stored: None,
             sealed: None,
@@ -275,7 +320,7 @@ impl<'a> Writer<'a> {
             .sparse()
             .write_at(&file, data, 0)
             .with_context(|| format!("cannot write {}", partial.display().display()))?;
-        close(Some(file), &partial)?;
+        close(file, &partial)?;
         let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
         if self.forgets(&header.path, got) {
             // Over the bound: the manifest that must follow will name it, and it is checked from disk then.
@@ -289,7 +334,9 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// Writes one chunk of file `key` (at `relative`), its payload `data` (original bytes if `decoded`).
+    /// Takes in one chunk of file `key` (at `relative`), its payload `data` (original bytes if `decoded`): the
+    /// file created if it is new, and what arrived recorded. Returns where a payload's bytes go, for the caller to
+    /// write or hand over (`None` for an end-of-file chunk).
     fn write(
         &mut self,
         stream: usize,
@@ -298,7 +345,7 @@ impl<'a> Writer<'a> {
         relative: &Path,
         data: &[u8],
         decoded: Option<Decoded>,
-    ) -> Result<()> {
+    ) -> Result<Option<Placed>> {
         if let Some(ended) = self.ended.remove(key) {
             // More of a file that had ended (chunks of one file on several streams arrive in any order).
             let mut coverage = Coverage::default();
@@ -306,6 +353,7 @@ impl<'a> Writer<'a> {
             let slot = Slot {
                 partial: self.target.partial(self.directory_of(relative)?, relative)?,
                 file: None,
+                length: FileLength::default(),
                 coverage,
                 stored: None,
                 sealed: None,
@@ -318,17 +366,21 @@ impl<'a> Writer<'a> {
         }
         if !self.files.contains_key(key) {
             let slot = match self.create_or_existing(relative)? {
-                Ok((partial, file)) => Slot {
-                    partial,
-                    file: Some(file),
-                    coverage: Coverage::default(),
-                    stored: None,
-                    sealed: None,
-                    ended: false,
-                    verified: false,
-                    stream,
-                    sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
-                },
+                Ok((partial, file)) => {
+                    let length = FileLength::default();
+                    Slot {
+                        partial,
+                        file: Some(length.open(file)),
+                        length,
+                        coverage: Coverage::default(),
+                        stored: None,
+                        sealed: None,
+                        ended: false,
+                        verified: false,
+                        stream,
+                        sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
+                    }
+                }
                 Err(existing) if self.forgotten > 0 => self.take_up(existing, stream)?,
                 Err(existing) => bail!("{} appears twice in the stream", existing.display().display()),
             };
@@ -342,22 +394,14 @@ impl<'a> Writer<'a> {
                     bail!("a second end-of-file chunk");
                 }
                 slot.ended = true;
-                close(slot.file.take(), &slot.partial)?;
-                if slot.coverage.is_contiguous() && slot.stored.is_none() {
-                    let got = slot.coverage.prefix();
-                    let forget = self.forgets(key, got);
-                    let slot = self.files.remove(key).expect("looked up above");
-                    if forget {
-                        self.forgotten += 1;
-                        return Ok(());
-                    }
-                    let ended = Ended {
-                        got: slot.coverage.prefix(),
-                        stream: slot.stream as u32,
-                        sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
-                        verified: false,
-                    };
-                    self.ended.insert(key.into(), ended);
+                if let Some(file) = slot.file.take() {
+                    OpenFile::release(file, slot.partial.display())?;
+                }
+                if slot.length.is_written() {
+                    // A handed-over write still holds it: ended once none does.
+                    self.unsettled.push(key.to_vec());
+                } else {
+                    self.end_file(key)?;
                 }
             }
             ChunkKind::Payload => {
@@ -386,25 +430,55 @@ impl<'a> Writer<'a> {
                     _ => slot.sha1 = None,
                 }
                 if slot.file.is_none() {
-                    slot.file = Some(slot.partial.reopen_for_write()?);
+                    slot.file = Some(slot.length.open(slot.partial.reopen_for_write()?));
                 }
-                let file = slot.file.as_ref().expect("opened above");
-                self.target
-                    .sparse()
-                    .write_at(file, data, offset)
-                    .with_context(|| format!("cannot write {}", slot.partial.display().display()))?;
-                // Dropping a small file's pages from the cache costs a system call and saves nothing.
-                if self.fadvise && data.len() > crate::batch::BATCH_PAYLOAD_MAX {
-                    let _ = nix::fcntl::posix_fadvise(
-                        file,
-                        offset as i64,
-                        piece.len as i64,
-                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                    );
-                }
+                let file = Arc::clone(slot.file.as_ref().expect("opened above"));
+                let placed = Placed { file, offset, display: slot.partial.display().to_path_buf() };
+                self.forget_nonce_if_whole(key, &header.path);
+                return Ok(Some(placed));
             }
         }
         self.forget_nonce_if_whole(key, &header.path);
+        Ok(None)
+    }
+
+    /// A file whose end-of-file chunk came and on which no descriptor is open: given its length, then, if every
+    /// byte came in order, closed for good (kept as [`Ended`], or forgotten over the bound). Else it stays a slot.
+    fn end_file(&mut self, key: &[u8]) -> Result<()> {
+        let Some(slot) = self.files.get(key) else { return Ok(()) };
+        if !slot.coverage.is_contiguous() || slot.stored.is_some() {
+            return Ok(());
+        }
+        slot.length.apply(&slot.partial)?;
+        let got = slot.coverage.prefix();
+        let forget = self.forgets(key, got);
+        let slot = self.files.remove(key).expect("looked up above");
+        if forget {
+            self.forgotten += 1;
+            return Ok(());
+        }
+        let ended = Ended {
+            got,
+            stream: slot.stream as u32,
+            sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
+            verified: false,
+        };
+        self.ended.insert(key.into(), ended);
+        Ok(())
+    }
+
+    /// Ends the files set aside at their end-of-file chunk that no handed-over write holds any more.
+    fn end_settled(&mut self) -> Result<()> {
+        if self.unsettled.is_empty() {
+            return Ok(());
+        }
+        for key in std::mem::take(&mut self.unsettled) {
+            match self.files.get(&key) {
+                Some(slot) if slot.length.is_written() => self.unsettled.push(key),
+                Some(slot) if slot.ended => self.end_file(&key)?,
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -425,7 +499,8 @@ impl<'a> Writer<'a> {
         let key = MANIFEST_NAME.as_bytes();
         let partial = match (self.files.remove(key), self.ended.remove(key)) {
             (Some(slot), _) => {
-                close(slot.file, &slot.partial)?;
+                let mut slot = slot;
+                finish(&mut slot)?;
                 if !slot.ended || !slot.coverage.is_contiguous() {
                     bail!("stream {}: {MANIFEST_NAME} is incomplete: the stream was cut short", slot.stream);
                 }
@@ -451,7 +526,7 @@ impl<'a> Writer<'a> {
             if std::mem::replace(&mut slot.verified, true) {
                 bail!("the manifest lists {} twice: refusing it", record.path.display());
             }
-            close(slot.file.take(), &slot.partial)?;
+            finish(slot)?;
             let display = || slot.partial.display().display().to_string();
             if !slot.ended {
                 bail!("{}: the stream ended without its end-of-file chunk (cut short?)", display());
@@ -523,7 +598,7 @@ impl<'a> Writer<'a> {
             if slot.verified {
                 continue;
             }
-            close(slot.file.take(), &slot.partial)?;
+            finish(slot)?;
             let display = slot.partial.display().display().to_string();
             if proven {
                 bail!("{display} is in the stream but not in the manifest");
@@ -648,15 +723,28 @@ fn crc_of_file(file: &File, partial: &PartialFile, buffer: &mut Vec<u8>) -> Resu
     }
 }
 
+/// Closes a slot's file for good, once every write is settled, and gives it the length its writes need.
+fn finish(slot: &mut Slot) -> Result<()> {
+    if let Some(file) = slot.file.take() {
+        OpenFile::release(file, slot.partial.display())?;
+    }
+    if slot.length.is_written() {
+        bail!("{}: a write was still in flight when the file was checked", slot.partial.display().display());
+    }
+    slot.length.apply(&slot.partial)
+}
+
 /// Closes a file explicitly, so that a failed close (an I/O error the kernel reports only then, e.g. on NFS) is an
 /// error: a file whose close fails is not complete.
-fn close(file: Option<File>, partial: &PartialFile) -> Result<()> {
-    match file {
-        Some(file) => {
-            nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", partial.display().display()))
-        }
-        None => Ok(()),
-    }
+fn close(file: File, partial: &PartialFile) -> Result<()> {
+    nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", partial.display().display()))
+}
+
+/// Where a payload's bytes go: the file's shared descriptor, the offset, and the file's name for messages.
+struct Placed {
+    file: Arc<OpenFile>,
+    offset: u64,
+    display: PathBuf,
 }
 
 /// Size and CRC-32 of what arrived against what the manifest says.
