@@ -354,8 +354,15 @@ impl FileState {
             data.set_len(start + size + 1);
             let mut filled = 0;
             while filled < size + 1 {
+                let asked = size + 1 - filled;
                 match file.read_at(&mut data[start + filled..], filled as u64) {
                     Ok(0) => break,
+                    // A short read that brings every byte the scan saw is the end of the file: no read of 0 bytes
+                    // to prove it (a system call per file). Had the file grown, the `fstat` below would say so.
+                    Ok(n) if n < asked && filled + n == size => {
+                        filled += n;
+                        break;
+                    }
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => bail!("cannot read {} at offset {filled}: {e}", self.scanned.source.display()),
