@@ -153,6 +153,62 @@ fn files_ending_while_their_bytes_are_still_being_written_come_back_whole() {
     }
 }
 
+/// Chunks that come after their file's end keep no descriptor open. Two streams made by hand: the first carries each
+/// of 600 files' first half and its end-of-file chunk, the second their second halves, and the first is delivered
+/// whole before the second. Every file has ended (closed) when its second half comes; that late chunk's descriptor
+/// is closed once it is written, so the extraction runs under a limit of 128 open files (it failed with EMFILE
+/// when each such file was kept open until the proof).
+#[test]
+fn chunks_after_their_files_end_keep_no_descriptor_open() {
+    const HALF: usize = 40_000;
+    let files: Vec<(String, Vec<u8>)> =
+        (0..600u64).map(|i| (format!("db{}/t{i:03}.ibd", i % 7), pseudo_random_bytes(2 * HALF, 700 + i))).collect();
+    let (mut first, mut second) = (proto::ChunkWriter::new(Vec::new()), proto::ChunkWriter::new(Vec::new()));
+    for (path, data) in &files {
+        first.write_payload(path.as_bytes(), 0, &data[..HALF]).unwrap();
+        first.write_eof(path.as_bytes()).unwrap();
+        second.write_payload(path.as_bytes(), HALF as u64, &data[HALF..]).unwrap();
+    }
+    let streams = [first.into_inner(), second.into_inner()];
+    let work = tempfile::tempdir().unwrap();
+    let (fifo_dir, out) = (work.path().join("fifos"), work.path().join("out"));
+    let consumer = spawn(
+        Command::new(tool("prlimit"))
+            .args(["--nofile=128:128", "--"])
+            .arg(CONSUMER)
+            .args(["extract", "--no-fsync", "--fifo-streams", "2", "--fifo-timeout", "30", "--fifo-dir"])
+            .arg(&fifo_dir)
+            .arg("-C")
+            .arg(&out)
+            .stderr(Stdio::piped()),
+    );
+    // The consumer opens its pipes in order; then the first stream goes whole, then the second.
+    let mut pipes: Vec<fs::File> = (0..2)
+        .map(|i| {
+            let path = fifo_dir.join(format!("thread_{i}"));
+            wait_for_path(&path, SHORT);
+            fs::OpenOptions::new().write(true).open(&path).unwrap()
+        })
+        .collect();
+    let delivered: Vec<std::io::Result<()>> = pipes
+        .iter_mut()
+        .zip(&streams)
+        .map(|(pipe, stream)| {
+            let written = pipe.write_all(stream);
+            drop(std::mem::replace(pipe, fs::File::open("/dev/null").unwrap()));
+            written
+        })
+        .collect();
+    let output = consumer.wait_output(LONG);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    assert!(delivered.iter().all(Result::is_ok), "{delivered:?}");
+    assert!(stderr.contains("completeness is unproven"), "{stderr}");
+    for (path, data) in &files {
+        assert_eq!(&fs::read(out.join(path)).unwrap(), data, "{path}");
+    }
+}
+
 /// A real `mbstream -c` stream (no manifest) extracts exactly as `mbstream -x` extracts it, with a warning; with
 /// --require-manifest it is refused.
 #[test]

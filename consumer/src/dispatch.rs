@@ -1,5 +1,6 @@
-//! What travels between the threads of an extraction: chunks from the demultiplexers (and decompress threads) to
-//! the writer that owns their file, and the closing phases' messages from the proof to every writer.
+//! What travels between the threads of an extraction: chunks from the demultiplexers (and decrypt and decompress
+//! threads) to the writer that owns their file, and the closing phases' messages from the proof to every writer
+//! (a large chunk's bytes, handed from writer to writer, travel in `wide.rs`'s queue).
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -10,8 +10,9 @@
 //! dispatched to a writer chosen by a hash of the path, so one writer owns each file's state and no locks are
 //! needed, while chunks of one file may come from any stream in any order. The owner writes small chunks itself
 //! and hands a large chunk's bytes to whichever writer is free (`wide.rs`), so one huge file is written by every
-//! writer. Small chunks travel in batches ([`crate::batch`]): one pool buffer and one message for many files. When every stream has ended cleanly the run
-//! proves the result in phases, so that nothing unproven ever looks complete:
+//! writer. Small chunks travel in batches ([`crate::batch`]): one pool buffer and one message for many files. When
+//! every stream has ended cleanly the run proves the result in phases, so that nothing unproven ever looks
+//! complete:
 //!
 //! 1. *end of streams*: every handed-over write is finished, then the writer that holds the manifest hands it over
 //!    (as its staged file);
@@ -24,9 +25,9 @@
 //! With `--decrypt`, chunks of `.age` files pass through the decrypt threads (`decrypt_stage.rs`) first, and the
 //! manifest is the encrypted one, decrypted like every file.
 //!
-//! Each stage has a file of its own: `demux.rs` (the readers), `decrypt_stage.rs`, `decompress_stage.rs`, `writer.rs` (which also
-//! bounds per-file memory), `proof.rs` (the phases); `dispatch.rs` holds what travels between them. This file only
-//! wires them.
+//! Each stage has a file of its own: `demux.rs` (the readers), `decrypt_stage.rs`, `decompress_stage.rs`,
+//! `writer.rs` (which also bounds per-file memory), `wide.rs` (large chunks' bytes, written by any writer),
+//! `proof.rs` (the phases); `dispatch.rs` holds what travels between them. This file only wires them.
 //!
 //! Any failure removes every partial file; the manifest never appears in an unproven tree.
 

@@ -1,6 +1,6 @@
 //! The proof of an extraction, in phases, run once every stream has ended cleanly, so that nothing unproven ever
-//! looks complete (see [`crate::extract`]): the manifest handed over, every record checked by the writer that owns
-//! its file, the streams' tallies checked, then the commit. [`check_streams`] is shared with `--list` and `put`.
+//! looks complete (see [`crate::extract`]): every handed-over write settled and the manifest handed over, every
+//! record checked by the writer that owns its file, the streams' tallies checked, then the commit. [`check_streams`] is shared with `--list` and `put`.
 
 use std::fs::File;
 use std::time::Instant;

@@ -6,8 +6,10 @@
 //! would take 1 GiB of disk. MariaDB's `PAGE_COMPRESSED` tables punch a hole in every page they compress, so a
 //! datadir restored without holes can need many times the disk of the original. Files are written into new files
 //! only (the staging directory), where every byte not written reads as zero, so a block of zeros is simply not
-//! written; a write whose last block is skipped makes sure the file is at least as long as the write, as a plain
-//! `pwrite` would have made it.
+//! written. A write whose last block is skipped makes sure the file is at least as long as the write, as a plain
+//! `pwrite` would have made it ([`SparseWriter::write_at`]); where other threads write the same file, it says how
+//! long the file must be instead, for the file's owner to make it so once no write is in flight
+//! ([`SparseWriter::write_leaving_holes`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -6,7 +6,7 @@
 //! positional write of a large chunk's bytes is handed over ([`WideWrites::hand_over`]), on a descriptor the
 //! writers share ([`OpenFile`]). A failed write fails the run, so the bookkeeping may run ahead of the bytes: a file
 //! whose end-of-file chunk comes while a write still holds it is set aside by its owner until none does
-//! ([`FileLength::is_written`]), and before the proof closes, reads or checks any file, [`WideWrites::settle`] waits
+//! ([`FileLength::is_open`]), and before the proof closes, reads or checks any file, [`WideWrites::settle`] waits
 //! until no handed-over write is left at all.
 //!
 //! Zero blocks are left as holes, so a write ending in one does not lengthen the file: the length it needs is
@@ -34,23 +34,29 @@ use crate::target::PartialFile;
 
 /// The length a staged file must at least have: the furthest end of a write whose last block, all zeros, was left
 /// as a hole (see [`SparseWriter::write_leaving_holes`]). Shared by the file's owner and every descriptor open on
-/// it, so it also tells whether one is ([`FileLength::is_written`]).
+/// it, so it also tells whether one is ([`FileLength::is_open`]).
 #[derive(Debug, Default)]
 pub(crate) struct FileLength(Arc<AtomicU64>);
 
 impl FileLength {
-    /// A descriptor on the file, just opened for writing.
-    pub(crate) fn open(&self, file: File) -> Arc<OpenFile> {
-        Arc::new(OpenFile { file, length: Arc::clone(&self.0) })
+    /// A descriptor on the file, just opened for writing; `display` names the file in messages.
+    pub(crate) fn open(&self, file: File, display: &Path) -> Arc<OpenFile> {
+        Arc::new(OpenFile { file, length: Arc::clone(&self.0), display: display.to_path_buf() })
     }
 
     /// Whether a descriptor is still open on the file (the owner's, or one a handed-over write holds).
-    pub(crate) fn is_written(&self) -> bool {
-        Arc::strong_count(&self.0) > 1
+    pub(crate) fn is_open(&self) -> bool {
+        if Arc::strong_count(&self.0) > 1 {
+            return true;
+        }
+        // The count is read relaxed; the last descriptor let go of its share with a release, after its writes
+        // noted the lengths they need: this fence makes those lengths visible to `apply`.
+        std::sync::atomic::fence(Ordering::Acquire);
+        false
     }
 
     /// Gives the file the length its writes need; called by its owner once no descriptor is open on it
-    /// ([`FileLength::is_written`]), so that nothing is written while the length is set.
+    /// ([`FileLength::is_open`]), so that nothing is written while the length is set.
     pub(crate) fn apply(&self, partial: &PartialFile) -> Result<()> {
         let needed = self.0.load(Ordering::SeqCst);
         if needed == 0 {
@@ -71,14 +77,16 @@ impl FileLength {
 pub(crate) struct OpenFile {
     file: File,
     length: Arc<AtomicU64>,
+    /// The file's final path, for messages.
+    display: PathBuf,
 }
 
 impl OpenFile {
-    /// Writes `data` at `offset`, zero blocks left as holes; `display` names the file in an error.
-    pub(crate) fn write(&self, sparse: &SparseWriter, data: &[u8], offset: u64, display: &Path) -> Result<()> {
+    /// Writes `data` at `offset`, zero blocks left as holes.
+    pub(crate) fn write(&self, sparse: &SparseWriter, data: &[u8], offset: u64) -> Result<()> {
         let end = sparse
             .write_leaving_holes(&self.file, data, offset)
-            .with_context(|| format!("cannot write {}", display.display()))?;
+            .with_context(|| format!("cannot write {}", self.display.display()))?;
         if let Some(end) = end {
             self.length.fetch_max(end, Ordering::SeqCst);
         }
@@ -99,15 +107,16 @@ impl OpenFile {
     /// Lets go of the owner's share of the descriptor: closed now if no handed-over write holds it, else by the
     /// last write that does. The close is explicit so that an I/O error the kernel reports only then (e.g. on NFS)
     /// fails the run: a file whose close fails is not complete.
-    pub(crate) fn release(this: Arc<OpenFile>, display: &Path) -> Result<()> {
+    pub(crate) fn release(this: Arc<OpenFile>) -> Result<()> {
         match Arc::into_inner(this) {
-            Some(open) => open.close(display),
+            Some(open) => open.close(),
             None => Ok(()),
         }
     }
 
-    fn close(self, display: &Path) -> Result<()> {
-        nix::unistd::close(self.file).with_context(|| format!("cannot close {} (staged)", display.display()))
+    fn close(self) -> Result<()> {
+        let OpenFile { file, display, .. } = self;
+        nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", display.display()))
     }
 }
 
@@ -116,10 +125,11 @@ pub(crate) struct WriteJob {
     pub(crate) file: Arc<OpenFile>,
     pub(crate) data: PooledBuffer,
     pub(crate) offset: u64,
-    /// The file's final path, for messages.
-    pub(crate) display: PathBuf,
     /// The writer that owns the file.
     pub(crate) owner: usize,
+    /// Where the chunk was: its stream and its offset there, for messages.
+    pub(crate) stream: usize,
+    pub(crate) stream_offset: u64,
 }
 
 /// The queue of handed-over writes that every writer thread serves, and how many are not done yet.
@@ -190,12 +200,13 @@ impl WideWrites {
     }
 
     fn write(&self, job: WriteJob) -> Result<()> {
-        let WriteJob { file, data, offset, display, .. } = job;
-        file.write(&self.sparse, &data, offset, &display)?;
+        let WriteJob { file, data, offset, stream, stream_offset, .. } = job;
+        file.write(&self.sparse, &data, offset)
+            .with_context(|| format!("chunk at stream {stream}, offset {stream_offset:#x}"))?;
         if self.fadvise && data.len() > BATCH_PAYLOAD_MAX {
             file.drop_cached(offset, data.len());
         }
-        OpenFile::release(file, &display)
+        OpenFile::release(file)
     }
 
     /// Writes queued jobs until none is left anywhere, queued or being written by another writer. Called by each

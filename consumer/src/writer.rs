@@ -32,7 +32,8 @@ pub(crate) struct Writer<'a> {
     /// Its number: the chunks of a batch it owns carry it.
     index: usize,
     target: &'a Target,
-    /// Files still being written, or ended with bytes out of order, decompressed, or the manifest.
+    /// Files still being written; ended with bytes out of order, or decoded (decompressed or decrypted); or set
+    /// aside at their end while a write still holds them (`unsettled`).
     files: HashMap<Vec<u8>, Slot>,
     /// Files ended with every byte in order, closed: ~150 bytes each with the map's overhead, up to
     /// `ended_limit` of them.
@@ -52,8 +53,9 @@ pub(crate) struct Writer<'a> {
     single_stream: bool,
     /// Where large chunks' bytes are handed to whichever writer is free.
     wide: &'a WideWrites,
-    /// Files whose end-of-file chunk came while a handed-over write still held them: ended (see
-    /// [`Writer::end_file`]) once none does. At most as many as writes in flight.
+    /// Files whose end-of-file chunk came while a handed-over write still held them, or that got a chunk after it:
+    /// ended (see [`Writer::end_file`]) once no write holds them. Looked at with each message: about as many as
+    /// writes in flight.
     unsettled: Vec<Vec<u8>>,
     /// What the markers announced: whether to hash files as they arrive, so a SHA-1 need not be re-read (read
     /// when a file's first chunk arrives), and whether a manifest must follow.
@@ -196,8 +198,9 @@ impl<'a> Writer<'a> {
                     let placed = self
                         .write(stream, &header, &key, &relative, &data, decoded)
                         .with_context(|| chunk_context(&header, stream))?;
-                    if let Some(Placed { file, offset, display }) = placed {
-                        self.wide.hand_over(WriteJob { file, data, offset, display, owner: self.index })?;
+                    if let Some(Placed { file, offset }) = placed {
+                        let (owner, stream_offset) = (self.index, header.stream_offset);
+                        self.wide.hand_over(WriteJob { file, data, offset, owner, stream, stream_offset })?;
                     }
                 }
                 WriterMessage::Batch(batch) => {
@@ -217,9 +220,7 @@ impl<'a> Writer<'a> {
                         } else {
                             self.write(batch.stream, header, &header.path, &chunk.relative, data, None).and_then(
                                 |placed| match placed {
-                                    Some(placed) => {
-                                        placed.file.write(self.wide.sparse(), data, placed.offset, &placed.display)
-                                    }
+                                    Some(placed) => placed.write_now(self.wide.sparse(), data),
                                     None => Ok(()),
                                 },
                             )
@@ -296,7 +297,7 @@ impl<'a> Writer<'a> {
         let got = crc_of_file(&partial.reopen_for_read()?, &partial, &mut self.read_back)?;
         coverage.insert(0, got).map_err(|overlap| anyhow!("{overlap}"))?;
         let length = FileLength::default();
-        let file = length.open(partial.reopen_for_write()?);
+        let file = length.open(partial.reopen_for_write()?, partial.display());
         self.forgotten -= 1;
         Ok(Slot {
             partial,
@@ -368,9 +369,10 @@ impl<'a> Writer<'a> {
             let slot = match self.create_or_existing(relative)? {
                 Ok((partial, file)) => {
                     let length = FileLength::default();
+                    let file = Some(length.open(file, partial.display()));
                     Slot {
                         partial,
-                        file: Some(length.open(file)),
+                        file,
                         length,
                         coverage: Coverage::default(),
                         stored: None,
@@ -395,9 +397,9 @@ impl<'a> Writer<'a> {
                 }
                 slot.ended = true;
                 if let Some(file) = slot.file.take() {
-                    OpenFile::release(file, slot.partial.display())?;
+                    OpenFile::release(file)?;
                 }
-                if slot.length.is_written() {
+                if slot.length.is_open() {
                     // A handed-over write still holds it: ended once none does.
                     self.unsettled.push(key.to_vec());
                 } else {
@@ -430,10 +432,20 @@ impl<'a> Writer<'a> {
                     _ => slot.sha1 = None,
                 }
                 if slot.file.is_none() {
-                    slot.file = Some(slot.length.open(slot.partial.reopen_for_write()?));
+                    slot.file = Some(slot.length.open(slot.partial.reopen_for_write()?, slot.partial.display()));
                 }
-                let file = Arc::clone(slot.file.as_ref().expect("opened above"));
-                let placed = Placed { file, offset, display: slot.partial.display().to_path_buf() };
+                // A chunk after the file's end (from another stream, or decoded after its `E` overtook it): the
+                // descriptor goes with the write and is closed after it, so files that end before their last
+                // chunk do not each keep one open until the proof; the file is ended again once that write is done.
+                let ended = slot.ended;
+                let file = match ended {
+                    true => slot.file.take().expect("opened above"),
+                    false => Arc::clone(slot.file.as_ref().expect("opened above")),
+                };
+                let placed = Placed { file, offset };
+                if ended && !self.unsettled.iter().any(|unsettled| unsettled.as_slice() == key) {
+                    self.unsettled.push(key.to_vec());
+                }
                 self.forget_nonce_if_whole(key, &header.path);
                 return Ok(Some(placed));
             }
@@ -474,7 +486,7 @@ impl<'a> Writer<'a> {
         }
         for key in std::mem::take(&mut self.unsettled) {
             match self.files.get(&key) {
-                Some(slot) if slot.length.is_written() => self.unsettled.push(key),
+                Some(slot) if slot.length.is_open() => self.unsettled.push(key),
                 Some(slot) if slot.ended => self.end_file(&key)?,
                 _ => {}
             }
@@ -726,9 +738,9 @@ fn crc_of_file(file: &File, partial: &PartialFile, buffer: &mut Vec<u8>) -> Resu
 /// Closes a slot's file for good, once every write is settled, and gives it the length its writes need.
 fn finish(slot: &mut Slot) -> Result<()> {
     if let Some(file) = slot.file.take() {
-        OpenFile::release(file, slot.partial.display())?;
+        OpenFile::release(file)?;
     }
-    if slot.length.is_written() {
+    if slot.length.is_open() {
         bail!("{}: a write was still in flight when the file was checked", slot.partial.display().display());
     }
     slot.length.apply(&slot.partial)
@@ -740,11 +752,18 @@ fn close(file: File, partial: &PartialFile) -> Result<()> {
     nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", partial.display().display()))
 }
 
-/// Where a payload's bytes go: the file's shared descriptor, the offset, and the file's name for messages.
+/// Where a payload's bytes go: the file's shared descriptor and the offset.
 struct Placed {
     file: Arc<OpenFile>,
     offset: u64,
-    display: PathBuf,
+}
+
+impl Placed {
+    /// Writes `data` here and now, then lets go of the descriptor (closed if this was its last holder).
+    fn write_now(self, sparse: &crate::sparse::SparseWriter, data: &[u8]) -> Result<()> {
+        self.file.write(sparse, data, self.offset)?;
+        OpenFile::release(self.file)
+    }
 }
 
 /// Size and CRC-32 of what arrived against what the manifest says.
