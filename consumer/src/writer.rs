@@ -72,6 +72,9 @@ const ENDED_BYTES: u64 = 200;
 /// of more directories than RLIMIT_NOFILE does not run out of them.
 struct Ended {
     got: CrcPiece,
+    /// A decompressed file's bytes as they travelled (`<path>.zst`), all in order: checked against the manifest's
+    /// stored form.
+    stored: Option<CrcPiece>,
     stream: u32,
     /// Checked against its manifest record.
     verified: bool,
@@ -140,6 +143,10 @@ struct Slot {
     /// With `--digest sha1`: the SHA-1 of the bytes so far, while they arrive in order (dropped at the first chunk
     /// out of order; the file is then re-read to check it).
     sha1: Option<Sha1>,
+    /// Taken up from disk with bytes in it after it was forgotten ([`Writer::take_up`]): how its decompressed bytes
+    /// travelled is no longer known, so only what it holds is checked (size and CRC-32 against the record, which
+    /// prove its bytes).
+    stored_lost: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -310,6 +317,8 @@ impl<'a> Writer<'a> {
             verified: false,
             stream,
             sha1: None,
+            // Empty, nothing of it had come: its compressed bytes, if any, are all still to come.
+            stored_lost: got.len > 0,
         })
     }
 
@@ -330,7 +339,7 @@ impl<'a> Writer<'a> {
         }
         let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
         drop(partial);
-        let ended = Ended { got, stream: stream as u32, sha1, verified: false };
+        let ended = Ended { got, stored: None, stream: stream as u32, sha1, verified: false };
         self.ended.insert(header.path.as_slice().into(), ended);
         Ok(())
     }
@@ -349,19 +358,18 @@ impl<'a> Writer<'a> {
     ) -> Result<Option<Placed>> {
         if let Some(ended) = self.ended.remove(key) {
             // More of a file that had ended (chunks of one file on several streams arrive in any order).
-            let mut coverage = Coverage::default();
-            coverage.insert(0, ended.got).map_err(|overlap| anyhow!("{overlap}"))?;
             let slot = Slot {
                 partial: self.target.partial(self.directory_of(relative)?, relative)?,
                 file: None,
                 length: FileLength::default(),
-                coverage,
-                stored: None,
+                coverage: coverage_of(ended.got)?,
+                stored: ended.stored.map(coverage_of).transpose()?,
                 sealed: None,
                 ended: true,
                 verified: false,
                 stream: ended.stream as usize,
                 sha1: None,
+                stored_lost: false,
             };
             self.files.insert(key.to_vec(), slot);
         }
@@ -381,6 +389,7 @@ impl<'a> Writer<'a> {
                         verified: false,
                         stream,
                         sha1: self.announced.hash_files.load(Ordering::SeqCst).then(Sha1::new),
+                        stored_lost: false,
                     }
                 }
                 Err(existing) if self.forgotten > 0 => self.take_up(existing, stream)?,
@@ -418,10 +427,12 @@ impl<'a> Writer<'a> {
                             slot.sealed.get_or_insert_with(SealedEnds::default).add(piece)?;
                         }
                         let (stored_offset, stored_piece) = decoded.stored;
-                        slot.stored
-                            .get_or_insert_with(Coverage::default)
-                            .insert(stored_offset, stored_piece)
-                            .map_err(|overlap| anyhow!("{overlap}"))?;
+                        if !slot.stored_lost {
+                            slot.stored
+                                .get_or_insert_with(Coverage::default)
+                                .insert(stored_offset, stored_piece)
+                                .map_err(|overlap| anyhow!("{overlap}"))?;
+                        }
                         (decoded.offset, CrcPiece { crc: decoded.crc, len: data.len() as u64 })
                     }
                 };
@@ -455,10 +466,12 @@ impl<'a> Writer<'a> {
     }
 
     /// A file whose end-of-file chunk came and on which no descriptor is open: given its length, then, if every
-    /// byte came in order, closed for good (kept as [`Ended`], or forgotten over the bound). Else it stays a slot.
+    /// byte came in order, closed for good (kept as [`Ended`], or forgotten over the bound). Else it stays a slot:
+    /// so does a decrypted file (its nonce and segment ends are checked against the record).
     fn end_file(&mut self, key: &[u8]) -> Result<()> {
         let Some(slot) = self.files.get(key) else { return Ok(()) };
-        if !slot.coverage.is_contiguous() || slot.stored.is_some() {
+        let stored_in_order = slot.stored.as_ref().is_none_or(Coverage::is_contiguous);
+        if !slot.coverage.is_contiguous() || !stored_in_order || slot.sealed.is_some() || slot.stored_lost {
             return Ok(());
         }
         slot.length.apply(&slot.partial)?;
@@ -471,6 +484,7 @@ impl<'a> Writer<'a> {
         }
         let ended = Ended {
             got,
+            stored: slot.stored.as_ref().map(Coverage::prefix),
             stream: slot.stream as u32,
             sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
             verified: false,
@@ -567,9 +581,10 @@ impl<'a> Writer<'a> {
                 bail!("the manifest lists {} twice: refusing it", record.path.display());
             }
             let (got, sha1) = (ended.got, ended.sha1.as_deref().copied());
+            let stored = ended.stored.map(coverage_of).transpose()?;
             let relative = proto::safe_relative_path(key)?;
             let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
-            check_file(key, record, &partial, got, None, sha1)?;
+            check_file(key, record, &partial, got, stored.as_ref(), sha1)?;
             self.found.files += 1;
             self.found.bytes += got.len;
         } else if let Some(got) = self.recall(key, record)? {
@@ -733,6 +748,13 @@ fn crc_of_file(file: &File, partial: &PartialFile, buffer: &mut Vec<u8>) -> Resu
         }
         got = got.append(CrcPiece::of(&buffer[..n]));
     }
+}
+
+/// The bytes `[0, piece.len)` of a file, as one piece.
+fn coverage_of(piece: CrcPiece) -> Result<Coverage> {
+    let mut coverage = Coverage::default();
+    coverage.insert(0, piece).map_err(|overlap| anyhow!("{overlap}"))?;
+    Ok(coverage)
 }
 
 /// Closes a slot's file for good, once every write is settled, and gives it the length its writes need.
