@@ -75,6 +75,8 @@ struct Ended {
     /// A decompressed file's bytes as they travelled (`<path>.zst`), all in order: checked against the manifest's
     /// stored form.
     stored: Option<CrcPiece>,
+    /// A decrypted file's nonce and segment ends (boxed: most files are not decrypted).
+    sealed: Option<Box<SealedEnds>>,
     stream: u32,
     /// Checked against its manifest record.
     verified: bool,
@@ -339,7 +341,7 @@ impl<'a> Writer<'a> {
         }
         let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
         drop(partial);
-        let ended = Ended { got, stored: None, stream: stream as u32, sha1, verified: false };
+        let ended = Ended { got, stored: None, sealed: None, stream: stream as u32, sha1, verified: false };
         self.ended.insert(header.path.as_slice().into(), ended);
         Ok(())
     }
@@ -364,7 +366,7 @@ impl<'a> Writer<'a> {
                 length: FileLength::default(),
                 coverage: coverage_of(ended.got)?,
                 stored: ended.stored.map(coverage_of).transpose()?,
-                sealed: None,
+                sealed: ended.sealed.map(|sealed| *sealed),
                 ended: true,
                 verified: false,
                 stream: ended.stream as usize,
@@ -412,6 +414,8 @@ impl<'a> Writer<'a> {
                     // A handed-over write still holds it: ended once none does.
                     self.unsettled.push(key.to_vec());
                 } else {
+                    // Decrypting, the keyring learns first whether the file came whole (before it is compacted).
+                    self.forget_nonce_if_whole(key, &header.path);
                     self.end_file(key)?;
                 }
             }
@@ -466,17 +470,17 @@ impl<'a> Writer<'a> {
     }
 
     /// A file whose end-of-file chunk came and on which no descriptor is open: given its length, then, if every
-    /// byte came in order, closed for good (kept as [`Ended`], or forgotten over the bound). Else it stays a slot:
-    /// so does a decrypted file (its nonce and segment ends are checked against the record).
+    /// byte came in order, closed for good (kept as [`Ended`], or forgotten over the bound: never a decrypted one,
+    /// whose nonce is checked against its record). Else it stays a slot.
     fn end_file(&mut self, key: &[u8]) -> Result<()> {
         let Some(slot) = self.files.get(key) else { return Ok(()) };
         let stored_in_order = slot.stored.as_ref().is_none_or(Coverage::is_contiguous);
-        if !slot.coverage.is_contiguous() || !stored_in_order || slot.sealed.is_some() || slot.stored_lost {
+        if !slot.coverage.is_contiguous() || !stored_in_order || slot.stored_lost {
             return Ok(());
         }
         slot.length.apply(&slot.partial)?;
         let got = slot.coverage.prefix();
-        let forget = self.forgets(key, got);
+        let forget = slot.sealed.is_none() && self.forgets(key, got);
         let slot = self.files.remove(key).expect("looked up above");
         if forget {
             self.forgotten += 1;
@@ -485,6 +489,7 @@ impl<'a> Writer<'a> {
         let ended = Ended {
             got,
             stored: slot.stored.as_ref().map(Coverage::prefix),
+            sealed: slot.sealed.map(Box::new),
             stream: slot.stream as u32,
             sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
             verified: false,
@@ -536,7 +541,10 @@ impl<'a> Writer<'a> {
                 }
                 slot.partial
             }
-            (None, Some(_)) => {
+            (None, Some(ended)) => {
+                if let Some(sealed) = &ended.sealed {
+                    sealed.check_end(&format!("the encrypted manifest ({MANIFEST_NAME}.age)"))?;
+                }
                 let relative = Path::new(MANIFEST_NAME);
                 self.target.partial(self.directory_of(relative)?, relative)?
             }
@@ -572,13 +580,17 @@ impl<'a> Writer<'a> {
             self.found.files += 1;
             self.found.bytes += got.len;
         } else if let Some(ended) = self.ended.get_mut(key) {
-            // Decrypting, every file that came is held whole (its segments' ends too): one that ended without a
-            // payload (only its end-of-file chunk came) never gave its nonce.
-            if self.keyring.is_some() {
-                bail!("{}: its first chunk (its age header and nonce) never arrived", record.path.display());
-            }
             if std::mem::replace(&mut ended.verified, true) {
                 bail!("the manifest lists {} twice: refusing it", record.path.display());
+            }
+            // Decrypting, an ended file keeps its segments' ends; one that ended without a payload (only its
+            // end-of-file chunk came) never gave its nonce.
+            match (&ended.sealed, self.keyring) {
+                (Some(sealed), _) => check_sealed(&record.path.display(), record, sealed)?,
+                (None, Some(_)) => {
+                    bail!("{}: its first chunk (its age header and nonce) never arrived", record.path.display())
+                }
+                (None, None) => {}
             }
             let (got, sha1) = (ended.got, ended.sha1.as_deref().copied());
             let stored = ended.stored.map(coverage_of).transpose()?;
