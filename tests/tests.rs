@@ -22,3 +22,4 @@ mod store;
 mod store_conformance;
 mod store_safety;
 mod transport;
+mod wide;

@@ -11,14 +11,14 @@ backup's extracted tree back into originals, every one authenticated).
 
 The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
 owns their file), `decrypt_stage.rs` (`--decrypt`), `decompress_stage.rs` (`--decompress`), `writer.rs` (files
-written at their offsets, and checked against their records), `wide.rs` (large chunks written by whichever writer is
-free), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what travels between
-them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its start marker taken
-off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging directory, moved into
-place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object store's side: [`storage`]
-(which store), [`layout`] (keys and the index), `pack.rs` (packs as put fills them), `put_seal.rs` (a foreign stream
-encrypted on its way into the store), [`merge`] and [`sent_check`] (a stored backup sent back as a stream, checked as
-it goes). How streams travel is the `transport` crate's.
+written at their offsets), `file_check.rs` (each file checked against its record), `wide.rs` (large chunks written by
+whichever writer is free), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what
+travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its start
+marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
+directory, moved into place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object store's
+side: [`storage`] (which store), [`layout`] (keys and the index), `pack.rs` (packs as put fills them), `put_seal.rs`
+(a foreign stream encrypted on its way into the store), [`merge`] and [`sent_check`] (a stored backup sent back as a
+stream, checked as it goes). How streams travel is the `transport` crate's.
 */
 
 pub mod app;
@@ -34,6 +34,7 @@ mod decrypt_stage;
 mod demux;
 mod dispatch;
 pub mod extract;
+mod file_check;
 pub mod get;
 pub mod input;
 pub mod layout;
