@@ -103,7 +103,7 @@ fn chunks_after_their_files_end_keep_no_descriptor_open() {
         .map(|i| {
             let path = fifo_dir.join(format!("thread_{i}"));
             wait_for_path(&path, SHORT);
-            fs::OpenOptions::new().write(true).open(&path).unwrap()
+            open_pipe_for_writing(&path, SHORT)
         })
         .collect();
     let delivered: Vec<std::io::Result<()>> = pipes

@@ -246,6 +246,21 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Opens the named pipe `path` for writing once a reader has it open, waiting at most `timeout` (a plain open would
+/// block for ever if the reader died first). The descriptor returned blocks as usual.
+pub fn open_pipe_for_writing(path: &Path, timeout: Duration) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opened = None;
+    wait_until(timeout, &format!("a reader of {}", path.display()), || {
+        opened = std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(path).ok();
+        opened.is_some()
+    });
+    let pipe = opened.expect("opened above");
+    let flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_GETFL).unwrap());
+    nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+    pipe
+}
+
 /// Waits for `path` to exist (a pipe the producer or consumer makes), for at most `timeout`.
 pub fn wait_for_path(path: &Path, timeout: Duration) {
     wait_until(timeout, &format!("{} to appear", path.display()), || path.exists());
