@@ -6,10 +6,9 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::ChunkKind;
 use proto::{is_marker_name, StreamMarker};
 use proto::{ChunkReader, ChunkWriter};
 
@@ -44,47 +43,6 @@ fn chunk_boundaries(stream: &[u8]) -> Vec<usize> {
     }
     assert_eq!(ends.pop(), Some(stream.len()));
     ends
-}
-
-/// Runs `consumer extract` (or `--list`: `out` = None) on `streams` fed through as many pipes; returns its output.
-fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo_dir = dir.path().join("fifos");
-    let mut command = consumer_command();
-    command.arg("extract");
-    match out {
-        Some(out) => command.arg("-C").arg(out),
-        None => command.arg("--list"),
-    };
-    let consumer = spawn(
-        command
-            .args(["--fifo-timeout", "30", "--fifo-streams", &streams.len().to_string(), "--fifo-dir"])
-            .arg(&fifo_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let writers: Vec<_> = streams
-        .iter()
-        .enumerate()
-        .map(|(i, stream)| {
-            let path = fifo_dir.join(format!("thread_{i}"));
-            let stream = stream.clone();
-            spawn_named("pipe", move || {
-                wait_for_path(&path, Duration::from_secs(30));
-                // The consumer may fail (and close its end) before reading everything: that is fine here.
-                if let Ok(mut pipe) = fs::OpenOptions::new().write(true).open(&path) {
-                    let _ = pipe.write_all(&stream);
-                }
-            })
-        })
-        .collect();
-    let output = consumer.wait_output(Duration::from_secs(60));
-    for writer in writers {
-        join_within(writer, SHORT);
-    }
-    assert!(!fifo_dir.exists() || fs::read_dir(&fifo_dir).unwrap().count() == 0, "pipes are removed");
-    output
 }
 
 /// A failed extraction left nothing that looks complete: no manifest, no staging directory, no file.
@@ -390,30 +348,6 @@ fn a_panicked_thread_is_a_failure_on_both_sides() {
         assert!(stderr.contains(&format!("the {stage} thread panicked")), "{stage}: {stderr}");
         assert_nothing_complete(out.path(), stage);
     }
-}
-
-/// Rewrites the manifest of a producer stream with `change` (chunk CRCs recomputed, stream counts kept: the
-/// manifest's own chunks are not counted), in 4 KiB chunks.
-fn with_manifest(stream: &[u8], change: impl Fn(&mut proto::Manifest)) -> Vec<u8> {
-    let chunks = parse(stream);
-    let mut writer = ChunkWriter::new(Vec::new());
-    let mut manifest = Vec::new();
-    for (header, payload) in &chunks {
-        match header.kind {
-            ChunkKind::Payload if header.path == proto::MANIFEST_NAME.as_bytes() => manifest.extend_from_slice(payload),
-            ChunkKind::Payload => writer.write_payload(&header.path, header.file_offset, payload).unwrap(),
-            ChunkKind::Eof if header.path == proto::MANIFEST_NAME.as_bytes() => {
-                let mut parsed = proto::Manifest::from_json(&manifest).unwrap();
-                change(&mut parsed);
-                for (i, piece) in parsed.to_json().chunks(4096).enumerate() {
-                    writer.write_payload(&header.path, (i * 4096) as u64, piece).unwrap();
-                }
-                writer.write_eof(&header.path).unwrap();
-            }
-            ChunkKind::Eof => writer.write_eof(&header.path).unwrap(),
-        }
-    }
-    writer.into_inner()
 }
 
 /// A hostile manifest cannot set setuid/setgid/sticky bits, nor make the consumer hold a huge piece of it.

@@ -16,6 +16,7 @@ mod producer;
 mod proof;
 mod proto_format;
 mod proto_interop;
+mod records;
 mod s3server;
 mod smallfiles;
 mod store;

@@ -18,6 +18,7 @@ use crate::batch::{BatchedChunk, ChunkBatch, Destination};
 use crate::config::ExtractConfig;
 use crate::decrypt_stage::Keyring;
 use crate::dispatch::{owner, Announced, ChunkMessage, WriterMessage};
+use crate::manifest_feed::FeedPiece;
 use crate::source::{SourceChunk, StreamEnd, StreamSource};
 
 /// What every reader thread shares.
@@ -32,6 +33,8 @@ pub(crate) struct Readers<'a> {
     pub(crate) cancel: &'a Cancel,
     pub(crate) counters: &'a Counters,
     pub(crate) announced: &'a Announced,
+    /// Where the manifest's pieces are copied as they come (`manifest_feed.rs`); not when decrypting.
+    pub(crate) feed: Option<&'a Sender<FeedPiece>>,
 }
 
 /// One reader thread: chunks of its stream to the writers (or, compressed, to the decompress threads). Small
@@ -71,6 +74,11 @@ pub(crate) fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<
         }
         let mut destination = Destination::new(own.as_mut().expect("taken above"), batch.as_mut());
         let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut destination)? else { break };
+        if let (Some(feed), ChunkKind::Payload) = (shared.feed, header.kind) {
+            if header.path == MANIFEST_NAME.as_bytes() {
+                send(feed, FeedPiece { offset: header.file_offset, bytes: destination.to_vec() }, cancel)?;
+            }
+        }
         let in_batch = destination.in_batch();
         if let Some(marker) = source.marker() {
             announced.marked.store(true, Ordering::SeqCst);

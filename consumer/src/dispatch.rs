@@ -96,6 +96,8 @@ pub(crate) const RECORDS_PER_MESSAGE: usize = 1024;
 pub(crate) struct Verified {
     pub(crate) files: u64,
     pub(crate) bytes: u64,
+    /// Of `files`, those checked while the streams still flowed (their record came as the manifest arrived).
+    pub(crate) during_stream: u64,
     /// Manifest files that never arrived: how many, and the first few paths.
     pub(crate) missing: u64,
     pub(crate) missing_examples: Vec<String>,

@@ -53,6 +53,7 @@ use crate::decrypt_stage::{decrypt_chunks, Keyring};
 use crate::demux::{read_stream, Readers};
 use crate::dispatch::{Announced, ChunkMessage, WriterMessage};
 use crate::input::{open_inputs, InputStream};
+use crate::manifest_feed::{parse_as_it_comes, FeedPiece, FEED_DEPTH};
 use crate::proof::{prove_and_commit, Outcome};
 use crate::source::{SameBackup, StreamEnd, StreamSource};
 use crate::target::Target;
@@ -139,12 +140,23 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
         };
         drop(decrypt_receiver);
 
+        // The manifest, parsed as it arrives, its records handed to the writers (not when decrypting: the
+        // manifest that counts is the encrypted one).
+        let (feed_sender, feed_receiver) = crossbeam_channel::bounded::<FeedPiece>(FEED_DEPTH);
+        let feed = {
+            let senders = senders.clone();
+            failure.spawn_stage(scope, "manifest".into(), move || {
+                parse_as_it_comes(config, &feed_receiver, &senders, cancel)
+            })
+        };
+        let feed_sender = config.decrypt.is_none().then_some(feed_sender);
         let readers: Vec<_> = inputs
             .into_iter()
             .enumerate()
             .map(|(index, input)| {
                 let (senders, decompress_sender, decrypt_sender) =
                     (senders.clone(), decompress_sender.clone(), decrypt_sender.clone());
+                let feed_sender = feed_sender.clone();
                 let same_backup = Arc::clone(&same_backup);
                 failure.spawn_stage(scope, format!("reader-{index}"), move || {
                     let max_payload = pool.buffer_size() as u64;
@@ -160,6 +172,7 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                         cancel,
                         counters,
                         announced,
+                        feed: feed_sender.as_ref(),
                     };
                     let ended = read_stream(source, &shared);
                     // Readers waiting for a file's first chunk recount (see `Keyring::nonce_of`).
@@ -170,7 +183,9 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                 })
             })
             .collect();
+        drop(feed_sender);
         let streams: Vec<_> = readers.into_iter().map(|r| failure.joined(r.join(), "reader").flatten()).collect();
+        let fed = failure.joined(feed.join(), "manifest").flatten();
         drop((decrypt_sender, decompress_sender));
         for decryptor in decryptors {
             failure.joined(decryptor.join(), "decrypt");
@@ -187,7 +202,8 @@ pub fn extract(config: &ExtractConfig, inputs: Vec<InputStream>, signals: &Signa
                 .map(|s| s.ok_or_else(|| anyhow!("a stream reader stopped unexpectedly")))
                 .collect::<Result<_>>()?;
             log::info!("all {} stream(s) ended after {:.2} s", streams.len(), started.elapsed().as_secs_f64());
-            prove_and_commit(config, keyring, target, &senders, &streams, cancel)
+            let fed = fed.ok_or_else(|| anyhow!("the manifest thread stopped unexpectedly"))?;
+            prove_and_commit(config, keyring, target, &senders, &streams, fed, cancel)
         });
         if result.is_err() {
             cancel.cancel();
@@ -229,6 +245,7 @@ fn summarize(
         files: outcome.files,
         bytes: outcome.bytes,
         proven_by_manifest: outcome.proven,
+        files_checked_during_stream: outcome.checked_during_stream,
         streams: outcome.streams,
         wall_seconds: elapsed,
         mb_per_second: outcome.bytes as f64 / elapsed.max(1e-9) / 1e6,
@@ -271,6 +288,8 @@ struct ExtractStats {
     files: u64,
     bytes: u64,
     proven_by_manifest: bool,
+    /// Files checked against their records while the streams still flowed (the manifest is read as it comes).
+    files_checked_during_stream: u64,
     streams: Vec<StreamStats>,
     wall_seconds: f64,
     mb_per_second: f64,

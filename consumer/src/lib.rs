@@ -12,8 +12,9 @@ backup's extracted tree back into originals, every one authenticated).
 The stages of an extraction, each in a file of its own: `demux.rs` (one thread per stream: chunks to the writer that
 owns their file), `decrypt_stage.rs` (`--decrypt`), `decompress_stage.rs` (`--decompress`), `writer.rs` (files
 written at their offsets), `file_check.rs` (each file checked against its record), `wide.rs` (large chunks written by
-whichever writer is free), `proof.rs` (the closing phases, shared with `--list` and `put`), and `dispatch.rs` (what
-travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its start
+whichever writer is free), `manifest_feed.rs` (the manifest parsed as it arrives, each record to its file's writer),
+`spill.rs` (records that came far ahead of their files, kept in a temporary file), `proof.rs` (the closing phases,
+shared with `--list` and `put`), and `dispatch.rs` (what travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its start
 marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
 directory, moved into place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object store's
 side: [`storage`] (which store), [`layout`] (keys and the index), `pack.rs` (packs as put fills them), `put_seal.rs`
@@ -39,6 +40,7 @@ pub mod get;
 pub mod input;
 pub mod layout;
 pub mod listing;
+mod manifest_feed;
 pub mod merge;
 mod pack;
 mod proof;
@@ -47,6 +49,7 @@ mod put_seal;
 pub mod sent_check;
 pub mod source;
 pub mod sparse;
+mod spill;
 pub mod storage;
 pub mod target;
 pub mod verify;

@@ -171,6 +171,8 @@ pub fn merge(inputs: Vec<InputStream>, max_chunk: u64, mut manifest: Manifest, o
     check.finish()?;
     let bytes_before = writer.position();
     manifest.streams = vec![StreamRecord { index: 0, chunks, bytes: bytes_before }];
+    // Rewritten in this build's layout.
+    manifest.format = proto::MANIFEST_FORMAT;
     let json = manifest.to_json();
     let piece = manifest.chunk_size.max(1) as usize;
     for (n, part) in json.chunks(piece).enumerate() {

@@ -1,6 +1,8 @@
 //! The proof of an extraction, in phases, run once every stream has ended cleanly, so that nothing unproven ever
 //! looks complete (see [`crate::extract`]): every handed-over write settled and the manifest handed over, every
-//! record checked by the writer that owns its file, the streams' tallies checked, then the commit. [`check_streams`] is shared with `--list` and `put`.
+//! record checked by the writer that owns its file (most of them already, as the manifest arrived:
+//! `manifest_feed.rs`), the streams' tallies checked, then the commit. [`check_streams`] is shared with `--list`
+//! and `put`.
 
 use std::fs::File;
 use std::time::Instant;
@@ -12,13 +14,16 @@ use runtime::cancel::{recv, send, Cancel};
 use runtime::stats::StreamStats;
 
 use crate::config::ExtractConfig;
-use crate::dispatch::{owner, Records, Verified, WriterMessage, MISSING_EXAMPLES, RECORDS_PER_MESSAGE};
+use crate::dispatch::{Verified, WriterMessage, MISSING_EXAMPLES};
+use crate::manifest_feed::{record_key, Fed, RecordDispatch};
 use crate::source::{check_markers, missing_manifest, StreamEnd};
 use crate::target::Target;
 
 pub(crate) struct Outcome {
     pub(crate) files: u64,
     pub(crate) bytes: u64,
+    /// Files checked while the streams still flowed.
+    pub(crate) checked_during_stream: u64,
     pub(crate) proven: bool,
     /// The manifest says the files are encrypted (`<path>.age`, kept as they are).
     pub(crate) encrypted: bool,
@@ -34,6 +39,7 @@ pub(crate) fn prove_and_commit(
     target: &Target,
     writers: &[Sender<WriterMessage>],
     streams: &[StreamEnd],
+    fed: Fed,
     cancel: &Cancel,
 ) -> Result<Outcome> {
     // An empty stream is what a failed producer leaves behind (`producer ... | consumer` without pipefail):
@@ -64,7 +70,16 @@ pub(crate) fn prove_and_commit(
     }
     {
         let head = match manifest_file {
-            Some(file) => Some(check_against_manifest(config, writers, ours.as_deref(), file, cancel)?),
+            // Read as it arrived, every record handed over.
+            Some(_) if fed.manifest.is_some() => {
+                let head = fed.manifest.expect("matched");
+                check_backup_id(&head, ours.as_deref())?;
+                Some(head)
+            }
+            Some(_) if fed.error.is_some() => return Err(fed.error.expect("matched")),
+            // Not read as it arrived (decrypted; pieces out of order): read from its staged file, past the records
+            // already handed over.
+            Some(file) => Some(check_against_manifest(config, writers, ours.as_deref(), file, fed.records, cancel)?),
             None if ours.is_some() => return Err(missing_manifest(streams, ours.as_deref().unwrap_or_default())),
             None if config.require_manifest => {
                 bail!("the stream carries no {MANIFEST_NAME} (--require-manifest): completeness cannot be proven")
@@ -97,6 +112,7 @@ pub(crate) fn prove_and_commit(
             let verified = recv(&answer, cancel)?.ok_or_else(|| anyhow!("a writer stopped"))??;
             found.files += verified.files;
             found.bytes += verified.bytes;
+            found.during_stream += verified.during_stream;
             found.missing += verified.missing;
             found.missing_examples.extend(verified.missing_examples);
         }
@@ -120,7 +136,12 @@ pub(crate) fn prove_and_commit(
             found.files -= target.stage_directories(&head.directories)?;
         }
 
-        log::info!("verified {} files in {:.2} s", found.files, phase.elapsed().as_secs_f64());
+        log::info!(
+            "verified {} files ({} of them while the streams flowed, as the manifest came) in {:.2} s after the streams",
+            found.files,
+            found.during_stream,
+            phase.elapsed().as_secs_f64()
+        );
         let phase = Instant::now();
         // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
         let last = proven.then(|| std::ffi::OsStr::new(MANIFEST_NAME));
@@ -132,6 +153,7 @@ pub(crate) fn prove_and_commit(
         Ok(Outcome {
             files: found.files,
             bytes: found.bytes,
+            checked_during_stream: found.during_stream,
             proven,
             encrypted: encrypted && config.decrypt.is_none(),
             decrypted: keyring.and_then(|keyring| keyring.key()).map(|key| key.fingerprint()),
@@ -149,53 +171,49 @@ pub(crate) fn prove_and_commit(
     }
 }
 
-/// Phase 2's first half: reads the manifest from its staged file record by record (it is never all in memory, so
-/// its size, a hundred bytes a file, does not count against the budget), checks that it belongs to the streams'
-/// backup (`ours`: their markers' id), and sends each record to the writer that owns its file, which checks the
-/// file then. Returns the manifest without its files.
+/// The manifest belongs to the streams' backup (`ours`: their markers' id).
+fn check_backup_id(head: &Manifest, ours: Option<&str>) -> Result<()> {
+    if head.backup_id.as_deref() != ours {
+        bail!(
+            "the manifest is from backup {}, but the streams' markers say backup {}: refusing it",
+            head.backup_id.as_deref().unwrap_or("(none)"),
+            ours.unwrap_or("(none: a foreign stream)")
+        );
+    }
+    Ok(())
+}
+
+/// Phase 2's first half, for a manifest not read as it arrived: reads it from its staged file record by record (it
+/// is never all in memory, so its size, a hundred bytes a file, does not count against the budget), checks that it
+/// belongs to the streams' backup (`ours`: their markers' id), and sends each record after the first `skip` (those
+/// were handed over as the manifest arrived) to the writer that owns its file, which checks the file then.
+/// Returns the manifest without its files.
 pub(crate) fn check_against_manifest(
     config: &ExtractConfig,
     writers: &[Sender<WriterMessage>],
     ours: Option<&str>,
     file: File,
+    skip: u64,
     cancel: &Cancel,
 ) -> Result<Manifest> {
-    let mut pending: Vec<Records> = (0..writers.len()).map(|_| Vec::new()).collect();
+    let mut dispatch = RecordDispatch::new(writers);
+    let mut seen = 0u64;
     let head = Manifest::read_streaming(
         std::io::BufReader::with_capacity(1 << 20, file),
-        |head: &Manifest| -> Result<()> {
-            if head.backup_id.as_deref() != ours {
-                bail!(
-                    "the manifest is from backup {}, but the streams' markers say backup {}: refusing it",
-                    head.backup_id.as_deref().unwrap_or("(none)"),
-                    ours.unwrap_or("(none: a foreign stream)")
-                );
-            }
-            Ok(())
-        },
+        |head: &Manifest| check_backup_id(head, ours),
         |record| -> Result<()> {
-            crate::verify::report_corrupt_record(&record);
-            // The file is held under the name it was written as: its `.zst` name when it is not decompressed.
-            // Decrypted, it is held under its original path (a compressed one is decompressed too).
-            let key = match &record.stored {
-                Some(stored) if !config.decompress && config.decrypt.is_none() => stored.path.0.clone(),
-                _ => record.path.0.clone(),
-            };
-            let writer = owner(&key, writers.len());
-            pending[writer].push((key, record));
-            if pending[writer].len() >= RECORDS_PER_MESSAGE {
-                send(&writers[writer], WriterMessage::Check(std::mem::take(&mut pending[writer])), cancel)?;
+            seen += 1;
+            match seen > skip {
+                true => dispatch.push(record_key(config, &record), record, cancel),
+                false => Ok(()),
             }
-            Ok(())
         },
     )
     .map_err(|e| match e {
         StreamingError::Manifest(e) => anyhow::Error::new(e).context("cannot read the stream's manifest"),
         StreamingError::Stopped(e) => e,
     })?;
-    for (writer, records) in pending.into_iter().enumerate().filter(|(_, records)| !records.is_empty()) {
-        send(&writers[writer], WriterMessage::Check(records), cancel)?;
-    }
+    dispatch.flush(cancel)?;
     Ok(head)
 }
 

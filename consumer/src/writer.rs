@@ -1,7 +1,8 @@
 //! The writer: one thread owns the files whose paths hash to it, so no locks are needed, while chunks of one file
 //! may come from any stream in any order. It keeps what each file's final check needs, writes small chunks at
 //! their offsets into the staging directory itself and hands large ones to whichever writer is free (`wide.rs`),
-//! and in the closing phases checks its files against their manifest records.
+//! and checks each file against its manifest record: when the record comes, while the stream still flows, if the
+//! file has come whole; else when it does (`writer/records.rs`), or in the closing phases.
 //!
 //! Per-file memory is bounded: a writer keeps a few dozen bytes for each ended file, up to an eighth of
 //! `--memory-limit`, and beyond that (for streams of ours, where a manifest must follow) forgets whole small files
@@ -24,8 +25,11 @@ use crate::coverage::Coverage;
 use crate::decrypt_stage::Keyring;
 use crate::dispatch::{Announced, ChunkMessage, Decoded, Verified, WriterMessage, MISSING_EXAMPLES};
 use crate::file_check::{check_file, check_sealed, coverage_of, crc_of_file, SealedEnds};
+use crate::spill::RecordSpill;
 use crate::target::{PartialFile, Target};
 use crate::wide::{FileLength, OpenFile, WideWrites, WriteJob};
+
+mod records;
 
 /// One writer's files.
 pub(crate) struct Writer<'a> {
@@ -62,6 +66,12 @@ pub(crate) struct Writer<'a> {
     announced: &'a Announced,
     /// With `--decrypt`: the keyring, told when a file has come whole so that its nonce is forgotten.
     keyring: Option<&'a Keyring>,
+    /// Manifest records that came before their file had come whole: checked when it has, or at the end. Up to
+    /// `ended_limit` of them; further ones wait in `spill`.
+    parked: HashMap<Box<[u8]>, FileRecord>,
+    spill: RecordSpill,
+    /// Every stream has ended: a record is checked when it comes, whatever it finds.
+    streams_ended: bool,
 }
 
 /// Memory per ended file kept by a writer, for [`Writer::ended_limit`]: its key, its record and the map's share.
@@ -140,6 +150,9 @@ impl<'a> Writer<'a> {
             unsettled: Vec::new(),
             announced,
             keyring,
+            parked: HashMap::new(),
+            spill: RecordSpill::default(),
+            streams_ended: false,
         }
     }
 
@@ -203,16 +216,18 @@ impl<'a> Writer<'a> {
                     let _ = reply.send(());
                 }
                 WriterMessage::EndOfStreams(reply) => {
+                    self.streams_ended = true;
                     let manifest = self.take_manifest()?;
                     let _ = reply.send(manifest);
                 }
                 WriterMessage::Check(records) => {
+                    self.end_settled()?;
                     for (key, record) in records {
-                        self.check(&key, &record)?;
+                        self.take_record(key, record)?;
                     }
                 }
                 WriterMessage::Verify(proven, reply) => {
-                    let _ = reply.send(self.verify(proven));
+                    let _ = reply.send(self.check_parked().and_then(|()| self.verify(proven)));
                 }
             }
         }
@@ -295,7 +310,8 @@ impl<'a> Writer<'a> {
             .with_context(|| format!("cannot write {}", partial.display().display()))?;
         close(file, &partial)?;
         let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
-        if self.forgets(&header.path, got) {
+        let awaited = self.parked.contains_key(header.path.as_slice());
+        if !awaited && self.forgets(&header.path, got) {
             // Over the bound: the manifest that must follow will name it, and it is checked from disk then.
             self.forgotten += 1;
             return Ok(());
@@ -304,6 +320,9 @@ impl<'a> Writer<'a> {
         drop(partial);
         let ended = Ended { got, stored: None, sealed: None, stream: stream as u32, sha1, verified: false };
         self.ended.insert(header.path.as_slice().into(), ended);
+        if awaited {
+            self.has_ended(&header.path)?;
+        }
         Ok(())
     }
 
@@ -441,7 +460,8 @@ impl<'a> Writer<'a> {
         }
         slot.length.apply(&slot.partial)?;
         let got = slot.coverage.prefix();
-        let forget = slot.sealed.is_none() && self.forgets(key, got);
+        let awaited = self.parked.contains_key(key);
+        let forget = slot.sealed.is_none() && !awaited && self.forgets(key, got);
         let slot = self.files.remove(key).expect("looked up above");
         if forget {
             self.forgotten += 1;
@@ -456,6 +476,9 @@ impl<'a> Writer<'a> {
             verified: false,
         };
         self.ended.insert(key.into(), ended);
+        if awaited {
+            self.has_ended(key)?;
+        }
         Ok(())
     }
 
@@ -563,6 +586,9 @@ impl<'a> Writer<'a> {
         } else if let Some(got) = self.recall(key, record)? {
             self.found.files += 1;
             self.found.bytes += got;
+        } else if self.is_staged(key)? {
+            // Checked already, when its first record came.
+            bail!("the manifest lists {} twice: refusing it", record.path.display());
         } else {
             self.found.missing += 1;
             if self.found.missing_examples.len() < MISSING_EXAMPLES {

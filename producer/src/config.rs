@@ -176,6 +176,8 @@ impl Config {
         // Counted at the chunk size the limit was divided by; with --compress each buffer is a little larger
         // (room for the worst-case frame: `compress::buffer_size`).
         let buffers = budget.buffers("chunk buffers", allowed.min(2 * wanted), buffer_size as u64);
+        // The manifest's pieces on their way, apart from the chunk pool (`documents.rs`): half a megabyte.
+        budget.buffers("manifest pieces", crate::documents::DOCUMENT_BUFFERS, crate::documents::DOCUMENT_PIECE as u64);
         // Besides the scratches: one to read into, one to move, and with encryption one held back per file.
         let needed = ct + 2 + usize::from(encryption.is_some());
         if buffers < needed {

@@ -20,9 +20,9 @@ files placed on streams), `read_stage.rs` (pread into pool buffers, `--throttle`
 [`file`](mod@file) (per-file state and the in-order sequencer), [`compress`] (`--compress`: parallel zstd and the second
 in-order step), [`encrypt`] (encryption: age segments sealed in parallel, and a third in-order step),
 `router.rs` (chunks to streams, in scan order, counted), `output.rs` (the outputs and one writer thread
-per stream, over [`sink`]), `documents.rs` (start markers, the SHA-1 list and the manifest, last) and `summary.rs`;
+per stream, over [`sink`]), `documents.rs` (start markers; the manifest and the SHA-1 list, made as files complete) and `summary.rs`;
 [`work`] holds what moves between the stages (jobs, what was read, the `BatchOutlet` batches go to; released chunks go
-to `file::Outlet`). Beside them: [`scan`] (the source walk), [`records`] (manifest records beyond memory), [`validate`]
+to `file::Outlet`). Beside them: [`scan`] (the source walk), [`validate`]
 (`--validate-pages`: InnoDB page checks with re-reads) and [`stats`] (`--stats-json`). What the consumer shares (cancel,
 pool, failure and panic policy, stop signals, progress, sizes) lives in `runtime`; how streams travel in `transport`.
 */
@@ -38,7 +38,6 @@ mod output;
 pub mod pipeline;
 mod process_stage;
 mod read_stage;
-pub mod records;
 mod router;
 pub mod scan;
 mod scanner;

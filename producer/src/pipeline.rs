@@ -14,8 +14,9 @@
 //! router holds each file's chunks until every file scanned before it has appeared, so files first appear on the
 //! streams in scan order. Any thread's error is recorded in [`Failure`] and fires the shared [`Cancel`], which
 //! wakes every blocked wait, so the run stops promptly and reports the first real error. On success the manifest
-//! goes last (`documents.rs`): streams 1..N are closed and their writers joined first, then the manifest is
-//! written to stream 0 as it is made, from the records kept in memory and in a temporary file ([`RecordLog`]).
+//! is made as files complete and goes out on stream 0 a piece at a time ([`ManifestStream`], `documents.rs`); at
+//! the end, streams 1..N are closed and their writers joined first, then the manifest's tail (directories, the
+//! streams' tallies) and its end-of-file chunk are written to stream 0.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,12 +35,12 @@ use runtime::size::human;
 use crate::cli::Binding;
 use crate::compress::{compress_worker, CompressJob, CompressStage};
 use crate::config::{Config, Output};
+use crate::documents::{document_buffer_size, ManifestStream, DOCUMENT_BUFFERS};
 use crate::encrypt::{seal_worker, EncryptStage, SealJob};
 use crate::file::Outlet;
 use crate::output::{copy_directories, open_outputs, write_stream};
 use crate::process_stage::process_chunks;
 use crate::read_stage::{read_chunks, Throttle};
-use crate::records::RecordLog;
 use crate::router::Router;
 use crate::scan;
 use crate::scanner::{scan_files, ScanPlan};
@@ -66,8 +67,6 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     log::debug!("{}", config.budget);
     let pre = prescan(config, suffix, cancel)?;
 
-    // Before any output is opened: a backup whose records will not fit in memory needs TMPDIR.
-    let records = RecordLog::for_files(pre.files)?;
     let (sinks, _fifos) = open_outputs(config, cancel)?;
     let stream_count = sinks.len();
     // Compressed or encrypted output shares the budget: buffers are sized for the worst-case frame, sealed.
@@ -81,7 +80,10 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
     let (read_sender, read_receiver) = crossbeam_channel::bounded::<Read>(config.buffers);
     let (stream_senders, stream_receivers): (Vec<_>, Vec<_>) =
         (0..stream_count).map(|_| crossbeam_channel::bounded::<StreamItem>(config.buffers)).unzip();
-    let router = Router::new(stream_senders, records, cancel.clone());
+    let documents = BufferPool::new(DOCUMENT_BUFFERS, document_buffer_size(config));
+    let manifest =
+        ManifestStream::start(config, &documents, stream_senders[0].clone(), cancel, created_unix, &backup_id)?;
+    let router = Router::new(stream_senders, manifest, cancel.clone());
     if !matches!(config.output, Output::Directory(_)) {
         crate::documents::send_markers(config, &router, &backup_id)?;
     }
@@ -179,7 +181,7 @@ fn backup(config: &Config, signals: &Signals, cancel: &Cancel) -> Result<String>
         for sealer in sealers {
             failure.joined(sealer.join(), "seal");
         }
-        finish_streams(config, router, pool, failure, writers, created_unix, &backup_id)
+        finish_streams(router, failure, writers)
     });
     progress.stop();
     failure.outcome(signals)?;
@@ -232,17 +234,13 @@ fn prescan(config: &Config, suffix: &str, cancel: &Cancel) -> Result<scan::ScanT
     Ok(pre)
 }
 
-/// Every file is released: closes streams 1..N and waits for their writers, then writes the closing documents
-/// last on stream 0 (or, after a failure, just closes everything). Returns each stream's report (`None`: its
-/// writer failed).
+/// Every file is released: closes streams 1..N and waits for their writers, then finishes the manifest on stream 0
+/// (or, after a failure, drops it unfinished and just closes everything). Returns each stream's report (`None`:
+/// its writer failed).
 fn finish_streams(
-    config: &Config,
     router: &Router,
-    pool: &BufferPool,
     failure: &Failure,
     writers: Vec<thread::ScopedJoinHandle<'_, Option<SinkReport>>>,
-    created_unix: u64,
-    backup_id: &str,
 ) -> Vec<Option<SinkReport>> {
     let mut writers = writers.into_iter();
     let first = writers.next().expect("at least one stream");
@@ -255,18 +253,20 @@ fn finish_streams(
         // Prove before claiming: every file the scanner handed out has ended or vanished.
         if let Some(source) = router.unfinished() {
             failure.record(anyhow::anyhow!(
-                "{} was scanned but never finished (an internal error): refusing to write the manifest",
+                "{} was scanned but never finished (an internal error): refusing to finish the manifest",
                 source.display()
             ));
         } else if let Some(number) = router.held() {
             failure.record(anyhow::anyhow!(
-                "chunks of file {number} were held back and never sent (an internal error): refusing to write the \
+                "chunks of file {number} were held back and never sent (an internal error): refusing to finish the \
                  manifest"
             ));
         }
     }
-    if !failure.failed() {
-        if let Err(e) = crate::documents::send_documents(config, router, pool, created_unix, backup_id) {
+    // Taken either way: it holds a sender of stream 0, whose writer ends only once every sender is gone.
+    let manifest = router.manifest.locked().take();
+    if let (false, Some(manifest)) = (failure.failed(), manifest) {
+        if let Err(e) = manifest.finish(router) {
             failure.record(e);
         }
     }

@@ -1,7 +1,7 @@
 //! The router: where released chunks go. It picks each chunk's stream (the file's own with file binding, the
 //! shortest queue with chunk binding), holds chunks back until files first appear in scan order
-//! ([`FirstAppearance`]), counts what each stream was sent (for the manifest), and keeps every finished file's
-//! record and every directory's.
+//! ([`FirstAppearance`]), counts what each stream was sent (for the manifest), hands every finished file's record
+//! to the manifest as it goes ([`ManifestStream`]), and keeps every directory's.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,8 +16,8 @@ use runtime::lock::{Locked, RwLocked};
 use runtime::pool::PooledBuffer;
 use runtime::reorder::Reorder;
 
+use crate::documents::ManifestStream;
 use crate::file::{FileState, Outlet};
-use crate::records::RecordLog;
 use crate::scan;
 use crate::sink::{BatchEntry, StreamItem};
 use crate::work::{BatchOutlet, ReadBatch};
@@ -28,8 +28,11 @@ pub(crate) struct Router {
     next: AtomicUsize,
     /// What each stream was sent, for the manifest.
     pub(crate) counts: Vec<StreamCount>,
-    /// Every completed file's record, for the manifest (beyond a bound, in a temporary file).
-    pub(crate) records: Mutex<RecordLog>,
+    /// The manifest, made as files complete; taken at the end to be finished (or, after a failure, dropped
+    /// unfinished: it holds a sender of stream 0, which must go before that stream's writer is joined).
+    pub(crate) manifest: Mutex<Option<ManifestStream>>,
+    /// Files recorded in the manifest, and their bytes.
+    pub(crate) recorded: (AtomicU64, AtomicU64),
     /// Every directory's record, for the manifest (in memory: one per directory, not per file).
     pub(crate) directories: Mutex<Vec<DirectoryRecord>>,
     /// Files handed out by the scanner that have neither ended nor vanished yet, by file number. Bounded: the
@@ -67,14 +70,15 @@ pub(crate) struct StreamCount {
 }
 
 impl Router {
-    /// A router over one sender per stream; `records` receives every finished file's record.
-    pub(crate) fn new(senders: Vec<Sender<StreamItem>>, records: RecordLog, cancel: Cancel) -> Router {
+    /// A router over one sender per stream; `manifest` receives every finished file's record.
+    pub(crate) fn new(senders: Vec<Sender<StreamItem>>, manifest: ManifestStream, cancel: Cancel) -> Router {
         let count = senders.len();
         Router {
             senders: RwLock::new(senders.into_iter().map(Some).collect()),
             next: AtomicUsize::new(0),
             counts: (0..count).map(|_| StreamCount::default()).collect(),
-            records: Mutex::new(records),
+            manifest: Mutex::new(Some(manifest)),
+            recorded: Default::default(),
             directories: Mutex::default(),
             in_flight: Mutex::new(HashMap::new()),
             order: Mutex::default(),
@@ -174,6 +178,18 @@ impl Router {
         in_flight.iter().min_by_key(|(number, _)| **number).map(|(_, file)| file.source().clone())
     }
 
+    /// Finished files' records, into the manifest.
+    fn record(&self, records: impl IntoIterator<Item = FileRecord>) -> Result<()> {
+        let mut manifest = self.manifest.locked();
+        let manifest = manifest.as_mut().ok_or(Cancelled)?;
+        for record in records {
+            self.recorded.0.fetch_add(1, Ordering::Relaxed);
+            self.recorded.1.fetch_add(record.size, Ordering::Relaxed);
+            manifest.record(&record)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn close(&self, stream: usize) {
         self.senders.write_locked()[stream] = None;
     }
@@ -199,7 +215,7 @@ impl Outlet for Router {
             .bytes
             .fetch_add(encoded_header_len(ChunkKind::Eof, file.wire().len()) as u64, Ordering::Relaxed);
         self.release(file.number, file.number + 1, Some((stream, StreamItem::Eof { file: Arc::clone(file) })))?;
-        self.records.locked().push(record)?;
+        self.record([record])?;
         self.finished(file);
         Ok(())
     }
@@ -235,11 +251,7 @@ impl BatchOutlet for Router {
         let ReadBatch { data, files } = batch;
         let through = files.last().expect("not empty").file.number + 1;
         self.release(first, through, Some((stream, StreamItem::Batch { data, files: entries })))?;
-        let mut log = self.records.locked();
-        for record in records {
-            log.push(record)?;
-        }
-        drop(log);
+        self.record(records)?;
         for file in &files {
             self.finished(&file.file);
         }

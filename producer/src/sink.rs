@@ -266,10 +266,13 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// The name the manifest of a local copy is written under until it is complete and everything is durable.
+pub const PARTIAL_MANIFEST: &str = ".backup-manifest.json.partial";
+
 /// Files written into a directory at their offsets: a local copy with no stream. Files are created with
-/// `O_EXCL` (never overwriting), get their source mode at `E`, and are closed there. Before the manifest is
-/// written (last) the file system is synced, so a copy with a manifest is a durable copy; a failed run leaves no
-/// manifest.
+/// `O_EXCL` (never overwriting), get their source mode at `E`, and are closed there. The manifest, made as the
+/// backup goes, is written as [`PARTIAL_MANIFEST`]; at its end the file system is synced and it takes its name, so
+/// a copy with a manifest is a durable copy, and a failed run leaves none.
 pub struct DirectorySink {
     root: PathBuf,
     open: HashMap<Vec<u8>, File>,
@@ -292,7 +295,10 @@ impl DirectorySink {
     fn file(&mut self, wire: &[u8]) -> Result<&File> {
         if !self.open.contains_key(wire) {
             let relative = proto::safe_relative_path(wire)?;
-            let path = self.root.join(relative);
+            let path = match wire == proto::MANIFEST_NAME.as_bytes() {
+                true => self.root.join(PARTIAL_MANIFEST),
+                false => self.root.join(relative),
+            };
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
@@ -366,14 +372,23 @@ impl Sink for DirectorySink {
                 }
             }
             StreamItem::DocumentPiece { path, offset, data } => {
-                if path == proto::MANIFEST_NAME.as_bytes() && offset == 0 {
-                    // The manifest says the copy is complete: make everything else durable first.
-                    self.sync_all_files()?;
-                }
                 let file = self.file(&path)?;
                 file.write_all_at(&data, offset)
                     .with_context(|| format!("cannot write {}", String::from_utf8_lossy(&path)))?;
                 self.bytes += data.len() as u64;
+                self.chunks += 1;
+            }
+            StreamItem::DocumentEnd { path } if path == proto::MANIFEST_NAME.as_bytes() => {
+                // The manifest says the copy is complete: everything is made durable (the manifest too, under its
+                // partial name), then it takes its name.
+                self.close(&path, Some(0o644))?;
+                self.sync_all_files()?;
+                let (partial, manifest) = (self.root.join(PARTIAL_MANIFEST), self.root.join(proto::MANIFEST_NAME));
+                std::fs::rename(&partial, &manifest)
+                    .with_context(|| format!("cannot rename {} to {}", partial.display(), manifest.display()))?;
+                File::open(&self.root)
+                    .and_then(|root| root.sync_all())
+                    .with_context(|| format!("cannot sync {}", self.root.display()))?;
                 self.chunks += 1;
             }
             StreamItem::DocumentEnd { path } => {

@@ -37,11 +37,11 @@ pub(crate) struct RunFacts<'a> {
 /// Writes `--stats-json` (if asked) and returns the summary line.
 pub(crate) fn summarize(config: &Config, facts: RunFacts<'_>) -> Result<String> {
     let RunFacts { router, reports, reads_per_thread, skipped, pool, page_counters, elapsed } = facts;
-    let records = router.records.into_inner().unwrap_or_else(|e| e.into_inner());
     // The SHA-1 list is not counted among the files (it is recorded after the stats were taken).
     // Nor are the placeholders of `--dir-placeholders`: they are not in the source.
     let placeholders = router.directories.locked().iter().filter(|directory| directory.placeholder).count() as u64;
-    let (files, bytes) = (records.files() - placeholders, records.bytes());
+    let files = router.recorded.0.load(Ordering::Relaxed) - placeholders;
+    let bytes = router.recorded.1.load(Ordering::Relaxed);
     let stats = Stats {
         files,
         bytes,

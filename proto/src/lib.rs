@@ -43,8 +43,8 @@ pub use compressed::{
 };
 pub use manifest::{
     Compression, Digest, DirectoryRecord, Encryption, FileRecord, Manifest, ManifestError, ManifestWriter, StoredForm,
-    StreamRecord, StreamingError, WirePath, AGE_SUFFIX, MANIFEST_FORMAT, MANIFEST_NAME, MAX_MANIFEST_PIECE,
-    PLACEHOLDER_NAME, SECRET_MANIFEST_NAME, SHA1SUMS_NAME,
+    StreamRecord, StreamingError, WirePath, AGE_SUFFIX, MANIFEST_FORMAT, MANIFEST_FORMAT_OLDEST, MANIFEST_NAME,
+    MAX_MANIFEST_PIECE, PLACEHOLDER_NAME, SECRET_MANIFEST_NAME, SHA1SUMS_NAME,
 };
 pub use marker::{
     is_marker_name, marker_name, new_backup_id, Binding as MarkerBinding, MarkerError, StreamMarker, MARKER_FORMAT,

@@ -1,5 +1,11 @@
-//! The backup manifest: a JSON document the producer streams as the last file of every backup, so a consumer can
-//! prove that nothing is missing, duplicated or damaged.
+//! The backup manifest: a JSON document the producer streams with every backup, so a consumer can prove that
+//! nothing is missing, duplicated or damaged.
+//!
+//! Format 2 (written since issue #22) is made as the backup goes: the head, then each file's record as the file
+//! completes, then the directories, then the streams' tallies, which only the end knows. The producer sends it as
+//! one file whose chunks interleave with the files' through the whole run (its end-of-file chunk last), so a
+//! consumer checks files while the stream still flows; `mbstream -x` still writes it whole. Format 1 (the streams
+//! before the files, the whole manifest sent after every file) is still read.
 //!
 //! It is named [`MANIFEST_NAME`] (`backup-manifest.json`): a name `mbstream -x` accepts (it rejects names starting
 //! with `.`). With `--digest sha1` the producer also streams [`SHA1SUMS_NAME`] (`backup-manifest.sha1`) just before
@@ -38,8 +44,11 @@ pub const SECRET_MANIFEST_NAME: &str = "backup-manifest.json.age";
 /// The suffix of every file of an encrypted backup (`<path>.age`, `<path>.zst.age` when also compressed).
 pub const AGE_SUFFIX: &str = ".age";
 
-/// Version of the manifest layout; a consumer refuses versions it does not know.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest layout this build writes; a consumer refuses versions it does not know.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The oldest manifest layout this build reads (format 1: the same fields, `streams` before `files`).
+pub const MANIFEST_FORMAT_OLDEST: u32 = 1;
 
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,14 +68,12 @@ pub struct Manifest {
     pub compression: Compression,
     /// Which content checksums the file records carry.
     pub digest: Digest,
-    /// One record per output stream, in stream order.
-    pub streams: Vec<StreamRecord>,
     /// How the files are encrypted (absent: they are not). In the clear manifest of an encrypted backup every
     /// record describes a file's `.age` form as it travels (so a consumer without the key still proves that every
     /// byte arrived), `compression` is `none`, and the real records are in [`SECRET_MANIFEST_NAME`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
-    // `files` must stay the last field written ([`ManifestWriter`]).
+    // The head's fields come first, then `files`, `directories` and `streams` ([`ManifestWriter`]).
     /// Every file in the backup except the manifest itself, in the order they were completed.
     pub files: Vec<FileRecord>,
     /// Every directory below the top of the backup, parents before children, with its mode and mtime: xbstream
@@ -74,6 +81,9 @@ pub struct Manifest {
     /// written before directories were recorded.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directories: Vec<DirectoryRecord>,
+    /// One record per output stream, in stream order: what each carried. Written last (format 2), since only the
+    /// end of the backup knows it; before the files in format 1.
+    pub streams: Vec<StreamRecord>,
 }
 
 /// How an encrypted backup's files are encrypted.
@@ -231,14 +241,17 @@ pub enum ManifestError {
     #[error("manifest is not valid: {0}")]
     Json(#[from] serde_json::Error),
     /// A layout version this build does not know.
-    #[error("manifest format {found} is not supported (this build reads format {MANIFEST_FORMAT})")]
+    #[error(
+        "manifest format {found} is not supported (this build reads formats {MANIFEST_FORMAT_OLDEST} to \
+         {MANIFEST_FORMAT})"
+    )]
     UnsupportedFormat {
         /// The version found.
         found: u32,
     },
 }
 
-/// Compact JSON with a line break before each element of the top-level arrays (`streams`, `files`): a million
+/// Compact JSON with a line break before each element of the top-level arrays (`files`, `streams`): a million
 /// file records cost no indentation to write, send and parse (pretty JSON is half whitespace), and each file is
 /// still one line for `grep` (`jq .` shows the rest).
 struct RecordPerLine {
@@ -278,11 +291,11 @@ impl serde_json::ser::Formatter for RecordPerLine {
 }
 
 impl Manifest {
-    /// Serialises to JSON, one line per file and directory record, with a trailing newline (what
-    /// [`ManifestWriter`] writes).
+    /// Serialises to JSON in this build's layout (format 2: head, files, directories, streams), one line per
+    /// file, directory and stream record, with a trailing newline (what [`ManifestWriter`] writes). The `format`
+    /// field is written as it is: set it to [`MANIFEST_FORMAT`] when rewriting an older manifest.
     pub fn to_json(&self) -> Vec<u8> {
-        let head = Manifest { files: Vec::new(), directories: Vec::new(), ..self.clone() };
-        let mut writer = ManifestWriter::new(Vec::with_capacity(256 + self.files.len() * 128), &head)
+        let mut writer = ManifestWriter::new(Vec::with_capacity(256 + self.files.len() * 128), self)
             .expect("writing to memory cannot fail");
         for record in &self.files {
             writer.record(record).expect("writing to memory cannot fail");
@@ -290,14 +303,13 @@ impl Manifest {
         for record in &self.directories {
             writer.directory(record).expect("writing to memory cannot fail");
         }
-        writer.finish().expect("writing to memory cannot fail")
+        writer.finish(&self.streams).expect("writing to memory cannot fail")
     }
+
     /// Parses and checks the format version.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let manifest: Manifest = serde_json::from_slice(bytes)?;
-        if manifest.format != MANIFEST_FORMAT {
-            return Err(ManifestError::UnsupportedFormat { found: manifest.format });
-        }
+        check_format(manifest.format)?;
         Ok(manifest)
     }
 
@@ -375,9 +387,33 @@ impl FileRecord {
     }
 }
 
-/// Writes a manifest piece by piece — the head, then one file record at a time, then the directory records — so
-/// that a producer with millions of files never holds the whole document (or every record) in memory. The bytes are
-/// exactly [`Manifest::to_json`]'s.
+/// A format this build reads, or the error naming it.
+fn check_format(found: u32) -> Result<(), ManifestError> {
+    match (MANIFEST_FORMAT_OLDEST..=MANIFEST_FORMAT).contains(&found) {
+        true => Ok(()),
+        false => Err(ManifestError::UnsupportedFormat { found }),
+    }
+}
+
+/// The head of a manifest as written: every field but the lists, in the order of [`Manifest`].
+#[derive(Serialize)]
+struct HeadFields<'m> {
+    format: u32,
+    tool: &'m str,
+    created_unix: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_id: &'m Option<String>,
+    chunk_size: u64,
+    compression: Compression,
+    digest: Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<Encryption>,
+}
+
+/// Writes a manifest piece by piece as the backup goes — the head, then one file record at a time, then the
+/// directory records, then the streams' tallies — so that a producer with millions of files never holds the whole
+/// document (or every record) in memory, and sends each record soon after its file. The bytes are exactly
+/// [`Manifest::to_json`]'s.
 pub struct ManifestWriter<W> {
     out: W,
     records: u64,
@@ -385,15 +421,24 @@ pub struct ManifestWriter<W> {
 }
 
 impl<W: std::io::Write> ManifestWriter<W> {
-    /// Starts the manifest `head` (its `files` must be empty: they follow with [`ManifestWriter::record`]).
+    /// Starts a manifest with `head`'s fields (its lists are not written: the records follow with
+    /// [`ManifestWriter::record`] and [`ManifestWriter::directory`], the streams with [`ManifestWriter::finish`]).
     pub fn new(mut out: W, head: &Manifest) -> std::io::Result<ManifestWriter<W>> {
-        assert!(head.files.is_empty() && head.directories.is_empty(), "the head of a manifest carries no records");
-        let mut bytes = Vec::new();
-        let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, RecordPerLine { depth: 0 });
-        head.serialize(&mut serializer).map_err(std::io::Error::other)?;
-        // `files` is the last field: the head ends with its empty list, which the records fill.
-        let open = bytes.strip_suffix(b"\n]}").expect("the files list closes the manifest");
-        out.write_all(open)?;
+        let fields = HeadFields {
+            format: head.format,
+            tool: &head.tool,
+            created_unix: head.created_unix,
+            backup_id: &head.backup_id,
+            chunk_size: head.chunk_size,
+            compression: head.compression,
+            digest: head.digest,
+            encryption: head.encryption,
+        };
+        let mut bytes = serde_json::to_vec(&fields).map_err(std::io::Error::other)?;
+        // The head's object stays open: the files list follows.
+        bytes.pop();
+        bytes.extend_from_slice(b",\"files\":[");
+        out.write_all(&bytes)?;
         Ok(ManifestWriter { out, records: 0, directories: 0 })
     }
 
@@ -420,8 +465,19 @@ impl<W: std::io::Write> ManifestWriter<W> {
         record.serialize(&mut serializer).map_err(std::io::Error::other)
     }
 
-    /// Closes the manifest (with a trailing newline) and returns the writer.
-    pub fn finish(mut self) -> std::io::Result<W> {
+    /// The records written so far (files and directories).
+    pub fn records(&self) -> u64 {
+        self.records + self.directories
+    }
+
+    /// Closes the lists, writes the streams' tallies (`streams`: what only the end knows) and closes the manifest
+    /// (with a trailing newline); returns the writer.
+    pub fn finish(mut self, streams: &[StreamRecord]) -> std::io::Result<W> {
+        self.out.write_all(b"\n],\"streams\":[")?;
+        for (n, stream) in streams.iter().enumerate() {
+            self.out.write_all(if n == 0 { b"\n" } else { b",\n" })?;
+            serde_json::to_writer(&mut self.out, stream).map_err(std::io::Error::other)?;
+        }
         self.out.write_all(b"\n]}\n")?;
         Ok(self.out)
     }
@@ -485,10 +541,17 @@ struct ManifestVisitor<'s, H, F, E> {
     sink: &'s mut RecordSink<H, F, E>,
 }
 
-/// The head as a manifest without files.
-fn head_of(head: &serde_json::Map<String, serde_json::Value>) -> Result<Manifest, serde_json::Error> {
+/// The head as a manifest without files. Before the files of a format-2 manifest its streams are not known yet
+/// (`streams_to_come`): they are given as none.
+fn head_of(
+    head: &serde_json::Map<String, serde_json::Value>,
+    streams_to_come: bool,
+) -> Result<Manifest, serde_json::Error> {
     let mut head = head.clone();
     head.insert("files".into(), serde_json::Value::Array(Vec::new()));
+    if streams_to_come {
+        head.entry("streams").or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    }
     serde_json::from_value(serde_json::Value::Object(head))
 }
 
@@ -526,11 +589,10 @@ where
             if std::mem::replace(&mut files_seen, true) {
                 return Err(A::Error::duplicate_field("files"));
             }
-            // Every field but the files comes first (the producer writes them so): the head is checked before
-            // the first record.
-            let manifest = head_of(&head).map_err(A::Error::custom)?;
-            if manifest.format != MANIFEST_FORMAT {
-                let error = ManifestError::UnsupportedFormat { found: manifest.format };
+            // The head's fields come before the files (the producer writes them so; in format 1 the streams'
+            // tallies too): the head is checked before the first record.
+            let manifest = head_of(&head, true).map_err(A::Error::custom)?;
+            if let Err(error) = check_format(manifest.format) {
                 return Err(self.sink.stop(StreamingError::Manifest(error)));
             }
             if let Err(e) = (self.sink.on_head)(&manifest) {
@@ -541,7 +603,7 @@ where
         if !files_seen {
             return Err(A::Error::missing_field("files"));
         }
-        let mut manifest = head_of(&head).map_err(A::Error::custom)?;
+        let mut manifest = head_of(&head, false).map_err(A::Error::custom)?;
         manifest.directories = directories.unwrap_or_default();
         Ok(manifest)
     }
@@ -621,8 +683,10 @@ where
 
 impl Manifest {
     /// Reads a manifest from `reader` without ever holding its file list, so its size does not count against
-    /// memory: `on_head` gets the manifest without files (every other field, format checked) before the first
-    /// record, and `on_file` each file record, in the manifest's order. A callback's error stops the read and is
+    /// memory: `on_head` gets the manifest without files (every field before them, format checked; a format-2
+    /// manifest's streams come after its files, so they are empty there) before the first record, and `on_file`
+    /// each file record, in the manifest's order, as soon as it has been read (so a manifest read as it arrives
+    /// hands each record over then). A callback's error stops the read and is
     /// returned as [`StreamingError::Stopped`]. Returns the manifest without files (its directories are kept: the
     /// one list that stays in memory). Memory per piece is bounded whatever the manifest says: a head or a record
     /// over [`MAX_MANIFEST_PIECE`] bytes is an error. (Give it a buffered
@@ -706,7 +770,9 @@ mod tests {
         // Two files, then two directories.
         assert_eq!(lines.iter().filter(|line| line.starts_with("{\"path\":")).count(), 4, "{text}");
         assert!(text.contains("\n],\"directories\":[\n{\"path\":\"db\",\"mode\":488,\"mtime\":3}"), "{text}");
-        assert!(text.ends_with("\"placeholder\":true}\n]}\n"), "{text}");
+        // The streams' tallies last: only the end of a backup knows them.
+        assert!(text.contains("\"placeholder\":true}\n],\"streams\":[\n{\"index\":0,"), "{text}");
+        assert!(text.ends_with("\"bytes\":100}\n]}\n"), "{text}");
         assert!(lines.iter().any(|line| line.starts_with("{\"index\":0,")), "{text}");
         assert!(!text.contains("  "), "{text}");
     }
@@ -729,9 +795,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(files, manifest.files);
-        // The head comes before the records (so without directories, which follow the files); the manifest
-        // returned has its directories.
-        assert_eq!(heads, vec![Manifest { files: Vec::new(), directories: Vec::new(), ..manifest.clone() }]);
+        // The head comes before the records (so without directories and streams, which follow the files); the
+        // manifest returned has them.
+        let before_files =
+            Manifest { files: Vec::new(), directories: Vec::new(), streams: Vec::new(), ..manifest.clone() };
+        assert_eq!(heads, vec![before_files]);
         assert_eq!(head, Manifest { files: Vec::new(), ..manifest.clone() });
         // A callback's error stops the read and comes back as it was.
         let stopped =
@@ -772,9 +840,49 @@ mod tests {
         let mut manifest = sample();
         manifest.format = 99;
         let err = Manifest::from_json(&manifest.to_json()).unwrap_err();
-        assert_eq!(err.to_string(), "manifest format 99 is not supported (this build reads format 1)");
+        assert_eq!(err.to_string(), "manifest format 99 is not supported (this build reads formats 1 to 2)");
         let err = Manifest::from_json(b"{\"format\": 1").unwrap_err();
         assert!(err.to_string().starts_with("manifest is not valid: "), "{err}");
+    }
+
+    /// A manifest in format 1's layout (the streams' tallies before the files), as earlier producers wrote it.
+    fn format_1(manifest: &Manifest) -> Vec<u8> {
+        let text = String::from_utf8(Manifest { format: 1, ..manifest.clone() }.to_json()).unwrap();
+        let (body, streams) = text.split_once(",\"streams\":").unwrap();
+        let streams = streams.strip_suffix("}\n").unwrap();
+        format!("{}}}\n", body.replacen(",\"files\":[", &format!(",\"streams\":{streams},\"files\":["), 1)).into_bytes()
+    }
+
+    #[test]
+    fn manifests_of_format_1_still_read_and_format_2_needs_its_streams() {
+        let manifest = sample();
+        let old = String::from_utf8(format_1(&manifest)).unwrap();
+        assert!(old.starts_with("{\"format\":1,") && old.find("\"streams\"") < old.find("\"files\""), "{old}");
+        let expected = Manifest { format: 1, ..manifest.clone() };
+        assert_eq!(Manifest::from_json(old.as_bytes()).unwrap(), expected);
+        let mut heads = Vec::new();
+        let read = Manifest::read_streaming(
+            old.as_bytes(),
+            |head: &Manifest| -> Result<(), String> {
+                heads.push(head.streams.clone());
+                Ok(())
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(read, Manifest { files: Vec::new(), ..expected });
+        // Format 1's head carries its streams before the first record.
+        assert_eq!(heads, vec![manifest.streams.clone()]);
+        // A format-2 manifest that ends without its streams' tallies is refused (it was cut, or forged).
+        let text = String::from_utf8(manifest.to_json()).unwrap();
+        let (body, _) = text.split_once(",\"streams\":").unwrap();
+        let without = format!("{body}}}\n");
+        assert!(Manifest::from_json(without.as_bytes()).unwrap_err().to_string().contains("streams"), "{without}");
+        let error =
+            Manifest::read_streaming(without.as_bytes(), |_: &Manifest| Ok::<(), String>(()), |_| Ok(())).unwrap_err();
+        assert!(
+            matches!(error, StreamingError::Manifest(ManifestError::Json(ref e)) if e.to_string().contains("streams"))
+        );
     }
 
     #[test]

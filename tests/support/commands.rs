@@ -4,7 +4,7 @@
 //! `assert_cmd` forms [`producer`] / [`consumer`]) and adds its own arguments.
 
 use std::ffi::OsStr;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -253,4 +253,45 @@ pub fn mbstream_extract(stream: &[u8], out: &Path) {
     let output = mbstream_x(stream, out);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.trim().is_empty(), "mbstream -x: {}\n{stderr}", output.status);
+}
+
+/// Runs `consumer extract` (or `--list`: `out` = None) on `streams` fed through as many pipes; returns its output.
+pub fn feed_pipes(streams: &[Vec<u8>], out: Option<&Path>, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo_dir = dir.path().join("fifos");
+    let mut command = consumer_command();
+    command.arg("extract");
+    match out {
+        Some(out) => command.arg("-C").arg(out),
+        None => command.arg("--list"),
+    };
+    let consumer = spawn(
+        command
+            .args(["--fifo-timeout", "30", "--fifo-streams", &streams.len().to_string(), "--fifo-dir"])
+            .arg(&fifo_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let writers: Vec<_> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let path = fifo_dir.join(format!("thread_{i}"));
+            let stream = stream.clone();
+            spawn_named("pipe", move || {
+                wait_for_path(&path, SHORT);
+                // The consumer may fail (and close its end) before reading everything: that is fine here.
+                if let Ok(mut pipe) = std::fs::OpenOptions::new().write(true).open(&path) {
+                    let _ = pipe.write_all(&stream);
+                }
+            })
+        })
+        .collect();
+    let output = consumer.wait_output(LONG);
+    for writer in writers {
+        join_within(writer, SHORT);
+    }
+    assert!(!fifo_dir.exists() || std::fs::read_dir(&fifo_dir).unwrap().count() == 0, "pipes are removed");
+    output
 }
