@@ -114,7 +114,7 @@ fn records_ahead_of_their_files_wait_for_them_on_disk_past_the_bound() {
     let src = many_files();
     let ahead = manifest_first(&produce(src.path(), &[]));
     let work = tempfile::tempdir().unwrap();
-    // One writer: 2,503 records ahead, over its bound of 1,024 in memory (at 2M).
+    // One writer: 2,503 records ahead, over its bound of 512 in memory (at 2M).
     let small = ["--parallel", "1", "--memory-limit", "2M", "--max-chunk-size", "1M"];
     let out = work.path().join("out");
     let output = extract(&ahead, &out, &[&small[..], &["-v"]].concat());

@@ -67,7 +67,7 @@ pub(crate) struct Writer<'a> {
     /// With `--decrypt`: the keyring, told when a file has come whole so that its nonce is forgotten.
     keyring: Option<&'a Keyring>,
     /// Manifest records that came before their file had come whole: checked when it has, or at the end. Up to
-    /// `ended_limit` of them; further ones wait in `spill`.
+    /// half `ended_limit` of them (each is about twice an ended file's size); further ones wait in `spill`.
     parked: HashMap<Box<[u8]>, FileRecord>,
     spill: RecordSpill,
     /// Every stream has ended: a record is checked when it comes, whatever it finds.

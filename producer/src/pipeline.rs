@@ -14,7 +14,7 @@
 //! router holds each file's chunks until every file scanned before it has appeared, so files first appear on the
 //! streams in scan order. Any thread's error is recorded in [`Failure`] and fires the shared [`Cancel`], which
 //! wakes every blocked wait, so the run stops promptly and reports the first real error. On success the manifest
-//! is made as files complete and goes out on stream 0 a piece at a time ([`ManifestStream`], `documents.rs`); at
+//! is made as files complete and goes out on stream 0 a piece at a time (`ManifestStream`, `documents.rs`); at
 //! the end, streams 1..N are closed and their writers joined first, then the manifest's tail (directories, the
 //! streams' tallies) and its end-of-file chunk are written to stream 0.
 
