@@ -588,13 +588,16 @@ fn a_wrong_sha1_in_the_manifest_fails_both_ways() {
     };
     let forged = "0".repeat(40);
     let mut chunks = parse(&stream);
+    let mut forgeries = 0;
     for (header, payload) in &mut chunks {
         if header.path == proto::MANIFEST_NAME.as_bytes() && header.kind == ChunkKind::Payload {
+            // The manifest goes in pieces, each of whole records: one of them holds this file's.
             let text = String::from_utf8(payload.clone()).unwrap();
-            assert!(text.contains(&expected));
+            forgeries += usize::from(text.contains(&expected));
             *payload = text.replace(&expected, &forged).into_bytes();
         }
     }
+    assert_eq!(forgeries, 1, "one piece holds the record");
     let forged_stream = encode(&chunks);
     for args in [&["--digest", "sha1"][..], &[]] {
         let work = tempfile::tempdir().unwrap();

@@ -309,6 +309,67 @@ fn writer_reports_a_broken_sink_with_path_and_offset() {
     assert_eq!(err.to_string(), "write of \"db/x\" failed at stream offset 0: broken pipe");
 }
 
+/// Small files written whole in one vectored write come out byte for byte as chunk-by-chunk writes would make
+/// them (an empty file gets only its `E`), through a sink that takes a few bytes per call; a sink that fails part
+/// way names the file being written and the stream offset where it failed.
+#[test]
+fn whole_files_are_written_as_their_chunks_would_be() {
+    struct Trickle(Vec<u8>, usize, Option<usize>);
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.2.is_some_and(|fail_at| self.0.len() >= fail_at) {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            self.1 = self.1 % 97 + 1;
+            let n = self.1.min(buf.len());
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let contents: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (format!("db{}/t{i}.frm", i % 3).into_bytes(), crate::support::pseudo_random_bytes(i * 37 % 500, i as u64))
+        })
+        .collect();
+    let files: Vec<proto::WholeFile> = contents
+        .iter()
+        .map(|(path, payload)| proto::WholeFile { path, payload, checksum: crc32fast::hash(payload) })
+        .collect();
+    let mut one_by_one = ChunkWriter::new(Vec::new());
+    one_by_one.write_payload(b"before", 0, b"x").unwrap();
+    for (path, payload) in &contents {
+        if !payload.is_empty() {
+            one_by_one.write_payload(path, 0, payload).unwrap();
+        }
+        one_by_one.write_eof(path).unwrap();
+    }
+    let mut whole = ChunkWriter::new(Trickle(Vec::new(), 0, None));
+    whole.write_payload(b"before", 0, b"x").unwrap();
+    let chunks = whole.write_whole_files(&files).unwrap();
+    let empty = contents.iter().filter(|(_, payload)| payload.is_empty()).count();
+    assert!(empty > 0, "the sample has an empty file");
+    assert_eq!(chunks as usize, 2 * contents.len() - empty);
+    assert_eq!(whole.position(), one_by_one.position());
+    assert_eq!(whole.into_inner().0, one_by_one.into_inner());
+
+    // The sink breaks inside the 11th file's chunks: that file is named, at the offset where the sink stopped.
+    let mut before = ChunkWriter::new(Vec::new());
+    for (path, payload) in &contents[..10] {
+        if !payload.is_empty() {
+            before.write_payload(path, 0, payload).unwrap();
+        }
+        before.write_eof(path).unwrap();
+    }
+    let fail_at = before.position() as usize + 30;
+    let err = ChunkWriter::new(Trickle(Vec::new(), 0, Some(fail_at))).write_whole_files(&files).unwrap_err();
+    let WriteError::Io { path, stream_offset, .. } = &err else { panic!("{err}") };
+    assert_eq!(path.as_bytes(), &contents[10].0[..]);
+    assert!((fail_at as u64..fail_at as u64 + 97).contains(stream_offset), "{err}");
+}
+
 /// Many threads share one writer through a mutex, over a sink that accepts a few bytes per call: chunks never tear.
 #[test]
 fn shared_writer_never_tears_chunks_even_with_short_writes() {

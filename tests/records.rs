@@ -81,6 +81,61 @@ fn the_manifest_interleaves_with_the_files_and_they_are_checked_as_it_comes() {
     assert_eq!((manifest.format, manifest.files.len()), (2, 2503));
 }
 
+/// A batch's records follow the batch at once, so the writer that staged its files still holds them open: their
+/// mode and mtime are set on that descriptor, not looked up by name again. Under a limit of 64 descriptors (which
+/// bounds how many a writer holds) every file still comes out with its own mode and mtime.
+#[test]
+fn small_files_get_their_mode_and_mtime_on_the_descriptor_they_were_written_through() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let src = many_files();
+    for (i, path) in list_tree(src.path()).iter().enumerate() {
+        let path = src.path().join(path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode([0o600, 0o640, 0o444, 0o755][i % 4])).unwrap();
+        let mtime = nix::sys::time::TimeSpec::new(1_000_000_000 + i as i64, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &mtime,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+    let stream = produce(src.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    // Extracts under `nofile` descriptors; checks every file's mode and mtime; returns how many were set on the
+    // descriptor.
+    let extract_under = |nofile: u32| -> u64 {
+        let (out, stats) = (work.path().join(format!("out{nofile}")), work.path().join(format!("stats{nofile}")));
+        let output = run_with_stdin(
+            std::process::Command::new(tool("prlimit"))
+                .arg(format!("--nofile={nofile}:{nofile}"))
+                .arg("--")
+                .arg(CONSUMER)
+                .args(["extract", "--stats-json"])
+                .arg(&stats)
+                .arg("-C")
+                .arg(&out),
+            &stream,
+        );
+        assert_success(&output, "extract");
+        assert_same_tree(src.path(), &out);
+        for path in list_tree(src.path()) {
+            let was = std::fs::metadata(src.path().join(&path)).unwrap();
+            let is = std::fs::metadata(out.join(&path)).unwrap();
+            assert_eq!((is.mode() & 0o7777, is.mtime()), (was.mode() & 0o7777, was.mtime()), "{}", path.display());
+        }
+        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+        stats["files_set_on_descriptor"].as_u64().unwrap()
+    };
+    let plenty = extract_under(4096);
+    // Of the 1,875 small files that are not empty (an empty file's only chunk is its end).
+    assert!(plenty > 1000, "most small files: {plenty}");
+    // 64 descriptors: a writer holds 8 (a quarter of the limit, shared), the rest get theirs by name.
+    let few = extract_under(64);
+    assert!(few < plenty, "held descriptors are bounded by the limit: {few} against {plenty}");
+}
+
 #[test]
 fn a_stream_cut_anywhere_in_the_manifest_never_extracts() {
     let src = many_files();

@@ -7,7 +7,6 @@
 //! (a large payload), so a file's chunks still reach its writer in stream order.
 
 use std::ops::{Deref, Range};
-use std::path::PathBuf;
 
 use proto::{ChunkHeader, PayloadBuffer};
 use runtime::pool::PooledBuffer;
@@ -41,8 +40,6 @@ pub struct BatchedChunk {
     pub writer: usize,
     /// Its header as read.
     pub header: ChunkHeader,
-    /// Its checked relative path.
-    pub relative: PathBuf,
     /// Its payload's place in [`ChunkBatch::data`] (empty for an `E` chunk).
     pub range: Range<usize>,
 }

@@ -3,7 +3,6 @@
 //! decompress threads. Small chunks travel in batches ([`crate::batch`]): one pool buffer and one message for many
 //! files.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -73,7 +72,7 @@ pub(crate) fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<
             batch = pool.try_take().map(|data| ChunkBatch::new(index, data));
         }
         let mut destination = Destination::new(own.as_mut().expect("taken above"), batch.as_mut());
-        let Some(SourceChunk { header, relative, .. }) = source.next_chunk(&mut destination)? else { break };
+        let Some(SourceChunk { header, .. }) = source.next_chunk(&mut destination)? else { break };
         if let (Some(feed), ChunkKind::Payload) = (shared.feed, header.kind) {
             if header.path == MANIFEST_NAME.as_bytes() {
                 send(feed, FeedPiece { offset: header.file_offset, bytes: destination.to_vec() }, cancel)?;
@@ -91,16 +90,16 @@ pub(crate) fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<
         let writer = owner(&header.path, writers.len());
         match (&mut batch, in_batch) {
             (Some(gathering), Some(range)) => {
-                gathering.chunks.push(BatchedChunk { writer, header, relative, range });
+                gathering.chunks.push(BatchedChunk { writer, header, range });
             }
             (Some(gathering), None) if header.kind == ChunkKind::Eof => {
-                gathering.chunks.push(BatchedChunk { writer, header, relative, range: 0..0 });
+                gathering.chunks.push(BatchedChunk { writer, header, range: 0..0 });
             }
             _ => {
                 // A chunk on its own: the batch goes first, so each file's chunks reach its writer in order.
                 flush(&mut batch)?;
                 let data = own.take().expect("taken above");
-                forward_chunk(&source, header, relative, data, shared)?;
+                forward_chunk(&source, header, data, shared)?;
             }
         }
         if batch.as_ref().is_some_and(ChunkBatch::is_full) || !source.next_chunk_is_buffered() {
@@ -116,7 +115,6 @@ pub(crate) fn read_stream(mut source: StreamSource, shared: &Readers) -> Result<
 pub(crate) fn forward_chunk(
     source: &StreamSource,
     header: ChunkHeader,
-    relative: PathBuf,
     data: PooledBuffer,
     shared: &Readers,
 ) -> Result<()> {
@@ -128,12 +126,12 @@ pub(crate) fn forward_chunk(
     let original = if config.decompress { strip_zstd_suffix(&header.path) } else { None };
     let Some(original) = original.map(<[u8]>::to_vec) else {
         let key = header.path.clone();
-        let chunk = ChunkMessage { stream: index, header, key, relative, data, decoded: None, nonce: None };
+        let chunk = ChunkMessage { stream: index, header, key, data, decoded: None, nonce: None };
         send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
         return Ok(());
     };
-    let relative = proto::safe_relative_path(&original)?;
-    let chunk = ChunkMessage { stream: index, header, key: original, relative, data, decoded: None, nonce: None };
+    proto::checked_relative_path(&original)?;
+    let chunk = ChunkMessage { stream: index, header, key: original, data, decoded: None, nonce: None };
     if chunk.header.kind == ChunkKind::Eof {
         send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
     } else if parse_offset_frame(&chunk.data).is_none() {
@@ -187,7 +185,7 @@ fn forward_encrypted(
         (_, _) => sealed,
     };
     let key = original.to_vec();
-    let relative = proto::safe_relative_path(&key)?;
+    proto::checked_relative_path(&key)?;
     let nonce = match header.kind {
         ChunkKind::Eof => {
             // All of a file's chunks come on one stream, in order, when there is one stream or files are bound to
@@ -196,8 +194,7 @@ fn forward_encrypted(
             if bound || marker.is_some_and(|marker| marker.streams == 1) {
                 keyring.forget(&header.path);
             }
-            let chunk =
-                ChunkMessage { stream: source.index(), header, key, relative, data, decoded: None, nonce: None };
+            let chunk = ChunkMessage { stream: source.index(), header, key, data, decoded: None, nonce: None };
             send(&writers[chunk.writer(writers.len())], WriterMessage::Chunk(Box::new(chunk)), cancel)?;
             return Ok(());
         }
@@ -206,7 +203,7 @@ fn forward_encrypted(
         }
         ChunkKind::Payload => keyring.nonce_of(&header.path, header.file_offset, cancel)?,
     };
-    let chunk = ChunkMessage { stream: source.index(), header, key, relative, data, decoded: None, nonce: Some(nonce) };
+    let chunk = ChunkMessage { stream: source.index(), header, key, data, decoded: None, nonce: Some(nonce) };
     send(decryptors, chunk, cancel)?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! (a large chunk's bytes, handed from writer to writer, travel in `wide.rs`'s queue).
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -23,13 +24,17 @@ pub(crate) struct Announced {
     pub(crate) marked: AtomicBool,
 }
 
+/// A wire path that has passed [`proto::checked_relative_path`], as the relative path it names (no copy).
+pub(crate) fn checked_path(checked: &[u8]) -> &Path {
+    Path::new(std::ffi::OsStr::from_bytes(checked))
+}
+
 /// A chunk on its way to the writer that owns its file.
 pub(crate) struct ChunkMessage {
     pub(crate) stream: usize,
     pub(crate) header: ChunkHeader,
     /// The file it belongs to on disk: the wire path, or with --decompress the path without `.zst`.
     pub(crate) key: Vec<u8>,
-    pub(crate) relative: PathBuf,
     pub(crate) data: PooledBuffer,
     /// Set once a decrypt or decompress thread has turned the payload back into original bytes.
     pub(crate) decoded: Option<Decoded>,
@@ -98,6 +103,8 @@ pub(crate) struct Verified {
     pub(crate) bytes: u64,
     /// Of `files`, those checked while the streams still flowed (their record came as the manifest arrived).
     pub(crate) during_stream: u64,
+    /// Of `files`, those given their mode and mtime on a descriptor still open, not by name.
+    pub(crate) on_descriptor: u64,
     /// Manifest files that never arrived: how many, and the first few paths.
     pub(crate) missing: u64,
     pub(crate) missing_examples: Vec<String>,

@@ -246,6 +246,7 @@ fn summarize(
         bytes: outcome.bytes,
         proven_by_manifest: outcome.proven,
         files_checked_during_stream: outcome.checked_during_stream,
+        files_set_on_descriptor: outcome.set_on_descriptor,
         streams: outcome.streams,
         wall_seconds: elapsed,
         mb_per_second: outcome.bytes as f64 / elapsed.max(1e-9) / 1e6,
@@ -290,6 +291,9 @@ struct ExtractStats {
     proven_by_manifest: bool,
     /// Files checked against their records while the streams still flowed (the manifest is read as it comes).
     files_checked_during_stream: u64,
+    /// Files given their mode and mtime on the descriptor they were written through (their record came while it
+    /// was still open), not by name.
+    files_set_on_descriptor: u64,
     streams: Vec<StreamStats>,
     wall_seconds: f64,
     mb_per_second: f64,

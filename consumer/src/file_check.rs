@@ -55,7 +55,8 @@ impl SealedEnds {
 /// Checks one extracted file, held under `key`, against its manifest `record`, and sets its mode and mtime:
 /// `got` is what arrived, `stored` (decompressed files) the compressed bytes that travelled, `sha1` the SHA-1
 /// taken as it arrived (else, if the record has one, the file is read back). `key` is the record's path, or its
-/// stored (`.zst`) path for a compressed file extracted as it travelled.
+/// stored (`.zst`) path for a compressed file extracted as it travelled. `held`: the file still open, to set its
+/// mode and mtime on (then closed); else they are set by name.
 pub(crate) fn check_file(
     key: &[u8],
     record: &FileRecord,
@@ -63,6 +64,7 @@ pub(crate) fn check_file(
     got: CrcPiece,
     stored: Option<&Coverage>,
     sha1: Option<[u8; 20]>,
+    held: Option<File>,
 ) -> Result<()> {
     let display = || partial.display().display().to_string();
     let is_original = key == record.path.0.as_slice();
@@ -94,7 +96,10 @@ pub(crate) fn check_file(
             bail!("{}: SHA-1 {actual} does not match the manifest's {expected}", display());
         }
     }
-    partial.set_metadata(record.mode, Some(record.mtime))
+    match held {
+        Some(file) => partial.set_metadata_and_close(file, record.mode, record.mtime),
+        None => partial.set_metadata(record.mode, Some(record.mtime)),
+    }
 }
 
 /// A decrypted file against its record in the encrypted manifest: the nonce its first chunk carried is the one the

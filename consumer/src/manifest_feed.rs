@@ -108,7 +108,6 @@ pub(crate) fn parse_as_it_comes(
         dispatch: Rc::clone(&dispatch),
         fed_any: Rc::clone(&fed_any),
     };
-    let reader = std::io::BufReader::with_capacity(64 << 10, reader);
     let parsed = Manifest::read_streaming(
         reader,
         |_: &Manifest| Ok(()),

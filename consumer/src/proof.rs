@@ -24,6 +24,8 @@ pub(crate) struct Outcome {
     pub(crate) bytes: u64,
     /// Files checked while the streams still flowed.
     pub(crate) checked_during_stream: u64,
+    /// Files given their mode and mtime on a descriptor still open.
+    pub(crate) set_on_descriptor: u64,
     pub(crate) proven: bool,
     /// The manifest says the files are encrypted (`<path>.age`, kept as they are).
     pub(crate) encrypted: bool,
@@ -113,6 +115,7 @@ pub(crate) fn prove_and_commit(
             found.files += verified.files;
             found.bytes += verified.bytes;
             found.during_stream += verified.during_stream;
+            found.on_descriptor += verified.on_descriptor;
             found.missing += verified.missing;
             found.missing_examples.extend(verified.missing_examples);
         }
@@ -154,6 +157,7 @@ pub(crate) fn prove_and_commit(
             files: found.files,
             bytes: found.bytes,
             checked_during_stream: found.during_stream,
+            set_on_descriptor: found.on_descriptor,
             proven,
             encrypted: encrypted && config.decrypt.is_none(),
             decrypted: keyring.and_then(|keyring| keyring.key()).map(|key| key.fingerprint()),
@@ -199,7 +203,7 @@ pub(crate) fn check_against_manifest(
     let mut dispatch = RecordDispatch::new(writers);
     let mut seen = 0u64;
     let head = Manifest::read_streaming(
-        std::io::BufReader::with_capacity(1 << 20, file),
+        file,
         |head: &Manifest| check_backup_id(head, ours),
         |record| -> Result<()> {
             seen += 1;

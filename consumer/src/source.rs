@@ -8,7 +8,6 @@
 
 use runtime::lock::Locked;
 use std::io::{BufReader, Read};
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use proto::MANIFEST_NAME;
@@ -31,13 +30,12 @@ pub struct Counted {
     pub bytes: u64,
 }
 
-/// A chunk of a file, its payload in the caller's buffer.
+/// A chunk of a file, its payload in the caller's buffer. Its path has passed [`proto::checked_relative_path`]
+/// (unless it is a marker's).
 #[derive(Debug)]
 pub struct SourceChunk {
     /// The header as read.
     pub header: ChunkHeader,
-    /// Its path, checked: relative, no `..`.
-    pub relative: PathBuf,
     /// One of the start marker's chunks (only with [`StreamSource::pass_marker`]).
     pub marker: bool,
 }
@@ -202,8 +200,7 @@ impl StreamSource {
                     );
                 }
                 if self.pass_marker {
-                    let relative = PathBuf::from(String::from_utf8_lossy(&header.path).into_owned());
-                    return Ok(Some(SourceChunk { header, relative, marker: true }));
+                    return Ok(Some(SourceChunk { header, marker: true }));
                 }
                 continue;
             }
@@ -214,22 +211,21 @@ impl StreamSource {
                 self.same_backup.check(self.index, &self.name, id)?;
                 self.marker_end_pending = Some(header.path.clone());
                 if self.pass_marker {
-                    let relative = PathBuf::from(String::from_utf8_lossy(&header.path).into_owned());
-                    return Ok(Some(SourceChunk { header, relative, marker: true }));
+                    return Ok(Some(SourceChunk { header, marker: true }));
                 }
                 continue;
             }
             if first {
                 self.same_backup.check(self.index, &self.name, None)?;
             }
-            let relative = proto::safe_relative_path(&header.path).with_context(|| {
+            proto::checked_relative_path(&header.path).with_context(|| {
                 format!(
                     "{}: unsafe path in the chunk at stream offset {:#x}; nothing is written outside -C",
                     self.describe(),
                     header.stream_offset
                 )
             })?;
-            return Ok(Some(SourceChunk { header, relative, marker: false }));
+            return Ok(Some(SourceChunk { header, marker: false }));
         }
     }
 

@@ -476,6 +476,26 @@ impl PartialFile {
             .with_context(|| format!("cannot set the mode of {}", self.display.display()))
     }
 
+    /// Sets the permission bits (`mode & 0o777`) and modification time of the file open as `file`, then closes it:
+    /// [`PartialFile::set_metadata`] without the two lookups by name (a tenth of the consumer's CPU with 100,000
+    /// small files).
+    pub fn set_metadata_and_close(&self, file: File, mode: u32, mtime: i64) -> Result<()> {
+        use nix::sys::stat::{fchmod, futimens};
+        use nix::sys::time::TimeSpec;
+        futimens(&file, &TimeSpec::UTIME_OMIT, &TimeSpec::new(mtime, 0))
+            .with_context(|| format!("cannot set the mtime of {}", self.display.display()))?;
+        // Permission bits only, as by name.
+        fchmod(&file, Mode::from_bits_truncate(mode & 0o777))
+            .with_context(|| format!("cannot set the mode of {}", self.display.display()))?;
+        self.close(file)
+    }
+
+    /// Closes the file open as `file` explicitly, so that a failed close (an I/O error the kernel reports only
+    /// then, e.g. on NFS) is an error: a file whose close fails is not complete.
+    pub fn close(&self, file: File) -> Result<()> {
+        nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", self.display.display()))
+    }
+
     /// The file's final path, for messages.
     pub fn display(&self) -> &Path {
         &self.display

@@ -8,7 +8,7 @@
 //! `--memory-limit`, and beyond that (for streams of ours, where a manifest must follow) forgets whole small files
 //! and checks each from disk when its record comes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -23,7 +23,7 @@ use sha1::{Digest as _, Sha1};
 use crate::config::ExtractConfig;
 use crate::coverage::Coverage;
 use crate::decrypt_stage::Keyring;
-use crate::dispatch::{Announced, ChunkMessage, Decoded, Verified, WriterMessage, MISSING_EXAMPLES};
+use crate::dispatch::{checked_path, Announced, ChunkMessage, Decoded, Verified, WriterMessage, MISSING_EXAMPLES};
 use crate::file_check::{check_file, check_sealed, coverage_of, crc_of_file, SealedEnds};
 use crate::spill::RecordSpill;
 use crate::target::{PartialFile, Target};
@@ -70,6 +70,12 @@ pub(crate) struct Writer<'a> {
     /// half `ended_limit` of them (each is about twice an ended file's size); further ones wait in `spill`.
     parked: HashMap<Box<[u8]>, FileRecord>,
     spill: RecordSpill,
+    /// The keys of ended files that were given [`Ended::held`], oldest first (some since checked: their
+    /// descriptor is gone). Never longer than `held_limit`, so no more descriptors are held.
+    held: VecDeque<Box<[u8]>>,
+    /// How many descriptors this writer may hold for records to come: a share of RLIMIT_NOFILE (none when
+    /// decrypting, where files are checked against the encrypted manifest read at the end).
+    held_limit: usize,
     /// Every stream has ended: a record is checked when it comes, whatever it finds.
     streams_ended: bool,
 }
@@ -77,9 +83,14 @@ pub(crate) struct Writer<'a> {
 /// Memory per ended file kept by a writer, for [`Writer::ended_limit`]: its key, its record and the map's share.
 const ENDED_BYTES: u64 = 200;
 
+/// The most descriptors a writer holds for records to come ([`Ended::held`]): a producer of ours sends a batch's
+/// records right after the batch (at most 512 files), and a writer gets about its share of them.
+const HELD_MAX: usize = 256;
+
 /// A file whose end-of-file chunk came after all its bytes, in order, and is closed: what its final check needs.
-/// Its directory, name and path come back from its key ([`Target::partial`]): it holds no descriptor, so a backup
-/// of more directories than RLIMIT_NOFILE does not run out of them.
+/// Its directory, name and path come back from its key ([`Target::partial`]): it holds no descriptor (but for a
+/// bounded few, [`Ended::held`]), so a backup of more files or directories than RLIMIT_NOFILE does not run out of
+/// them.
 struct Ended {
     got: CrcPiece,
     /// A decompressed file's bytes as they travelled (`<path>.zst`), all in order: checked against the manifest's
@@ -92,6 +103,10 @@ struct Ended {
     verified: bool,
     /// The SHA-1 of its bytes, when files are hashed as they arrive (boxed: most backups do not hash files).
     sha1: Option<Box<[u8; 20]>>,
+    /// A whole small file still open, waiting for its record (which a producer of ours sends right after its
+    /// batch), so its mode and mtime are set on the descriptor, not by name. Up to [`Writer::held_limit`] per
+    /// writer; past it the oldest is closed.
+    held: Option<File>,
 }
 
 /// A file being extracted.
@@ -152,6 +167,11 @@ impl<'a> Writer<'a> {
             keyring,
             parked: HashMap::new(),
             spill: RecordSpill::default(),
+            held: VecDeque::new(),
+            held_limit: match keyring {
+                Some(_) => 0,
+                None => (runtime::limits::open_file_limit() as usize / 4 / config.writers.max(1)).min(HELD_MAX),
+            },
             streams_ended: false,
         }
     }
@@ -177,9 +197,9 @@ impl<'a> Writer<'a> {
             match message {
                 WriterMessage::Chunk(chunk) => {
                     self.end_settled()?;
-                    let ChunkMessage { header, key, relative, data, decoded, stream, .. } = *chunk;
+                    let ChunkMessage { header, key, data, decoded, stream, .. } = *chunk;
                     let placed = self
-                        .write(stream, &header, &key, &relative, &data, decoded)
+                        .write(stream, &header, &key, checked_path(&key), &data, decoded)
                         .with_context(|| chunk_context(&header, stream))?;
                     if let Some(Placed { file, offset }) = placed {
                         let (owner, stream_offset) = (self.index, header.stream_offset);
@@ -199,14 +219,13 @@ impl<'a> Writer<'a> {
                             });
                         let result = if whole && self.is_new(&header.path) {
                             chunks.next();
-                            self.write_whole(batch.stream, header, &chunk.relative, data)
+                            self.write_whole(batch.stream, header, checked_path(&header.path), data)
                         } else {
-                            self.write(batch.stream, header, &header.path, &chunk.relative, data, None).and_then(
-                                |placed| match placed {
+                            self.write(batch.stream, header, &header.path, checked_path(&header.path), data, None)
+                                .and_then(|placed| match placed {
                                     Some(placed) => placed.write_now(self.wide.sparse(), data),
                                     None => Ok(()),
-                                },
-                            )
+                                })
                         };
                         result.with_context(|| chunk_context(header, batch.stream))?;
                     }
@@ -303,27 +322,70 @@ impl<'a> Writer<'a> {
     /// A whole small file, new to this writer: its one payload (`header`, at offset 0, `data`) and its `E`, which
     /// came next. Created, written, closed and recorded as ended at once.
     fn write_whole(&mut self, stream: usize, header: &ChunkHeader, relative: &Path, data: &[u8]) -> Result<()> {
+        let key = header.path.as_slice();
         let (partial, file) = self.create(relative)?;
         self.target
             .sparse()
             .write_at(&file, data, 0)
             .with_context(|| format!("cannot write {}", partial.display().display()))?;
-        close(file, &partial)?;
         let got = CrcPiece { crc: header.checksum, len: data.len() as u64 };
-        let awaited = self.parked.contains_key(header.path.as_slice());
-        if !awaited && self.forgets(&header.path, got) {
+        let hash = || self.announced.hash_files.load(Ordering::SeqCst).then(|| Sha1::digest(data).into());
+        // Its record came first, and says this is all of it: checked now, its mode and mtime set on the descriptor.
+        let whole = |record: &FileRecord| record.path.0 == key && record.size == got.len;
+        if let Some(record) = self.parked.remove(key) {
+            if whole(&record) {
+                check_file(key, &record, &partial, got, None, hash(), Some(file))?;
+                self.found.on_descriptor += 1;
+                self.found.files += 1;
+                self.found.bytes += got.len;
+                if !self.streams_ended {
+                    self.found.during_stream += 1;
+                }
+                return Ok(());
+            }
+            self.parked.insert(key.into(), record);
+        }
+        let awaited = self.parked.contains_key(key);
+        if !awaited && self.forgets(key, got) {
             // Over the bound: the manifest that must follow will name it, and it is checked from disk then.
+            partial.close(file)?;
             self.forgotten += 1;
             return Ok(());
         }
-        let sha1 = self.announced.hash_files.load(Ordering::SeqCst).then(|| Box::new(Sha1::digest(data).into()));
+        let sha1 = hash().map(Box::new);
+        // Kept open for its record (the manifest itself has none).
+        let held = match self.held_limit > 0 && key != MANIFEST_NAME.as_bytes() {
+            true => Some(file),
+            false => {
+                partial.close(file)?;
+                None
+            }
+        };
+        if held.is_some() {
+            self.make_room_to_hold()?;
+            self.held.push_back(key.into());
+        }
         drop(partial);
-        let ended = Ended { got, stored: None, sealed: None, stream: stream as u32, sha1, verified: false };
-        self.ended.insert(header.path.as_slice().into(), ended);
+        let ended = Ended { got, stored: None, sealed: None, stream: stream as u32, sha1, verified: false, held };
+        self.ended.insert(key.into(), ended);
         if awaited {
-            self.has_ended(&header.path)?;
+            self.has_ended(key)?;
         }
         Ok(())
+    }
+
+    /// Closes the oldest descriptor held for a record ([`Ended::held`]) if this writer holds its limit.
+    fn make_room_to_hold(&mut self) -> Result<()> {
+        if self.held.len() < self.held_limit {
+            return Ok(());
+        }
+        let Some(oldest) = self.held.pop_front() else { return Ok(()) };
+        match self.ended.get_mut(&oldest).and_then(|ended| ended.held.take()) {
+            Some(file) => nix::unistd::close(file).with_context(|| {
+                format!("cannot close {} (staged)", self.target.path().join(checked_path(&oldest)).display())
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Takes in one chunk of file `key` (at `relative`), its payload `data` (original bytes if `decoded`): the
@@ -340,8 +402,12 @@ impl<'a> Writer<'a> {
     ) -> Result<Option<Placed>> {
         if let Some(ended) = self.ended.remove(key) {
             // More of a file that had ended (chunks of one file on several streams arrive in any order).
+            let partial = self.target.partial(self.directory_of(relative)?, relative)?;
+            if let Some(file) = ended.held {
+                partial.close(file)?;
+            }
             let slot = Slot {
-                partial: self.target.partial(self.directory_of(relative)?, relative)?,
+                partial,
                 file: None,
                 length: FileLength::default(),
                 coverage: coverage_of(ended.got)?,
@@ -474,6 +540,7 @@ impl<'a> Writer<'a> {
             stream: slot.stream as u32,
             sha1: slot.sha1.map(|sha1| Box::new(sha1.finalize().into())),
             verified: false,
+            held: None,
         };
         self.ended.insert(key.into(), ended);
         if awaited {
@@ -560,7 +627,7 @@ impl<'a> Writer<'a> {
                 (None, Some(_)) => bail!("{}: its first chunk (its age header and nonce) never arrived", display()),
                 (None, None) => {}
             }
-            check_file(key, record, &slot.partial, got, slot.stored.as_ref(), sha1)?;
+            check_file(key, record, &slot.partial, got, slot.stored.as_ref(), sha1, None)?;
             self.found.files += 1;
             self.found.bytes += got.len;
         } else if let Some(ended) = self.ended.get_mut(key) {
@@ -576,11 +643,12 @@ impl<'a> Writer<'a> {
                 }
                 (None, None) => {}
             }
-            let (got, sha1) = (ended.got, ended.sha1.as_deref().copied());
+            let (got, sha1, held) = (ended.got, ended.sha1.as_deref().copied(), ended.held.take());
+            self.found.on_descriptor += u64::from(held.is_some());
             let stored = ended.stored.map(coverage_of).transpose()?;
-            let relative = proto::safe_relative_path(key)?;
-            let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
-            check_file(key, record, &partial, got, stored.as_ref(), sha1)?;
+            let relative = proto::checked_relative_path(key)?;
+            let partial = self.target.partial(self.directory_of(relative)?, relative)?;
+            check_file(key, record, &partial, got, stored.as_ref(), sha1, held)?;
             self.found.files += 1;
             self.found.bytes += got.len;
         } else if let Some(got) = self.recall(key, record)? {
@@ -607,12 +675,12 @@ impl<'a> Writer<'a> {
         if self.keyring.is_some() {
             bail!("{}: its first chunk (its age header and nonce) never arrived", record.path.display());
         }
-        let relative = proto::safe_relative_path(key)?;
-        let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
+        let relative = proto::checked_relative_path(key)?;
+        let partial = self.target.partial(self.directory_of(relative)?, relative)?;
         let Some(file) = partial.try_reopen_for_read()? else { return Ok(None) };
         let got = crc_of_file(&file, &partial, &mut self.read_back)?;
         // With a SHA-1 in the record, `check_file` reads the file back for it.
-        check_file(key, record, &partial, got, None, None)?;
+        check_file(key, record, &partial, got, None, None, None)?;
         self.recalled += 1;
         Ok(Some(got.len))
     }
@@ -655,8 +723,8 @@ impl<'a> Writer<'a> {
             bail!("{} file(s) in the stream are not in the manifest", self.forgotten - self.recalled);
         }
         for (key, ended) in self.ended.iter().filter(|(_, ended)| !ended.verified) {
-            let relative = proto::safe_relative_path(key)?;
-            let partial = self.target.partial(self.target.directory_of(&relative)?, &relative)?;
+            let relative = proto::checked_relative_path(key)?;
+            let partial = self.target.partial(self.target.directory_of(relative)?, relative)?;
             if proven {
                 bail!("{} is in the stream but not in the manifest", partial.display().display());
             }
@@ -682,12 +750,6 @@ fn finish(slot: &mut Slot) -> Result<()> {
         bail!("{}: a write was still in flight when the file was checked", slot.partial.display().display());
     }
     slot.length.apply(&slot.partial)
-}
-
-/// Closes a file explicitly, so that a failed close (an I/O error the kernel reports only then, e.g. on NFS) is an
-/// error: a file whose close fails is not complete.
-fn close(file: File, partial: &PartialFile) -> Result<()> {
-    nix::unistd::close(file).with_context(|| format!("cannot close {} (staged)", partial.display().display()))
 }
 
 /// Where a payload's bytes go: the file's shared descriptor and the offset.

@@ -162,6 +162,16 @@ impl ManifestStream {
         Ok(())
     }
 
+    /// Sends the records written so far now, in a piece that is not full: a batch's records go right after its
+    /// files, so the consumer's writer still has them open (`Ended::held` there) and sets their mode and mtime on
+    /// the descriptor. Not when encrypting: sealed pieces must be full but the last (no file is batched then).
+    pub(crate) fn send_now(&mut self) -> Result<()> {
+        if self.secret.is_none() {
+            self.clear.get_mut().send_piece()?;
+        }
+        Ok(())
+    }
+
     /// Every file has ended: the SHA-1 list ends (counted in the stream's tallies and listed in the manifests),
     /// then the encrypted manifest, then the clear one, each with the directories and the streams' tallies.
     pub(crate) fn finish(self, router: &Router) -> Result<()> {

@@ -31,7 +31,7 @@
 use runtime::lock::Locked;
 use runtime::reorder::Reorder;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -66,7 +66,7 @@ pub struct Transform {
 
 /// Whether `scanned` is checked page by page under `--validate-pages` (a file named like an InnoDB tablespace).
 pub fn validates_pages(scanned: &ScannedFile, validate: bool) -> bool {
-    validate && scanned.source.file_name().is_some_and(|name| innodb::is_tablespace_name(&name.to_string_lossy()))
+    validate && scanned.source().file_name().is_some_and(|name| innodb::is_tablespace_name(&name.to_string_lossy()))
 }
 
 /// A file being backed up.
@@ -303,7 +303,7 @@ impl FileState {
                     Err(e) => {
                         bail!(
                             "cannot read {} at offset {}: {e}",
-                            self.scanned.source.display(),
+                            self.scanned.source().display(),
                             job.offset + filled as u64
                         )
                     }
@@ -339,12 +339,11 @@ impl FileState {
     pub(crate) fn read_whole(&self, data: &mut PooledBuffer) -> Result<(usize, bool, bool)> {
         let start = data.len();
         let size = self.scanned.size as usize;
-        let opened =
-            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&self.scanned.source);
+        let opened = self.scanned.open();
         let file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, true, false)),
-            Err(e) => bail!("cannot open {}: {e}", self.scanned.source.display()),
+            Err(e) => bail!("cannot open {}: {e}", self.scanned.source().display()),
         };
         // Read until a read runs without the file changing under it: the first read against what the scan saw (no
         // change since the scan, none during the read: one `fstat`), each next one against the stamp taken after
@@ -365,7 +364,7 @@ impl FileState {
                     }
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => bail!("cannot read {} at offset {filled}: {e}", self.scanned.source.display()),
+                    Err(e) => bail!("cannot read {} at offset {filled}: {e}", self.scanned.source().display()),
                 }
             }
             let grew = filled > size;
@@ -377,7 +376,7 @@ impl FileState {
             }
             log::debug!(
                 "{} changed since it was scanned or while it was read: reading it again",
-                self.scanned.source.display()
+                self.scanned.source().display()
             );
             // The next read starts more than a clock tick after the stamp it is held against, so that a write
             // during it cannot carry the same (coarse) change time; a file still being written gets longer pauses.
@@ -386,7 +385,7 @@ impl FileState {
         }
         bail!(
             "{} kept changing while it was read ({CHANGE_CHECKS} reads); back up a stopped or snapshotted source",
-            self.scanned.source.display()
+            self.scanned.source().display()
         )
     }
 
@@ -396,8 +395,9 @@ impl FileState {
     pub fn tablespace(&self, chunk: &ReadChunk) -> Option<innodb::Tablespace> {
         let pages = self.pages.as_ref()?;
         *pages.tablespace.get_or_init(|| {
-            let path = self.scanned.source.display();
-            let name = self.scanned.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let source = self.scanned.source();
+            let path = source.display();
+            let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let header = if chunk.offset == 0 && chunk.data.len() >= innodb::tablespace::HEADER_LEN {
                 chunk.data[..innodb::tablespace::HEADER_LEN].to_vec()
             } else {
@@ -433,11 +433,9 @@ impl FileState {
         let file = match open {
             Some(file) => file,
             None => Arc::new(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(&self.scanned.source)
-                    .map_err(|e| anyhow::anyhow!("cannot open {} again: {e}", self.scanned.source.display()))?,
+                self.scanned
+                    .open()
+                    .map_err(|e| anyhow::anyhow!("cannot open {} again: {e}", self.scanned.source().display()))?,
             ),
         };
         let mut filled = 0;
@@ -447,7 +445,7 @@ impl FileState {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    bail!("cannot read {} at offset {}: {e}", self.scanned.source.display(), offset + filled as u64)
+                    bail!("cannot read {} at offset {}: {e}", self.scanned.source().display(), offset + filled as u64)
                 }
             }
         }
@@ -480,8 +478,7 @@ impl FileState {
             Handle::Vanished | Handle::Closed { .. } => return Ok(None),
             Handle::NotOpened => {}
         }
-        let opened =
-            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&self.scanned.source);
+        let opened = self.scanned.open();
         match opened {
             Ok(file) => {
                 if fadvise && self.jobs > 1 {
@@ -496,7 +493,7 @@ impl FileState {
                 *handle = Handle::Vanished;
                 Ok(None)
             }
-            Err(e) => bail!("cannot open {}: {e}", self.scanned.source.display()),
+            Err(e) => bail!("cannot open {}: {e}", self.scanned.source().display()),
         }
     }
 
@@ -527,7 +524,8 @@ impl FileState {
     /// to, say) with the same bytes where the copy lies, the copy is a version the file had; any difference fails
     /// the run naming the file (the copy may be torn).
     fn check_unchanged(&self, file: &File, copied: CrcPiece) -> Result<()> {
-        let path = self.scanned.source.display();
+        let source = self.scanned.source();
+        let path = source.display();
         log::info!("{path} changed while it was read: checking the copy against it");
         let mut scratch = vec![0u8; 256 << 10];
         for read in 1..=2 {
@@ -644,7 +642,8 @@ impl FileState {
     /// The file's record once every chunk is released: warns about (or, with `--strict`, fails on) a file that
     /// vanished, shrank or grew. `None`: it vanished, and nothing of it is in the backup.
     fn conclude(&self, sequence: &mut Sequence) -> Result<Option<FileRecord>> {
-        let path = self.scanned.source.display();
+        let source = self.scanned.source();
+        let path = source.display();
         if let (Some(file), false) = (self.take_changed(), sequence.vanished) {
             self.check_unchanged(&file, CrcPiece { crc: sequence.crc.crc, len: sequence.copied })?;
         }
@@ -658,7 +657,7 @@ impl FileState {
         let grew = match sequence.grew {
             Some(grew) => grew,
             // Not probed (the last chunk filled its buffer): ask the file system.
-            None => std::fs::symlink_metadata(&self.scanned.source).is_ok_and(|m| m.len() > self.scanned.size),
+            None => std::fs::symlink_metadata(self.scanned.source()).is_ok_and(|m| m.len() > self.scanned.size),
         };
         let changed = if sequence.shrank {
             Some(format!(
@@ -695,8 +694,8 @@ impl FileState {
     }
 
     /// The path the file came from, for messages.
-    pub fn source(&self) -> &PathBuf {
-        &self.scanned.source
+    pub fn source(&self) -> PathBuf {
+        self.scanned.source()
     }
 }
 
@@ -706,7 +705,7 @@ mod tests {
 
     fn tablespace(validate: bool) -> Arc<FileState> {
         let scanned = ScannedFile {
-            source: PathBuf::from("/nonexistent/db/t1.ibd"),
+            root: Arc::new(crate::scan::SourceRoot::open(std::path::Path::new("/")).unwrap()),
             wire: b"db/t1.ibd".to_vec(),
             size: 0,
             mode: 0o640,
@@ -724,8 +723,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.frm");
         std::fs::write(&path, vec![b'a'; 1000]).unwrap();
+        let root = Arc::new(crate::scan::SourceRoot::open(dir.path()).unwrap());
         let scanned = |stamp| ScannedFile {
-            source: path.clone(),
+            root: Arc::clone(&root),
             wire: b"t.frm".to_vec(),
             size: 1000,
             mode: 0o640,

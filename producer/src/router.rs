@@ -175,7 +175,7 @@ impl Router {
     /// A file that was handed out and never finished, if any.
     pub(crate) fn unfinished(&self) -> Option<PathBuf> {
         let in_flight = self.in_flight.locked();
-        in_flight.iter().min_by_key(|(number, _)| **number).map(|(_, file)| file.source().clone())
+        in_flight.iter().min_by_key(|(number, _)| **number).map(|(_, file)| file.source())
     }
 
     /// Finished files' records, into the manifest.
@@ -252,6 +252,8 @@ impl BatchOutlet for Router {
         let through = files.last().expect("not empty").file.number + 1;
         self.release(first, through, Some((stream, StreamItem::Batch { data, files: entries })))?;
         self.record(records)?;
+        // The batch's records follow it at once, not when a piece of them has filled (see `send_now`).
+        self.manifest.locked().as_mut().ok_or(Cancelled)?.send_now()?;
         for file in &files {
             self.finished(&file.file);
         }

@@ -174,7 +174,7 @@ pub(crate) fn scan_files(
         let elsewhere = binding == Binding::File
             && streams > 1
             && batch.stream.is_some_and(|stream| !places.allows(&scanned.wire, stream));
-        if !small || !batch.has_room(scanned.size, config.chunk_size) || elsewhere {
+        if !small || !batch.has_room(scanned.size, config.chunk_size.min(crate::work::BATCH_BYTES_MAX)) || elsewhere {
             batch.send(&jobs, cancel)?;
         }
         // File binding: the least loaded stream the file may go to (`DirectoryPlaces`); a batch goes where its

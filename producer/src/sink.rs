@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, IoSlice, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use proto::ChunkWriter;
+use proto::{ChunkWriter, WholeFile};
 use runtime::pool::PooledBuffer;
 use sha1::{Digest as _, Sha1};
 use transport::idle::IdlePipe;
@@ -112,15 +112,16 @@ pub trait Sink: Send {
 /// How long a failed stream's writer tries to deliver what it had buffered and the broken chunk.
 const POISON_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Small chunks (`E` chunks, small files) are gathered into one write of up to this many bytes; chunks this large
-/// or larger go straight to the descriptor. With 100,000 small files this cuts the system calls on both sides.
+/// Small chunks (`E` chunks, small payloads) are gathered into one write of up to this many bytes; writes of
+/// [`DIRECT_BYTES`] or more go straight to the descriptor. With 100,000 small files this cuts the system calls on
+/// both sides.
 pub const COALESCE_BYTES: usize = 256 << 10;
 
 /// xbstream chunks to a file descriptor (STDOUT or a pipe). A sink dropped before [`Sink::finish`] succeeded — a
 /// failure, a panic — ends its stream with the broken chunk ([`proto::POISON_PATH`]).
 pub struct StreamSink {
     name: String,
-    writer: ChunkWriter<BufWriter<HashingWriter<IdlePipe>>>,
+    writer: ChunkWriter<Coalescing<HashingWriter<IdlePipe>>>,
     chunks: u64,
     /// `finish` succeeded, or the poison chunk was written: nothing more goes out.
     closed: bool,
@@ -132,7 +133,7 @@ impl StreamSink {
         let hashing = HashingWriter { inner: file, sha1: hash.then(Sha1::new) };
         StreamSink {
             name,
-            writer: ChunkWriter::new(BufWriter::with_capacity(COALESCE_BYTES, hashing)),
+            writer: ChunkWriter::new(Coalescing::new(COALESCE_BYTES, hashing)),
             chunks: 0,
             closed: false,
         }
@@ -160,14 +161,15 @@ impl Sink for StreamSink {
                 self.chunks += 1;
             }
             StreamItem::Batch { data, files } => {
-                for entry in files {
-                    if !entry.range.is_empty() {
-                        self.writer.write_payload_with_checksum(entry.file.wire(), 0, &data[entry.range], entry.crc)?;
-                        self.chunks += 1;
-                    }
-                    self.writer.write_eof(entry.file.wire())?;
-                    self.chunks += 1;
-                }
+                let whole: Vec<WholeFile> = files
+                    .iter()
+                    .map(|entry| WholeFile {
+                        path: entry.file.wire(),
+                        payload: &data[entry.range.clone()],
+                        checksum: entry.crc,
+                    })
+                    .collect();
+                self.chunks += self.writer.write_whole_files(&whole)?;
             }
             StreamItem::DocumentPiece { path, offset, data } => {
                 self.writer.write_payload(&path, offset, &data)?;
@@ -227,6 +229,79 @@ impl Sink for StreamSink {
 impl Drop for StreamSink {
     fn drop(&mut self) {
         self.poison();
+    }
+}
+
+/// Writes of at least this many bytes (a large chunk, a batch of small files) go straight to the descriptor, after
+/// whatever was buffered before them.
+const DIRECT_BYTES: usize = 64 << 10;
+
+/// A write buffer for small chunks that passes a write of [`DIRECT_BYTES`] or more straight on, vectored writes
+/// included: a batch of small files goes out as one `writev` from the buffer it was read into. (`std::io::BufWriter`
+/// passes a vectored write on only when its inner writer says it supports them, which only std's own types can
+/// say on stable Rust: it copied every small file into itself, 4 % of the producer's CPU with small files.)
+struct Coalescing<W: Write> {
+    inner: W,
+    buffer: Vec<u8>,
+    capacity: usize,
+}
+
+impl<W: Write> Coalescing<W> {
+    fn new(capacity: usize, inner: W) -> Coalescing<W> {
+        Coalescing { inner, buffer: Vec::with_capacity(capacity), capacity: capacity.max(DIRECT_BYTES) }
+    }
+
+    /// The bytes written to it and not yet passed on.
+    fn buffer(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Passes the buffered bytes on; on failure keeps those not taken.
+    fn flush_buffer(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.buffer.len() {
+                break Ok(());
+            }
+            match self.inner.write(&self.buffer[written..]) {
+                Ok(0) => break Err(io::Error::new(io::ErrorKind::WriteZero, "the stream accepted no bytes")),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buffer.drain(..written);
+        result
+    }
+}
+
+impl<W: Write> Write for Coalescing<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(data)])
+    }
+
+    fn write_vectored(&mut self, data: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = data.iter().map(|slice| slice.len()).sum();
+        // Whatever is buffered goes first: before a direct write, or when this would overfill the buffer.
+        if total >= DIRECT_BYTES || self.buffer.len() + total > self.capacity {
+            self.flush_buffer()?;
+        }
+        if total >= DIRECT_BYTES {
+            return self.inner.write_vectored(data);
+        }
+        for slice in data {
+            self.buffer.extend_from_slice(slice);
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buffer()?;
+        self.inner.flush()
     }
 }
 

@@ -23,6 +23,12 @@ pub const BATCH_FILE_MAX: u64 = 64 << 10;
 /// Most files in one batch, so a batch of empty files still goes out promptly.
 pub const BATCH_FILES_MAX: usize = 512;
 
+/// Most bytes in one batch (or the buffer size, if smaller). A batch's bytes are what its buffer's pages are
+/// touched for: batches as large as the 2 MiB buffers touched every page of every buffer in flight (44 MB of
+/// page faults, 8 % of the producer's CPU with 100,000 small files); at 256 KiB the producer peaks at 14 MB and
+/// spends 5 % less CPU, its batches still 50 files or more.
+pub const BATCH_BYTES_MAX: usize = 256 << 10;
+
 /// Work for a read thread.
 #[derive(Debug)]
 pub enum Job {

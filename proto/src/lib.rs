@@ -50,6 +50,6 @@ pub use marker::{
     is_marker_name, marker_name, new_backup_id, Binding as MarkerBinding, MarkerError, StreamMarker, MARKER_FORMAT,
     MARKER_PREFIX, MARKER_SUFFIX, MAX_MARKER_LEN,
 };
-pub use path::{safe_relative_path, wire_path, PathError};
+pub use path::{checked_relative_path, safe_relative_path, wire_path, PathError};
 pub use reader::{ChunkReader, PayloadBuffer, ReadError, DEFAULT_MAX_PAYLOAD};
-pub use writer::{ChunkWriter, WriteError};
+pub use writer::{ChunkWriter, WholeFile, WriteError};

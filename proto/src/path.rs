@@ -52,6 +52,12 @@ pub enum PathError {
 /// Validates a path as it appears on the wire and returns it as a relative `PathBuf` that stays inside any
 /// directory it is joined to.
 pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, PathError> {
+    checked_relative_path(raw).map(Path::to_path_buf)
+}
+
+/// [`safe_relative_path`] without the copy: the same checks, and the path borrowed from `raw` (for the per-chunk
+/// and per-file checks, where an allocation each adds up).
+pub fn checked_relative_path(raw: &[u8]) -> Result<&Path, PathError> {
     let lossy = || String::from_utf8_lossy(raw).into_owned();
     if raw.is_empty() {
         return Err(PathError::Empty);
@@ -73,14 +79,14 @@ pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf, PathError> {
             });
         }
     }
-    Ok(PathBuf::from(OsStr::from_bytes(raw)))
+    Ok(Path::new(OsStr::from_bytes(raw)))
 }
 
 /// The wire form of a relative path found under a source directory: its bytes, validated by the same rules.
 pub fn wire_path(relative: &Path) -> Result<Vec<u8>, PathError> {
-    let bytes = relative.as_os_str().as_bytes().to_vec();
-    safe_relative_path(&bytes)?;
-    Ok(bytes)
+    let bytes = relative.as_os_str().as_bytes();
+    checked_relative_path(bytes)?;
+    Ok(bytes.to_vec())
 }
 
 #[cfg(test)]

@@ -93,8 +93,8 @@ impl Writer<'_> {
 
     /// Whether file `key` is in the staging directory.
     pub(super) fn is_staged(&mut self, key: &[u8]) -> Result<bool> {
-        let relative = proto::safe_relative_path(key)?;
-        let partial = self.target.partial(self.directory_of(&relative)?, &relative)?;
+        let relative = proto::checked_relative_path(key)?;
+        let partial = self.target.partial(self.directory_of(relative)?, relative)?;
         Ok(partial.try_reopen_for_read()?.is_some())
     }
 }
