@@ -234,7 +234,7 @@ impl Drop for StreamSink {
 
 /// Writes of at least this many bytes (a large chunk, a batch of small files) go straight to the descriptor, after
 /// whatever was buffered before them.
-const DIRECT_BYTES: usize = 64 << 10;
+pub const DIRECT_BYTES: usize = 64 << 10;
 
 /// A write buffer for small chunks that passes a write of [`DIRECT_BYTES`] or more straight on, vectored writes
 /// included: a batch of small files goes out as one `writev` from the buffer it was read into. (`std::io::BufWriter`
