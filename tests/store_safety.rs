@@ -164,9 +164,9 @@ fn a_put_that_loses_the_index_removes_its_own_objects() {
         encrypt: None,
     };
     // B claims N; its claim vanishes from view (as on a store whose listing lags); A claims and stores N.
-    let late = consumer::put::claim("N", &memory).unwrap();
+    let late = consumer::claim::claim("N", &memory).unwrap();
     memory.delete(&format!("N/claim-{}.json", late.put_id)).unwrap();
-    let claim_a = consumer::put::claim("N", &memory).unwrap();
+    let claim_a = consumer::claim::claim("N", &memory).unwrap();
     consumer::put::put_streams(&config, &memory, &claim_a, input(&stream_a), &Signals::none(), &Cancel::new()).unwrap();
     let err = consumer::put::put_streams(&config, &memory, &late, input(&stream_b), &Signals::none(), &Cancel::new())
         .unwrap_err();

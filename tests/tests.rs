@@ -11,6 +11,7 @@ mod directories;
 mod encryption;
 mod faults;
 mod fidelity;
+mod operate;
 mod pages;
 mod producer;
 mod proof;

@@ -54,12 +54,26 @@ pub fn main() -> i32 {
             Some((config, store)) => crate::get::run(&config, store.as_ref(), &signals),
             None => return 2,
         },
+        Command::Check(check) => match crate::check::CheckConfig::from_args(check) {
+            Ok(config) => check.storage.open().and_then(|store| crate::check::run(&config, store.as_ref())),
+            Err(e) => {
+                eprintln!("consumer: error: {e:#}");
+                return 2;
+            }
+        },
         Command::List(list) => {
             list.storage.open().and_then(|store| crate::catalog::run_list(store.as_ref(), list.json))
         }
-        Command::Delete(delete) => {
-            delete.storage.open().and_then(|store| crate::catalog::delete(store.as_ref(), &delete.name))
-        }
+        Command::Delete(delete) => match delete_job(delete) {
+            Ok(job) => delete.storage.open().and_then(|store| match &job {
+                DeleteJob::Named { name, dry_run } => crate::catalog::delete_named(store.as_ref(), name, *dry_run),
+                DeleteJob::Rules(rules) => crate::retention::run(store.as_ref(), rules),
+            }),
+            Err(e) => {
+                eprintln!("consumer: error: {e:#}");
+                return 2;
+            }
+        },
     };
     match result {
         Ok(summary) => {
@@ -85,5 +99,26 @@ fn configured<C>(config: anyhow::Result<C>, storage: &StorageArgs) -> Option<(C,
             eprintln!("consumer: error: {e:#}");
             None
         }
+    }
+}
+
+/// What `consumer delete` was asked to do.
+enum DeleteJob {
+    /// One backup by name.
+    Named { name: String, dry_run: bool },
+    /// Every backup the rules let go.
+    Rules(crate::retention::Rules),
+}
+
+/// Validates `delete`'s arguments: a NAME, or rules.
+fn delete_job(args: &crate::cli::DeleteArgs) -> anyhow::Result<DeleteJob> {
+    match &args.name {
+        Some(name) => Ok(DeleteJob::Named { name: name.clone(), dry_run: args.dry_run }),
+        None => Ok(DeleteJob::Rules(crate::retention::Rules::from_args(
+            args.keep_last,
+            args.older_than.as_deref(),
+            args.incomplete,
+            args.dry_run,
+        )?)),
     }
 }

@@ -159,6 +159,25 @@ pub fn run_list(store: &dyn Store, json: bool) -> Result<String> {
     Ok(format!("{} backup(s) in {}", backups.len(), store.describe()))
 }
 
+/// `consumer delete NAME`: removes backup `name` ([`delete`]), or with `dry_run` only says what that would remove.
+pub fn delete_named(store: &dyn Store, name: &str, dry_run: bool) -> Result<String> {
+    if !dry_run {
+        return delete(store, name);
+    }
+    layout::check_name(name)?;
+    let objects = store.list(name)?;
+    if objects.is_empty() {
+        bail!("no backup named {name} in {}", store.describe());
+    }
+    let bytes: u64 = objects.iter().map(|o| o.size).sum();
+    Ok(format!(
+        "dry run: deleting {name} would remove {} objects ({}) from {}; nothing was deleted",
+        objects.len(),
+        runtime::size::human(bytes),
+        store.describe()
+    ))
+}
+
 /// Removes every object of backup `name`, the index first.
 pub fn delete(store: &dyn Store, name: &str) -> Result<String> {
     layout::check_name(name)?;

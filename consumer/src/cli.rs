@@ -42,9 +42,13 @@ pub enum Command {
     Put(PutArgs),
     /// Bring backup NAME back: one valid xbstream on STDOUT, N pipes, or extracted and proven with `-C OUT`.
     Get(GetArgs),
+    /// Prove stored backup NAME whole where it lies, writing nothing: every object there with its size and ETag
+    /// (metadata only), and with --read-data a share of its packs downloaded and proven chunk by chunk.
+    Check(CheckArgs),
     /// The backups in a store: name, size, files, date, complete or not.
     List(ListArgs),
-    /// Remove backup NAME from a store (its index first, so it stops counting as complete at once).
+    /// Remove backup NAME from a store (its index first, so it stops counting as complete at once), or every
+    /// backup that retention rules let go: --keep-last N, --older-than AGE, --incomplete (see --dry-run).
     Delete(DeleteArgs),
 }
 
@@ -126,6 +130,16 @@ pub struct GetArgs {
     #[arg(long)]
     pub allow_partial: bool,
 
+    /// With -C: restore only the files whose path in the backup matches PATTERN (a shell glob: `shop/orders.*`;
+    /// `*` stays inside a directory, `**` crosses them; repeatable), reading only the bytes that hold them, each
+    /// proven against the manifest.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+
+    /// With -C: leave out the files whose path matches PATTERN (repeatable; wins over --include).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+
     /// With -C: replace files that already exist.
     #[arg(long)]
     pub overwrite: bool,
@@ -147,6 +161,32 @@ pub struct GetArgs {
     pub keys: crypt::args::DecryptArgs,
 }
 
+/// `consumer check`.
+#[derive(Debug, ClapArgs)]
+pub struct CheckArgs {
+    /// The backup's name in the store.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Where it is.
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
+
+    /// Also download PERCENT of the packs (chosen at random; all of them when no value is given) and prove each:
+    /// size, CRC-32, every chunk; with all of them, every file against the manifest.
+    #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100")]
+    pub read_data: Option<String>,
+
+    /// Downloads in flight at once (with --read-data).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+
+    /// Hard cap on the packs and the manifest held in memory (suffixes K, M, G). Default: 256M, or 32M a core
+    /// beyond 8.
+    #[arg(long, default_value_t = runtime::machine::memory_limit(32), value_name = "SIZE")]
+    pub memory_limit: String,
+}
+
 /// `consumer list`.
 #[derive(Debug, ClapArgs)]
 pub struct ListArgs {
@@ -159,16 +199,35 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// `consumer delete`.
+/// `consumer delete`: one backup by name, or the backups that retention rules let go.
 #[derive(Debug, ClapArgs)]
 pub struct DeleteArgs {
-    /// The backup's name in the store.
-    #[arg(value_name = "NAME")]
-    pub name: String,
+    /// The backup's name in the store (or, instead, the rules below).
+    #[arg(value_name = "NAME", conflicts_with_all = ["keep_last", "older_than", "incomplete"])]
+    pub name: Option<String>,
 
     /// Where it is.
     #[command(flatten)]
     pub storage: crate::storage::StorageArgs,
+
+    /// Keep the N newest complete backups; delete older complete ones (that every other rule given lets go too).
+    /// The newest complete backup is never deleted by a rule.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+
+    /// Delete complete backups older than AGE (`30d`, `12h`, `2w`), by when their put finished; with
+    /// --incomplete, the age an unfinished put's claim must reach before it is removed.
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+
+    /// Also delete incomplete backups (no index: a put that did not finish) whose put started more than
+    /// --older-than ago (default 24h: a put still at work looks just like an interrupted one).
+    #[arg(long)]
+    pub incomplete: bool,
+
+    /// Print what would be deleted, and why; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `consumer decompress`.

@@ -63,7 +63,14 @@ pub struct ExtractConfig {
     pub stats_json: Option<PathBuf>,
     /// Progress display.
     pub progress: ProgressMode,
+    /// A partial restore (`get --include`): only these files (their paths as the streams carry them) are expected
+    /// and proven; the streams carry only their chunks, so the streams' tallies and the directories are not
+    /// checked, and the manifest is not placed in OUT (OUT is not the whole backup). `None`: the whole backup.
+    pub selection: Option<std::sync::Arc<Selection>>,
 }
+
+/// The files a partial restore brings back, by their paths as the streams carry them.
+pub type Selection = std::collections::HashSet<Vec<u8>>;
 
 impl ExtractConfig {
     /// Validates raw arguments.
@@ -119,6 +126,7 @@ impl ExtractConfig {
             decrypt_threads: args.parallel.max(2),
             stats_json: args.stats_json.clone(),
             progress,
+            selection: None,
         })
     }
 }

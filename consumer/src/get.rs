@@ -66,6 +66,8 @@ pub struct GetConfig {
     pub allow_partial: bool,
     /// `--idle-timeout` on output pipes.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `--include` / `--exclude`: only the files they choose (a partial restore, with -C).
+    pub patterns: Option<crate::partial::Patterns>,
 }
 
 impl GetConfig {
@@ -106,6 +108,7 @@ impl GetConfig {
                     decrypt_threads: args.writers.max(2),
                     stats_json: None,
                     progress: ProgressMode::choose(verbose, quiet, true),
+                    selection: None,
                 }))
             }
             (None, _) => match Endpoint::from_args(&args.fifo, End::Write) {
@@ -119,7 +122,15 @@ impl GetConfig {
             GetOutput::Extract(_) => memory_limit / 2,
             _ => memory_limit,
         };
+        let patterns = crate::partial::Patterns::from_args(&args.include, &args.exclude)?;
+        if patterns.is_some() && !matches!(output, GetOutput::Extract(_)) {
+            bail!("--include and --exclude restore into a directory: give -C OUT");
+        }
+        if patterns.is_some() && args.allow_partial {
+            bail!("--include needs a complete backup (its index says where each file lies): drop --allow-partial");
+        }
         Ok(GetConfig {
+            patterns,
             name: args.name.clone(),
             output,
             parallel: args.parallel,
@@ -141,6 +152,9 @@ pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<S
 fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
     layout::check_name(&config.name)?;
     let index = load_index(config, store)?;
+    if let (Some(patterns), GetOutput::Extract(extract)) = (&config.patterns, &config.output) {
+        return crate::partial::get(patterns, &index, extract, store, config.memory_limit, signals, cancel);
+    }
     // The producer's manifest, stored beside the packs: what a merge plans with, and what every file sent on to
     // STDOUT or pipes is checked against (an extraction checks the copy that travels in the streams).
     let (manifest, manifest_bytes) = if index.proven && !matches!(config.output, GetOutput::Extract(_)) {
@@ -303,11 +317,11 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
     for (_, stream, object) in packs {
         while streams.len() <= stream as usize {
             let index = streams.len() as u32;
-            streams.push(layout::StoredStream { index, chunks: 0, bytes: 0, packs: Vec::new() });
+            streams.push(layout::StoredStream { index, chunks: 0, bytes: 0, packs: Vec::new(), toc: Vec::new() });
         }
         let entry = &mut streams[stream as usize];
         entry.bytes += object.size;
-        entry.packs.push(Pack { key: object.key.clone(), size: object.size, chunks: 0, crc32: 0 });
+        entry.packs.push(Pack { key: object.key.clone(), size: object.size, chunks: 0, crc32: 0, e_tag: None });
     }
     // Packs are numbered from 0 without gaps: a stream goes only as far as its first missing pack.
     for stream in &mut streams {

@@ -84,6 +84,33 @@ pub struct StoredStream {
     pub bytes: u64,
     /// Its packs, in order.
     pub packs: Vec<Pack>,
+    /// Where each file's chunks lie in the packs ([`TocRun`] lines, in parts of about [`TOC_PART`] bytes, in
+    /// order): what `get --include` plans its range reads with. Empty in backups stored before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub toc: Vec<Pack>,
+}
+
+/// About how large a part of a stream's table of contents grows before it is stored (its own object).
+pub const TOC_PART: usize = 1 << 20;
+
+/// One line of a stream's table of contents: bytes `from..to` of pack `pack` (its position in the stream's list)
+/// are whole chunks of file `path`, consecutive in the pack. A file's chunks may lie in several runs, in several
+/// packs and streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TocRun {
+    /// The pack's position in its stream's list of packs.
+    pub pack: u64,
+    /// The file's path as the stream carries it (the chunks' path).
+    pub path: proto::WirePath,
+    /// First byte in the pack.
+    pub from: u64,
+    /// One past the last byte.
+    pub to: u64,
+}
+
+/// Key of part `seq` of the table of contents of stream `stream` stored by put `put` of backup `name`.
+pub fn toc_key(name: &str, put: &str, stream: usize, seq: u64) -> String {
+    format!("{name}/{put}/toc/{stream}/{seq:010}.jsonl")
 }
 
 /// One pack object.
@@ -97,6 +124,11 @@ pub struct Pack {
     pub chunks: u64,
     /// CRC-32 of its bytes.
     pub crc32: u32,
+    /// The store's ETag for it, as listed once every pack was stored ([`store::ObjectInfo::e_tag`]): `consumer
+    /// check` holds the listing against it, so a pack replaced behind the backup's back is found without reading it.
+    /// Absent in indexes written before, and where the store gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
 }
 
 /// Key of pack `seq` of stream `stream` stored by put `put` of backup `name`.

@@ -17,7 +17,8 @@ whichever writer is free), `manifest_feed.rs` (the manifest parsed as it arrives
 shared with `--list` and `put`), and `dispatch.rs` (what travels between them). Below them: [`input`] (the opened streams), [`source`] (one stream as checked chunks, its start
 marker taken off), [`batch`] (small chunks travelling together), [`target`] (safe file creation in a staging
 directory, moved into place once proven), [`sparse`], [`coverage`] (which bytes of a file arrived). The object store's
-side: [`storage`] (which store), [`layout`] (keys and the index), `pack.rs` (packs as put fills them), `put_seal.rs`
+side: [`storage`] (which store), [`layout`] (keys and the index), [`catalog`] (list, delete), [`check`] (a stored backup proven in place) and [`retention`]
+(which backups `delete`'s rules let go), `pack.rs` (packs as put fills them), `put_seal.rs`
 (a foreign stream encrypted on its way into the store), [`merge`] and [`sent_check`] (a stored backup sent back as a
 stream, checked as it goes). How streams travel is the `transport` crate's.
 */
@@ -25,6 +26,8 @@ stream, checked as it goes). How streams travel is the `transport` crate's.
 pub mod app;
 pub mod batch;
 pub mod catalog;
+pub mod check;
+pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod coverage;
@@ -43,9 +46,11 @@ pub mod listing;
 mod manifest_feed;
 pub mod merge;
 mod pack;
+pub mod partial;
 mod proof;
 pub mod put;
 mod put_seal;
+pub mod retention;
 pub mod sent_check;
 pub mod source;
 pub mod sparse;

@@ -57,17 +57,29 @@ pub(crate) fn record_key(config: &ExtractConfig, record: &FileRecord) -> Vec<u8>
 pub(crate) struct RecordDispatch<'w> {
     writers: &'w [Sender<WriterMessage>],
     pending: Vec<Records>,
-    /// Records handed over so far.
+    /// A partial restore's files: the records of the others are passed over.
+    selection: Option<&'w crate::config::Selection>,
+    /// Records handed over (or, in a partial restore, passed over) so far.
     pub(crate) sent: u64,
 }
 
 impl<'w> RecordDispatch<'w> {
-    pub(crate) fn new(writers: &'w [Sender<WriterMessage>]) -> RecordDispatch<'w> {
-        RecordDispatch { writers, pending: (0..writers.len()).map(|_| Vec::new()).collect(), sent: 0 }
+    pub(crate) fn new(config: &'w ExtractConfig, writers: &'w [Sender<WriterMessage>]) -> RecordDispatch<'w> {
+        RecordDispatch {
+            writers,
+            pending: (0..writers.len()).map(|_| Vec::new()).collect(),
+            selection: config.selection.as_deref(),
+            sent: 0,
+        }
     }
 
-    /// Queues `record` for the writer that owns `key`; sends that writer's queue once it is full.
+    /// Queues `record` for the writer that owns `key`; sends that writer's queue once it is full. In a partial
+    /// restore, a record of a file not selected is passed over: its file does not come.
     pub(crate) fn push(&mut self, key: Vec<u8>, record: FileRecord, cancel: &Cancel) -> Result<()> {
+        if self.selection.is_some_and(|selection| !selection.contains(record.as_sent().0)) {
+            self.sent += 1;
+            return Ok(());
+        }
         crate::verify::report_corrupt_record(&record);
         let writer = owner(&key, self.writers.len());
         self.pending[writer].push((key, record));
@@ -95,7 +107,7 @@ pub(crate) fn parse_as_it_comes(
     writers: &[Sender<WriterMessage>],
     cancel: &Cancel,
 ) -> Result<Fed> {
-    let dispatch = Rc::new(RefCell::new(RecordDispatch::new(writers)));
+    let dispatch = Rc::new(RefCell::new(RecordDispatch::new(config, writers)));
     let disordered = Rc::new(Cell::new(false));
     let fed_any = Rc::new(Cell::new(false));
     let reader = FeedReader {

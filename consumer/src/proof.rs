@@ -129,7 +129,10 @@ pub(crate) fn prove_and_commit(
                 if found.missing > found.missing_examples.len() as u64 { ", …" } else { "" }
             );
         }
-        if let Some(head) = &head {
+        // A partial restore's streams carry only the chosen files: their tallies are not the backup's, and the
+        // directories are only those the files need (made as they were created).
+        let partial = config.selection.is_some();
+        if let Some(head) = head.as_ref().filter(|_| !partial) {
             // Decrypted, the manifest is the encrypted one, which cannot count its own chunks: every file was
             // proven against it, authenticated, and that is the proof.
             if config.decrypt.is_none() {
@@ -147,9 +150,13 @@ pub(crate) fn prove_and_commit(
         );
         let phase = Instant::now();
         // 3. Commit: move the staged tree into place (every conflict checked first), sync, manifest last.
-        let last = proven.then(|| std::ffi::OsStr::new(MANIFEST_NAME));
+        // A partial restore is not the whole backup: the manifest, which would say it is, stays out of OUT.
+        if partial && proven {
+            target.discard(std::ffi::OsStr::new(MANIFEST_NAME))?;
+        }
+        let last = (proven && !partial).then(|| std::ffi::OsStr::new(MANIFEST_NAME));
         target.commit(last, config.fsync)?;
-        if let Some(head) = &head {
+        if let Some(head) = head.as_ref().filter(|_| !partial) {
             target.restore_directories(&head.directories, config.fsync)?;
         }
         log::info!("committed in {:.2} s", phase.elapsed().as_secs_f64());
@@ -200,7 +207,7 @@ pub(crate) fn check_against_manifest(
     skip: u64,
     cancel: &Cancel,
 ) -> Result<Manifest> {
-    let mut dispatch = RecordDispatch::new(writers);
+    let mut dispatch = RecordDispatch::new(config, writers);
     let mut seen = 0u64;
     let head = Manifest::read_streaming(
         file,

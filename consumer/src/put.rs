@@ -15,20 +15,12 @@
 //! streams proved complete: a put that fails or is interrupted leaves no index, and `get` and `list` know it is
 //! incomplete.
 //!
-//! Claiming NAME ([`claim`]): a put stores its claim under a key of its own (`<NAME>/claim-<PUT>.json`), then lists
-//! NAME; it goes on only if the listing shows nothing but its claim. Two puts that both went on would each have
-//! listed after its own claim was stored and seen no other: impossible on a store whose listing shows every object
-//! whose PUT has returned (S3, Google, Azure, a directory), since the later lister would see the earlier claim. So
-//! at most one put of a NAME ever writes a pack, whatever the service does with conditional requests; of puts that
-//! see only each other's claims, the one that started first keeps its claim and lists again until the others
-//! have removed theirs, so that one of them goes on.
-//! Behind that, each put writes under its own id and the index is created only if none exists (a create-only
-//! put) and read back: a put whose index is not the stored one removes what it wrote and fails.
+//! Claiming NAME first, and leaving only what is this put's to leave, is [`crate::claim`]'s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -45,6 +37,7 @@ use runtime::signals::Signals;
 use runtime::size::{human, size_arg};
 use store::Store;
 
+use crate::claim::{claim, release, NameTaken};
 use crate::input::{open_inputs, InputStream};
 use crate::layout::{self, BackupIndex, Claim, Pack, StoredStream};
 use crate::pack::{Packer, Upload};
@@ -87,6 +80,8 @@ fn pack_capacity(object_size: usize, max_chunk: usize, encrypt: Option<&crypt::B
 struct StreamPut {
     end: StreamEnd,
     packs: Vec<Pack>,
+    /// The parts of its table of contents.
+    toc: Vec<Pack>,
     files: u64,
     bytes: u64,
     manifest: Option<Vec<u8>>,
@@ -189,121 +184,6 @@ pub fn run(config: &PutConfig, store: &dyn Store, signals: &Signals) -> Result<S
             Err(e.context(format!("the put of {name} to {url} did not complete and is not listed as complete{advice}")))
         }
     }
-}
-
-/// After a put that failed: its claim goes if nothing but claims is stored under the name (no producer came, an
-/// empty stream; a claim of another put starting at the same moment is that put's to remove), so that the name is
-/// free for the next try; anything more stays, for `consumer delete` (the error says so).
-fn release(name: &str, store: &dyn Store, claim: &Claim) {
-    let key = layout::claim_key(name, &claim.put_id);
-    let Ok(objects) = store.list(name) else { return };
-    if objects.iter().all(|o| layout::claim_of(name, &o.key).is_some()) {
-        if let Err(e) = store.delete(&key) {
-            log::warn!("could not remove this put's claim {key}: {e}");
-        }
-    }
-}
-
-/// Why a put did not store anything: the NAME is (or was just) another put's. What the message says is all there
-/// is to do: nothing of this put is left in the store.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NameTaken(String);
-
-/// How many listings a claim makes, at most, while another put claims the same NAME at the same moment.
-const CLAIM_ATTEMPTS: u32 = 8;
-
-/// Claims backup `name` in `store` for a new put: fails if anything is stored under the name (a backup, an
-/// interrupted put, another put at work), or if another put claims it at the same moment and keeps it.
-///
-/// The claim is stored (create-only, under a key of this put's own), then NAME is listed: with nothing else there,
-/// the name is this put's. Two puts can never both get it — each listed after its own claim was stored, so the later
-/// one would have seen the earlier one's claim. When only other claims are there, the puts that started at the same
-/// moment decide by their ids (which begin with the start time): the earliest keeps its claim and lists again until
-/// the others have stepped back; the others remove theirs and stop once the earliest one holds on. Any other object
-/// under the name means it is taken.
-pub fn claim(name: &str, store: &dyn Store) -> Result<Claim> {
-    layout::check_name(name)?;
-    store.ensure_container()?;
-    taken(name, store, &store.list(name)?)?;
-    let claim = Claim::new();
-    let key = layout::claim_key(name, &claim.put_id);
-    // Create-only: a store that cannot refuse an existing key (a file system without links) fails here, before any
-    // data is sent, rather than at the index.
-    store.put_new(&key, Bytes::from(claim.to_json()))?;
-    let outcome = hold(name, store, &key);
-    if outcome.is_err() {
-        // Whatever went wrong, the claim must not stay behind to block the name (best effort: a store that does
-        // not answer cannot be asked).
-        let _ = store.delete(&key);
-    }
-    outcome.map(|()| claim)
-}
-
-/// The listing part of [`claim`], once this put's claim `key` is stored.
-fn hold(name: &str, store: &dyn Store, key: &str) -> Result<()> {
-    for attempt in 1..=CLAIM_ATTEMPTS {
-        let listed = store.list(name)?;
-        let others: Vec<&store::ObjectInfo> = listed.iter().filter(|o| o.key != key).collect();
-        if others.is_empty() {
-            return Ok(());
-        }
-        let only_claims = others.iter().all(|o| layout::claim_of(name, &o.key).is_some());
-        let earliest = others.iter().all(|o| o.key.as_str() > key);
-        if !only_claims || !earliest || attempt == CLAIM_ATTEMPTS {
-            let others: Vec<store::ObjectInfo> = others.into_iter().cloned().collect();
-            taken(name, store, &others)?;
-            return Err(NameTaken(format!(
-                "backup {name} is being claimed by another put at the same moment: this put stops"
-            ))
-            .into());
-        }
-        // The earliest claim waits for the others to step back, a little longer each time.
-        let pause = 20 + random_below(100);
-        log::debug!("other puts claim {name} at the same moment: listing again in {pause} ms");
-        std::thread::sleep(Duration::from_millis(pause * u64::from(attempt)));
-    }
-    unreachable!("the last attempt returns")
-}
-
-/// Fails with what `listed` (objects under `name`) says about who has the name; `Ok` if nothing is there.
-fn taken(name: &str, store: &dyn Store, listed: &[store::ObjectInfo]) -> Result<()> {
-    if listed.is_empty() {
-        return Ok(());
-    }
-    let delete = format!("`consumer delete {name}`");
-    let index = layout::object_key(name, layout::INDEX_NAME);
-    let store_name = store.describe();
-    if listed.iter().any(|o| o.key == index) {
-        let why =
-            format!("backup {name} already exists in {store_name} (choose another name, or remove it with {delete})");
-        return Err(NameTaken(why).into());
-    }
-    let claim: Option<Claim> = listed
-        .iter()
-        .filter(|o| layout::claim_of(name, &o.key).is_some())
-        .find_map(|o| store::get_small(store, &o.key, 64 << 10).ok())
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let why = match claim {
-        Some(claim) => format!(
-            "backup {name} already exists in {store_name}: {} is storing it, or was interrupted (if that put is \
-             not running any more, remove what it left with {delete})",
-            claim.describe()
-        ),
-        None => format!(
-            "backup {name} already exists in {store_name}, incomplete (choose another name, or remove it with \
-             {delete})"
-        ),
-    };
-    Err(NameTaken(why).into())
-}
-
-/// A number in `0..bound` that differs from process to process (the std hasher's random keys), for pauses.
-fn random_below(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish() % bound
 }
 
 /// Stores `inputs` (the streams, in order) as backup `config.name`, which `claim` holds (from [`claim`]): the whole
@@ -416,7 +296,7 @@ pub fn put_streams(
         Some(manifest) => manifest.files.iter().map(|f| f.size).sum(),
         None => streams.iter().map(|s| s.bytes).sum(),
     };
-    let index = BackupIndex {
+    let mut index = BackupIndex {
         format: layout::INDEX_FORMAT,
         name: config.name.clone(),
         tool: format!("consumer {}", env!("CARGO_PKG_VERSION")),
@@ -431,11 +311,12 @@ pub fn put_streams(
             .map(|s| {
                 // Stored as sealed: what the stored stream holds.
                 let (chunks, bytes) = s.sealed.as_ref().map_or((s.end.chunks, s.end.bytes), |&(_, c, b)| (c, b));
-                StoredStream { index: s.end.index as u32, chunks, bytes, packs: s.packs }
+                StoredStream { index: s.end.index as u32, chunks, bytes, packs: s.packs, toc: s.toc }
             })
             .collect(),
     };
     let objects: usize = index.streams.iter().map(|s| s.packs.len()).sum();
+    record_versions(store, &mut index)?;
     // The index last: its existence is what makes the backup complete.
     commit(store, &index, claim)?;
     let proof = match (index.proven, config.encrypt.as_deref()) {
@@ -476,8 +357,13 @@ fn store_sealed_manifests(
     let (chunks_bytes, chunks, clear) = crate::put_seal::manifests(key, records, counts, layout::unix_now())?;
     let first = &mut streams[0];
     let key = layout::pack_key(&config.name, &claim.put_id, 0, first.packs.len() as u64);
-    let pack =
-        Pack { key: key.clone(), size: chunks_bytes.len() as u64, chunks, crc32: CrcPiece::of(&chunks_bytes).crc };
+    let pack = Pack {
+        key: key.clone(),
+        size: chunks_bytes.len() as u64,
+        chunks,
+        crc32: CrcPiece::of(&chunks_bytes).crc,
+        e_tag: None,
+    };
     let size = pack.size;
     store.put(&key, Bytes::from(chunks_bytes))?;
     first.packs.push(pack);
@@ -485,6 +371,33 @@ fn store_sealed_manifests(
         (*stream_chunks, *stream_bytes) = (*stream_chunks + chunks, *stream_bytes + size);
     }
     Ok(clear)
+}
+
+/// Lists what this put stored and holds it against `index` before the index is written: every pack must be there
+/// with the size it was sent with (a store that acknowledged a PUT it did not keep is caught here, not at restore
+/// time), and each pack's ETag goes into the index for `consumer check`.
+fn record_versions(store: &dyn Store, index: &mut BackupIndex) -> Result<()> {
+    let put = index.put_id.as_deref().expect("a put writes a format-2 index");
+    let listed: std::collections::HashMap<String, store::ObjectInfo> =
+        store.list(&format!("{}/{put}", index.name))?.into_iter().map(|o| (o.key.clone(), o)).collect();
+    for pack in index.streams.iter_mut().flat_map(|s| s.packs.iter_mut().chain(s.toc.iter_mut())) {
+        match listed.get(&pack.key) {
+            Some(object) if object.size == pack.size => pack.e_tag = object.e_tag.clone(),
+            Some(object) => bail!(
+                "{} lists pack {} with {} bytes after it was stored with {}: the backup is not complete",
+                store.describe(),
+                pack.key,
+                object.size,
+                pack.size
+            ),
+            None => bail!(
+                "{} does not list pack {} after it was stored: the backup is not complete",
+                store.describe(),
+                pack.key
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Stores `index` as the backup's index, only if no index exists, and reads it back: the backup is this put's only
@@ -597,7 +510,7 @@ fn read_stream(
             ChunkKind::Eof => files += 1,
         }
     }
-    packer.flush()?;
+    packer.finish()?;
     let end = source.finish();
     let sealed = match sealer {
         Some(sealer) => Some((sealer.finish()?, packer.written().0, packer.written().1)),
@@ -605,95 +518,16 @@ fn read_stream(
     };
     // The manifest and the marker are not files of the backup.
     let files = files.saturating_sub(u64::from(manifest.is_some()));
-    Ok(StreamPut { end, packs: packer.into_packs(), files, bytes, manifest, sealed })
+    let (packs, toc) = packer.into_packs();
+    Ok(StreamPut { end, packs, toc, files, bytes, manifest, sealed })
 }
 
 /// One uploader: packs to the store; the pack's buffer goes back to the pool when the client is done with it.
 fn upload(jobs: &Receiver<Upload>, store: &dyn Store, cancel: &Cancel, uploaded: &AtomicU64) -> Result<()> {
     while let Some(Upload { key, data }) = recv(jobs, cancel)? {
         let size = data.len() as u64;
-        store.put(&key, Bytes::from_owner(data))?;
+        store.put(&key, data)?;
         uploaded.fetch_add(size, Ordering::Relaxed);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::sync::{Barrier, Mutex};
-
-    use store::memory::MemoryStore;
-    use store::{ObjectInfo, Store};
-
-    use super::*;
-
-    /// A store at which every put looks before any claims, and whose claims are all stored before any put lists
-    /// again: every put sees every other claim.
-    #[derive(Debug)]
-    struct TogetherStore {
-        inner: MemoryStore,
-        barrier: Barrier,
-        seen: Mutex<HashSet<String>>,
-        looked: Mutex<HashSet<std::thread::ThreadId>>,
-    }
-
-    impl Store for TogetherStore {
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        fn ensure_container(&self) -> store::Result<()> {
-            self.inner.ensure_container()
-        }
-        fn put(&self, key: &str, body: Bytes) -> store::Result<()> {
-            self.inner.put(key, body)
-        }
-        fn put_new(&self, key: &str, body: Bytes) -> store::Result<()> {
-            let result = self.inner.put_new(key, body);
-            if key.contains("/claim-") && self.seen.lock().unwrap().insert(key.to_string()) {
-                self.barrier.wait();
-            }
-            result
-        }
-        fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> store::Result<u64> {
-            self.inner.get(key, consume)
-        }
-        fn list(&self, prefix: &str) -> store::Result<Vec<ObjectInfo>> {
-            let result = self.inner.list(prefix);
-            if self.looked.lock().unwrap().insert(std::thread::current().id()) {
-                self.barrier.wait();
-            }
-            result
-        }
-        fn list_dirs(&self, prefix: &str) -> store::Result<Vec<String>> {
-            self.inner.list_dirs(prefix)
-        }
-        fn delete(&self, key: &str) -> store::Result<()> {
-            self.inner.delete(key)
-        }
-    }
-
-    /// Eight puts claim one NAME at the same instant, each seeing all the others' claims: exactly one gets it (the
-    /// earliest), the others stop saying so, and only the winner's claim is left.
-    #[test]
-    fn of_puts_that_see_each_other_exactly_one_gets_the_name() {
-        for _ in 0..5 {
-            let store = TogetherStore {
-                inner: MemoryStore::new(),
-                barrier: Barrier::new(8),
-                seen: Mutex::default(),
-                looked: Mutex::default(),
-            };
-            let results: Vec<Result<Claim>> = std::thread::scope(|scope| {
-                let claims: Vec<_> = (0..8).map(|_| scope.spawn(|| claim("NIGHTLY", &store))).collect();
-                claims.into_iter().map(|c| c.join().unwrap()).collect()
-            });
-            let winners: Vec<&Claim> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-            assert_eq!(winners.len(), 1, "{results:?}");
-            for error in results.iter().filter_map(|r| r.as_ref().err()) {
-                assert!(error.downcast_ref::<NameTaken>().is_some(), "{error:#}");
-            }
-            assert_eq!(store.inner.keys(), [layout::claim_key("NIGHTLY", &winners[0].put_id)]);
-        }
-    }
 }

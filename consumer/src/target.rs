@@ -106,6 +106,13 @@ impl Target {
         })
     }
 
+    /// Removes `name`, a file directly in the staging directory, so that the commit does not place it: what a
+    /// partial restore does with the manifest, which would say OUT holds the whole backup.
+    pub fn discard(&self, name: &OsStr) -> Result<()> {
+        nix::unistd::unlinkat(&*self.staging, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .with_context(|| format!("cannot remove the staged {}", name.to_string_lossy()))
+    }
+
     /// The target directory's path.
     pub fn path(&self) -> &Path {
         &self.root_path

@@ -28,8 +28,11 @@ fuzz_target!(|data: &[u8]| {
         stream_sha1: false,
         decompress: false,
         decompress_threads: 1,
+        decrypt: None,
+        decrypt_threads: 2,
         stats_json: None,
         progress: ProgressMode::Quiet,
+        selection: None,
     };
     let input = InputStream { name: "fuzz".into(), file: Box::new(std::io::Cursor::new(data.to_vec())) };
     let _ = consumer::extract::extract(&config, vec![input], &Signals::none(), &Cancel::new());

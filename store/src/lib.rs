@@ -40,6 +40,18 @@ pub struct ObjectInfo {
     pub key: String,
     /// Its size in bytes.
     pub size: u64,
+    /// What the store says identifies this version of the object (S3's, Google's and Azure's ETag; on `file://`
+    /// the file's inode, change time and size; in memory a CRC-32 of the bytes): it changes whenever the object is
+    /// written again, so an ETag recorded when a backup was stored and listed the same later says the object was
+    /// not replaced behind the backup's back. `None` where the service gave none.
+    pub e_tag: Option<String>,
+}
+
+impl ObjectInfo {
+    /// Its key and size alone, for comparisons that do not care about versions.
+    pub fn key_size(&self) -> (&str, u64) {
+        (&self.key, self.size)
+    }
 }
 
 /// Why a store operation failed. Every variant names the key (or prefix) and the operation.
@@ -221,6 +233,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// they go and how much it takes); returns the object's size.
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64>;
 
+    /// Reads bytes `range` of object `key` (a range read: only those bytes cross the network), handing them to
+    /// `consume` in order; returns how many. A range that reaches past the object's end is an error (the object is
+    /// shorter than the caller knows it to be), and so is a missing object ([`StoreError::NotFound`]). What resumes
+    /// a broken download, and what reads one file's chunks out of a pack.
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> Result<u64>;
+
     /// Every object whose key starts with `prefix` followed by `/` (all levels below), sorted by key; for `""`
     /// (the root), every object. Keys are listed as they were put.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
@@ -243,6 +266,21 @@ pub fn get_small(store: &dyn Store, key: &str, max: u64) -> Result<Vec<u8>> {
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The error of a range read that found the object shorter than the range: `got` bytes of `range` came.
+pub fn short_object(store: String, key: &str, range: &std::ops::Range<u64>, got: u64) -> StoreError {
+    StoreError::Failed {
+        store,
+        op: "get",
+        key: key.to_string(),
+        message: format!(
+            "the object ends before byte {} (bytes {}..{} asked, {got} came): it is shorter than recorded",
+            range.end, range.start, range.end
+        ),
+        kind: FailureKind::Permanent,
+        cause: None,
+    }
 }
 
 /// Joins key parts with `/`, skipping empty ones.

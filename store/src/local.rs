@@ -6,7 +6,7 @@
 //! file system.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +50,47 @@ impl LocalStore {
 
     /// A failure of the file system: the error's own words, classified by [`FailureKind::of_io`] (no space, no
     /// permission, a read-only file system are permanent), the error kept.
+    /// Opens object `key` for reading; a missing one is [`StoreError::NotFound`].
+    fn open_object(&self, key: &str) -> Result<File> {
+        match File::open(self.path("get", key)?) {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound { store: self.describe(), key: key.to_string() })
+            }
+            Err(e) => Err(self.failed("get", key, e)),
+        }
+    }
+
+    /// Hands bytes `range` of `file` (object `key`) to `consume`, up to the file's end if it comes first; returns
+    /// how many.
+    fn read_at(
+        &self,
+        key: &str,
+        file: &File,
+        range: std::ops::Range<u64>,
+        consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buffer = vec![0u8; range.end.saturating_sub(range.start).min(1 << 20) as usize];
+        let mut at = range.start;
+        while at < range.end {
+            let want = ((range.end - at) as usize).min(buffer.len());
+            let n = match file.read_at(&mut buffer[..want], at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.failed("get", key, e)),
+            };
+            consume(&buffer[..n]).map_err(|source| StoreError::Consumer {
+                store: self.describe(),
+                key: key.to_string(),
+                source,
+            })?;
+            at += n as u64;
+        }
+        Ok(at - range.start)
+    }
+
     fn failed(&self, op: &'static str, key: &str, error: std::io::Error) -> StoreError {
         StoreError::Failed {
             store: self.describe(),
@@ -111,6 +152,15 @@ impl LocalStore {
     }
 }
 
+/// A local object's version, as an ETag: its inode, modification time (to the nanosecond) and size, as
+/// `object_store`'s own local store makes them. Every put writes a new file (a new inode) and puts it in place, so
+/// any rewrite changes it, even within one tick of the file-system clock. A copy of the store's directory
+/// elsewhere (`cp -a`, `rsync -a`) has other inodes, so its ETags differ from those recorded.
+fn local_e_tag(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{:x}-{:x}.{:09}-{:x}", meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size())
+}
+
 /// Puts the written temporary file `temp` in place as `path` only if nothing has that name: `link()` (POSIX, NFS
 /// included), or where the file system refuses links (some FUSE and SMB mounts), a rename that refuses to replace
 /// (`RENAME_NOREPLACE`). Either fails with `AlreadyExists` when the name is taken.
@@ -161,30 +211,22 @@ impl Store for LocalStore {
     }
 
     fn get(&self, key: &str, consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>) -> Result<u64> {
-        let path = self.path("get", key)?;
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound { store: self.describe(), key: key.to_string() })
-            }
-            Err(e) => return Err(self.failed("get", key, e)),
-        };
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = match file.read(&mut buffer) {
-                Ok(0) => return Ok(total),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.failed("get", key, e)),
-            };
-            consume(&buffer[..n]).map_err(|source| StoreError::Consumer {
-                store: self.describe(),
-                key: key.to_string(),
-                source,
-            })?;
-            total += n as u64;
+        let file = self.open_object(key)?;
+        self.read_at(key, &file, 0..u64::MAX, consume)
+    }
+
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        consume: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> Result<u64> {
+        let file = self.open_object(key)?;
+        let got = self.read_at(key, &file, range.clone(), consume)?;
+        if got != range.end.saturating_sub(range.start) {
+            return Err(crate::short_object(self.describe(), key, &range, got));
         }
+        Ok(got)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -208,12 +250,12 @@ impl Store for LocalStore {
             }
             let relative = entry.path().strip_prefix(&self.root).expect("under the root");
             let key = relative.to_string_lossy().into_owned();
-            let size = match entry.metadata() {
-                Ok(meta) => meta.len(),
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
                 Err(e) if vanished(&e) => continue,
                 Err(e) => return Err(self.walk_failed(prefix, e)),
             };
-            found.push(ObjectInfo { key, size });
+            found.push(ObjectInfo { key, size: meta.len(), e_tag: Some(local_e_tag(&meta)) });
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(found)
@@ -271,10 +313,8 @@ mod tests {
         store.put("b2/0/0001.xbs", Bytes::from_static(b"two!")).unwrap();
         assert_eq!(store.list_dirs("").unwrap(), ["b1", "b2"]);
         let listed = store.list("b1").unwrap();
-        assert_eq!(
-            listed,
-            [ObjectInfo { key: "b1/0/0001.xbs".into(), size: 3 }, ObjectInfo { key: "b1/index.json".into(), size: 2 }]
-        );
+        let listed: Vec<(&str, u64)> = listed.iter().map(ObjectInfo::key_size).collect();
+        assert_eq!(listed, [("b1/0/0001.xbs", 3), ("b1/index.json", 2)]);
         assert_eq!(crate::get_small(&store, "b2/0/0001.xbs", 10).unwrap(), b"two!");
         assert!(crate::get_small(&store, "b2/0/0001.xbs", 3).is_err(), "larger than the caller takes");
         assert!(store.get("b2/missing", &mut |_| Ok(())).unwrap_err().is_not_found());

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 proxy that fails a fixed share of the requests it forwards (503 SlowDown, or a connection
 //! reset), to prove that the store clients retry what is retryable, and counts requests, to prove that a permanent
-//! error is not retried. It stands in front of any of the servers in `servers` (S3, Google, Azure), on 127.0.0.1.
+//! error is not retried; on demand it cuts GET answers halfway (a download that breaks mid-object), and it counts
+//! the body bytes it sends back (what a client downloaded). It stands in front of any of the servers in `servers` (S3, Google, Azure), on 127.0.0.1.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -36,6 +37,12 @@ struct ProxyShared {
     requests: AtomicU64,
     faults: AtomicU64,
     chunked: AtomicU64,
+    /// GET responses still to cut halfway through their body.
+    cut_gets: AtomicU64,
+    /// GET responses cut so far.
+    cuts: AtomicU64,
+    /// Bytes of response bodies sent on to clients.
+    response_bytes: AtomicU64,
     problems: Mutex<Vec<String>>,
 }
 
@@ -60,6 +67,9 @@ impl FaultyProxy {
             requests: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             chunked: AtomicU64::new(0),
+            cut_gets: AtomicU64::new(0),
+            cuts: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
             problems: Mutex::new(Vec::new()),
         });
         let acceptor = {
@@ -98,6 +108,22 @@ impl FaultyProxy {
     /// What the proxy could not do (a malformed request, an unreachable upstream…): empty in a sound run.
     pub fn problems(&self) -> Vec<String> {
         self.shared.problems.lock().unwrap().clone()
+    }
+
+    /// Cuts the next `count` answers to a GET whose body is at least 64 KiB: half the body is sent on, then the
+    /// connection is reset (a transfer that breaks mid-object).
+    pub fn cut_next_get_responses(&self, count: u64) {
+        self.shared.cut_gets.store(count, Ordering::SeqCst);
+    }
+
+    /// GET answers cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.shared.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of response bodies sent on to clients so far (what a client downloaded, cut answers included).
+    pub fn response_body_bytes(&self) -> u64 {
+        self.shared.response_bytes.load(Ordering::SeqCst)
     }
 }
 
@@ -196,12 +222,7 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
             to_client.write_all(response.as_bytes()).map_err(context("503 response"))?;
             let _ = to_client.shutdown(Shutdown::Write);
         } else {
-            // SO_LINGER 0: closing sends a RST instead of a FIN.
-            let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-            nix::sys::socket::setsockopt(&to_client, nix::sys::socket::sockopt::Linger, &linger)
-                .map_err(|e| format!("SO_LINGER: {e}"))?;
-            drop(from_client);
-            drop(to_client);
+            reset(to_client)?;
         }
         return Ok(());
     }
@@ -226,8 +247,29 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
         .ok_or_else(|| format!("the upstream closed without answering request {number} ({})", head[0]))?;
     let response_head = close_after(&response, &["connection", "keep-alive"]);
     to_client.write_all(response_head.as_bytes()).map_err(context("response head to the client"))?;
-    io::copy(&mut from_upstream, &mut to_client).map_err(context("response body to the client"))?;
+    let length: Option<u64> = header(&response, "content-length").and_then(|l| l.parse().ok());
+    let cut = head[0].starts_with("GET ")
+        && length.is_some_and(|length| length >= 64 << 10)
+        && shared.cut_gets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
+    if cut {
+        let half = length.expect("checked above") / 2;
+        let sent = io::copy(&mut (&mut from_upstream).take(half), &mut to_client).map_err(context("half a body"))?;
+        shared.response_bytes.fetch_add(sent, Ordering::SeqCst);
+        shared.cuts.fetch_add(1, Ordering::SeqCst);
+        return reset(to_client);
+    }
+    let sent = io::copy(&mut from_upstream, &mut to_client).map_err(context("response body to the client"))?;
+    shared.response_bytes.fetch_add(sent, Ordering::SeqCst);
     let _ = to_client.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+/// Closes the client's connection with a reset (SO_LINGER 0 sends a RST instead of a FIN), whatever was sent.
+fn reset(client: TcpStream) -> Result<(), String> {
+    let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::Linger, &linger)
+        .map_err(|e| format!("SO_LINGER: {e}"))?;
+    drop(client);
     Ok(())
 }
 
