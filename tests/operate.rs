@@ -95,6 +95,11 @@ fn check_names_every_damaged_object(storage: &[String], lists_e_tags: bool) {
         true => {
             assert_eq!(code, Some(1), "{stdout}{stderr}");
             assert!(stdout.contains(&format!("CHANGED {replaced}")), "{stdout}");
+            // Reading the data reads a changed pack whatever the share, and proves what it holds now.
+            let (code, stdout, stderr) = check(storage, "nightly", &["--read-data", "1%"]);
+            assert_eq!(code, Some(1), "{stdout}{stderr}");
+            assert!(stdout.contains("read and proven below"), "{stdout}");
+            assert!(stdout.contains(&format!("DAMAGED {replaced}: CRC-32")), "{stdout}");
         }
         false => {
             assert_eq!(code, Some(0), "without ETags the listing cannot see it: {stdout}{stderr}");
@@ -112,7 +117,7 @@ fn check_names_every_damaged_object(storage: &[String], lists_e_tags: bool) {
     assert!(stdout.contains(&format!("DAMAGED {cut}: 100 bytes stored")), "{stdout}");
     let named = 2 + usize::from(lists_e_tags);
     assert_eq!(stdout.lines().count(), named, "exactly the damaged objects are named: {stdout}");
-    assert!(stderr.contains(&format!("{named} of its")) && stderr.contains("cannot be restored"), "{stderr}");
+    assert!(stderr.contains(&format!("{named} of the objects")) && stderr.contains("cannot be restored"), "{stderr}");
 }
 
 #[test]
@@ -171,6 +176,22 @@ fn read_data_finds_what_metadata_cannot() {
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("DAMAGED {}: CRC-32", packs[2])), "{stdout}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
+
+    // A copy of the store elsewhere (`cp -a`): other inodes, so every ETag differs; reading proves the bytes.
+    fs::write(&flipped, {
+        bytes[middle] ^= 0x20;
+        &bytes
+    })
+    .unwrap();
+    let copy = work.path().join("copy");
+    run_ok(std::process::Command::new("cp").arg("-a").arg(&root).arg(&copy), SHORT);
+    let copied = vec![format!("--storage=file://{}", copy.display())];
+    let (code, stdout, _) = check(&copied, "nightly", &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("CHANGED")).count(), packs.len() + 1, "{stdout}");
+    let (code, stdout, stderr) = check(&copied, "nightly", &["--read-data", "1%"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains(&format!("{0} of {0} packs read", packs.len())), "{stderr}");
 
     fs::remove_file(root.join("nightly/index.json")).unwrap();
     let (code, _, stderr) = check(&storage, "nightly", &[]);
@@ -416,4 +437,200 @@ fn partial_restore_proves_the_chosen_files() {
     let stderr = String::from_utf8_lossy(&got.stderr);
     assert!(stderr.contains("shop/orders.ibd"), "{stderr}");
     assert!(files_in(&out).is_empty(), "nothing unproven is placed: {:?}", files_in(&out));
+}
+
+/// A stream of a few packs for the storage-option tests.
+fn small_stream(work: &Path) -> std::path::PathBuf {
+    let src = work.join("src");
+    tree(&src);
+    let stream = work.join("stream.xbs");
+    fs::write(&stream, produce(&src, &["--read-buffer-size", "64K"])).unwrap();
+    stream
+}
+
+/// The start lines of the PUTs of packs a proxy saw, each with the value of header `name`.
+fn pack_puts(proxy: &FaultyProxy, name: &str) -> Vec<(String, Option<String>)> {
+    let puts: Vec<_> = proxy
+        .requests_with_header(name)
+        .into_iter()
+        .filter(|(line, _)| line.starts_with("PUT ") && line.contains(".xbs"))
+        .collect();
+    assert!(puts.len() >= 3, "the packs were put: {puts:?}");
+    puts
+}
+
+/// S3: `--storage-class` and `--s3-sse aws:kms --s3-sse-kms-key-id` go with every pack's PUT (seen by a proxy in
+/// front of the server), and the backup stored so restores. (`s3s-fs` takes only the class `STANDARD`, and
+/// refuses the others with `InvalidStorageClass`, which a put reports as a permanent error; AWS takes them all.)
+#[test]
+fn s3_storage_class_and_kms_encryption_go_with_every_put() {
+    let server = S3Server::start();
+    let proxy = FaultyProxy::start(&server.host_port(), u64::MAX);
+    let mut storage = s3_storage_args(&proxy.endpoint(), "backups", server.access_key(), server.secret_key());
+    let options = ["--storage-class", "STANDARD", "--s3-sse", "aws:kms", "--s3-sse-kms-key-id", "alias/backups"];
+    storage.extend(options.map(str::to_owned));
+    let work = tempfile::tempdir().unwrap();
+    let stream = small_stream(work.path());
+    let put = run_consumer(&["put", "classy", "--object-size", "256K"], &storage, Some(&stream));
+    assert_success(&put, "put with a storage class and SSE-KMS");
+    for (header, value) in [
+        ("x-amz-storage-class", "STANDARD"),
+        ("x-amz-server-side-encryption", "aws:kms"),
+        ("x-amz-server-side-encryption-aws-kms-key-id", "alias/backups"),
+    ] {
+        for (line, got) in pack_puts(&proxy, header) {
+            assert_eq!(got.as_deref(), Some(value), "{header} on {line}");
+        }
+    }
+    let out = work.path().join("out");
+    assert_success(&run_consumer(&["get", "classy", "-C", out.to_str().unwrap()], &storage, None), "get");
+    assert_same_tree(&work.path().join("src"), &out);
+    let refused = run_consumer(&["list", "--s3-sse", "aws:kms", "--storage", "file:///tmp/x"], &[], None);
+    assert_eq!(refused.status.code(), Some(1), "--s3-sse is for s3:// only");
+}
+
+/// Azure: `--storage-class Cool` is the access tier of every blob put (the header, seen by a proxy); Azurite takes
+/// it, and the backup restores.
+#[test]
+fn azure_storage_class_is_the_access_tier_of_every_blob() {
+    let server = start_azurite();
+    let proxy = FaultyProxy::start(&server.host_port(), u64::MAX);
+    let mut storage = azure_storage(&proxy.endpoint(), "backups", store::azure::DEVELOPMENT_KEY);
+    storage.extend(["--storage-class", "Cool"].map(str::to_owned));
+    let work = tempfile::tempdir().unwrap();
+    let stream = small_stream(work.path());
+    let put = run_consumer(&["put", "cool", "--object-size", "256K"], &storage, Some(&stream));
+    assert_success(&put, "put with an access tier");
+    for (line, tier) in pack_puts(&proxy, "x-ms-access-tier") {
+        assert_eq!(tier.as_deref(), Some("Cool"), "{line}");
+    }
+    let out = work.path().join("out");
+    assert_success(&run_consumer(&["get", "cool", "-C", out.to_str().unwrap()], &storage, None), "get");
+    assert_same_tree(&work.path().join("src"), &out);
+}
+
+/// Google: `--storage-class NEARLINE` is every object's storage class, as the service reports it in the object's
+/// metadata (JSON API); the backup restores.
+#[test]
+fn google_storage_class_is_every_objects_class() {
+    let server = start_fake_gcs();
+    let mut storage = gcs_storage(&server, &server.endpoint(), "backups");
+    storage.extend(["--storage-class", "NEARLINE"].map(str::to_owned));
+    let work = tempfile::tempdir().unwrap();
+    let stream = small_stream(work.path());
+    let put = run_consumer(&["put", "near", "--object-size", "256K"], &storage, Some(&stream));
+    assert_success(&put, "put with a storage class");
+    let packs = pack_keys(&storage, "near");
+    for key in &packs {
+        let path = format!("/storage/v1/b/backups/o/{}", key.replace('/', "%2F"));
+        let metadata = http_get_json(&server.host_port(), &path);
+        assert_eq!(metadata["storageClass"], "NEARLINE", "{key}: {metadata}");
+    }
+    let out = work.path().join("out");
+    assert_success(&run_consumer(&["get", "near", "-C", out.to_str().unwrap()], &storage, None), "get");
+    assert_same_tree(&work.path().join("src"), &out);
+}
+
+/// A plain HTTP/1.0 GET of `path` from `host_port`; the body, parsed as JSON.
+fn http_get_json(host_port: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(host_port).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: {host_port}\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// `--limit-rate`: a get of about 1.3 MiB held to 256K a second (a second's worth at once, the rest at the rate)
+/// takes at least three seconds (a lower bound: the limit promises a run is never faster), and restores the same
+/// tree.
+#[test]
+fn limit_rate_holds_a_get_back() {
+    let work = tempfile::tempdir().unwrap();
+    let storage = vec![format!("--storage=file://{}", work.path().join("store").display())];
+    put(&storage, work.path(), "paced");
+    let out = work.path().join("out");
+    let started = std::time::Instant::now();
+    let got = run_consumer(&["get", "paced", "-C", out.to_str().unwrap(), "--limit-rate", "256K"], &storage, None);
+    assert_success(&got, "get --limit-rate");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_same_tree(&work.path().join("src-paced"), &out);
+}
+
+/// Partial restore of compressed and of encrypted backups: `--include` with `--decompress` brings the chosen
+/// table back decompressed, and with `--decrypt` decrypted and authenticated (the patterns are on the paths the
+/// files restore to, not on their `.zst` / `.age` names); without `--decrypt` the chosen files come as `.age`.
+#[test]
+fn partial_restore_decompresses_and_decrypts() {
+    let work = tempfile::tempdir().unwrap();
+    let storage = vec![format!("--storage=file://{}", work.path().join("store").display())];
+    let src = work.path().join("src");
+    shop(&src);
+    let (key, recipient) = age_keygen(work.path(), "backup.key");
+    for (name, producer_args) in [("zst", vec!["--compress"]), ("age", vec!["--encrypt-recipient", recipient.as_str()])]
+    {
+        let stream = work.path().join(format!("{name}.xbs"));
+        fs::write(&stream, produce(&src, &producer_args)).unwrap();
+        assert_success(&run_consumer(&["put", name, "--object-size", "4M"], &storage, Some(&stream)), "put");
+    }
+    let table = ["shop/orders.frm", "shop/orders.ibd"];
+    let out = work.path().join("zst");
+    let args = ["get", "zst", "-C", out.to_str().unwrap(), "--include", "shop/orders.*", "--decompress"];
+    assert_success(&run_consumer(&args, &storage, None), "get --include --decompress");
+    assert_eq!(files_in(&out), table);
+    for file in table {
+        assert!(fs::read(out.join(file)).unwrap() == fs::read(src.join(file)).unwrap(), "{file}");
+    }
+    let out = work.path().join("age");
+    let key = key.to_str().unwrap();
+    let args =
+        ["get", "age", "-C", out.to_str().unwrap(), "--include", "shop/orders.*", "--decrypt", "--identity", key];
+    let stderr = assert_success(&run_consumer(&args, &storage, None), "get --include --decrypt");
+    assert!(stderr.contains("authenticated"), "{stderr}");
+    assert_eq!(files_in(&out), table);
+    for file in table {
+        assert!(fs::read(out.join(file)).unwrap() == fs::read(src.join(file)).unwrap(), "{file}");
+    }
+    let out = work.path().join("sealed");
+    let args = ["get", "age", "-C", out.to_str().unwrap(), "--include", "shop/orders.ibd"];
+    assert_success(&run_consumer(&args, &storage, None), "get --include, kept encrypted");
+    assert!(files_in(&out).contains(&"shop/orders.ibd.age".to_string()), "{:?}", files_in(&out));
+}
+
+/// A put whose claim a retention job removed (it looked like an interrupted put) stores no index: it finds its
+/// claim gone when it lists what it stored, removes its own objects, and fails saying so.
+#[test]
+fn a_put_whose_claim_was_removed_does_not_commit() {
+    use runtime::cancel::Cancel;
+    use runtime::signals::Signals;
+    use store::Store;
+
+    let memory = store::memory::MemoryStore::new();
+    let work = tempfile::tempdir().unwrap();
+    let stream = small_stream(work.path());
+    let config = consumer::put::PutConfig {
+        name: "N".into(),
+        input: transport::Endpoint::Stdio,
+        idle_timeout: None,
+        max_chunk: 1 << 20,
+        object_size: 256 << 10,
+        packs: 6,
+        parallel: 2,
+        manifest_limit: 16 << 20,
+        progress: runtime::progress::ProgressMode::Quiet,
+        encrypt: None,
+    };
+    let claim = consumer::claim::claim("N", &memory).unwrap();
+    consumer::catalog::delete_incomplete(&memory, "N").unwrap();
+    let input =
+        vec![consumer::input::InputStream { name: "file".into(), file: Box::new(fs::File::open(&stream).unwrap()) }];
+    let err =
+        consumer::put::put_streams(&config, &memory, &claim, input, &Signals::none(), &Cancel::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("claim") && format!("{err:#}").contains("is gone"), "{err:#}");
+    assert!(memory.keys().is_empty(), "nothing left: {:?}", memory.keys());
+    assert!(memory.list("N").unwrap().is_empty());
 }

@@ -29,6 +29,10 @@ pub struct StoredBackup {
     /// For a backup without an index: the put that claimed it (still at work, or interrupted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<Claim>,
+    /// Claims listed under the name (a claim that is listed but cannot be read leaves `claimed_by` empty: a put
+    /// may still be at work).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub claims: u64,
     /// Files (0 when incomplete: unknown).
     pub files: u64,
     /// Bytes of file content (incomplete: the bytes stored so far).
@@ -54,6 +58,10 @@ impl StoredBackup {
     }
 }
 
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
 /// Every backup in `store`, by name. A backup that cannot be read is listed as damaged, with the reason; only a
 /// store that cannot be listed at all is an error.
 pub fn list(store: &dyn Store) -> Result<Vec<StoredBackup>> {
@@ -72,6 +80,7 @@ pub fn list(store: &dyn Store) -> Result<Vec<StoredBackup>> {
                     proven: false,
                     damaged: Some(format!("cannot be listed: {e}")),
                     claimed_by: None,
+                    claims: 0,
                     files: 0,
                     bytes: 0,
                     created_unix: 0,
@@ -80,12 +89,14 @@ pub fn list(store: &dyn Store) -> Result<Vec<StoredBackup>> {
                 continue;
             }
         };
+        let claims = objects.iter().filter(|o| layout::claim_of(&name, &o.key).is_some()).count() as u64;
         let mut listed = StoredBackup {
             name,
             complete: false,
             proven: false,
             damaged: None,
             claimed_by: None,
+            claims,
             files: 0,
             bytes: objects.iter().map(|o| o.size).sum(),
             created_unix: 0,
@@ -176,6 +187,21 @@ pub fn delete_named(store: &dyn Store, name: &str, dry_run: bool) -> Result<Stri
         runtime::size::human(bytes),
         store.describe()
     ))
+}
+
+/// Removes an incomplete backup `name` (no index), its claims first: a put still at work that finds its claim gone
+/// fails before it writes an index over what is being removed.
+pub fn delete_incomplete(store: &dyn Store, name: &str) -> Result<String> {
+    layout::check_name(name)?;
+    let objects = store.list(name)?;
+    if objects.iter().any(|o| o.key == layout::object_key(name, layout::INDEX_NAME)) {
+        bail!("{name} has an index now: it is no longer incomplete, and is kept");
+    }
+    let (claims, rest): (Vec<_>, Vec<_>) = objects.iter().partition(|o| layout::claim_of(name, &o.key).is_some());
+    for object in claims.iter().chain(rest.iter()) {
+        store.delete(&object.key)?;
+    }
+    Ok(format!("deleted {name}: {} objects from {}", objects.len(), store.describe()))
 }
 
 /// Removes every object of backup `name`, the index first.

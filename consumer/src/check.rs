@@ -1,9 +1,11 @@
 //! `consumer check NAME [--read-data [PERCENT]]`: proves a stored backup whole where it lies, writing nothing.
 //!
 //! Without `--read-data` it costs two requests, whatever the size of the backup: the index is read and the backup's
-//! objects are listed. Every pack the index names must be listed with its recorded size and (where the index
-//! recorded one, and the store gives one) its ETag. A different ETag means the object was written again after the
-//! backup was stored. A proven backup's manifest must be there too. Every problem is named, not only the first.
+//! objects are listed. Every pack and part of the table of contents the index names must be listed with its
+//! recorded size and (where the index recorded one, and the store gives one) its ETag. A different ETag means the
+//! object was written again after the backup was stored (or the store was copied): with `--read-data` such packs
+//! are read and proven whatever the share. A proven backup's manifest must be there too. Every problem is named,
+//! not only the first.
 //!
 //! `--read-data PERCENT` also downloads that share of the packs, chosen at random (so that checks run night after
 //! night cover everything), and proves each one:
@@ -63,29 +65,53 @@ impl CheckConfig {
     }
 }
 
-/// What is wrong with the objects of a backup, as listed: every pack the index names that is missing, of another
-/// size, or (by its ETag) written again since the backup was stored; a proven backup's missing manifest.
-pub fn listing_problems(index: &BackupIndex, listed: &[store::ObjectInfo]) -> Vec<String> {
+/// What a listing says of one object the index names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Missing, or of another size: the backup cannot be restored as it is.
+    Damaged(String),
+    /// There with its size, but written again since it was stored (its ETag changed): what it holds now is only
+    /// known by reading it.
+    Changed {
+        /// The object.
+        key: String,
+        /// What to say.
+        text: String,
+    },
+}
+
+/// What is wrong with the objects of a backup, as listed: every pack and part of the table of contents the index
+/// names that is missing, of another size, or (by its ETag) written again since the backup was stored; a proven
+/// backup's missing manifest.
+pub fn listing_problems(index: &BackupIndex, listed: &[store::ObjectInfo]) -> Vec<Finding> {
     let objects: HashMap<&str, &store::ObjectInfo> = listed.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut problems = Vec::new();
-    for pack in index.streams.iter().flat_map(|s| s.packs.iter()) {
+    for pack in index.streams.iter().flat_map(|s| s.packs.iter().chain(s.toc.iter())) {
         match objects.get(pack.key.as_str()) {
-            None => problems.push(format!("MISSING {}: the index names it, the store does not hold it", pack.key)),
-            Some(object) if object.size != pack.size => problems
-                .push(format!("DAMAGED {}: {} bytes stored; the index says {}", pack.key, object.size, pack.size)),
+            None => problems.push(Finding::Damaged(format!(
+                "MISSING {}: the index names it, the store does not hold it",
+                pack.key
+            ))),
+            Some(object) if object.size != pack.size => problems.push(Finding::Damaged(format!(
+                "DAMAGED {}: {} bytes stored; the index says {}",
+                pack.key, object.size, pack.size
+            ))),
             Some(object) => match (&pack.e_tag, &object.e_tag) {
-                (Some(recorded), Some(now)) if recorded != now => problems.push(format!(
-                    "CHANGED {}: ETag {now}, recorded {recorded} when the backup was stored (the object was written \
-                     again since, or the store was copied; --read-data proves what it holds)",
-                    pack.key
-                )),
+                (Some(recorded), Some(now)) if recorded != now => problems.push(Finding::Changed {
+                    key: pack.key.clone(),
+                    text: format!(
+                        "CHANGED {}: ETag {now}, recorded {recorded} when the backup was stored (written again since, \
+                         or the store was copied)",
+                        pack.key
+                    ),
+                }),
                 _ => {}
             },
         }
     }
     let manifest = index.manifest_key();
     if index.proven && !objects.contains_key(manifest.as_str()) {
-        problems.push(format!("MISSING {manifest}: the backup's manifest"));
+        problems.push(Finding::Damaged(format!("MISSING {manifest}: the backup's manifest")));
     }
     problems
 }
@@ -112,16 +138,22 @@ pub fn run(config: &CheckConfig, store: &dyn Store) -> Result<String> {
     let packs: Vec<&Pack> = index.streams.iter().flat_map(|s| s.packs.iter()).collect();
     let stored: u64 = packs.iter().map(|p| p.size).sum();
     let versions = packs.iter().filter(|p| p.e_tag.is_some()).count();
-    if !problems.is_empty() {
-        for problem in &problems {
-            println!("{problem}");
+    // Changed objects fail a check by metadata; reading the data proves what they hold now, so they are read.
+    let fatal = problems.iter().any(|p| matches!(p, Finding::Damaged(_))) || config.read_data.is_none();
+    for problem in &problems {
+        match problem {
+            Finding::Damaged(text) => println!("{text}"),
+            Finding::Changed { text, .. } if fatal => println!("{text}; --read-data proves what it holds"),
+            Finding::Changed { text, .. } => println!("{text}: read and proven below"),
         }
+    }
+    if !problems.is_empty() && fatal {
         bail!(
-            "backup {} in {} cannot be restored: {} of its {} objects are missing, damaged or changed",
+            "backup {} in {} cannot be restored as it is: {} of the objects its index names are missing, damaged or \
+             changed",
             config.name,
             store.describe(),
-            problems.len(),
-            packs.len() + usize::from(index.proven)
+            problems.len()
         );
     }
     let listed_note = format!(
@@ -137,8 +169,34 @@ pub fn run(config: &CheckConfig, store: &dyn Store) -> Result<String> {
     let Some(percent) = config.read_data else {
         return Ok(format!("backup {} in {} is whole: {listed_note}", config.name, store.describe()));
     };
-    let chosen = sample(&packs, percent);
-    let read = read_packs(config, store, &index, &chosen, chosen.len() == packs.len())?;
+    let changed: Vec<&str> = problems
+        .iter()
+        .filter_map(|p| match p {
+            Finding::Changed { key, .. } => Some(key.as_str()),
+            Finding::Damaged(_) => None,
+        })
+        .collect();
+    let mut chosen = sample(&packs, percent);
+    for pack in packs.iter().filter(|p| changed.contains(&p.key.as_str())) {
+        if !chosen.iter().any(|c| c.key == pack.key) {
+            chosen.push(pack);
+        }
+    }
+    let all = chosen.len() == packs.len();
+    // The table of contents is read whole (it is small): its size and CRC-32 as recorded.
+    let toc: Vec<&Pack> = index.streams.iter().flat_map(|s| s.toc.iter()).collect();
+    for part in &toc {
+        let bytes = store::get_small(store, &part.key, part.size)?;
+        if bytes.len() as u64 != part.size || CrcPiece::of(&bytes).crc != part.crc32 {
+            println!("DAMAGED {}: not the table of contents the index recorded (size or CRC-32)", part.key);
+            bail!(
+                "backup {} in {}: its table of contents is damaged (get --include cannot use it)",
+                config.name,
+                store.describe()
+            );
+        }
+    }
+    let read = read_packs(config, store, &index, &chosen, all)?;
     Ok(format!("backup {} in {} is whole: {listed_note}; {read}", config.name, store.describe()))
 }
 
@@ -164,7 +222,8 @@ fn read_packs(
     packs: &[&Pack],
     all: bool,
 ) -> Result<String> {
-    let manifest = match index.proven {
+    // The manifest proves the files only when every pack is read: a sample does not need it.
+    let manifest = match index.proven && all {
         true => {
             let key = index.manifest_key();
             let bytes = store::get_small(store, &key, config.memory_limit / 2)
@@ -173,9 +232,9 @@ fn read_packs(
         }
         false => None,
     };
-    let files = match (&manifest, all) {
-        (Some(manifest), true) => Some(Mutex::new(SentCheck::new(manifest)?)),
-        _ => None,
+    let files = match &manifest {
+        Some(manifest) => Some(Mutex::new(SentCheck::new(manifest)?)),
+        None => None,
     };
     let largest = packs.iter().map(|p| p.size).max().unwrap_or(0).max(1);
     let room = config.memory_limit.saturating_sub(manifest.as_ref().map_or(0, |_| config.memory_limit / 2));
@@ -234,7 +293,7 @@ fn read_packs(
         human(read.into_inner()),
         match checked {
             Some(files) => format!(", all {files} files proven against the manifest"),
-            None if manifest.is_none() => " (no manifest: the files themselves are unproven)".into(),
+            None if all => " (no manifest: the files themselves are unproven)".into(),
             None => " (a sample: files are proven against the manifest when every pack is read)".into(),
         }
     ))
@@ -244,6 +303,8 @@ fn read_packs(
 /// it against its own CRC-32; its chunks go to `files` when every pack is read.
 fn prove_pack(store: &dyn Store, pack: &Pack, buffer: &mut Vec<u8>, files: Option<&Mutex<SentCheck>>) -> Result<()> {
     buffer.clear();
+    // Its size was checked against the listing: one allocation of exactly that much.
+    buffer.reserve_exact(pack.size as usize);
     let mut crc = CrcPiece::default();
     store.get(&pack.key, &mut |piece| {
         if (buffer.len() + piece.len()) as u64 > pack.size {

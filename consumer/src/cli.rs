@@ -216,12 +216,12 @@ pub struct DeleteArgs {
     pub keep_last: Option<usize>,
 
     /// Delete complete backups older than AGE (`30d`, `12h`, `2w`), by when their put finished; with
-    /// --incomplete, the age an unfinished put's claim must reach before it is removed.
+    /// --incomplete, the age an unfinished put's claim must reach before it is removed, if longer than 24h.
     #[arg(long, value_name = "AGE")]
     pub older_than: Option<String>,
 
-    /// Also delete incomplete backups (no index: a put that did not finish) whose put started more than
-    /// --older-than ago (default 24h: a put still at work looks just like an interrupted one).
+    /// Also delete incomplete backups (no index: a put that did not finish) whose put started more than 24h ago
+    /// (or --older-than, if longer: a put still at work looks just like an interrupted one).
     #[arg(long)]
     pub incomplete: bool,
 

@@ -152,8 +152,8 @@ pub fn run(config: &GetConfig, store: &dyn Store, signals: &Signals) -> Result<S
 fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel) -> Result<String> {
     layout::check_name(&config.name)?;
     let index = load_index(config, store)?;
-    if let (Some(patterns), GetOutput::Extract(extract)) = (&config.patterns, &config.output) {
-        return crate::partial::get(patterns, &index, extract, store, config.memory_limit, signals, cancel);
+    if config.patterns.is_some() {
+        return crate::partial::get(config, &index, store, signals, cancel);
     }
     // The producer's manifest, stored beside the packs: what a merge plans with, and what every file sent on to
     // STDOUT or pipes is checked against (an extraction checks the copy that travels in the streams).

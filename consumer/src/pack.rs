@@ -148,10 +148,15 @@ impl<'a> Packer<'a> {
     pub(crate) fn flush(&mut self) -> Result<()> {
         let Some(data) = self.pack.take() else { return Ok(()) };
         let seq = self.meta.len() as u64;
-        for (path, from, to) in self.runs.drain(..) {
+        let runs = std::mem::take(&mut self.runs);
+        for (path, from, to) in runs {
             let run = layout::TocRun { pack: seq, path: proto::WirePath(path), from, to };
             serde_json::to_writer(&mut self.toc, &run)?;
             self.toc.push(b'\n');
+            // Parts end between lines, inside a pack's runs too (each line names its pack).
+            if self.toc.len() >= layout::TOC_PART {
+                self.store_toc()?;
+            }
         }
         let key = layout::pack_key(&self.config.name, self.put, self.stream, seq);
         self.meta.push(Pack {
@@ -163,9 +168,6 @@ impl<'a> Packer<'a> {
         });
         (self.chunks, self.crc) = (0, CrcPiece::default());
         send(self.uploads, Upload { key, data: bytes::Bytes::from_owner(data) }, self.cancel)?;
-        if self.toc.len() >= layout::TOC_PART {
-            self.store_toc()?;
-        }
         Ok(())
     }
 }

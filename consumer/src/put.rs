@@ -316,7 +316,7 @@ pub fn put_streams(
             .collect(),
     };
     let objects: usize = index.streams.iter().map(|s| s.packs.len()).sum();
-    record_versions(store, &mut index)?;
+    record_versions(store, &mut index, claim)?;
     // The index last: its existence is what makes the backup complete.
     commit(store, &index, claim)?;
     let proof = match (index.proven, config.encrypt.as_deref()) {
@@ -373,29 +373,53 @@ fn store_sealed_manifests(
     Ok(clear)
 }
 
-/// Lists what this put stored and holds it against `index` before the index is written: every pack must be there
-/// with the size it was sent with (a store that acknowledged a PUT it did not keep is caught here, not at restore
-/// time), and each pack's ETag goes into the index for `consumer check`.
-fn record_versions(store: &dyn Store, index: &mut BackupIndex) -> Result<()> {
-    let put = index.put_id.as_deref().expect("a put writes a format-2 index");
+/// Lists what this put stored and holds it against `index` before the index is written: this put's claim must
+/// still be there (a retention job that removes an unfinished put removes its claim first), every pack and part of
+/// the table of contents must be there with the size it was sent with (a store that acknowledged a PUT it did not
+/// keep is caught here, not at restore time), and each one's ETag goes into the index for `consumer check`.
+fn record_versions(store: &dyn Store, index: &mut BackupIndex, claim: &Claim) -> Result<()> {
     let listed: std::collections::HashMap<String, store::ObjectInfo> =
-        store.list(&format!("{}/{put}", index.name))?.into_iter().map(|o| (o.key.clone(), o)).collect();
-    for pack in index.streams.iter_mut().flat_map(|s| s.packs.iter_mut().chain(s.toc.iter_mut())) {
-        match listed.get(&pack.key) {
-            Some(object) if object.size == pack.size => pack.e_tag = object.e_tag.clone(),
-            Some(object) => bail!(
-                "{} lists pack {} with {} bytes after it was stored with {}: the backup is not complete",
+        store.list(&index.name)?.into_iter().map(|o| (o.key.clone(), o)).collect();
+    let claim_key = layout::claim_key(&index.name, &claim.put_id);
+    let index_key = layout::object_key(&index.name, layout::INDEX_NAME);
+    // With another put's index there, the commit finds the name taken and removes this put's objects.
+    if !listed.contains_key(&claim_key) && !listed.contains_key(&index_key) {
+        let mine = format!("{}/{}", index.name, claim.put_id);
+        for object in store.list(&mine)? {
+            store.delete(&object.key)?;
+        }
+        bail!(
+            "this put's claim {claim_key} is gone from {} (removed by `consumer delete`?): its objects were removed \
+             and the backup is not stored",
+            store.describe()
+        );
+    }
+    for object in index.streams.iter_mut().flat_map(|s| s.packs.iter_mut().chain(s.toc.iter_mut())) {
+        match listed.get(&object.key) {
+            Some(found) if found.size == object.size => object.e_tag = found.e_tag.clone(),
+            Some(found) => bail!(
+                "{} lists {} with {} bytes after it was stored with {}: the backup is not complete",
                 store.describe(),
-                pack.key,
-                object.size,
-                pack.size
+                object.key,
+                found.size,
+                object.size
             ),
             None => bail!(
-                "{} does not list pack {} after it was stored: the backup is not complete",
+                "{} does not list {} after it was stored: the backup is not complete",
                 store.describe(),
-                pack.key
+                object.key
             ),
         }
+    }
+    if index.proven && !listed.contains_key(&index.manifest_key()) {
+        bail!("{} does not list {} after it was stored", store.describe(), index.manifest_key());
+    }
+    if index.to_json().len() as u64 > layout::MAX_INDEX {
+        bail!(
+            "the index of {} would be larger than the {} a get reads: store it with a larger --object-size",
+            index.name,
+            human(layout::MAX_INDEX)
+        );
     }
     Ok(())
 }

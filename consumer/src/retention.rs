@@ -6,8 +6,10 @@
 //!   backup is never deleted by a rule**, whatever the rules say, so a retention job cannot leave a store with
 //!   nothing to restore;
 //! - an **incomplete** one (no index: a put that did not finish) goes only with `--incomplete`, and only once the
-//!   put that claimed it started longer ago than `--older-than` (default [`INCOMPLETE_GRACE`]): a put still at work
-//!   looks just like an interrupted one, so a young claim is left alone;
+//!   put that claimed it started longer ago than [`INCOMPLETE_GRACE`] (or `--older-than`, if that is longer): a
+//!   put still at work looks just like an interrupted one, so a young claim is left alone, and so is a claim that
+//!   is listed but cannot be read; its claim is removed first, so that a put still at work finds it gone and
+//!   fails rather than commit over removed packs;
 //! - a **damaged** one (an index whose objects do not match it) is never removed by a rule: it needs someone to
 //!   look at it, and `consumer delete NAME` removes it.
 //!
@@ -30,7 +32,8 @@ pub const INCOMPLETE_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub struct Rules {
     /// Keep the N newest complete backups (N ≥ 1).
     pub keep_last: Option<usize>,
-    /// Keep complete backups younger than this; with `incomplete`, also the age an incomplete one must reach.
+    /// Keep complete backups younger than this; with `incomplete`, also the age an incomplete one must reach when
+    /// longer than [`INCOMPLETE_GRACE`].
     pub older_than: Option<Duration>,
     /// Remove incomplete backups (old enough, see [`INCOMPLETE_GRACE`]).
     pub incomplete: bool,
@@ -128,7 +131,7 @@ pub fn plan(backups: &[StoredBackup], rules: &Rules, now: u64) -> Vec<Decision> 
             decisions.push(decide(false, "incomplete (--incomplete removes it)".into()));
             continue;
         }
-        let grace = rules.older_than.unwrap_or(INCOMPLETE_GRACE);
+        let grace = rules.older_than.unwrap_or(INCOMPLETE_GRACE).max(INCOMPLETE_GRACE);
         decisions.push(match &backup.claimed_by {
             Some(claim) if age(claim.started_unix) < grace => decide(
                 false,
@@ -146,6 +149,12 @@ pub fn plan(backups: &[StoredBackup], rules: &Rules, now: u64) -> Vec<Decision> 
                     claim.describe(),
                     days(age(claim.started_unix))
                 ),
+            ),
+            None if backup.claims > 0 => decide(
+                false,
+                "incomplete, and its claim cannot be read: a put may still be at work (`consumer delete NAME` \
+                 removes it)"
+                    .into(),
             ),
             None => decide(true, "incomplete: no index and no claim (a put that did not finish)".into()),
         });
@@ -196,7 +205,12 @@ pub fn run(store: &dyn Store, rules: &Rules) -> Result<String> {
     }
     let mut failed = Vec::new();
     for decision in &going {
-        match catalog::delete(store, &decision.name) {
+        let incomplete = backups.iter().any(|b| b.name == decision.name && !b.complete && b.damaged.is_none());
+        let removed = match incomplete {
+            true => catalog::delete_incomplete(store, &decision.name),
+            false => catalog::delete(store, &decision.name),
+        };
+        match removed {
             Ok(done) => log::info!("{done}"),
             Err(e) => {
                 eprintln!("consumer: error: could not delete {}: {e:#}", decision.name);
@@ -230,6 +244,7 @@ mod tests {
             proven: true,
             damaged: None,
             claimed_by: None,
+            claims: 0,
             files: 1,
             bytes: 1,
             created_unix: NOW - days_old * DAY,
@@ -291,7 +306,12 @@ mod tests {
         ];
         assert!(deleted(&backups, &rules(Some(1), None, false)).is_empty());
         assert_eq!(deleted(&backups, &rules(None, None, true)), ["orphan", "stale"]);
-        assert_eq!(deleted(&backups, &rules(None, Some("1h"), true)), ["orphan", "running", "stale"]);
+        // --older-than never makes the grace shorter than a day.
+        assert_eq!(deleted(&backups, &rules(None, Some("1h"), true)), ["orphan", "stale"]);
+        assert_eq!(deleted(&backups, &rules(None, Some("40h"), true)), ["orphan"]);
+        let mut unreadable = incomplete("unreadable", None);
+        unreadable.claims = 1;
+        assert!(deleted(&[unreadable], &rules(None, None, true)).is_empty());
         let why = plan(&backups, &rules(None, None, true), NOW);
         let running = why.iter().find(|d| d.name == "running").unwrap();
         assert!(running.why.contains("may still be at work"), "{}", running.why);

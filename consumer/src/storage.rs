@@ -102,6 +102,25 @@ pub struct StorageArgs {
     /// Longest a single request may take, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub timeout: u64,
+
+    /// The storage class of every object stored: S3 `STANDARD_IA`, `INTELLIGENT_TIERING`, `GLACIER_IR`, …;
+    /// Google `NEARLINE`, `COLDLINE`, …; Azure access tier `Cool`, `Cold`, … (default: the bucket's).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+
+    /// S3 server-side encryption of every object stored: `AES256`, `aws:kms` or `aws:kms:dsse` (default: the
+    /// bucket's).
+    #[arg(long, value_name = "MODE", value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
+    pub s3_sse: Option<String>,
+
+    /// S3: the KMS key for `--s3-sse aws:kms` (an id, ARN or alias; default: the account's AWS-managed key).
+    #[arg(long, value_name = "KEY", requires = "s3_sse")]
+    pub s3_sse_kms_key_id: Option<String>,
+
+    /// Hold every byte sent to or taken from the store, all requests of the run together, to RATE a second
+    /// (suffixes K, M, G: `200M`).
+    #[arg(long, value_name = "RATE")]
+    pub limit_rate: Option<String>,
 }
 
 /// `--s3-bucket-lookup`.
@@ -116,9 +135,41 @@ pub enum LookupArg {
 }
 
 impl StorageArgs {
-    /// Opens the store the arguments name.
+    /// Opens the store the arguments name, held to `--limit-rate` when it is given.
     pub fn open(&self) -> Result<Box<dyn Store>> {
+        let store = self.open_unlimited()?;
+        match &self.limit_rate {
+            None => Ok(store),
+            Some(rate) => {
+                let rate = runtime::size::size_arg(rate, "--limit-rate")?;
+                Ok(Box::new(store::rate::RateLimited::new(store, rate)?))
+            }
+        }
+    }
+
+    fn open_unlimited(&self) -> Result<Box<dyn Store>> {
+        if let Some(class) = &self.storage_class {
+            // The index, the claim and the manifest must be readable at once: an archive class makes every get
+            // (and list) wait for a restore.
+            let archive = ["GLACIER", "DEEP_ARCHIVE", "ARCHIVE"];
+            if archive.contains(&class.to_ascii_uppercase().as_str()) {
+                bail!(
+                    "--storage-class {class}: objects in an archive class cannot be read without a restore first; \
+                     use an instant-access class (S3 GLACIER_IR, STANDARD_IA; Google COLDLINE; Azure Cold), or a \
+                     lifecycle rule on the bucket"
+                );
+            }
+        }
+        if self.s3_sse_kms_key_id.is_some() && !self.s3_sse.as_deref().is_some_and(|sse| sse.starts_with("aws:kms")) {
+            bail!("--s3-sse-kms-key-id goes with --s3-sse aws:kms or aws:kms:dsse");
+        }
+        if self.s3_sse.is_some() && !self.storage.starts_with("s3://") {
+            bail!("--s3-sse is for s3:// stores (Google and Azure encrypt every object at rest by themselves)");
+        }
         if let Some(path) = self.storage.strip_prefix("file://") {
+            if self.storage_class.is_some() {
+                bail!("--storage-class is for the clouds (s3://, gs://, az://), not for a file:// store");
+            }
             if !path.starts_with('/') {
                 bail!("--storage {}: a file:// URL needs an absolute path (file:///var/backups)", self.storage);
             }
@@ -128,6 +179,7 @@ impl StorageArgs {
             max_retries: self.max_retries,
             max_backoff: Duration::from_millis(self.max_backoff),
             request_timeout: Duration::from_secs(self.timeout.max(1)),
+            storage_class: self.storage_class.clone(),
         };
         if let Some(rest) = self.storage.strip_prefix("s3://") {
             let (bucket, prefix) = self.container(rest, &self.s3_bucket, "--s3-bucket")?;
@@ -142,6 +194,8 @@ impl StorageArgs {
                     LookupArg::Dns => BucketLookup::Dns,
                     LookupArg::Path => BucketLookup::Path,
                 },
+                sse: self.s3_sse.clone(),
+                sse_kms_key_id: self.s3_sse_kms_key_id.clone(),
             };
             return self.cloud(Ok(S3::new(bucket, &options, &requests)), prefix);
         }

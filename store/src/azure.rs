@@ -93,6 +93,10 @@ impl Cloud for Azure {
         client
     }
 
+    fn requests(&self) -> &RequestOptions {
+        &self.requests
+    }
+
     fn is_missing_container(&self, error: &object_store::Error) -> bool {
         matches!(error, object_store::Error::NotFound { .. }) || error_message(error).contains("ContainerNotFound")
     }

@@ -35,6 +35,10 @@ pub struct RequestOptions {
     pub max_backoff: Duration,
     /// Longest a single request may take (connect, send, receive).
     pub request_timeout: Duration,
+    /// The storage class every object is stored in (`--storage-class`): S3's `x-amz-storage-class`
+    /// (`STANDARD_IA`, `GLACIER_IR`, …), Google's storage class (`NEARLINE`, `COLDLINE`, …), Azure's access tier
+    /// (`Cool`, `Cold`, …). `None`: the bucket's default.
+    pub storage_class: Option<String>,
 }
 
 impl Default for RequestOptions {
@@ -43,6 +47,7 @@ impl Default for RequestOptions {
             max_retries: 10,
             max_backoff: Duration::from_secs(30),
             request_timeout: Duration::from_secs(120),
+            storage_class: None,
         }
     }
 }
@@ -93,6 +98,9 @@ pub trait Cloud: Send + Sync + 'static {
     /// The `object_store` client in `client`.
     fn objects<'a>(&self, client: &'a Self::Client) -> &'a dyn ObjectStore;
 
+    /// How requests are made, and what every object is stored as.
+    fn requests(&self) -> &RequestOptions;
+
     /// Stores `body` as `path`, whole, replacing any object of that name, or with `create_only` only if there is
     /// none (the service's conditional create). `object_store`'s put, unless the service has a reason to do
     /// otherwise.
@@ -105,7 +113,11 @@ pub trait Cloud: Send + Sync + 'static {
     ) -> impl Future<Output = std::result::Result<(), PutRefused>> {
         async move {
             let mode = if create_only { PutMode::Create } else { PutMode::Overwrite };
-            let options = PutOptions { mode, ..PutOptions::default() };
+            let mut attributes = object_store::Attributes::new();
+            if let Some(class) = &self.requests().storage_class {
+                attributes.insert(object_store::Attribute::StorageClass, class.clone().into());
+            }
+            let options = PutOptions { mode, attributes, ..PutOptions::default() };
             match self.objects(client).put_opts(path, PutPayload::from_bytes(body), options).await {
                 Ok(_) => Ok(()),
                 Err(object_store::Error::AlreadyExists { .. }) => Err(PutRefused::Exists),

@@ -145,11 +145,26 @@ impl Cloud for Gcs {
         &client.objects
     }
 
+    fn requests(&self) -> &RequestOptions {
+        &self.requests
+    }
+
     /// The JSON API's simple upload, retried like `object_store`'s requests; create-only with
     /// `ifGenerationMatch=0` (Google's precondition "no live object of this name"), refused with a 412.
     async fn put(&self, client: &GcsClient, path: &Path, body: Bytes, create_only: bool) -> Result<(), PutRefused> {
         let mut url = self.url(&["upload", "storage", "v1", "b", &self.bucket, "o"])?;
-        url.query_pairs_mut().append_pair("uploadType", "media").append_pair("name", path.as_ref());
+        // With a storage class, the object's metadata goes with its bytes: a multipart upload (one copy of the body).
+        let (kind, body) = match &self.requests.storage_class {
+            None => {
+                url.query_pairs_mut().append_pair("uploadType", "media").append_pair("name", path.as_ref());
+                ("application/octet-stream".to_string(), body)
+            }
+            Some(class) => {
+                url.query_pairs_mut().append_pair("uploadType", "multipart");
+                let metadata = serde_json::json!({ "name": path.as_ref(), "storageClass": class });
+                multipart(&metadata, &body)
+            }
+        };
         if create_only {
             url.query_pairs_mut().append_pair("ifGenerationMatch", "0");
         }
@@ -157,7 +172,7 @@ impl Cloud for Gcs {
             let request = client
                 .http
                 .post(url.clone())
-                .header("content-type", "application/octet-stream")
+                .header("content-type", kind.as_str())
                 .body(reqwest::Body::from(body.clone()));
             self.authorized(client, request).await
         })
@@ -219,4 +234,20 @@ impl Cloud for Gcs {
             Err(refused)
         }
     }
+}
+
+/// A `multipart/related` upload body (the JSON API's metadata and media in one request): its content type and
+/// bytes. The boundary is made longer until it occurs nowhere in the media.
+fn multipart(metadata: &serde_json::Value, media: &[u8]) -> (String, Bytes) {
+    let mut boundary = format!("xbkit-part-{:08x}", crc32fast::hash(media));
+    while media.windows(boundary.len()).any(|w| w == boundary.as_bytes()) {
+        boundary.push('x');
+    }
+    let mut body = Vec::with_capacity(media.len() + 512);
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n").as_bytes());
+    body.extend_from_slice(metadata.to_string().as_bytes());
+    body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+    body.extend_from_slice(media);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/related; boundary={boundary}"), Bytes::from(body))
 }

@@ -11,6 +11,8 @@ The backends:
   [`azure::AzureStore`] (`az://container/prefix`: Azure Blob Storage);
 - [`memory::MemoryStore`]: objects in memory, with faults injected on demand, for tests.
 
+[`rate::RateLimited`] wraps any of them to hold a run's transfers to one rate (`--limit-rate`).
+
 Keys are `/`-separated relative names (`NIGHTLY/0/0000000000.xbs`); each backend maps them below its root (a
 directory, or a bucket and prefix). What is stored where — the backup layout — is the consumer's business.
 
@@ -26,6 +28,7 @@ pub mod cloud;
 pub mod gcs;
 pub mod local;
 pub mod memory;
+pub mod rate;
 pub mod s3;
 
 use std::fmt;

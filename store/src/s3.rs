@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::signer::Signer;
 
@@ -41,6 +41,11 @@ pub struct S3Options {
     pub session_token: Option<String>,
     /// Bucket addressing.
     pub bucket_lookup: BucketLookup,
+    /// Server-side encryption asked of every put (`--s3-sse`): `AES256` (SSE-S3), `aws:kms` (SSE-KMS),
+    /// `aws:kms:dsse`; `None`: the bucket's default.
+    pub sse: Option<String>,
+    /// The KMS key for `aws:kms` (`--s3-sse-kms-key-id`); `None`: the account's AWS-managed key.
+    pub sse_kms_key_id: Option<String>,
 }
 
 /// A bucket on an S3-compatible service, as a [`CloudStore`].
@@ -76,6 +81,14 @@ impl S3 {
         if let Some(secret) = &options.secret_key {
             builder = builder.with_secret_access_key(secret);
         }
+        // The encryption keys by their configuration names (their enum is not exported).
+        let key = |name: &str| name.parse::<AmazonS3ConfigKey>().expect("object_store names this key");
+        if let Some(sse) = &options.sse {
+            builder = builder.with_config(key("aws_server_side_encryption"), sse);
+            if let Some(id) = &options.sse_kms_key_id {
+                builder = builder.with_config(key("aws_sse_kms_key_id"), id);
+            }
+        }
         if let Some(token) = &options.session_token {
             builder = builder.with_token(token);
         }
@@ -109,6 +122,10 @@ impl Cloud for S3 {
 
     fn objects<'a>(&self, client: &'a AmazonS3) -> &'a dyn ObjectStore {
         client
+    }
+
+    fn requests(&self) -> &RequestOptions {
+        &self.requests
     }
 
     fn is_missing_container(&self, error: &object_store::Error) -> bool {

@@ -43,6 +43,8 @@ struct ProxyShared {
     cuts: AtomicU64,
     /// Bytes of response bodies sent on to clients.
     response_bytes: AtomicU64,
+    /// Every request's head (start line and headers), in the order they came.
+    heads: Mutex<Vec<Vec<String>>>,
     problems: Mutex<Vec<String>>,
 }
 
@@ -70,6 +72,7 @@ impl FaultyProxy {
             cut_gets: AtomicU64::new(0),
             cuts: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
+            heads: Mutex::new(Vec::new()),
             problems: Mutex::new(Vec::new()),
         });
         let acceptor = {
@@ -108,6 +111,13 @@ impl FaultyProxy {
     /// What the proxy could not do (a malformed request, an unreachable upstream…): empty in a sound run.
     pub fn problems(&self) -> Vec<String> {
         self.shared.problems.lock().unwrap().clone()
+    }
+
+    /// The requests forwarded or faulted so far, each as its start line (`PUT /bucket/key HTTP/1.1`) and the
+    /// value of header `name` on it (case-insensitive), if it had one.
+    pub fn requests_with_header(&self, name: &str) -> Vec<(String, Option<String>)> {
+        let heads = self.shared.heads.lock().unwrap();
+        heads.iter().map(|head| (head[0].clone(), header(head, name).map(str::to_owned))).collect()
     }
 
     /// Cuts the next `count` answers to a GET whose body is at least 64 KiB: half the body is sent on, then the
@@ -195,6 +205,7 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
         return Ok(()); // A connection that sent nothing.
     };
     let number = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.heads.lock().unwrap().push(head.clone());
     let body = body_of(&head)?;
     if matches!(body, Body::Chunked) {
         shared.chunked.fetch_add(1, Ordering::SeqCst);

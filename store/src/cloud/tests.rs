@@ -47,7 +47,12 @@ fn answering(status: u16) -> (String, Arc<AtomicUsize>) {
 /// Two retries, a millisecond apart at most (shorter than `object_store`'s usual first wait: see
 /// [`RequestOptions::retry_config`]).
 fn quick_retries() -> RequestOptions {
-    RequestOptions { max_retries: 2, max_backoff: Duration::from_millis(1), request_timeout: Duration::from_secs(10) }
+    RequestOptions {
+        max_retries: 2,
+        max_backoff: Duration::from_millis(1),
+        request_timeout: Duration::from_secs(10),
+        storage_class: None,
+    }
 }
 
 fn block_on<T>(work: impl Future<Output = T>) -> T {
