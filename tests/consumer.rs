@@ -237,8 +237,14 @@ fn damaged_streams_fail_naming_file_stream_and_offset() {
     flipped[payload_at] ^= 0x20;
     assert_hostile(flipped, "stream 0 (STDIN): checksum mismatch in", |_| {});
 
-    // Cut mid-chunk.
-    let cut = good[..good.len() / 2].to_vec();
+    // Cut mid-chunk: inside the payload of the first chunk past the middle (a cut at a fixed byte could fall on a
+    // chunk boundary: the manifest's pieces move from run to run).
+    let (middle, _) = chunks
+        .iter()
+        .find(|(h, _)| h.kind == ChunkKind::Payload && h.payload_len >= 2 && h.stream_offset as usize >= good.len() / 2)
+        .unwrap();
+    let inside = middle.stream_offset as usize + proto::encoded_header_len(ChunkKind::Payload, middle.path.len()) + 1;
+    let cut = good[..inside].to_vec();
     assert_hostile(cut, "stream 0 (STDIN): stream truncated inside", |_| {});
 
     // A file whose E chunk is missing.
