@@ -122,7 +122,7 @@ printf '%s\t%s\t%s\n' boto-down get "boto3 download_file (s3)" >> "$out/cases.ts
 boto down "$archive" peer/ds.tar "$runs" 1 "$server" "boto3 download_file (s3)" "$out/raw/boto-down.json"
 printf '%s\t%s\t%s\n' boto-gets get "boto3 get_object x 8 MiB objects, 8 threads (s3)" >> "$out/cases.tsv"
 boto gets "$archive" peer/parts "$runs" 1 "$server" "boto3 get_object x 8 MiB objects, 8 threads (s3)" "$out/raw/boto-gets.json"
-case_ ref-catpacks get "cat packs > /dev/null (file://, 1 stream)" "$runs" 1 "sync" "cat $files/f0/0/*.xbs > /dev/null"
+case_ ref-catpacks get "cat packs > /dev/null (file://, 1 stream)" "$runs" 1 "sync" "cat $files/f0/*/0/*.xbs > /dev/null"
 for kind in file s3; do
   if [ $kind = file ]; then args=$fileargs p=f; else args=$s3args p=s; fi
   for n in $layouts; do
