@@ -437,6 +437,21 @@ fn partial_restore_proves_the_chosen_files() {
     let stderr = String::from_utf8_lossy(&got.stderr);
     assert!(stderr.contains("shop/orders.ibd"), "{stderr}");
     assert!(files_in(&out).is_empty(), "nothing unproven is placed: {:?}", files_in(&out));
+
+    // A table of contents changed in the store (same size, a path bent to another file): the partial get refuses
+    // it before reading a range, naming the part; `check --read-data` names it too.
+    let part = format!("nightly/{put_id}/toc/0/0000000000.jsonl");
+    fs::write(root.join(&part), toc.replacen("shop/orders.ibd", "shop/orders.frm", 1)).unwrap();
+    let out = work.path().join("out-toc");
+    let got =
+        run_consumer(&["get", "nightly", "-C", out.to_str().unwrap(), "--include", "shop/orders.*"], &storage, None);
+    assert_eq!(got.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert!(stderr.contains(&part) && stderr.contains("not as the index recorded it"), "{stderr}");
+    assert!(files_in(&out).is_empty(), "{:?}", files_in(&out));
+    let (code, stdout, _) = check(&storage, "nightly", &["--read-data", "1%"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("DAMAGED {part}")), "{stdout}");
 }
 
 /// A stream of a few packs for the storage-option tests.
@@ -612,18 +627,7 @@ fn a_put_whose_claim_was_removed_does_not_commit() {
     let memory = store::memory::MemoryStore::new();
     let work = tempfile::tempdir().unwrap();
     let stream = small_stream(work.path());
-    let config = consumer::put::PutConfig {
-        name: "N".into(),
-        input: transport::Endpoint::Stdio,
-        idle_timeout: None,
-        max_chunk: 1 << 20,
-        object_size: 256 << 10,
-        packs: 6,
-        parallel: 2,
-        manifest_limit: 16 << 20,
-        progress: runtime::progress::ProgressMode::Quiet,
-        encrypt: None,
-    };
+    let config = put_config("N", 256 << 10);
     let claim = consumer::claim::claim("N", &memory).unwrap();
     consumer::catalog::delete_incomplete(&memory, "N").unwrap();
     let input =

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use consumer::input::InputStream;
 use runtime::cancel::Cancel;
-use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
 use store::memory::{Faults, MemoryStore};
 
@@ -172,21 +171,6 @@ fn a_cut_stream_is_never_stored_as_complete() {
     );
 }
 
-fn put_config(name: &str) -> consumer::put::PutConfig {
-    consumer::put::PutConfig {
-        name: name.into(),
-        input: transport::Endpoint::Stdio,
-        idle_timeout: None,
-        max_chunk: 1 << 20,
-        object_size: 1 << 20,
-        packs: 6,
-        parallel: 4,
-        manifest_limit: 16 << 20,
-        progress: ProgressMode::Quiet,
-        encrypt: None,
-    }
-}
-
 fn input(stream: &[u8]) -> Vec<InputStream> {
     vec![InputStream { name: "memory".into(), file: Box::new(Cursor::new(stream.to_vec())) }]
 }
@@ -194,7 +178,7 @@ fn input(stream: &[u8]) -> Vec<InputStream> {
 /// A whole put of `stream` as `name` into `store`: the claim, then the stream.
 fn put_memory(name: &str, store: &dyn store::Store, stream: &[u8], cancel: &Cancel) -> anyhow::Result<String> {
     let claim = consumer::claim::claim(name, store)?;
-    consumer::put::put_streams(&put_config(name), store, &claim, input(stream), &Signals::none(), cancel)
+    consumer::put::put_streams(&put_config(name, 1 << 20), store, &claim, input(stream), &Signals::none(), cancel)
 }
 
 /// A service that dies mid-put, or refuses the index: the put fails and nothing is complete; with a healthy

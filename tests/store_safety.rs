@@ -151,18 +151,7 @@ fn a_put_that_loses_the_index_removes_its_own_objects() {
     let input = |path: &Path| {
         vec![consumer::input::InputStream { name: "memory".into(), file: Box::new(fs::File::open(path).unwrap()) }]
     };
-    let config = consumer::put::PutConfig {
-        name: "N".into(),
-        input: transport::Endpoint::Stdio,
-        idle_timeout: None,
-        max_chunk: 1 << 20,
-        object_size: 256 << 10,
-        packs: 6,
-        parallel: 2,
-        manifest_limit: 16 << 20,
-        progress: runtime::progress::ProgressMode::Quiet,
-        encrypt: None,
-    };
+    let config = put_config("N", 256 << 10);
     // B claims N; its claim vanishes from view (as on a store whose listing lags); A claims and stores N.
     let late = consumer::claim::claim("N", &memory).unwrap();
     memory.delete(&format!("N/claim-{}.json", late.put_id)).unwrap();

@@ -47,6 +47,18 @@ dataset_bench() {
   bytes=$(prepare "$ds" "$size_mb")
 }
 
+# start_s3s_fs ROOT ACCESS_KEY SECRET_KEY LOG: s3s-fs serving ROOT on a free loopback port; sets port and server (its
+# PID) and returns once it answers. The caller stops it (kill "$server") in its own cleanup.
+# shellcheck disable=SC2034 # port and server are for the script that sources this
+start_s3s_fs() {
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  s3s-fs --host 127.0.0.1 --port "$port" --access-key "$2" --secret-key "$3" "$1" > "$4" 2>&1 &
+  server=$!
+  for _ in $(seq 40); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.25; done
+  echo "s3s-fs did not answer on port $port (see $4)" >&2
+  return 1
+}
+
 warm_cmd() { echo "find '$1' -type f -print0 | xargs -0 cat > /dev/null"; }
 
 # bench RESULTS_JSON RUNS PREPARE NAME CMD [NAME CMD ...]: hyperfine, one JSON for all cases.

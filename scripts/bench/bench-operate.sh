@@ -28,17 +28,14 @@ if [ ! -f "$ds/shop/orders.ibd" ]; then
   bytes=$(tree_bytes "$ds")
 fi
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-s3s-fs --host 127.0.0.1 --port "$port" --access-key "$ak" --secret-key "$sk" "$s3root" > "$out/s3s-fs.log" 2>&1 &
-server=$!
 cleanup() {
   local rc=$?
-  kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true
+  [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
   rm -rf "$s3root" "$restore"
   exit $rc
 }
 trap cleanup EXIT
-for _ in $(seq 40); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.25; done
+start_s3s_fs "$s3root" "$ak" "$sk" "$out/s3s-fs.log"
 mkdir -p "$s3root/$bucket"
 s3="--storage s3://$bucket/xbkit --s3-endpoint http://127.0.0.1:$port --s3-access-key $ak --s3-secret-key $sk"
 c="$bin/consumer"

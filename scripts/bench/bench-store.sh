@@ -37,18 +37,15 @@ tar -C "$ds" -cf "$archive" .
 warm="$(warm_cmd "$ds")"
 
 # The server, on a free port; stopped (by its PID) and the stores removed whatever happens.
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-s3s-fs --host 127.0.0.1 --port "$port" --access-key "$ak" --secret-key "$sk" "$s3root" > "$out/s3s-fs.log" 2>&1 &
-server=$!
 cleanup() {
   local rc=$?
-  kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true
+  [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
   rm -rf "$files" "$s3root" "$fifo" "$archive" "$work/store-check"
   exit $rc
 }
 trap cleanup EXIT
+start_s3s_fs "$s3root" "$ak" "$sk" "$out/s3s-fs.log"
 endpoint=http://127.0.0.1:$port
-for _ in $(seq 40); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.25; done
 
 # boto3: the peer (up/down RUNS times after one warm-up, timed around the transfer only), and small helpers.
 boto() { python3 "$root/scripts/bench/boto3-peer.py" "$1" "$endpoint" "$ak" "$sk" "$bucket" "${@:2}"; }

@@ -45,6 +45,23 @@ pub fn listed<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::
     list.iter().find(|b| b["name"] == name).unwrap_or_else(|| panic!("{name} is not listed: {list:?}"))
 }
 
+/// The settings of a put run in the test process (`consumer::put::put_streams`): backup `name`, packs of
+/// `object_size`, 6 pack buffers, 4 uploads in flight, chunks up to 1 MiB.
+pub fn put_config(name: &str, object_size: usize) -> consumer::put::PutConfig {
+    consumer::put::PutConfig {
+        name: name.into(),
+        input: transport::Endpoint::Stdio,
+        idle_timeout: None,
+        max_chunk: 1 << 20,
+        object_size,
+        packs: 6,
+        parallel: 4,
+        manifest_limit: 16 << 20,
+        progress: runtime::progress::ProgressMode::Quiet,
+        encrypt: None,
+    }
+}
+
 /// The store the arguments name, opened as the consumer opens it (to look at it, or damage it, from below the
 /// backup catalog).
 pub fn open_store(storage: &[String]) -> Box<dyn store::Store> {
