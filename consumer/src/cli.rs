@@ -114,6 +114,12 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub parallel: usize,
 
+    /// Read a pack larger than SIZE as several ranges of at most SIZE, in flight at once (suffixes K, M, G): a
+    /// stream is read in order, so its next pack arriving over several connections keeps the downloads from
+    /// waiting on one.
+    #[arg(long, default_value = "4M", value_name = "SIZE")]
+    pub range_size: String,
+
     /// Writer threads for -C. Default: the machine's cores, at least 2.
     #[arg(long, default_value_t = runtime::machine::threads(2), value_name = "N")]
     pub writers: usize,

@@ -13,19 +13,16 @@
 //! Whatever goes out verbatim (STDOUT, pipes) is checked file by file against the stored manifest
 //! ([`crate::sent_check`]); the merge of several streams lives in [`crate::merge`].
 
-use runtime::lock::Locked;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::Mutex;
 use std::thread;
 
 use anyhow::{bail, Context, Result};
-use crossbeam_channel::{Receiver, Sender};
-use proto::{ChunkHeader, CrcPiece};
 use proto::{Manifest, MANIFEST_NAME};
 use runtime::budget::MemoryBudget;
-use runtime::cancel::{recv, send, Cancel};
+use runtime::cancel::Cancel;
 use runtime::failure::Failure;
-use runtime::pool::{BufferPool, PooledBuffer};
+use runtime::pool::BufferPool;
 use runtime::progress::ProgressMode;
 use runtime::signals::Signals;
 use runtime::size::{human, size_arg};
@@ -35,6 +32,7 @@ use transport::{End, Endpoint, IdlePipe, OpenedStream};
 use crate::config::ExtractConfig;
 use crate::input::InputStream;
 use crate::layout::{self, BackupIndex, Pack};
+use crate::pack_download::{self, Download, Fetch, PackStream};
 use crate::sent_check::SentCheck;
 
 /// Where a get goes.
@@ -64,6 +62,8 @@ pub struct GetConfig {
     pub max_chunk: usize,
     /// Fetch a backup without its index (a put that did not finish), as far as it goes.
     pub allow_partial: bool,
+    /// `--range-size`: a pack larger than this is read as several ranges at once.
+    pub range_size: u64,
     /// `--idle-timeout` on output pipes.
     pub idle_timeout: Option<std::time::Duration>,
     /// `--include` / `--exclude`: only the files they choose (a partial restore, with -C).
@@ -75,6 +75,10 @@ impl GetConfig {
     pub fn from_args(args: &crate::cli::GetArgs, verbose: bool, quiet: bool) -> Result<GetConfig> {
         crate::layout::check_name(&args.name)?;
         let max_chunk = size_arg(&args.max_chunk_size, "--max-chunk-size")?;
+        let range_size = size_arg(&args.range_size, "--range-size")?;
+        if range_size == 0 {
+            bail!("--range-size must be at least 1 byte");
+        }
         let memory_limit = size_arg(&args.memory_limit, "--memory-limit")?;
         if args.parallel == 0 || args.writers == 0 {
             bail!("--parallel and --writers must be at least 1");
@@ -137,6 +141,7 @@ impl GetConfig {
             memory_limit: memory_for_packs,
             max_chunk: max_chunk as usize,
             allow_partial: args.allow_partial,
+            range_size,
             idle_timeout: args.fifo.idle_timeout(),
         })
     }
@@ -213,18 +218,19 @@ fn get(config: &GetConfig, store: &dyn Store, signals: &Signals, cancel: &Cancel
         let failure = &failure;
         for i in 0..config.parallel.max(1) {
             let jobs = job_receiver.clone();
-            failure.spawn_stage(scope, format!("download-{i}"), move || download(&jobs, store, cancel));
+            failure.spawn_stage(scope, format!("download-{i}"), move || pack_download::download(&jobs, store, cancel));
         }
         drop(job_receiver);
         let mut readers = Vec::with_capacity(streams);
+        let fetch = Fetch { range_size: config.range_size, parse: parse_packs };
         for stored in &index.streams {
             let pool = BufferPool::new(window, largest.max(1));
             let (order, ordered) = crossbeam_channel::bounded(window);
             let (jobs, packs) = (jobs.clone(), &stored.packs);
             failure.spawn_stage(scope, format!("plan-{}", stored.index), move || {
-                plan(packs, parse_packs, &pool, &jobs, &order, cancel)
+                pack_download::plan(packs, fetch, &pool, &jobs, &order, cancel)
             });
-            readers.push(PackStream { ordered, current: None, position: 0, cancel: cancel.clone() });
+            readers.push(PackStream::new(ordered, cancel.clone()));
         }
         drop(jobs);
         let result = deliver(config, &index, manifest, readers, signals, cancel);
@@ -348,137 +354,6 @@ fn partial_index(name: &str, listed: &[store::ObjectInfo]) -> Result<BackupIndex
         bytes: 0,
         streams,
     })
-}
-
-/// A download: one pack into one buffer, the result to its stream's reader.
-struct Download {
-    pack: Pack,
-    buffer: PooledBuffer,
-    /// Whether to parse the pack's chunks too (see [`Downloaded::chunks`]).
-    parse: bool,
-    reply: Sender<Result<Downloaded>>,
-}
-
-/// A downloaded pack, checked against the index.
-struct Downloaded {
-    data: PooledBuffer,
-    /// Its chunks' headers, every payload checked against its CRC-32, when the download was asked to parse it.
-    chunks: Option<Vec<ChunkHeader>>,
-}
-
-/// One stream's planner: takes a buffer from the stream's window for each pack, in order, queues the download,
-/// and hands the reader the receiver of its result, in order.
-fn plan(
-    packs: &[Pack],
-    parse: bool,
-    pool: &BufferPool,
-    jobs: &Sender<Download>,
-    order: &Sender<Receiver<Result<Downloaded>>>,
-    cancel: &Cancel,
-) -> Result<()> {
-    for pack in packs {
-        let buffer = pool.take(cancel)?;
-        let (reply, result) = crossbeam_channel::bounded(1);
-        send(order, result, cancel)?;
-        send(jobs, Download { pack: pack.clone(), buffer, parse, reply }, cancel)?;
-    }
-    Ok(())
-}
-
-/// One downloader: packs into their buffers, checked against the index.
-fn download(jobs: &Receiver<Download>, store: &dyn Store, cancel: &Cancel) -> Result<()> {
-    while let Some(Download { pack, mut buffer, parse, reply }) = recv(jobs, cancel)? {
-        let result = (|| -> Result<Downloaded> {
-            buffer.set_len(0);
-            let mut crc = CrcPiece::default();
-            store.get(&pack.key, &mut |piece| {
-                let start = buffer.len();
-                if start + piece.len() > buffer.capacity() || (start + piece.len()) as u64 > pack.size {
-                    bail!("it is larger than the index says ({} bytes)", pack.size);
-                }
-                buffer.set_len(start + piece.len());
-                buffer[start..].copy_from_slice(piece);
-                crc = crc.append(CrcPiece::of(piece));
-                Ok(())
-            })?;
-            if buffer.len() as u64 != pack.size {
-                bail!("{}: {} bytes arrived; the index says {}", pack.key, buffer.len(), pack.size);
-            }
-            if pack.chunks > 0 && crc.crc != pack.crc32 {
-                bail!("{}: CRC-32 {:08x} does not match the index's {:08x}", pack.key, crc.crc, pack.crc32);
-            }
-            let chunks = if parse { Some(crate::sent_check::parse_pack(&buffer, &pack.key)?) } else { None };
-            Ok(Downloaded { data: buffer, chunks })
-        })();
-        let failed = result.is_err();
-        let _ = reply.send(result);
-        if failed {
-            // The reader reports the error (naming the pack); stop downloading.
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// A stored stream's bytes, pack after pack, as they download.
-struct PackStream {
-    ordered: Receiver<Receiver<Result<Downloaded>>>,
-    current: Option<PooledBuffer>,
-    position: usize,
-    cancel: Cancel,
-}
-
-impl PackStream {
-    /// The next whole pack, in order, once it has downloaded; `None` after the last.
-    fn next_pack(&mut self) -> io::Result<Option<Downloaded>> {
-        let Some(next) = recv(&self.ordered, &self.cancel).map_err(io::Error::other)? else { return Ok(None) };
-        let pack = recv(&next, &self.cancel)
-            .map_err(io::Error::other)?
-            .ok_or_else(|| io::Error::other("a download stopped"))?
-            // Shown as before (the chain flattened), the kind of a store failure kept for the advice.
-            .map_err(|e| io::Error::other(crate::storage::FlatError::new(&e)))?;
-        Ok(Some(pack))
-    }
-
-    /// Writes the stream (not read from yet) to `out` a whole pack at a time, straight from the download buffers
-    /// (no copy through a small buffer, as `io::copy` would make), each pack's chunks handed to `check` (when the
-    /// backup has a manifest) before the pack is written; returns the bytes written. `name` is the stream's, for
-    /// messages.
-    fn copy_to(mut self, out: &mut impl Write, check: Option<&Mutex<SentCheck>>, name: &str) -> Result<u64> {
-        debug_assert!(self.current.is_none(), "copy_to starts at a pack boundary");
-        let mut copied = 0u64;
-        while let Some(Downloaded { data, chunks }) = self.next_pack().with_context(|| name.to_string())? {
-            if let Some(check) = check {
-                let chunks = match chunks {
-                    Some(chunks) => chunks,
-                    None => crate::sent_check::parse_pack(&data, name)?,
-                };
-                check.locked().pack(&chunks)?;
-            }
-            out.write_all(&data).with_context(|| format!("{name}: cannot write it out"))?;
-            copied += data.len() as u64;
-        }
-        Ok(copied)
-    }
-}
-
-impl Read for PackStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(current) = &self.current {
-                if self.position < current.len() {
-                    let n = buf.len().min(current.len() - self.position);
-                    buf[..n].copy_from_slice(&current[self.position..self.position + n]);
-                    self.position += n;
-                    return Ok(n);
-                }
-                self.current = None;
-            }
-            let Some(pack) = self.next_pack()? else { return Ok(0) };
-            self.current = Some(pack.data);
-            self.position = 0;
-        }
-    }
 }
 
 /// Sends the stored streams where the config says; returns how.

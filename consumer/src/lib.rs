@@ -46,6 +46,7 @@ pub mod listing;
 mod manifest_feed;
 pub mod merge;
 mod pack;
+mod pack_download;
 pub mod partial;
 mod proof;
 pub mod put;
