@@ -129,8 +129,10 @@ fn small_files_get_their_mode_and_mtime_on_the_descriptor_they_were_written_thro
         stats["files_set_on_descriptor"].as_u64().unwrap()
     };
     let plenty = extract_under(4096);
-    // Of the 1,875 small files that are not empty (an empty file's only chunk is its end).
-    assert!(plenty > 1000, "most small files: {plenty}");
+    // Of the 1,875 small files that are not empty (an empty file's only chunk is its end), most of them here
+    // (1,500-1,800). How many depends on how soon each batch's records follow it, which a loaded machine delays
+    // (CI once saw 830): hundreds show the records reach the writer while it holds the files; none, that they never do.
+    assert!(plenty > 200, "hundreds of small files: {plenty}");
     // 64 descriptors: a writer holds 8 (a quarter of the limit, shared), the rest get theirs by name.
     let few = extract_under(64);
     assert!(few < plenty, "held descriptors are bounded by the limit: {few} against {plenty}");
