@@ -8,6 +8,7 @@ mod compression;
 mod consumer;
 mod crypt_interop;
 mod directories;
+mod downloads;
 mod encryption;
 mod faults;
 mod fidelity;

@@ -136,3 +136,20 @@ pub fn survives_a_fifth_of_requests_failing(storage: &[String], proxy: &FaultyPr
     assert_eq!(proxy.faults(), proxy.requests() / 5);
     assert_eq!(proxy.problems(), Vec::<String>::new());
 }
+
+/// The index of backup `name`, read through the store.
+pub fn index(storage: &[String], name: &str) -> serde_json::Value {
+    let store = open_store(storage);
+    let bytes = store::get_small(store.as_ref(), &format!("{name}/index.json"), 1 << 20).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The keys of every pack of backup `name`, in index order.
+pub fn pack_keys(storage: &[String], name: &str) -> Vec<String> {
+    let index = index(storage, name);
+    let streams = index["streams"].as_array().unwrap();
+    streams
+        .iter()
+        .flat_map(|s| s["packs"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap().to_owned()))
+        .collect()
+}
