@@ -59,6 +59,15 @@ start_s3s_fs() {
   return 1
 }
 
+# stop_server: stops the s3s-fs that start_s3s_fs started (if it did), for the caller's EXIT trap.
+stop_server() { [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }; }
+
+# server_cpu: the CPU seconds (user + system) that server has used so far, from /proc.
+server_cpu() { python3 -c "import os; f = open('/proc/$server/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))"; }
+
+# boto MODE ARGS...: scripts/bench/boto3-peer.py against the server at $endpoint with $ak, $sk and $bucket.
+boto() { python3 "$root/scripts/bench/boto3-peer.py" "$1" "$endpoint" "$ak" "$sk" "$bucket" "${@:2}"; }
+
 warm_cmd() { echo "find '$1' -type f -print0 | xargs -0 cat > /dev/null"; }
 
 # bench RESULTS_JSON RUNS PREPARE NAME CMD [NAME CMD ...]: hyperfine, one JSON for all cases.

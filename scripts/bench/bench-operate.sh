@@ -30,7 +30,7 @@ fi
 
 cleanup() {
   local rc=$?
-  [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+  stop_server
   rm -rf "$s3root" "$restore"
   exit $rc
 }

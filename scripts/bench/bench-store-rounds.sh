@@ -31,18 +31,16 @@ tar -C "$ds" -cf "$archive" .
 
 cleanup() {
   local rc=$?
-  [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+  stop_server
   rm -rf "$s3root" "$fifo" "$archive"
   exit $rc
 }
 trap cleanup EXIT
 start_s3s_fs "$s3root" "$ak" "$sk" "$out/s3s-fs.log"
 endpoint=http://127.0.0.1:$port
-boto() { python3 "$root/scripts/bench/boto3-peer.py" "$1" "$endpoint" "$ak" "$sk" "$bucket" "${@:2}"; }
 boto mkbucket
 s3args=(--storage "s3://$bucket/xbkit" --s3-endpoint "$endpoint" --s3-access-key "$ak" --s3-secret-key "$sk")
-server_cpu() { python3 -c "import os; f = open('/proc/$server/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))"; }
-warm() { find "$ds" -type f -print0 | xargs -0 cat > /dev/null; }
+warm() { bash -c "$(warm_cmd "$ds")"; }
 
 # What the gets read: the archive as one object (boto3's) and our backup of the dataset.
 boto up "$archive" peer/ds.tar 1 0 "$server" "upload" "$out/up.json"
@@ -81,7 +79,9 @@ cases="boto-get-8 boto-get-16 get-default get-parallel-8 boto-puts put-stdout pu
 : > "$out/rounds.tsv"
 for round in $(seq 0 "$rounds"); do
   for c in $cases; do
-    read -r wall cpu < <(run_case "$c")
+    # Not in a process substitution: a case that fails stops the script (set -e) rather than reading as fast.
+    run_case "$c" > "$out/case.txt"
+    read -r wall cpu < "$out/case.txt"
     printf '%s\t%s\t%s\t%s\n' "$round" "$c" "$wall" "$cpu" | tee -a "$out/rounds.tsv" >&2
   done
 done

@@ -39,7 +39,7 @@ warm="$(warm_cmd "$ds")"
 # The server, on a free port; stopped (by its PID) and the stores removed whatever happens.
 cleanup() {
   local rc=$?
-  [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+  stop_server
   rm -rf "$files" "$s3root" "$fifo" "$archive" "$work/store-check"
   exit $rc
 }
@@ -47,11 +47,9 @@ trap cleanup EXIT
 start_s3s_fs "$s3root" "$ak" "$sk" "$out/s3s-fs.log"
 endpoint=http://127.0.0.1:$port
 
-# boto3: the peer (up/down RUNS times after one warm-up, timed around the transfer only), and small helpers.
-boto() { python3 "$root/scripts/bench/boto3-peer.py" "$1" "$endpoint" "$ak" "$sk" "$bucket" "${@:2}"; }
+# boto3: the peer (`boto` in bench-lib.sh; up/down RUNS times after one warm-up, timed around the transfer only).
 boto mkbucket
 
-server_cpu() { python3 -c "import os; f = open('/proc/$server/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))"; }
 s3args="--storage s3://$bucket/xbkit --s3-endpoint $endpoint --s3-access-key $ak --s3-secret-key $sk"
 fileargs="--storage file://$files"
 rss() { echo "/usr/bin/time -f %M -a -o $out/rss/$1.txt"; }
