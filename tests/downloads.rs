@@ -115,3 +115,20 @@ fn a_range_cut_mid_body_resumes_where_it_broke() {
     assert!(sent >= stored, "{sent} < {stored}");
     assert!(sent < stored + (256 << 10), "{sent} bytes sent for {stored} stored: the cut range restarted from zero?");
 }
+
+/// A `--range-size` that cannot be one (zero, not a size) is refused before a request, saying which option.
+#[test]
+fn a_range_size_that_is_not_one_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let storage = vec!["--storage".to_string(), format!("file://{}", work.path().join("store").display())];
+    for (size, says) in
+        [("0", "--range-size must be at least 1 byte"), ("four", "--range-size: \"four\" is not a size")]
+    {
+        let out = work.path().join("out");
+        let got = run_consumer(&["get", "any", "--range-size", size, "-C", out.to_str().unwrap()], &storage, None);
+        assert!(matches!(got.status.code(), Some(code) if code != 0), "{size}: {:?}", got.status);
+        let stderr = String::from_utf8_lossy(&got.stderr);
+        assert!(stderr.contains(says), "{size}: {stderr}");
+        assert!(!work.path().join("store").exists() && !out.exists(), "{size}: nothing was touched");
+    }
+}
