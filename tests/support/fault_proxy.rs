@@ -121,7 +121,8 @@ impl FaultyProxy {
     }
 
     /// Cuts the next `count` answers to a GET whose body is at least 64 KiB: half the body is sent on, then the
-    /// connection is reset (a transfer that breaks mid-object).
+    /// connection is closed (a transfer that breaks mid-object; the client sees the body end early, having
+    /// received exactly the half).
     pub fn cut_next_get_responses(&self, count: u64) {
         self.shared.cut_gets.store(count, Ordering::SeqCst);
     }
@@ -267,7 +268,11 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
         let sent = io::copy(&mut (&mut from_upstream).take(half), &mut to_client).map_err(context("half a body"))?;
         shared.response_bytes.fetch_add(sent, Ordering::SeqCst);
         shared.cuts.fetch_add(1, Ordering::SeqCst);
-        return reset(to_client);
+        // A FIN, not a reset: a reset may discard what the client has not read yet, so how much of the half it
+        // got would depend on timing; closed cleanly, it gets exactly the half and then an early end of body.
+        to_client.flush().map_err(context("half a body"))?;
+        let _ = to_client.shutdown(Shutdown::Write);
+        return Ok(());
     }
     let sent = io::copy(&mut from_upstream, &mut to_client).map_err(context("response body to the client"))?;
     shared.response_bytes.fetch_add(sent, Ordering::SeqCst);
