@@ -129,7 +129,8 @@ fn azure_a_wrong_access_key_is_a_clear_error_at_once() {
     let started = Instant::now();
     let put = run_consumer(&["put", "denied"], &storage, Some(&stream));
     let stderr = assert_failure(&put, "a put with a wrong access key");
-    assert!(started.elapsed() < Duration::from_secs(10), "failed after {:?}: {stderr}", started.elapsed());
+    // Ten retries of a retryable error would back off for well over a minute; the bound leaves a loaded machine room.
+    assert!(started.elapsed() < Duration::from_secs(20), "failed after {:?}: {stderr}", started.elapsed());
     assert!(stderr.contains("AuthenticationFailed") || stderr.contains("403"), "the service's error: {stderr}");
     assert!(stderr.contains("consumer: permanent: running it again fails the same way"), "{stderr}");
     let good = azure_storage(&server.endpoint(), "backups", store::azure::DEVELOPMENT_KEY);
@@ -172,7 +173,7 @@ fn gcs_a_bad_service_account_key_is_a_clear_error_before_any_request() {
         // Exit 2: the store cannot be used as configured (nothing was tried).
         let stderr = String::from_utf8_lossy(&put.stderr);
         assert_eq!(put.status.code(), Some(2), "{name}: a configuration error: {stderr}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{name}: failed after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(20), "{name}: failed after {:?}", started.elapsed());
         assert!(stderr.contains(expected) && stderr.contains(name), "{name}: {stderr}");
     }
     assert!(!server.dir.path().join("data/backups").exists(), "no bucket was created");

@@ -317,7 +317,8 @@ fn fifo_consumer_times_out_when_no_producer_comes() {
         .assert()
         .code(1)
         .stderr(predicates::str::contains("within 1 s (--fifo-timeout); is the producer running"));
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Well under the default 60 s: the 1 s asked for is what was waited, with room for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     assert_eq!(fs::read_dir(work.path().join("fifos")).unwrap().count(), 0, "pipes are removed");
 }
 

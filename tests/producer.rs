@@ -232,16 +232,17 @@ fn fifo_nobody_opens_fails_in_time_naming_the_pipe_and_removes_pipes() {
         .args(["--stream=xbstream", "--fifo-streams", "2", "--fifo-timeout", "1"])
         .arg("--fifo-dir")
         .arg(&fifo_dir)
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
         .assert()
         .code(1)
         .stderr(predicates::str::contains("thread_0 within 1 s (--fifo-timeout)"));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // Well under the default 60 s: the 1 s asked for is what was waited, with room for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     assert_eq!(fs::read_dir(&fifo_dir).unwrap().count(), 0, "pipes are removed on failure");
 }
 
-/// The consumer reads a little and dies: the producer exits non-zero within a second, naming the stream and how far
-/// it got.
+/// The consumer reads a little and dies: the producer exits non-zero soon after (well before it could have read its
+/// 64 MiB on a loaded machine), naming the stream and how far it got.
 #[test]
 fn consumer_that_dies_is_a_broken_pipe_error_not_a_hang() {
     let src = tempfile::tempdir().unwrap();
@@ -256,7 +257,7 @@ fn consumer_that_dies_is_a_broken_pipe_error_not_a_hang() {
     join_within(reader, SHORT);
     let died = Instant::now();
     let output = child.wait_output(SHORT);
-    assert!(died.elapsed() < Duration::from_secs(1), "{:?}", died.elapsed());
+    assert!(died.elapsed() < Duration::from_secs(10), "{:?}", died.elapsed());
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("stream 0 (STDOUT)") && stderr.contains("failed at stream offset"), "{stderr}");

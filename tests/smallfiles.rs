@@ -89,7 +89,8 @@ fn small_files_are_written_before_the_consumer_waits_for_more_of_the_stream() {
 /// Small files read in one batch are checked like any file: one that vanishes, shrinks or grows between the scan
 /// and its read is a warning naming it (the copy says exactly what was copied), and an error with `--strict`.
 /// Three files of two chunks go first, read slowly (2 chunks a second, one reader), so the batch holding `moving`
-/// is read about 2.5 s after the scan; the file changes 0.5 s after the scan.
+/// is read about 2.5 s after the scan. `moving` changes 0.3 s after the stream's first bytes came out (so the
+/// producer has started, and its scan of five names, which runs beside the reads, is over).
 #[test]
 fn a_small_file_that_changes_before_its_batch_is_read_is_named() {
     for (change, expected) in [("vanish", "vanished"), ("shrink", "shrank"), ("grow", "grew")] {
@@ -101,32 +102,31 @@ fn a_small_file_that_changes_before_its_batch_is_read_is_named() {
             files.push(("keep".into(), b"kept".to_vec()));
             files.push(("moving".into(), vec![7u8; 1000]));
             write_tree(&src, &files);
-            let mut args = vec!["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "2", "--parallel", "1"];
+            let mut command = producer_command();
+            command.arg("--source").arg(&src);
+            command.args(["--stream=xbstream", "--read-buffer-size", "64K", "--throttle", "2", "--parallel", "1"]);
             if strict {
-                args.push("--strict");
+                command.arg("--strict");
             }
-            let producer = spawn(
-                producer_command().arg("--source").arg(&src).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
-            );
-            std::thread::sleep(std::time::Duration::from_millis(500));
             let moving = src.join("moving");
-            match change {
-                "vanish" => fs::remove_file(&moving).unwrap(),
-                "shrink" => fs::write(&moving, vec![7u8; 10]).unwrap(),
-                _ => fs::write(&moving, vec![7u8; 2000]).unwrap(),
-            }
-            let produced = producer.wait_output(LONG);
-            let message = String::from_utf8_lossy(&produced.stderr).into_owned();
+            let (status, stream, message) = produce_with_change(&mut command, 4096, || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                match change {
+                    "vanish" => fs::remove_file(&moving).unwrap(),
+                    "shrink" => fs::write(&moving, vec![7u8; 10]).unwrap(),
+                    _ => fs::write(&moving, vec![7u8; 2000]).unwrap(),
+                }
+            });
             assert!(message.contains("moving") && message.contains(expected), "{change} strict={strict}: {message}");
             let out = work.path().join("out");
-            let consumed = consume(&["extract", "-C", out.to_str().unwrap()], &produced.stdout);
+            let consumed = consume(&["extract", "-C", out.to_str().unwrap()], &stream);
             let consumer_message = String::from_utf8_lossy(&consumed.stderr).into_owned();
             if strict {
-                assert_eq!(produced.status.code(), Some(1), "{change}: {message}");
+                assert_eq!(status.code(), Some(1), "{change}: {message}");
                 assert_eq!(consumed.status.code(), Some(1), "{change}: {consumer_message}");
                 continue;
             }
-            assert!(produced.status.success(), "{change}: {message}");
+            assert!(status.success(), "{change}: {message}");
             assert!(consumed.status.success(), "{change}: {consumer_message}");
             assert_eq!(fs::read(out.join("keep")).unwrap(), b"kept");
             match change {

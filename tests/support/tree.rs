@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::process::{run_ok, LONG};
+use super::process::run_ok;
 
 /// Deterministic pseudo-random bytes (a cheap LCG stream), for file contents.
 pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -184,7 +184,8 @@ pub fn mariadb_datadir() -> &'static Path {
     DATADIR.get_or_init(|| {
         let work = tempfile::Builder::new().prefix("xbkit-pages-").tempdir().unwrap().keep();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/mariadb-tablespaces.sh");
-        run_ok(Command::new("bash").arg(script).arg(&work), LONG);
+        // Installs, starts, fills and stops a server: minutes on a loaded machine, like the other MariaDB scripts.
+        run_ok(Command::new("bash").arg(script).arg(&work), std::time::Duration::from_secs(300));
         work.join("data")
     })
 }
