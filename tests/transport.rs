@@ -3,7 +3,6 @@
 //! user key). Each asserts the exit status of both sides, what they say, and what arrived.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -208,12 +207,12 @@ fn nc_either_side_alone_gives_up_after_its_wait_with_a_clear_error() {
 // ---------------------------------------------------------------------------------------------------------------
 // ssh
 
-/// A real `sshd` on 127.0.0.1 (a free port) that accepts only a throwaway key, for the current user; killed when
-/// dropped.
+/// A real `sshd` on 127.0.0.1 (a free port, through [`LocalServer`]: started again on another port should the one
+/// picked be taken meanwhile) that accepts only a throwaway key, for the current user; killed when dropped.
 struct Sshd {
+    // Declared first so that it is dropped (killed) before the keys are removed.
+    server: LocalServer,
     dir: tempfile::TempDir,
-    port: u16,
-    _server: Running,
 }
 
 impl Sshd {
@@ -229,24 +228,22 @@ impl Sshd {
         fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
         // sshd wants its privilege-separation directory (made by its package's service unit, which may not run).
         let _ = fs::create_dir_all("/run/sshd");
-        let port = free_port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
-            d = d.display()
-        );
-        fs::write(d.join("sshd_config"), config).unwrap();
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().find(|p| Path::new(p).exists()).map(PathBuf::from);
         let sshd = sshd.unwrap_or_else(|| tool("sshd"));
-        let server =
-            spawn(Command::new(sshd).args(["-D", "-e", "-f"]).arg(d.join("sshd_config")).stderr(Stdio::piped()));
-        let deadline = Instant::now() + SHORT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen on {port}");
-            thread::sleep(Duration::from_millis(50));
-        }
-        Sshd { dir, port, _server: server }
+        let server = LocalServer::start("sshd", |port, here| {
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PidFile {here}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
+                d = d.display(),
+                here = here.display()
+            );
+            fs::write(here.join("sshd_config"), config).unwrap();
+            let mut command = Command::new(&sshd);
+            command.args(["-D", "-e", "-f"]).arg(here.join("sshd_config"));
+            command
+        });
+        Sshd { server, dir }
     }
 
     /// The `--ssh` command line that logs in with the throwaway key.
@@ -254,7 +251,7 @@ impl Sshd {
         format!(
             "ssh -p {} -i {}/user_key -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
              -o LogLevel=ERROR",
-            self.port,
+            self.server.port,
             self.dir.path().display()
         )
     }

@@ -138,7 +138,7 @@ receive() {
   control_write "$to" "$verdict" || true
   exec {to}>&-
   # Let nc deliver the verdict (it exits once the sender has read it and hung up) before cleanup stops it.
-  for _ in $(seq 100); do kill -0 "$control_pid" 2>/dev/null || break; sleep 0.05; done
+  for _ in $(seq 300); do kill -0 "$control_pid" 2>/dev/null || break; sleep 0.05; done
   if [ "$verdict" != ok ]; then die "$verdict"; fi
   say "OK: $streams streams received; every stream's SHA-1 matches the producer's"
 }
@@ -153,7 +153,10 @@ send() {
     coproc CTRL { exec nc -N "$host" "$port" 2>/dev/null; }
     to=${CTRL[1]} from=${CTRL[0]}
     control_write "$to" "hello $streams" || true
-    if read -r -t 5 -u "$from" line 2>/dev/null && [ "$line" = ready ]; then break; fi
+    # A refused connection ends the read at once (nc exits); a live one has until --wait to answer, so a loaded
+    # receiver is waited for rather than dropped and then found busy.
+    if read -r -t "$(( deadline > SECONDS ? deadline - SECONDS : 1 ))" -u "$from" line 2>/dev/null \
+        && [ "$line" = ready ]; then break; fi
     stop_jobs "$CTRL_PID"
     [ $SECONDS -lt $deadline ] || die "no receiver answered on $host:$port within ${wait_s} s"
     sleep 0.2

@@ -17,13 +17,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A base port `p` such that `p ..= p + count` are all free on 127.0.0.1 right now (for a recipe that uses
-/// consecutive ports).
+/// consecutive ports). Drawn from 10000-32000, below Linux's ephemeral range (32768-60999), so that no connection
+/// or port-0 bind of another test takes one of them between this check and the recipe's bind.
 pub fn free_port_run(count: u16) -> u16 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut seed = std::process::id() as u64 ^ now.as_nanos() as u64;
     for _ in 0..200 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let base = 20000 + (seed >> 33) as u16 % 20000;
+        let base = 10000 + (seed >> 33) as u16 % 22000;
         let bound: Vec<_> =
             (0..=count).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
         if bound.len() == count as usize + 1 {
