@@ -136,6 +136,21 @@ fn a_range_cut_mid_body_resumes_where_it_broke() {
     assert!(sent < stored + (256 << 10), "{sent} bytes sent for {stored} stored: the cut range restarted from zero?");
 }
 
+/// A range reset mid-body (the connection reset after half the answer, so the client may lose some of what it
+/// had received) still completes: the get resumes from what it kept, and the tree is proven.
+#[test]
+fn a_range_reset_mid_body_still_completes() {
+    let (_server, proxy, storage) = s3_behind_a_proxy();
+    let work = tempfile::tempdir().unwrap();
+    let src = put_one_big_file(&storage, work.path(), "reset", 4 << 20);
+    proxy.reset_next_get_responses(1);
+    let out = work.path().join("out");
+    let got = run_consumer(&["get", "reset", "--range-size", "1M", "-C", out.to_str().unwrap()], &storage, None);
+    assert_success(&got, "get through a reset range");
+    assert_same_tree(&src, &out);
+    assert_eq!(proxy.cuts(), 1, "a range was reset");
+}
+
 /// The first and last byte of a `Range: bytes=FIRST-LAST` header.
 fn byte_range(header: &str) -> Option<(u64, u64)> {
     let (first, last) = header.strip_prefix("bytes=")?.split_once('-')?;

@@ -39,6 +39,8 @@ struct ProxyShared {
     chunked: AtomicU64,
     /// GET responses still to cut halfway through their body.
     cut_gets: AtomicU64,
+    /// Whether a cut ends with a reset rather than a clean close.
+    cut_with_reset: AtomicBool,
     /// GET responses cut so far.
     cuts: AtomicU64,
     /// Bytes of response bodies sent on to clients.
@@ -70,6 +72,7 @@ impl FaultyProxy {
             faults: AtomicU64::new(0),
             chunked: AtomicU64::new(0),
             cut_gets: AtomicU64::new(0),
+            cut_with_reset: AtomicBool::new(false),
             cuts: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
             heads: Mutex::new(Vec::new()),
@@ -124,6 +127,14 @@ impl FaultyProxy {
     /// connection is closed (a transfer that breaks mid-object; the client sees the body end early, having
     /// received exactly the half).
     pub fn cut_next_get_responses(&self, count: u64) {
+        self.shared.cut_with_reset.store(false, Ordering::SeqCst);
+        self.shared.cut_gets.store(count, Ordering::SeqCst);
+    }
+
+    /// Like [`FaultyProxy::cut_next_get_responses`], but the connection is reset after the half: the client's
+    /// kernel may drop some of what it had received, so where the client resumes depends on timing.
+    pub fn reset_next_get_responses(&self, count: u64) {
+        self.shared.cut_with_reset.store(true, Ordering::SeqCst);
         self.shared.cut_gets.store(count, Ordering::SeqCst);
     }
 
@@ -268,6 +279,9 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
         let sent = io::copy(&mut (&mut from_upstream).take(half), &mut to_client).map_err(context("half a body"))?;
         shared.response_bytes.fetch_add(sent, Ordering::SeqCst);
         shared.cuts.fetch_add(1, Ordering::SeqCst);
+        if shared.cut_with_reset.load(Ordering::SeqCst) {
+            return reset(to_client);
+        }
         // A FIN, not a reset: a reset may discard what the client has not read yet, so how much of the half it
         // got would depend on timing; closed cleanly, it gets exactly the half and then an early end of body.
         to_client.flush().map_err(context("half a body"))?;
