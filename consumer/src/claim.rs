@@ -7,11 +7,11 @@
 //! whose PUT has returned (S3, Google, Azure, a directory), since the later lister would see the earlier claim. So
 //! at most one put of a NAME ever writes a pack, whatever the service does with conditional requests; of puts that
 //! see only each other's claims, the one that started first keeps its claim and lists again until the others
-//! have removed theirs, so that one of them goes on.
+//! have removed theirs (for up to 30 s), so that one of them goes on.
 //! Behind that, each put writes under its own id and the index is created only if none exists (a create-only
 //! put) and read back: a put whose index is not the stored one removes what it wrote and fails.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -38,8 +38,14 @@ pub(crate) fn release(name: &str, store: &dyn Store, claim: &Claim) {
 #[error("{0}")]
 pub struct NameTaken(pub(crate) String);
 
-/// How many listings a claim makes, at most, while another put claims the same NAME at the same moment.
-const CLAIM_ATTEMPTS: u32 = 8;
+/// How long the earliest of puts claiming one NAME at the same moment waits for the others to step back. Each of
+/// them lists, reads a claim and removes its own: three requests, which a slow or distant store may take seconds
+/// over. (Eight listings over about 2 s, before, let a slow store's puts all give up.) Only a put that started
+/// after this one and died holding its claim makes it wait this long, and then it stops as it would have.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The longest pause between two listings while the earliest claim waits.
+const CLAIM_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Claims backup `name` in `store` for a new put: fails if anything is stored under the name (a backup, an
 /// interrupted put, another put at work), or if another put claims it at the same moment and keeps it.
@@ -70,7 +76,10 @@ pub fn claim(name: &str, store: &dyn Store) -> Result<Claim> {
 
 /// The listing part of [`claim`], once this put's claim `key` is stored.
 fn hold(name: &str, store: &dyn Store, key: &str) -> Result<()> {
-    for attempt in 1..=CLAIM_ATTEMPTS {
+    let deadline = Instant::now() + CLAIM_PATIENCE;
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
         let listed = store.list(name)?;
         let others: Vec<&store::ObjectInfo> = listed.iter().filter(|o| o.key != key).collect();
         if others.is_empty() {
@@ -78,7 +87,7 @@ fn hold(name: &str, store: &dyn Store, key: &str) -> Result<()> {
         }
         let only_claims = others.iter().all(|o| layout::claim_of(name, &o.key).is_some());
         let earliest = others.iter().all(|o| o.key.as_str() > key);
-        if !only_claims || !earliest || attempt == CLAIM_ATTEMPTS {
+        if !only_claims || !earliest || Instant::now() >= deadline {
             let others: Vec<store::ObjectInfo> = others.into_iter().cloned().collect();
             taken(name, store, &others)?;
             return Err(NameTaken(format!(
@@ -87,11 +96,10 @@ fn hold(name: &str, store: &dyn Store, key: &str) -> Result<()> {
             .into());
         }
         // The earliest claim waits for the others to step back, a little longer each time.
-        let pause = 20 + random_below(100);
-        log::debug!("other puts claim {name} at the same moment: listing again in {pause} ms");
-        std::thread::sleep(Duration::from_millis(pause * u64::from(attempt)));
+        let pause = Duration::from_millis((20 + random_below(100)) * attempt).min(CLAIM_PAUSE_MAX);
+        log::debug!("other puts claim {name} at the same moment: listing again in {pause:?}");
+        std::thread::sleep(pause);
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Fails with what `listed` (objects under `name`) says about who has the name; `Ok` if nothing is there.
@@ -153,6 +161,28 @@ mod tests {
         barrier: Barrier,
         seen: Mutex<HashSet<String>>,
         looked: Mutex<HashSet<std::thread::ThreadId>>,
+        /// How long each delete takes (a slow or distant store).
+        delete_takes: Duration,
+    }
+
+    impl TogetherStore {
+        fn new(puts: usize, delete_takes: Duration) -> TogetherStore {
+            TogetherStore {
+                inner: MemoryStore::new(),
+                barrier: Barrier::new(puts),
+                seen: Mutex::default(),
+                looked: Mutex::default(),
+                delete_takes,
+            }
+        }
+
+        /// Runs `puts` claims of NIGHTLY at once; returns their outcomes.
+        fn claim_together(&self, puts: usize) -> Vec<Result<Claim>> {
+            std::thread::scope(|scope| {
+                let claims: Vec<_> = (0..puts).map(|_| scope.spawn(|| claim("NIGHTLY", self))).collect();
+                claims.into_iter().map(|c| c.join().unwrap()).collect()
+            })
+        }
     }
 
     impl Store for TogetherStore {
@@ -194,8 +224,20 @@ mod tests {
             self.inner.list_dirs(prefix)
         }
         fn delete(&self, key: &str) -> store::Result<()> {
+            std::thread::sleep(self.delete_takes);
             self.inner.delete(key)
         }
+    }
+
+    /// Exactly one of `results` got the name; the others stopped saying it was taken, and only the winner's claim
+    /// is left in `store`.
+    fn assert_one_winner(results: &[Result<Claim>], store: &TogetherStore) {
+        let winners: Vec<&Claim> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(error.downcast_ref::<NameTaken>().is_some(), "{error:#}");
+        }
+        assert_eq!(store.inner.keys(), [layout::claim_key("NIGHTLY", &winners[0].put_id)]);
     }
 
     /// Eight puts claim one NAME at the same instant, each seeing all the others' claims: exactly one gets it (the
@@ -203,22 +245,16 @@ mod tests {
     #[test]
     fn of_puts_that_see_each_other_exactly_one_gets_the_name() {
         for _ in 0..5 {
-            let store = TogetherStore {
-                inner: MemoryStore::new(),
-                barrier: Barrier::new(8),
-                seen: Mutex::default(),
-                looked: Mutex::default(),
-            };
-            let results: Vec<Result<Claim>> = std::thread::scope(|scope| {
-                let claims: Vec<_> = (0..8).map(|_| scope.spawn(|| claim("NIGHTLY", &store))).collect();
-                claims.into_iter().map(|c| c.join().unwrap()).collect()
-            });
-            let winners: Vec<&Claim> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-            assert_eq!(winners.len(), 1, "{results:?}");
-            for error in results.iter().filter_map(|r| r.as_ref().err()) {
-                assert!(error.downcast_ref::<NameTaken>().is_some(), "{error:#}");
-            }
-            assert_eq!(store.inner.keys(), [layout::claim_key("NIGHTLY", &winners[0].put_id)]);
+            let store = TogetherStore::new(8, Duration::ZERO);
+            assert_one_winner(&store.claim_together(8), &store);
         }
+    }
+
+    /// On a slow store (each delete takes 4 s, longer than the 2–3 s of eight listings the earliest claim used to
+    /// make) the earliest claim still waits until the others have stepped back, so one put goes on rather than none.
+    #[test]
+    fn of_puts_on_a_slow_store_one_still_gets_the_name() {
+        let store = TogetherStore::new(3, Duration::from_secs(4));
+        assert_one_winner(&store.claim_together(3), &store);
     }
 }
