@@ -1,7 +1,11 @@
 //! The first real error of a multi-threaded run.
 //!
-//! Every thread reports its error here. The first error that is not a mere [`Cancelled`] wins (a thread woken by
-//! the cancel reports `Cancelled`, which says nothing about the cause), and recording fires the shared [`Cancel`].
+//! Every thread reports its error here, and recording fires the shared [`Cancel`]. The first error of the
+//! highest rank wins: a [`Panicked`] thread, then any other error, then a mere [`Cancelled`] (a thread woken by the
+//! cancel reports `Cancelled`, which says nothing about the cause). A panic outranks an error recorded before it
+//! because it is recorded only once the thread has unwound (after the panic hook has printed the backtrace), and a
+//! thread that died mid-work makes others fail for its sake meanwhile (a writer that sees a file's chunks again,
+//! say): those errors are its consequences, not the cause.
 //!
 //! [`Failure::run_stage`] is the one panic policy of every pipeline thread: a thread's error *or panic* is recorded
 //! the moment it happens, so the other threads stop at once (a panicked reader would otherwise leave a sequencer
@@ -25,14 +29,13 @@ impl Failure {
         Failure { first: Mutex::new(None), cancel }
     }
 
-    /// Records an error (kept if it is the first real one) and fires the cancel.
+    /// Records an error (kept if it is the first of the highest rank: see the module's documentation) and fires
+    /// the cancel.
     pub fn record(&self, error: anyhow::Error) {
         let mut first = self.first.locked();
         let replace = match &*first {
             None => true,
-            Some(previous) => {
-                previous.downcast_ref::<Cancelled>().is_some() && error.downcast_ref::<Cancelled>().is_none()
-            }
+            Some(previous) => rank(&error) > rank(previous),
         };
         if replace {
             *first = Some(error);
@@ -56,7 +59,7 @@ impl Failure {
                 None
             }
             Err(panic) => {
-                self.record(anyhow::anyhow!("the {stage} thread panicked: {}", panic_message(panic.as_ref())));
+                self.record(Panicked(format!("the {stage} thread panicked: {}", panic_message(panic.as_ref()))).into());
                 None
             }
         }
@@ -68,7 +71,7 @@ impl Failure {
         match result {
             Ok(value) => Some(value),
             Err(panic) => {
-                self.record(anyhow::anyhow!("a {stage} thread panicked: {}", panic_message(panic.as_ref())));
+                self.record(Panicked(format!("a {stage} thread panicked: {}", panic_message(panic.as_ref()))).into());
                 None
             }
         }
@@ -112,6 +115,23 @@ impl Failure {
     /// The recorded error, if any.
     pub fn take(&self) -> Option<anyhow::Error> {
         self.first.locked().take()
+    }
+}
+
+/// A pipeline thread panicked (a bug): the message names the thread and says what the panic said.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(String);
+
+/// How much an error says about why a run failed: a cancel nothing, a thread's panic the most (see the module's
+/// documentation).
+fn rank(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<Panicked>().is_some() {
+        2
+    } else if error.downcast_ref::<Cancelled>().is_some() {
+        0
+    } else {
+        1
     }
 }
 
@@ -215,6 +235,25 @@ mod tests {
         assert!(cancel.is_cancelled());
         let error = failure.take().expect("recorded");
         assert_eq!(error.to_string(), "the reader-1 thread panicked: boom 42");
+    }
+
+    /// A thread's panic is recorded after it has unwound; what other threads failed with meanwhile (its
+    /// consequences) does not hide it, and a cancel never replaces a real error.
+    #[test]
+    fn a_panic_outranks_the_errors_recorded_while_it_unwound() {
+        let failure = Failure::new(Cancel::new());
+        failure.record(Cancelled.into());
+        failure.record(anyhow::anyhow!("t5.ibd appears twice in the stream"));
+        failure.record(Cancelled.into());
+        let _: Option<()> = failure.run_stage("decompress-0", || panic!("boom"));
+        failure.record(anyhow::anyhow!("a later error"));
+        let _: Option<()> = failure.run_stage("writer-1", || panic!("second"));
+        assert_eq!(failure.take().expect("recorded").to_string(), "the decompress-0 thread panicked: boom");
+
+        let failure = Failure::new(Cancel::new());
+        failure.record(anyhow::anyhow!("disk full"));
+        failure.record(Cancelled.into());
+        assert_eq!(failure.take().expect("recorded").to_string(), "disk full");
     }
 
     #[test]
