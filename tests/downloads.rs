@@ -1,9 +1,11 @@
 //! How `get` downloads a stored backup (issue #23): a pack larger than `--range-size` comes as several ranges at
 //! once, put back together and proven; a transfer that breaks mid-pack or mid-range resumes from the byte where it
-//! broke (the fault proxy cuts an answer halfway and counts the bytes the server sent).
+//! broke (the fault proxy cuts an answer halfway and counts the bytes the server sent); an answer shorter than
+//! asked fails the get.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use bytes::Bytes;
 
@@ -19,13 +21,23 @@ fn s3_behind_a_proxy() -> (S3Server, FaultyProxy, Vec<String>) {
 
 /// Stores backup `name` of a tree with one file of `size` bytes (and a tiny one), in packs of 8 MiB: one pack;
 /// returns the tree.
-fn put_one_big_file(storage: &[String], work: &Path, name: &str, size: usize) -> std::path::PathBuf {
+fn put_one_big_file(storage: &[String], work: &Path, name: &str, size: usize) -> PathBuf {
     let src = work.join(format!("src-{name}"));
     write_tree(&src, &[("ibdata1", pseudo_random_bytes(size, 81)), ("f", b"f".to_vec())]);
     let stream = work.join(format!("{name}.xbs"));
     fs::write(&stream, produce(&src, &[])).unwrap();
     assert_success(&run_consumer(&["put", name, "--object-size", "8M"], storage, Some(&stream)), "put");
     src
+}
+
+/// The bytes of backup `name`'s packs, as the store lists them.
+fn stored_pack_bytes(storage: &[String], name: &str) -> u64 {
+    open_store(storage).list(name).unwrap().iter().filter(|o| o.key.ends_with(".xbs")).map(|o| o.size).sum()
+}
+
+/// `consumer get NAME --range-size RANGE_SIZE -C OUT`.
+fn get(storage: &[String], name: &str, range_size: &str, out: &Path) -> Output {
+    run_consumer(&["get", name, "--range-size", range_size, "-C", out.to_str().unwrap()], storage, None)
 }
 
 /// A download that breaks mid-pack (the proxy closes the connection halfway through the body) resumes from the
@@ -36,15 +48,14 @@ fn a_download_cut_mid_pack_resumes_where_it_broke() {
     let (_server, proxy, storage) = s3_behind_a_proxy();
     let work = tempfile::tempdir().unwrap();
     let src = put_one_big_file(&storage, work.path(), "big", 4 << 20);
-    let stored: u64 =
-        open_store(&storage).list("big").unwrap().iter().filter(|o| o.key.ends_with(".xbs")).map(|o| o.size).sum();
+    let stored = stored_pack_bytes(&storage, "big");
     assert!(stored > 4 << 20, "{stored}");
 
     let before = proxy.response_body_bytes();
-    proxy.cut_next_get_responses(1);
+    proxy.cut_next_get_responses(1, Cut::Close);
     let out = work.path().join("out");
     // One request for the whole pack (no ranges), so that a restart from zero would resend half of it.
-    let got = run_consumer(&["get", "big", "--range-size", "16M", "-C", out.to_str().unwrap()], &storage, None);
+    let got = get(&storage, "big", "16M", &out);
     assert_success(&got, "get through a cut");
     assert_same_tree(&src, &out);
     assert_eq!(proxy.cuts(), 1, "the pack's download was cut");
@@ -66,7 +77,7 @@ fn a_pack_larger_than_the_range_size_is_read_in_ranges_and_proven() {
     assert_eq!(packs.len(), 1, "{packs:?}");
 
     let out = work.path().join("out");
-    let got = run_consumer(&["get", "ranged", "--range-size", "512K", "-C", out.to_str().unwrap()], &storage, None);
+    let got = get(&storage, "ranged", "512K", &out);
     assert_success(&got, "get in ranges");
     assert_same_tree(&src, &out);
     let ranges: Vec<String> = proxy
@@ -86,8 +97,7 @@ fn a_pack_larger_than_the_range_size_is_read_in_ranges_and_proven() {
     let middle = pack.len() / 2;
     pack[middle] ^= 0x20;
     store.put(&packs[0], Bytes::from(pack)).unwrap();
-    let out = work.path().join("out2");
-    let got = run_consumer(&["get", "ranged", "--range-size", "512K", "-C", out.to_str().unwrap()], &storage, None);
+    let got = get(&storage, "ranged", "512K", &work.path().join("out2"));
     assert!(!got.status.success(), "a changed pack must fail the get");
     let stderr = String::from_utf8_lossy(&got.stderr);
     assert!(stderr.contains(&packs[0]) && stderr.contains("CRC-32"), "{stderr}");
@@ -102,14 +112,13 @@ fn a_range_cut_mid_body_resumes_where_it_broke() {
     let (_server, proxy, storage) = s3_behind_a_proxy();
     let work = tempfile::tempdir().unwrap();
     let src = put_one_big_file(&storage, work.path(), "cut", 4 << 20);
-    let stored: u64 =
-        open_store(&storage).list("cut").unwrap().iter().filter(|o| o.key.ends_with(".xbs")).map(|o| o.size).sum();
+    let stored = stored_pack_bytes(&storage, "cut");
 
     let before = proxy.response_body_bytes();
     let requests_before = proxy.requests_with_header("range").len();
-    proxy.cut_next_get_responses(1);
+    proxy.cut_next_get_responses(1, Cut::Close);
     let out = work.path().join("out");
-    let got = run_consumer(&["get", "cut", "--range-size", "1M", "-C", out.to_str().unwrap()], &storage, None);
+    let got = get(&storage, "cut", "1M", &out);
     assert_success(&got, "get through a cut range");
     assert_same_tree(&src, &out);
     assert_eq!(proxy.cuts(), 1, "a range was cut");
@@ -143,12 +152,34 @@ fn a_range_reset_mid_body_still_completes() {
     let (_server, proxy, storage) = s3_behind_a_proxy();
     let work = tempfile::tempdir().unwrap();
     let src = put_one_big_file(&storage, work.path(), "reset", 4 << 20);
-    proxy.reset_next_get_responses(1);
+    proxy.cut_next_get_responses(1, Cut::Reset);
     let out = work.path().join("out");
-    let got = run_consumer(&["get", "reset", "--range-size", "1M", "-C", out.to_str().unwrap()], &storage, None);
+    let got = get(&storage, "reset", "1M", &out);
     assert_success(&got, "get through a reset range");
     assert_same_tree(&src, &out);
     assert_eq!(proxy.cuts(), 1, "a range was reset");
+}
+
+/// A range answered whole but shorter than asked (the server's `Content-Length` says half, and half comes: nothing
+/// at the HTTP level shows it) fails the get, naming the pack, and nothing in OUT looks complete; with the whole
+/// pack in one request the same holds.
+#[test]
+fn an_answer_shorter_than_asked_fails_the_get_naming_the_pack() {
+    let (_server, proxy, storage) = s3_behind_a_proxy();
+    let work = tempfile::tempdir().unwrap();
+    put_one_big_file(&storage, work.path(), "short", 4 << 20);
+    let packs = pack_keys(&storage, "short");
+    for range_size in ["1M", "16M"] {
+        proxy.cut_next_get_responses(1, Cut::Short);
+        let out = work.path().join(format!("out-{range_size}"));
+        let got = get(&storage, "short", range_size, &out);
+        let stderr = assert_failure(&got, "a get whose answer came short");
+        assert_eq!(proxy.cuts(), if range_size == "1M" { 1 } else { 2 }, "{range_size}: an answer was shortened");
+        // A range: the store's check of what came against what was asked; the whole pack: its size in the index.
+        let says = if range_size == "1M" { "it is shorter than recorded" } else { "the index says" };
+        assert!(stderr.contains(&packs[0]) && stderr.contains(says), "{range_size}: names the pack: {stderr}");
+        assert_nothing_complete(&out, "a get whose answer came short");
+    }
 }
 
 /// The first and last byte of a `Range: bytes=FIRST-LAST` header.

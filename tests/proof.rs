@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,15 +43,6 @@ fn chunk_boundaries(stream: &[u8]) -> Vec<usize> {
     }
     assert_eq!(ends.pop(), Some(stream.len()));
     ends
-}
-
-/// A failed extraction left nothing that looks complete: no manifest, no staging directory, no file.
-fn assert_nothing_complete(out: &Path, context: &str) {
-    let left: Vec<PathBuf> = match fs::read_dir(out) {
-        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-        Err(_) => Vec::new(),
-    };
-    assert!(left.is_empty(), "{context}: left behind {left:?}");
 }
 
 /// The whole small backup on STDOUT, cut at every chunk boundary: every cut fails, for extract and for --list.

@@ -39,8 +39,8 @@ struct ProxyShared {
     chunked: AtomicU64,
     /// GET responses still to cut halfway through their body.
     cut_gets: AtomicU64,
-    /// Whether a cut ends with a reset rather than a clean close.
-    cut_with_reset: AtomicBool,
+    /// How they are cut.
+    cut_how: Mutex<Cut>,
     /// GET responses cut so far.
     cuts: AtomicU64,
     /// Bytes of response bodies sent on to clients.
@@ -72,7 +72,7 @@ impl FaultyProxy {
             faults: AtomicU64::new(0),
             chunked: AtomicU64::new(0),
             cut_gets: AtomicU64::new(0),
-            cut_with_reset: AtomicBool::new(false),
+            cut_how: Mutex::new(Cut::Close),
             cuts: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
             heads: Mutex::new(Vec::new()),
@@ -123,18 +123,10 @@ impl FaultyProxy {
         heads.iter().map(|head| (head[0].clone(), header(head, name).map(str::to_owned))).collect()
     }
 
-    /// Cuts the next `count` answers to a GET whose body is at least 64 KiB: half the body is sent on, then the
-    /// connection is closed (a transfer that breaks mid-object; the client sees the body end early, having
-    /// received exactly the half).
-    pub fn cut_next_get_responses(&self, count: u64) {
-        self.shared.cut_with_reset.store(false, Ordering::SeqCst);
-        self.shared.cut_gets.store(count, Ordering::SeqCst);
-    }
-
-    /// Like [`FaultyProxy::cut_next_get_responses`], but the connection is reset after the half: the client's
-    /// kernel may drop some of what it had received, so where the client resumes depends on timing.
-    pub fn reset_next_get_responses(&self, count: u64) {
-        self.shared.cut_with_reset.store(true, Ordering::SeqCst);
+    /// Cuts the next `count` answers to a GET whose body is at least 64 KiB, as `how` says: half the body is
+    /// sent on, and then the answer breaks or ends.
+    pub fn cut_next_get_responses(&self, count: u64, how: Cut) {
+        *self.shared.cut_how.lock().unwrap() = how;
         self.shared.cut_gets.store(count, Ordering::SeqCst);
     }
 
@@ -147,6 +139,19 @@ impl FaultyProxy {
     pub fn response_body_bytes(&self) -> u64 {
         self.shared.response_bytes.load(Ordering::SeqCst)
     }
+}
+
+/// How the proxy cuts a GET answer ([`FaultyProxy::cut_next_get_responses`]) after half its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The connection is closed cleanly (a FIN): the client gets exactly the half, then an early end of body.
+    Close,
+    /// The connection is reset: the client's kernel may drop some of what it had received, so where the client
+    /// resumes depends on timing.
+    Reset,
+    /// The answer says it is half as long (`Content-Length`) and ends whole there: a server that sent less than was
+    /// asked, with nothing at the HTTP level to show it.
+    Short,
 }
 
 impl Drop for FaultyProxy {
@@ -268,22 +273,30 @@ fn serve(client: TcpStream, shared: &ProxyShared) -> Result<(), String> {
     let response = read_head(&mut from_upstream)
         .map_err(context("response head"))?
         .ok_or_else(|| format!("the upstream closed without answering request {number} ({})", head[0]))?;
-    let response_head = close_after(&response, &["connection", "keep-alive"]);
-    to_client.write_all(response_head.as_bytes()).map_err(context("response head to the client"))?;
     let length: Option<u64> = header(&response, "content-length").and_then(|l| l.parse().ok());
     let cut = head[0].starts_with("GET ")
         && length.is_some_and(|length| length >= 64 << 10)
         && shared.cut_gets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
-    if cut {
-        let half = length.expect("checked above") / 2;
+    let how = cut.then(|| *shared.cut_how.lock().unwrap());
+    let half = length.unwrap_or(0) / 2;
+    let response_head = match how {
+        Some(Cut::Short) => {
+            let mut shorter = close_after(&response, &["connection", "keep-alive", "content-length"]);
+            shorter.insert_str(shorter.len() - 2, &format!("Content-Length: {half}\r\n"));
+            shorter
+        }
+        _ => close_after(&response, &["connection", "keep-alive"]),
+    };
+    to_client.write_all(response_head.as_bytes()).map_err(context("response head to the client"))?;
+    if let Some(how) = how {
         let sent = io::copy(&mut (&mut from_upstream).take(half), &mut to_client).map_err(context("half a body"))?;
         shared.response_bytes.fetch_add(sent, Ordering::SeqCst);
         shared.cuts.fetch_add(1, Ordering::SeqCst);
-        if shared.cut_with_reset.load(Ordering::SeqCst) {
+        if how == Cut::Reset {
             return reset(to_client);
         }
         // A FIN, not a reset: a reset may discard what the client has not read yet, so how much of the half it
-        // got would depend on timing; closed cleanly, it gets exactly the half and then an early end of body.
+        // got would depend on timing; closed cleanly, it gets exactly the half.
         to_client.flush().map_err(context("half a body"))?;
         let _ = to_client.shutdown(Shutdown::Write);
         return Ok(());

@@ -123,6 +123,16 @@ pub fn assert_same_tree(src: &Path, out: &Path) {
     }
 }
 
+/// A failed extraction (or `get -C`) left nothing that looks complete in `out`: no manifest, no staging directory,
+/// no file.
+pub fn assert_nothing_complete(out: &Path, context: &str) {
+    let left: Vec<PathBuf> = match std::fs::read_dir(out) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(left.is_empty(), "{context}: left behind {left:?}");
+}
+
 /// The manifest in an extracted or copied tree.
 pub fn read_manifest(dir: &Path) -> proto::Manifest {
     let bytes = std::fs::read(dir.join(proto::MANIFEST_NAME)).expect("the manifest is present");
